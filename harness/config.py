@@ -39,6 +39,10 @@ def require(condition: bool, key: str, message: str) -> None:
 # ---------------------------------------------------------------------------------------------------------
 
 
+BUILD_ARCHITECTURES = ("gpt2", "gpt_neox", "qwen2", "llama")
+CHAT_TEMPLATE_MODES = ("auto", "always", "never")
+
+
 @dataclass
 class ModelConfig:
     preset: str = ""
@@ -55,11 +59,25 @@ class ModelConfig:
     # attention heads (source "build" only)
     max_positions: int = 64
     # context length in tokens (source "build" only)
+    architecture: str = "gpt2"
+    # model family built when source is "build": gpt2, gpt_neox (Pythia), qwen2 or llama; a real suite's
+    # stand-in uses its model's own family, so LoRA targets, attention and vLLM meet the real module layout
+    chat_template: str = "auto"
+    # prompts as chat turns: "auto" applies the tokenizer's chat template when it has one, "always" requires
+    # one (for source "build": gives the word tokenizer a ChatML template with <|im_end|> as EOS, as
+    # Qwen2.5-Instruct has), "never" keeps plain-text prompts (YAML reads on/off as booleans, hence the words)
+    system_prompt: str = ""
+    # a system message put before every prompt when a chat template is applied ("" = none)
     trust_remote_code: bool = False
     # never execute code shipped with a checkpoint unless asked
 
     def __post_init__(self):
         require(self.source in ("build", "path", "hub"), "model.source", "must be one of build, path, hub")
+        require(self.architecture in BUILD_ARCHITECTURES, "model.architecture",
+                f"must be one of {', '.join(BUILD_ARCHITECTURES)};{did_you_mean(self.architecture, BUILD_ARCHITECTURES)}".rstrip(";"))
+        require(self.chat_template in CHAT_TEMPLATE_MODES, "model.chat_template", f"must be one of {', '.join(CHAT_TEMPLATE_MODES)}")
+        require(not self.system_prompt or self.chat_template != "never", "model.system_prompt",
+                "needs a chat template to go in (model.chat_template is never)")
         require(self.source == "build" or bool(self.name_or_path), "model.name_or_path", "is required when source is path or hub")
         if self.source == "path":
             folder = Path(self.name_or_path)
@@ -73,6 +91,42 @@ class ModelConfig:
         for key in ("n_layer", "n_embd", "n_head", "max_positions"):
             require(getattr(self, key) > 0, f"model.{key}", "must be > 0")
         require(self.n_embd % self.n_head == 0, "model.n_embd", "must be divisible by model.n_head")
+
+
+LORA_STAGES = ("sft", "dpo", "grpo", "ppo")
+
+
+@dataclass
+class LoraConfig:
+    enabled: bool = False
+    # train low-rank adapters (Hu et al. 2021, arXiv:2106.09685; peft) instead of every weight in the stages
+    # below; each checkpoint is merged into a standard full model, its adapter kept beside it in adapter/
+    stages: list[str] = field(default_factory=lambda: ["dpo", "grpo", "ppo"])
+    # trainings that use adapters: any of sft, dpo, grpo, ppo (the reward model and PPO's critic train fully);
+    # one setting for every compared algorithm, so none gets more capacity than another
+    r: int = 16
+    # adapter rank
+    alpha: float = 32.0
+    # scaling numerator: the update is (alpha / r) * B A
+    dropout: float = 0.0
+    # off like every other dropout (PPO.md §2.1): a random policy breaks the ratio = 1 check at each update's start
+    target_modules: list[str] = field(default_factory=lambda: ["all-linear"])
+    # module names to adapt; ["all-linear"] = every linear layer but the output head (QLoRA's choice)
+
+    def __post_init__(self):
+        for stage in self.stages:
+            require(stage in LORA_STAGES, "lora.stages",
+                    f"names '{stage}'; must be among {', '.join(LORA_STAGES)};{did_you_mean(stage, LORA_STAGES)}".rstrip(";"))
+        require(self.r > 0, "lora.r", "must be > 0")
+        require(self.alpha > 0, "lora.alpha", "must be > 0")
+        require(0 <= self.dropout < 1, "lora.dropout", "must be in [0, 1)")
+        require(len(self.target_modules) > 0, "lora.target_modules", "must name at least one module (or all-linear)")
+
+    def for_stage(self, stage: str) -> dict | None:
+        """This section as a dict when `stage` trains adapters, else None: what a stage's hash includes."""
+        if not self.enabled or stage not in self.stages:
+            return None
+        return dataclasses.asdict(self)
 
 
 @dataclass
@@ -267,6 +321,7 @@ class SuiteConfig:
     algorithms: dict[str, Any] = field(default_factory=dict)
     # {<algorithm>: {options}}: the algorithms this suite compares
     model: ModelConfig = field(default_factory=ModelConfig)
+    lora: LoraConfig = field(default_factory=LoraConfig)
     sft: SFTConfig = field(default_factory=SFTConfig)
     reward_model: RewardModelConfig = field(default_factory=RewardModelConfig)
     sampling: SamplingConfig = field(default_factory=SamplingConfig)

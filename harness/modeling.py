@@ -16,16 +16,32 @@ EOS_TOKEN = "</s>"
 UNK_TOKEN = "<unk>"
 
 
-def build_word_tokenizer(words: list[str], max_length: int):
+CHATML_START, CHATML_END = "<|im_start|>", "<|im_end|>"
+CHATML_ROLES = ["system", "user", "assistant"]
+# ChatML as Qwen2.5-Instruct lays it out (without its default system message): the stand-in for an instruct
+# model's template. Written here from the format's description, for built tokenizers only.
+CHATML_TEMPLATE = (
+    "{% for message in messages %}"
+    "{{ '<|im_start|>' + message['role'] + '\n' + message['content'] + '<|im_end|>' + '\n' }}"
+    "{% endfor %}"
+    "{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}"
+)
+
+
+def build_word_tokenizer(words: list[str], max_length: int, chatml: bool = False):
     """A whitespace word-level tokenizer over `words`, with pad != eos (PPO.md §6.3).
 
     EOS is an *added special token*, so TRL's trainers that append the EOS string straight after the text
-    ("... .</s>") still split it off before the whitespace pre-tokenizer runs.
+    ("... .</s>") still split it off before the whitespace pre-tokenizer runs. With `chatml`, the tokenizer
+    also has ChatML's turn markers and template, and the end-of-turn marker is its EOS, as in an instruct model.
     """
     from tokenizers import Tokenizer, models, pre_tokenizers
     from transformers import PreTrainedTokenizerFast
 
-    specials = [PAD_TOKEN, EOS_TOKEN, UNK_TOKEN]
+    eos = CHATML_END if chatml else EOS_TOKEN
+    specials = [PAD_TOKEN, eos, UNK_TOKEN] + ([CHATML_START] if chatml else [])
+    if chatml:
+        words = words + [role for role in CHATML_ROLES if role not in words]
     vocab = {token: index for index, token in enumerate(specials + [w for w in words if w not in specials])}
     core = Tokenizer(models.WordLevel(vocab=vocab, unk_token=UNK_TOKEN))
     core.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
@@ -33,35 +49,43 @@ def build_word_tokenizer(words: list[str], max_length: int):
     tokenizer = PreTrainedTokenizerFast(
         tokenizer_object=core,
         pad_token=PAD_TOKEN,
-        eos_token=EOS_TOKEN,
+        eos_token=eos,
         unk_token=UNK_TOKEN,
         model_max_length=max_length,
         clean_up_tokenization_spaces=False,
     )
+    if chatml:
+        tokenizer.chat_template = CHATML_TEMPLATE
     return tokenizer
 
 
 def build_tiny_causal_lm(model_config, tokenizer, seed: int):
-    """A GPT-2 shaped causal LM sized by `model_config`, dropout off everywhere (PPO.md §2.1)."""
+    """A small causal LM of the family `model_config.architecture`, sized by `model_config`, dropout off
+    everywhere (PPO.md §2.1). The families are the real suites' (GPT-2, Pythia's GPT-NeoX, Qwen2, Llama), so a
+    stand-in exercises the real module classes: their attention, rotary positions and LoRA target names."""
     import torch
-    from transformers import GPT2Config, GPT2LMHeadModel
+    from transformers import AutoConfig, AutoModelForCausalLM
 
     torch.manual_seed(seed)
-    config = GPT2Config(
+    tokens = dict(
         vocab_size=len(tokenizer),
-        n_positions=model_config.max_positions,
-        n_embd=model_config.n_embd,
-        n_layer=model_config.n_layer,
-        n_head=model_config.n_head,
-        resid_pdrop=0.0,
-        embd_pdrop=0.0,
-        attn_pdrop=0.0,
-        summary_first_dropout=0.0,
         bos_token_id=tokenizer.eos_token_id,
         eos_token_id=tokenizer.eos_token_id,
         pad_token_id=tokenizer.pad_token_id,
     )
-    model = GPT2LMHeadModel(config)
+    width, depth, heads = model_config.n_embd, model_config.n_layer, model_config.n_head
+    architecture = getattr(model_config, "architecture", "gpt2")
+    if architecture == "gpt2":
+        shape = dict(n_positions=model_config.max_positions, n_embd=width, n_layer=depth, n_head=heads,
+                     resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0, summary_first_dropout=0.0)
+    else:
+        shape = dict(max_position_embeddings=model_config.max_positions, hidden_size=width, num_hidden_layers=depth,
+                     num_attention_heads=heads, intermediate_size=4 * width, attention_dropout=0.0)
+        if architecture == "gpt_neox":  # Pythia: partial rotary, parallel residual, untied output head
+            shape.update(rotary_pct=0.25, use_parallel_residual=True, hidden_dropout=0.0, tie_word_embeddings=False)
+        else:  # qwen2 / llama: grouped-query attention in the real ones; one KV head per query head here
+            shape.update(num_key_value_heads=heads, tie_word_embeddings=architecture == "qwen2")
+    model = AutoModelForCausalLM.from_config(AutoConfig.for_model(architecture, **tokens, **shape))
     model.generation_config.pad_token_id = tokenizer.pad_token_id
     model.generation_config.eos_token_id = tokenizer.eos_token_id
     return model

@@ -23,7 +23,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from harness.config import ResolvedConfig, fingerprint, flatten
+from harness.config import ConfigError, ResolvedConfig, fingerprint, flatten
 from harness.registry import GENERATORS, TASKS
 from harness.runs import Stage, SuitePaths, manifest, read_json, write_json
 from harness.tasks.common import TaskDataError
@@ -177,7 +177,7 @@ class SuiteRun:
         (the traceback goes to a file beside the run folders)."""
         try:
             return self.prepare(seed)
-        except (KeyboardInterrupt, TaskDataError):
+        except (KeyboardInterrupt, TaskDataError, ConfigError):
             raise
         except Exception as error:
             log = self.paths.root / f"prepare-failure-s{seed}.txt"
@@ -191,7 +191,7 @@ class SuiteRun:
         task_module = TASKS.get(self.config.task_name)
         task_hash = fingerprint(self.config.task_name, dataclasses.asdict(self.config.task), seed)
         base_hash = fingerprint(task_hash, dataclasses.asdict(suite.model))
-        sft_hash = fingerprint(base_hash, dataclasses.asdict(suite.sft), suite.precision)
+        sft_hash = fingerprint(base_hash, dataclasses.asdict(suite.sft), suite.precision, *_lora_part(suite, "sft"))
         reward_model_hash = fingerprint(sft_hash, dataclasses.asdict(suite.reward_model), suite.precision)
 
         task_stage = Stage(self.paths.root / "prepare" / f"task-s{seed}-{task_hash}")
@@ -199,14 +199,15 @@ class SuiteRun:
             if active:
                 save_task_data(task_module.build_task_data(self.config.task, seed), task_stage.folder / "data.json")
         task_data = load_task_data(task_stage.folder / "data.json")
-        if hasattr(task_module, "remember_gold_answers"):  # GSM8K's verifier looks answers up by prompt
-            task_module.remember_gold_answers(task_data)
         data_fingerprint = _file_fingerprint(task_stage.folder / "data.json")
 
         base_stage = Stage(self.paths.root / "prepare" / f"base-s{seed}-{base_hash}")
         with self._stage(f"base model (seed {seed})", "other", base_stage) as active:
             if active:
                 self._build_base_model(task_module, task_data, seed, base_stage.folder / "model")
+        task_data = self._as_chat(task_data, base_stage.folder / "model")
+        if hasattr(task_module, "remember_gold_answers"):  # GSM8K's verifier looks answers up by (final) prompt
+            task_module.remember_gold_answers(task_data)
         self._check_prompt_lengths(task_data, base_stage.folder / "model")
 
         sft_stage = Stage(self.paths.root / "prepare" / f"sft-s{seed}-{sft_hash}")
@@ -251,11 +252,28 @@ class SuiteRun:
             # The embedded task knows its vocabulary; any other task gets one from its own data, which makes
             # tiny stand-in models for the real suites possible.
             vocabulary = task_module.vocabulary() if hasattr(task_module, "vocabulary") else words_of(task_data)
-            tokenizer = build_word_tokenizer(vocabulary, model_config.max_positions)
+            chatml = model_config.chat_template == "always"  # a built tokenizer has no template unless asked for one
+            if chatml:
+                vocabulary = vocabulary + [w for w in model_config.system_prompt.split() if w not in vocabulary]
+            tokenizer = build_word_tokenizer(vocabulary, model_config.max_positions, chatml=chatml)
             model = build_tiny_causal_lm(model_config, tokenizer, seed)
         else:
             model, tokenizer = load_pretrained_base(model_config)
         save_checkpoint(model, tokenizer, folder)
+
+    def _as_chat(self, task_data, model_folder: Path):
+        """The task data with its prompts in the policy's chat template, when the suite and tokenizer call for it."""
+        from harness.modeling import load_tokenizer
+        from harness.tasks.chat import ChatTemplateError, apply_chat_template, uses_chat_template
+
+        model_config = self.suite.model
+        tokenizer = load_tokenizer(model_folder, trust_remote_code=model_config.trust_remote_code)
+        try:
+            if not uses_chat_template(model_config.chat_template, tokenizer):
+                return task_data
+        except ChatTemplateError as error:
+            raise ConfigError(str(error)) from None
+        return apply_chat_template(task_data, tokenizer, model_config.system_prompt)
 
     def _check_prompt_lengths(self, task_data, model_folder: Path) -> None:
         """Refuse, before any training, a prompt that leaves no room in the context for its completion."""
@@ -321,6 +339,7 @@ class SuiteRun:
             dataclasses.asdict(self.suite.budget),
             evaluation,
             self.suite.precision,
+            *_lora_part(self.suite, algorithm),
         )
 
     def run_cell(self, algorithm: str, seed: int, prepared: Prepared, baseline_gold) -> CellOutcome:
@@ -526,6 +545,13 @@ class PrepareFailed(RuntimeError):
 def _one_line(error: BaseException) -> str:
     text = str(error).strip()
     return f"{type(error).__name__}: {text.splitlines()[0]}" if text else type(error).__name__
+
+
+def _lora_part(suite, stage: str) -> list:
+    """The LoRA settings a stage's hash includes: none when the stage trains without adapters, so a suite that
+    never uses LoRA keeps the run folders it had before LoRA existed."""
+    settings = suite.lora.for_stage(stage)
+    return [] if settings is None else [{"lora": settings}]
 
 
 def _snapshots(folder: Path) -> list[tuple[int, Path]]:

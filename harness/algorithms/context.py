@@ -47,12 +47,15 @@ def snapshot_steps(total_steps: int, count: int) -> set[int]:
     return {max(1, round(total_steps * k / (count + 1))) for k in range(1, count + 1)} - {total_steps}
 
 
-def save_snapshot(model, tokenizer_source: Path, folder: Path) -> None:
-    """An intermediate checkpoint as a standard HF folder: safetensors weights plus the policy's tokenizer."""
+def save_snapshot(model, base_dir: Path, folder: Path) -> None:
+    """An intermediate checkpoint as a standard HF folder (merged when the policy trains with LoRA):
+    safetensors weights plus the policy's tokenizer, taken from the initial policy's folder `base_dir`."""
     from transformers import AutoTokenizer
 
-    model.save_pretrained(folder, safe_serialization=True)
-    AutoTokenizer.from_pretrained(tokenizer_source).save_pretrained(folder)
+    from harness.algorithms.lora import save_policy
+
+    save_policy(model, base_dir, folder)
+    AutoTokenizer.from_pretrained(base_dir).save_pretrained(folder)
 
 
 @dataclass

@@ -59,10 +59,12 @@ def train(context):
     from harness.algorithms.trl_support import (
         common_training_arguments,
         harness_callbacks,
+        save_trained_policy,
         silence_console_logging,
         steps_for_budget,
         train_resuming,
     )
+    from harness.algorithms.lora import peft_config
     from harness.modeling import load_tokenizer
 
     config: Config = context.config
@@ -99,13 +101,12 @@ def train(context):
         args=arguments,
         train_dataset=Dataset.from_list(pairs),
         processing_class=tokenizer,
+        peft_config=peft_config(context.suite, "dpo"),
         callbacks=harness_callbacks(context.log_metrics, context.progress, context, steps),
     )
     silence_console_logging(trainer)
     train_resuming(trainer, context.output_dir)
-    checkpoint = context.output_dir / "model"
-    trainer.save_model(str(checkpoint))
-    tokenizer.save_pretrained(checkpoint)
+    checkpoint = save_trained_policy(trainer, context.base_dir, tokenizer, context.output_dir)
     return TrainResult(
         checkpoint_dir=checkpoint,
         final_step=trainer.state.global_step,

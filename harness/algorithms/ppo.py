@@ -37,6 +37,9 @@ Departures and choices, where the spec leaves one open:
   ``x != pad_id`` (§1): pure sampling can emit the pad token inside a response, and ``generate`` attended to
   it, so masking it would make the recomputed log-probs differ from the sampling distribution.
 - Learning rates decay linearly to 0 over the updates (§2.12), stepped once per update.
+- With LoRA (`lora.enabled` and "ppo" in `lora.stages`), the policy trains adapters and the reference is the
+  same network with its adapters disabled (§2.1 table; TRL's `null_ref_context`): one copy of the weights.
+  The critic trains all its weights.
 - Multi-process (Accelerate) runs shard every update's B rollouts across ranks; whitening, token counts and
   logged statistics use global sums and counts (§2.7, §2.13). Only single-process runs are tested here.
 
@@ -245,6 +248,7 @@ def train(context):
 
     from harness.algorithms import common
     from harness.algorithms.context import TrainResult
+    from harness.algorithms.lora import inner_model, peft_config, save_policy
     from harness.algorithms.trl_support import steps_for_budget
     from harness.modeling import load_causal_lm, load_tokenizer, resolve_device
 
@@ -303,20 +307,29 @@ def train(context):
 
     # ---- Four models (PPO.md §2.1) --------------------------------------------------------------------
     trust = suite.model.trust_remote_code
+    lora = peft_config(suite, "ppo")
     policy = load_causal_lm(context.base_dir, "cpu", trust_remote_code=trust)
-    reference = load_causal_lm(context.base_dir, "cpu", trust_remote_code=trust)
+    reference = None if lora else load_causal_lm(context.base_dir, "cpu", trust_remote_code=trust)
     critic = _load_critic(critic_source, context.base_dir, context.reward_model_dir, trust)
     for model in (policy, reference, critic.classifier):
-        _disable_dropout(model)  # PPO.md §2.1: dropout off everywhere (Ziegler et al.; TRL L489-491)
-    reference.requires_grad_(False).eval()
-    reference.to(accelerator.device)
+        if model is not None:
+            _disable_dropout(model)  # PPO.md §2.1: dropout off everywhere (Ziegler et al.; TRL L489-491)
+    if reference is not None:
+        reference.requires_grad_(False).eval()
+        reference.to(accelerator.device)
     if suite.gradient_checkpointing:
-        # PPO.md §6.7: the non-reentrant variant (TRL #4811); enabled on the inner models before wrapping (#5245).
+        # PPO.md §6.7: the non-reentrant variant (TRL #4811), which needs no input gradients under LoRA either;
+        # enabled on the inner models before wrapping (#5245).
         policy.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
         critic.classifier.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    if lora:
+        from peft import get_peft_model
+
+        policy = get_peft_model(policy, lora)  # only the adapters require grad from here on
 
     policy_optimizer = torch.optim.AdamW(
-        policy.parameters(), lr=config.learning_rate, eps=config.adam_epsilon, weight_decay=0.0
+        [p for p in policy.parameters() if p.requires_grad], lr=config.learning_rate, eps=config.adam_epsilon,
+        weight_decay=0.0,
     )
     critic_optimizer = torch.optim.AdamW(
         critic.parameters(), lr=config.critic_learning_rate, eps=config.adam_epsilon, weight_decay=0.0
@@ -333,7 +346,10 @@ def train(context):
         else common.FixedKLController(config.kl_coef)
     )
 
-    unwrapped_policy = accelerator.unwrap_model(policy)
+    if lora:
+        reference = AdapterDisabledReference(policy, accelerator.unwrap_model(policy))
+    # generate() and generation_config belong to the transformers model, inside a PeftModel when adapted
+    unwrapped_policy = inner_model(accelerator.unwrap_model(policy))
     saved_generation_config = unwrapped_policy.generation_config
     rollout_generation_config = _rollout_generation_config(sampling, eos_id, pad_id)
     settings = LossSettings(temperature, config.clip_epsilon, config.value_clip, config.entropy_coef)
@@ -469,9 +485,8 @@ def train(context):
     checkpoint = Path(context.output_dir) / "model"
     accelerator.wait_for_everyone()
     if accelerator.is_main_process:
-        unwrapped_policy = accelerator.unwrap_model(policy)
         unwrapped_policy.generation_config = saved_generation_config
-        unwrapped_policy.save_pretrained(checkpoint, safe_serialization=True)
+        save_policy(accelerator.unwrap_model(policy), context.base_dir, checkpoint)
         tokenizer.save_pretrained(checkpoint)
     accelerator.wait_for_everyone()
     return TrainResult(
@@ -611,6 +626,18 @@ def _token_value_model_class():
             return self.classifier.score(response_hidden).squeeze(-1).float()
 
     return TokenValueModel
+
+
+class AdapterDisabledReference:
+    """The frozen reference of a LoRA policy: the policy's own forward with its adapters off, which is exactly
+    the SFT model (PPO.md §2.1 table; TRL `null_ref_context`), at no memory for a second copy."""
+
+    def __init__(self, policy, peft_model):
+        self.policy, self.peft_model = policy, peft_model  # the (possibly wrapped) module, the PeftModel inside
+
+    def __call__(self, **inputs):
+        with self.peft_model.disable_adapter():
+            return self.policy(**inputs)
 
 
 def _disable_dropout(model) -> None:

@@ -22,9 +22,11 @@ def run_sft(base_dir: Path, task_data, suite, seed: int, output_dir: Path, log_m
     from harness.algorithms.trl_support import (
         common_training_arguments,
         harness_callbacks,
+        save_trained_policy,
         silence_console_logging,
         train_resuming,
     )
+    from harness.algorithms.lora import peft_config
     from harness.modeling import load_tokenizer
 
     if not task_data.sft:
@@ -45,11 +47,10 @@ def run_sft(base_dir: Path, task_data, suite, seed: int, output_dir: Path, log_m
         args=arguments,
         train_dataset=Dataset.from_list(task_data.sft),
         processing_class=tokenizer,
+        peft_config=peft_config(suite, "sft"),
         callbacks=harness_callbacks(log_metrics, progress),
     )
     silence_console_logging(trainer)
     train_resuming(trainer, output_dir)
-    checkpoint = output_dir / "model"
-    trainer.save_model(str(checkpoint))
-    tokenizer.save_pretrained(checkpoint)
+    checkpoint = save_trained_policy(trainer, base_dir, tokenizer, output_dir)
     return checkpoint

@@ -95,14 +95,14 @@ class DivergenceGuard(TrainerCallback):
 class SnapshotCallback(TrainerCallback):
     """Save the policy at chosen optimizer steps, for the evaluator's intermediate checkpoints."""
 
-    def __init__(self, steps: set[int], folder, tokenizer_source):
-        self.steps, self.folder, self.tokenizer_source = steps, folder, tokenizer_source
+    def __init__(self, steps: set[int], folder, base_dir):
+        self.steps, self.folder, self.base_dir = steps, folder, base_dir
 
     def on_step_end(self, args, state, control, model=None, **kwargs):
         from harness.algorithms.context import save_snapshot
 
         if state.global_step in self.steps and state.is_world_process_zero:
-            save_snapshot(model, self.tokenizer_source, self.folder / f"step-{state.global_step}")
+            save_snapshot(model, self.base_dir, self.folder / f"step-{state.global_step}")
 
 
 def harness_callbacks(log_metrics, progress, context=None, total_steps: int = 0) -> list[TrainerCallback]:
@@ -142,6 +142,19 @@ def newest_complete_checkpoint(folder) -> str | None:
             continue
         return str(candidate)
     return None
+
+
+def save_trained_policy(trainer, base_dir, tokenizer, output_dir):
+    """Write the trained policy to output_dir/model as a standard HF folder (merged when trained with LoRA)."""
+    from harness.algorithms.lora import save_policy
+
+    checkpoint = output_dir / "model"
+    trainer.accelerator.wait_for_everyone()
+    if trainer.is_world_process_zero():
+        save_policy(trainer.accelerator.unwrap_model(trainer.model), base_dir, checkpoint)
+        tokenizer.save_pretrained(checkpoint)
+    trainer.accelerator.wait_for_everyone()
+    return checkpoint
 
 
 def silence_console_logging(trainer) -> None:

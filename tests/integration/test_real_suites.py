@@ -1,12 +1,15 @@
 """Every real suite's pipeline, end to end on CPU, scaled down: the suite file as shipped, with tiny local
-stand-ins for what would come from the Hub (a word-level GPT-2 built from the task's own data instead of the
-suite's model, a reward model trained on the fixture pairs instead of the suite's, and the hand-written
-fixture files in the dataset's real schema instead of the Hub dataset). Everything else (task adapter,
-prompts, SFT, DPO, GRPO, PPO, the evaluator, MLflow, the report) runs for real.
+stand-ins for what would come from the Hub (a word-level model of the suite's own family, GPT-NeoX for
+Pythia, Qwen2 for Qwen2.5, GPT-2, built from the task's own data instead of the suite's model; a reward model
+trained on the fixture pairs instead of the suite's; the hand-written fixture files in the dataset's real
+schema instead of the Hub dataset). Everything else (task adapter, prompts, SFT, DPO, GRPO, PPO, the
+evaluator, MLflow, the report) runs for real. Two suites also turn on what their GPU runs may use: LoRA in
+every training (gsm8k, hh), and the instruct model's chat template (gsm8k: a ChatML stand-in).
 """
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
@@ -16,12 +19,19 @@ pytestmark = pytest.mark.slow
 
 FIXTURES = Path(__file__).resolve().parent.parent / "fixtures" / "tasks"
 
+LORA_EVERYWHERE = ["lora.enabled=true", "lora.stages=[sft,dpo,grpo,ppo]", "lora.r=4", "lora.alpha=8"]
+
 DATA = {
-    "tldr-pythia-1b": [f"task.sft_path={FIXTURES / 'tldr' / 'sft'}", f"task.preference_path={FIXTURES / 'tldr' / 'preference'}"],
-    "hh-qwen2.5-0.5b": [f"task.path={FIXTURES / 'hh' / 'transcripts'}"],
-    "ultrafeedback-qwen2.5-0.5b": [f"task.path={FIXTURES / 'ultrafeedback' / 'trl'}"],
-    "gsm8k-qwen2.5-0.5b": [f"task.path={FIXTURES / 'gsm8k'}"],
-    "imdb-gpt2": [f"task.path={FIXTURES / 'imdb'}"],
+    "tldr-pythia-1b": [
+        f"task.sft_path={FIXTURES / 'tldr' / 'sft'}", f"task.preference_path={FIXTURES / 'tldr' / 'preference'}",
+        "model.architecture=gpt_neox",
+    ],
+    "hh-qwen2.5-0.5b": [f"task.path={FIXTURES / 'hh' / 'transcripts'}", "model.architecture=qwen2", *LORA_EVERYWHERE],
+    "ultrafeedback-qwen2.5-0.5b": [f"task.path={FIXTURES / 'ultrafeedback' / 'trl'}", "model.architecture=qwen2"],
+    "gsm8k-qwen2.5-0.5b": [
+        f"task.path={FIXTURES / 'gsm8k'}", "model.architecture=qwen2", "model.chat_template=always", *LORA_EVERYWHERE,
+    ],
+    "imdb-gpt2": [f"task.path={FIXTURES / 'imdb'}", "model.architecture=gpt2"],
 }
 
 STAND_INS = [
@@ -57,3 +67,14 @@ def test_real_suite_pipeline_runs_end_to_end_with_local_stand_ins(suite, tmp_pat
     has_gold = suite.startswith("gsm8k")
     assert all(("eval/gold_reward" in r.data.metrics) == has_gold for r in cells)
     assert (tmp_path / "reports" / f"{suite}.md").is_file()
+
+    suite_folder = tmp_path / "runs" / suite
+    architecture = next(item.split("=")[1] for item in DATA[suite] if item.startswith("model.architecture="))
+    assert json.loads((next(suite_folder.glob("prepare/base-*")) / "model" / "config.json").read_text())["model_type"] == architecture
+    trained = [folder for folder in suite_folder.glob("cells/*/train/model")] + list(suite_folder.glob("prepare/sft-*/model"))
+    assert len(trained) == 4  # dpo, grpo, ppo and SFT
+    uses_lora = "lora.enabled=true" in DATA[suite]
+    # LoRA: each training leaves its adapter beside the merged full model that everything downstream loads
+    assert all((folder / "adapter" / "adapter_config.json").is_file() == uses_lora for folder in trained)
+    samples = [json.loads(line) for line in next(suite_folder.glob("cells/sft-s0-*/eval/samples.jsonl")).read_text().splitlines()]
+    assert all(sample["prompt"].startswith("<|im_start|>user\n") == suite.startswith("gsm8k") for sample in samples)
