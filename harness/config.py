@@ -75,7 +75,9 @@ class ModelConfig:
         require(self.source in ("build", "path", "hub"), "model.source", "must be one of build, path, hub")
         require(self.architecture in BUILD_ARCHITECTURES, "model.architecture",
                 f"must be one of {', '.join(BUILD_ARCHITECTURES)};{did_you_mean(self.architecture, BUILD_ARCHITECTURES)}".rstrip(";"))
-        require(self.chat_template in CHAT_TEMPLATE_MODES, "model.chat_template", f"must be one of {', '.join(CHAT_TEMPLATE_MODES)}")
+        yaml_boolean = " (YAML reads on/off/yes/no as booleans)" if self.chat_template in ("True", "False") else ""
+        require(self.chat_template in CHAT_TEMPLATE_MODES, "model.chat_template",
+                f"must be one of {', '.join(CHAT_TEMPLATE_MODES)}, got {self.chat_template}{yaml_boolean}")
         require(not self.system_prompt or self.chat_template != "never", "model.system_prompt",
                 "needs a chat template to go in (model.chat_template is never)")
         require(self.source == "build" or bool(self.name_or_path), "model.name_or_path", "is required when source is path or hub")

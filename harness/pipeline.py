@@ -93,6 +93,7 @@ class Prepared:
     reward_model_metrics: dict
     sft_hash: str
     reward_model_hash: str
+    prompt_format: str  # "chat template" or "plain text": how prompts reached the policy
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -205,7 +206,9 @@ class SuiteRun:
         with self._stage(f"base model (seed {seed})", "other", base_stage) as active:
             if active:
                 self._build_base_model(task_module, task_data, seed, base_stage.folder / "model")
-        task_data = self._as_chat(task_data, base_stage.folder / "model")
+        chat_data = self._as_chat(task_data, base_stage.folder / "model")
+        prompt_format = "plain text" if chat_data is task_data else "chat template"
+        task_data = chat_data
         if hasattr(task_module, "remember_gold_answers"):  # GSM8K's verifier looks answers up by (final) prompt
             task_module.remember_gold_answers(task_data)
         self._check_prompt_lengths(task_data, base_stage.folder / "model")
@@ -241,7 +244,7 @@ class SuiteRun:
         reward_metrics = read_json(reward_stage.folder / "metrics.json")
         return Prepared(
             seed, task_module, task_data, data_fingerprint, sft_dir, reward_stage.folder / "model", reward_metrics,
-            sft_hash, reward_model_hash,
+            sft_hash, reward_model_hash, prompt_format,
         )
 
     def _build_base_model(self, task_module, task_data, seed: int, folder: Path) -> None:
@@ -353,7 +356,7 @@ class SuiteRun:
             return CellOutcome(name, algorithm, seed, "skipped", info.get("run_id"), info.get("summary", {}))
 
         folder.mkdir(parents=True, exist_ok=True)
-        run_id = self._open_cell_run(name, algorithm, seed, cell_hash, folder)
+        run_id = self._open_cell_run(name, algorithm, seed, cell_hash, folder, prepared.prompt_format)
         self.reporter.stage(name, "start")
         try:
             summary = self._train_and_evaluate(algorithm, seed, prepared, baseline_gold, folder, run_id, cell_hash)
@@ -375,7 +378,7 @@ class SuiteRun:
         self.reporter.stage(name, "done", _headline(summary))
         return CellOutcome(name, algorithm, seed, "complete", run_id, summary)
 
-    def _open_cell_run(self, name: str, algorithm: str, seed: int, cell_hash: str, folder: Path) -> str:
+    def _open_cell_run(self, name: str, algorithm: str, seed: int, cell_hash: str, folder: Path, prompt_format: str) -> str:
         id_file = folder / "mlflow_run_id"
         earlier = id_file.read_text().strip() if id_file.is_file() else None
         if self.tracker.resumable_cell(earlier):
@@ -392,6 +395,7 @@ class SuiteRun:
                 "harness.status": "running",
                 "harness.generator": self.generator_name,
                 "harness.training_reward": self.suite.reward.source,
+                "harness.prompt_format": prompt_format,
             },
         )
         id_file.write_text(run_id)

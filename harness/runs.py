@@ -142,7 +142,7 @@ def manifest(config_hash: str, data_fingerprint: str) -> dict:
     import platform
 
     versions = {}
-    for package in ("harness", "torch", "transformers", "trl", "accelerate", "datasets", "mlflow", "omegaconf", "sacrebleu", "rouge-score", "vllm"):
+    for package in ("harness", "torch", "transformers", "trl", "peft", "accelerate", "datasets", "mlflow", "omegaconf", "sacrebleu", "rouge-score", "vllm"):
         try:
             versions[package] = importlib.metadata.version(package)
         except importlib.metadata.PackageNotFoundError:

@@ -6,7 +6,7 @@ artifact paths that `harness.tracking` writes:
 
 - experiment ``harness/<suite>``; a parent run per invocation and a child run per cell;
 - cell tags ``harness.kind="cell"``, ``harness.algorithm``, ``harness.seed``, ``harness.cell``,
-  ``harness.cell_hash``, ``harness.status``, ``harness.failure``, ``harness.generator``,
+  ``harness.cell_hash``, ``harness.status``, ``harness.failure``, ``harness.generator``, ``harness.prompt_format``,
   ``harness.training_reward``;
 - metrics ``eval/<name>`` (final), ``train/<name>`` (history), ``cost/<name>``;
 - params: the flattened resolved config; artifact ``eval/samples.jsonl``.
@@ -63,7 +63,7 @@ EVALUATION_PARAM_PREFIX = "evaluation."
 _BASELINE_CONFIG_PREFIXES = ("task.", "model.", "sft.", "reward_model.", "evaluation.", "precision")
 _TRAINED_CONFIG_PREFIXES = ("sampling.", "reward.", "budget.")
 # Params the report reads besides the configuration ones: the header states them.
-_LOADED_PARAM_PREFIXES = _BASELINE_CONFIG_PREFIXES + _TRAINED_CONFIG_PREFIXES + ("algorithms.", "device")
+_LOADED_PARAM_PREFIXES = _BASELINE_CONFIG_PREFIXES + _TRAINED_CONFIG_PREFIXES + ("algorithms.", "device", "lora.")
 CONFIG_KEY_LENGTH = 8
 
 IDENTITY_COLUMNS = [
@@ -78,6 +78,7 @@ IDENTITY_COLUMNS = [
     "start_time",
     "generator",
     "training_reward",
+    "prompt_format",
     "config",
 ]
 
@@ -214,6 +215,7 @@ def _run_row(run, suite: str) -> dict | None:
         "start_time": pd.Timestamp(run.info.start_time, unit="ms", tz="UTC"),
         "generator": tags.get("harness.generator"),
         "training_reward": tags.get("harness.training_reward"),
+        "prompt_format": tags.get("harness.prompt_format"),
     }
     for key, value in run.data.metrics.items():
         if key.startswith((EVAL_PREFIX, COST_PREFIX)):
@@ -229,7 +231,14 @@ def config_params(algorithm: str, params: dict) -> dict:
     prefixes = _BASELINE_CONFIG_PREFIXES
     if algorithm != BASELINE_ALGORITHM:
         prefixes += _TRAINED_CONFIG_PREFIXES + (f"algorithms.{algorithm}.",)
+    if trains_with_lora(params, "sft" if algorithm == BASELINE_ALGORITHM else algorithm):
+        prefixes += ("lora.",)  # as the cell hash: LoRA settings count only where they were used
     return {key: value for key, value in params.items() if key.startswith(prefixes) and isinstance(value, str)}
+
+
+def trains_with_lora(params: dict, stage: str) -> bool:
+    """Whether a cell's logged params say `stage` (sft for the baseline) trained LoRA adapters."""
+    return params.get("lora.enabled") == "True" and f"'{stage}'" in str(params.get("lora.stages", ""))
 
 
 def config_key(algorithm: str, params: dict) -> str:

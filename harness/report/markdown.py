@@ -23,6 +23,7 @@ from harness.report.frame import (
     complete_cells,
     experiment_name,
     split_configurations,
+    trains_with_lora,
 )
 from harness.report.plots import plot_reward_vs_cost, plot_reward_vs_kl, plot_training_curves
 from harness.report.records import REPORT_ARTIFACT_PATH, SuiteRecords, load_suite_records, log_report_files
@@ -65,8 +66,8 @@ _NOT_SAMPLING_PARAMS = (
     "evaluation.generator", "evaluation.batch_size", "evaluation.num_prompts", "evaluation.samples_per_prompt",
 )
 # Package versions the header names, from each cell's manifest.json; vllm only where it was installed.
-_REPORTED_PACKAGES = ("torch", "transformers", "trl", "mlflow", "vllm")
-_OPTIONAL_PACKAGES = ("vllm",)
+_REPORTED_PACKAGES = ("torch", "transformers", "trl", "peft", "mlflow", "vllm")
+_OPTIONAL_PACKAGES = ("peft", "vllm")  # not in manifests written before they were recorded
 _BUILT_MODEL_SHAPE = (("n_layer", "{} layers"), ("n_head", "{} heads"), ("n_embd", "hidden size {}"),
                       ("max_positions", "context {} tokens"))
 # Sampling params in the order a reader looks for them; others follow alphabetically.
@@ -154,7 +155,8 @@ def _header(records: SuiteRecords) -> str:
         f"- **Cells:** {_cell_counts(cells)}",
         f"- **Algorithms:** {', '.join(algorithm_order(reported['algorithm'])) or MISSING}",
         f"- **Seeds:** {_seeds(reported)}",
-        f"- **Base model:** {_base_model(reported)}",
+        f"- **Base model:** {_base_model(reported)}; prompts: {_prompt_format(reported)}",
+        f"- **Weights trained:** {_weights_trained(reported)}",
         f"- **Task:** {_task(reported, records.manifests)}",
         f"- **Evaluation:** {_evaluation_set(reported, records.samples)}; generator {_generator(reported)}; "
         f"sampling {_sampling_summary(reported, EVALUATION_PARAM_PREFIX)}",
@@ -221,6 +223,26 @@ def _base_model(cells: "pd.DataFrame") -> str:
     elif source:
         parts.append(f"loaded from {source}")
     return ", ".join(parts) if parts else "not recorded"
+
+
+def _prompt_format(cells: "pd.DataFrame") -> str:
+    values = sorted({str(value) for value in cells["prompt_format"].dropna()})
+    if not values:
+        return "not recorded"
+    text = " / ".join(values) + (" (differs between cells)" if len(values) > 1 else "")
+    system = _param(cells, "model.system_prompt")
+    return text + (f", system prompt \"{system}\"" if system and "chat template" in values else "")
+
+
+def _weights_trained(cells: "pd.DataFrame") -> str:
+    """Full fine-tuning, or which stages trained LoRA adapters and their shape."""
+    stages = [stage for stage in ("sft", "dpo", "grpo", "ppo")
+              if any(trains_with_lora(row, stage) for row in cells.to_dict("records"))]
+    if not stages:
+        return "all (full fine-tuning)"
+    modules = (_param(cells, "lora.target_modules") or "?").strip("[]").replace("'", "")
+    shape = f"rank {_param(cells, 'lora.r')}, alpha {_param(cells, 'lora.alpha')}, modules {modules}"
+    return f"LoRA adapters ({shape}) in {', '.join(stages)}, merged into each evaluated checkpoint; any other stage trains every weight"
 
 
 def _task(cells: "pd.DataFrame", manifests: dict) -> str:

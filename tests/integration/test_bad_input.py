@@ -43,6 +43,8 @@ def corpus(tmp: Path) -> list[tuple[str, list[str], str]]:
         f"  preference_path: {FIXTURES / 'tldr' / 'preference'}\n"
         "algorithms: {dpo: {}}\n",
     )
+    without_template = tmp / "model-without-chat-template"
+    _save_tiny_model(without_template)
     small = ["task.num_sft_examples=20", "task.num_preference_pairs=10", "task.num_heldout_pairs=5",
              "task.num_train_prompts=8", "task.num_eval_prompts=4", "seeds=[0]"]
     run = ["run", "suite=tiny"]
@@ -95,20 +97,40 @@ def corpus(tmp: Path) -> list[tuple[str, list[str], str]]:
         ("prompt longer than the context", [*run, *small, "model.max_positions=8", "sampling.max_new_tokens=4",
                                             "evaluation.max_new_tokens=4", f"output_dir={tmp / 'out-long'}"],
          "exceeds the model's context of 8"),
+        ("chat template mode as a YAML boolean", [*run, "model.chat_template=on"],
+         "'model.chat_template' must be one of auto, always, never, got True (YAML reads on/off/yes/no as booleans)"),
+        ("chat template required, model has none", [*run, *small, "model.source=path", f"model.name_or_path={without_template}",
+                                                     "model.chat_template=always", f"output_dir={tmp / 'out-chat'}"],
+         "'model.chat_template' is always, but the model's tokenizer has no chat template"),
+        ("unknown model family", [*run, "model.architecture=gpt3"], "'model.architecture' must be one of gpt2, gpt_neox, qwen2, llama; did you mean 'gpt2'?"),
+        ("LoRA on the reward model", [*run, "lora.stages=[reward_model]"], "'lora.stages' names 'reward_model'"),
+        ("LoRA of rank zero", [*run, "lora.r=0"], "'lora.r' must be > 0"),
     ]
+
+
+def _save_tiny_model(folder: Path) -> None:
+    """A local model folder in the real format whose tokenizer has no chat template."""
+    from harness.config import ModelConfig
+    from harness.modeling import build_tiny_causal_lm, build_word_tokenizer, save_checkpoint
+    from harness.tasks.synthetic import vocabulary
+
+    tokenizer = build_word_tokenizer(vocabulary(), max_length=96)
+    shape = ModelConfig(n_embd=32, n_layer=1, n_head=2, max_positions=96)
+    save_checkpoint(build_tiny_causal_lm(shape, tokenizer, seed=0), tokenizer, folder)
 
 
 def test_corpus_is_large_enough(tmp_path):
     assert len(corpus(tmp_path)) >= 30
 
 
-@pytest.mark.parametrize("index", range(42))
+@pytest.mark.parametrize("index", range(47))
 def test_bad_input_is_refused_in_one_line_with_nothing_left_behind(index, tmp_path, monkeypatch, capsys):
     monkeypatch.chdir(tmp_path)
     cases = corpus(tmp_path)
     if index >= len(cases):
         pytest.skip("corpus shorter than the parameter range")
     case, argv, culprit = cases[index]
+    capsys.readouterr()  # what building the corpus printed is not the CLI's
     code = main(argv)
     stderr = capsys.readouterr().err
     lines = [line for line in stderr.splitlines() if line.strip()]

@@ -78,3 +78,7 @@ def test_real_suite_pipeline_runs_end_to_end_with_local_stand_ins(suite, tmp_pat
     assert all((folder / "adapter" / "adapter_config.json").is_file() == uses_lora for folder in trained)
     samples = [json.loads(line) for line in next(suite_folder.glob("cells/sft-s0-*/eval/samples.jsonl")).read_text().splitlines()]
     assert all(sample["prompt"].startswith("<|im_start|>user\n") == suite.startswith("gsm8k") for sample in samples)
+    report = (tmp_path / "reports" / f"{suite}.md").read_text()
+    assert ("prompts: chat template" if suite.startswith("gsm8k") else "prompts: plain text") in report
+    assert ("LoRA adapters (rank 4, alpha 8.0, modules all-linear) in sft, dpo, grpo, ppo" if uses_lora
+            else "**Weights trained:** all (full fine-tuning)") in report
