@@ -74,7 +74,7 @@ def build_tiny_causal_lm(model_config, tokenizer, seed: int):
         pad_token_id=tokenizer.pad_token_id,
     )
     width, depth, heads = model_config.n_embd, model_config.n_layer, model_config.n_head
-    architecture = getattr(model_config, "architecture", "gpt2")
+    architecture = model_config.architecture
     if architecture == "gpt2":
         shape = dict(n_positions=model_config.max_positions, n_embd=width, n_layer=depth, n_head=heads,
                      resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0, summary_first_dropout=0.0)
@@ -97,10 +97,10 @@ def load_pretrained_base(model_config):
     Many causal LMs ship without a pad token; setting pad = eos would mask the EOS out of every loss and make
     "stopped" undetectable (PPO.md §6.3), so a new [PAD] token is added and the embeddings resized.
     """
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from transformers import AutoModelForCausalLM
 
     source = model_config.name_or_path
-    tokenizer = AutoTokenizer.from_pretrained(source, trust_remote_code=model_config.trust_remote_code)
+    tokenizer = auto_tokenizer(source, trust_remote_code=model_config.trust_remote_code)
     model = AutoModelForCausalLM.from_pretrained(
         source, use_safetensors=True, trust_remote_code=model_config.trust_remote_code
     )
@@ -165,10 +165,27 @@ def load_causal_lm(folder: Path | str, device: str = "cpu", trust_remote_code: b
     return model.to(device).eval()
 
 
-def load_tokenizer(folder: Path | str, trust_remote_code: bool = False):
-    from transformers import AutoTokenizer
+# Tokenizer classes that only wrap a tokenizer.json: the file alone defines the tokenization.
+GENERIC_TOKENIZER_CLASSES = ("TokenizersBackend", "PreTrainedTokenizerFast")
 
-    tokenizer = AutoTokenizer.from_pretrained(folder, trust_remote_code=trust_remote_code)
+
+def auto_tokenizer(source: Path | str, trust_remote_code: bool = False):
+    """AutoTokenizer, except that a local folder whose tokenizer_config.json names a generic tokenizer.json class
+    loads as exactly that. transformers 5 otherwise takes the class it registers for the model type in
+    config.json (Qwen2Tokenizer for qwen2) and rebuilds the tokenizer with that class's own pre-tokenizer: a
+    word-level stand-in tokenizer saved beside a Qwen2 model reloaded as two unknown tokens for "the cat sat"."""
+    import json
+
+    from transformers import AutoTokenizer, PreTrainedTokenizerFast
+
+    config_file = Path(source) / "tokenizer_config.json"
+    if config_file.is_file() and json.loads(config_file.read_text()).get("tokenizer_class") in GENERIC_TOKENIZER_CLASSES:
+        return PreTrainedTokenizerFast.from_pretrained(source)
+    return AutoTokenizer.from_pretrained(source, trust_remote_code=trust_remote_code)
+
+
+def load_tokenizer(folder: Path | str, trust_remote_code: bool = False):
+    tokenizer = auto_tokenizer(folder, trust_remote_code=trust_remote_code)
     if tokenizer.pad_token_id is None or tokenizer.pad_token_id == tokenizer.eos_token_id:
         raise ValueError(f"tokenizer in '{folder}' must have a pad token different from EOS (PPO.md §6.3)")
     return tokenizer

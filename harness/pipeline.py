@@ -206,9 +206,7 @@ class SuiteRun:
         with self._stage(f"base model (seed {seed})", "other", base_stage) as active:
             if active:
                 self._build_base_model(task_module, task_data, seed, base_stage.folder / "model")
-        chat_data = self._as_chat(task_data, base_stage.folder / "model")
-        prompt_format = "plain text" if chat_data is task_data else "chat template"
-        task_data = chat_data
+        task_data, prompt_format = self._as_chat(task_data, base_stage.folder / "model")
         if hasattr(task_module, "remember_gold_answers"):  # GSM8K's verifier looks answers up by (final) prompt
             task_module.remember_gold_answers(task_data)
         self._check_prompt_lengths(task_data, base_stage.folder / "model")
@@ -265,7 +263,8 @@ class SuiteRun:
         save_checkpoint(model, tokenizer, folder)
 
     def _as_chat(self, task_data, model_folder: Path):
-        """The task data with its prompts in the policy's chat template, when the suite and tokenizer call for it."""
+        """The task data with its prompts in the policy's chat template when the suite and tokenizer call for it,
+        and the prompt format the cells record ("chat template" or "plain text")."""
         from harness.modeling import load_tokenizer
         from harness.tasks.chat import ChatTemplateError, apply_chat_template, uses_chat_template
 
@@ -273,10 +272,10 @@ class SuiteRun:
         tokenizer = load_tokenizer(model_folder, trust_remote_code=model_config.trust_remote_code)
         try:
             if not uses_chat_template(model_config.chat_template, tokenizer):
-                return task_data
+                return task_data, "plain text"
         except ChatTemplateError as error:
             raise ConfigError(str(error)) from None
-        return apply_chat_template(task_data, tokenizer, model_config.system_prompt)
+        return apply_chat_template(task_data, tokenizer, model_config.system_prompt), "chat template"
 
     def _check_prompt_lengths(self, task_data, model_folder: Path) -> None:
         """Refuse, before any training, a prompt that leaves no room in the context for its completion."""

@@ -32,12 +32,12 @@ class ProxyRewardModel:
     def __init__(self, folder: Path, device: str = "cpu", batch_size: int = 64):
         import json
 
-        from transformers import AutoModelForSequenceClassification, AutoTokenizer
+        from transformers import AutoModelForSequenceClassification
 
-        from harness.modeling import resolve_device
+        from harness.modeling import auto_tokenizer, resolve_device
 
         self.device = resolve_device(device)
-        self.tokenizer = AutoTokenizer.from_pretrained(folder)
+        self.tokenizer = auto_tokenizer(folder)
         if self.tokenizer.pad_token_id is None:
             raise ValueError(f"reward model tokenizer in '{folder}' has no pad token: batches cannot be scored")
         self.model = AutoModelForSequenceClassification.from_pretrained(folder, use_safetensors=True)

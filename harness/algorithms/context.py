@@ -50,12 +50,11 @@ def snapshot_steps(total_steps: int, count: int) -> set[int]:
 def save_snapshot(model, base_dir: Path, folder: Path) -> None:
     """An intermediate checkpoint as a standard HF folder (merged when the policy trains with LoRA):
     safetensors weights plus the policy's tokenizer, taken from the initial policy's folder `base_dir`."""
-    from transformers import AutoTokenizer
-
     from harness.algorithms.lora import save_policy
+    from harness.modeling import auto_tokenizer
 
     save_policy(model, base_dir, folder)
-    AutoTokenizer.from_pretrained(base_dir).save_pretrained(folder)
+    auto_tokenizer(base_dir).save_pretrained(folder)
 
 
 @dataclass

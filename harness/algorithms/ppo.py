@@ -523,7 +523,9 @@ def _critic_source(base_dir: Path, reward_model_dir: Path, tokenizer, trust_remo
     A critic reads the policy's token ids, so it must share the policy's vocabulary. A reward model with
     another vocabulary and no tokenizer of its own can neither score text nor initialise a critic: refused.
     """
-    from transformers import AutoConfig, AutoTokenizer
+    from transformers import AutoConfig
+
+    from harness.modeling import auto_tokenizer
 
     policy_vocabulary = AutoConfig.from_pretrained(base_dir, trust_remote_code=trust_remote_code).vocab_size
     reward_config = AutoConfig.from_pretrained(reward_model_dir, trust_remote_code=trust_remote_code)
@@ -532,7 +534,7 @@ def _critic_source(base_dir: Path, reward_model_dir: Path, tokenizer, trust_remo
             f"reward model in '{reward_model_dir}' must have one scalar output, not {reward_config.num_labels}"
         )
     if _has_own_tokenizer(reward_model_dir):
-        reward_tokenizer = AutoTokenizer.from_pretrained(reward_model_dir, trust_remote_code=trust_remote_code)
+        reward_tokenizer = auto_tokenizer(reward_model_dir, trust_remote_code=trust_remote_code)
         same_vocabulary = reward_tokenizer.get_vocab() == tokenizer.get_vocab()
         same_vocabulary = same_vocabulary and reward_config.vocab_size == policy_vocabulary
         if not same_vocabulary:

@@ -67,12 +67,13 @@ def train_reward_model(sft_dir: Path, task_data, suite, seed: int, output_dir: P
 def load_reward_model(task_data, suite, output_dir: Path) -> tuple[Path, dict]:
     """Use an existing sequence classifier as the reward model: copy it (safetensors) with its own tokenizer
     into the stage folder, record which logit is the reward, and measure it on the held-out pairs."""
-    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+    from transformers import AutoModelForSequenceClassification
 
+    from harness.modeling import auto_tokenizer
     from harness.rewards import REWARD_METADATA
 
     config = suite.reward_model
-    tokenizer = AutoTokenizer.from_pretrained(config.name_or_path, trust_remote_code=config.trust_remote_code)
+    tokenizer = auto_tokenizer(config.name_or_path, trust_remote_code=config.trust_remote_code)
     model = AutoModelForSequenceClassification.from_pretrained(
         config.name_or_path, use_safetensors=True, trust_remote_code=config.trust_remote_code
     )
