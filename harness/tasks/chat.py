@@ -14,10 +14,11 @@ import dataclasses
 import re
 
 from harness.tasks.common import TaskData
+from harness.tasks.hh import ROLE_MARKERS
 
-# An HH-style turn marker: the role and the text up to the next marker.
-TURN_MARKER = re.compile(r"\n\n(Human|Assistant):")
-ROLES = {"Human": "user", "Assistant": "assistant"}
+# The HH transcript's turn markers (the ones harness.tasks.hh.render_transcript writes), and their roles.
+ROLES = {marker: role for role, marker in ROLE_MARKERS.items()}
+TURN_MARKER = re.compile("(" + "|".join(re.escape(marker) for marker in ROLES) + ")")
 
 
 class ChatTemplateError(ValueError):
@@ -31,7 +32,7 @@ def prompt_messages(prompt: str) -> list[dict]:
     if len(parts) < 3 or parts[0].strip():  # no transcript, or text before its first turn
         return [{"role": "user", "content": prompt.strip()}]
     messages = [
-        {"role": ROLES[role], "content": content.strip()} for role, content in zip(parts[1::2], parts[2::2])
+        {"role": ROLES[marker], "content": content.strip()} for marker, content in zip(parts[1::2], parts[2::2])
     ]
     if messages[-1]["role"] == "assistant" and not messages[-1]["content"]:
         messages.pop()
