@@ -18,6 +18,9 @@ EXIT_INTERRUPTED = 130
 USAGE_EXAMPLES = """examples:
   harness run suite=tiny
   harness run suite=tiny seeds=[0,1,2] algorithms.dpo.beta=0.3 only=[dpo]
+  harness run suite=tiny executor.max_parallel=2          # two stages at once (one per GPU on a GPU node)
+  harness run suite=tiny executor=ray ray.address=auto    # every stage a Ray task on a cluster
+  harness plan suite=tiny                                 # the stages, what a rerun skips, what each asks for
   harness report suite=tiny
   harness leaderboard suite=tiny --sort gold_reward
   harness list algorithms
@@ -39,6 +42,9 @@ def build_parser() -> argparse.ArgumentParser:
     overrides_help = "suite=NAME (a name in suites/ or a YAML path) followed by key=value overrides"
     run = commands.add_parser("run", help="prepare, train, evaluate and report a suite (resumes if rerun)")
     run.add_argument("items", nargs="*", metavar="suite=NAME|key=value", help=overrides_help)
+
+    plan = commands.add_parser("plan", help="print a suite's stages: complete or to run, resources, what each waits on")
+    plan.add_argument("items", nargs="*", metavar="suite=NAME|key=value", help=overrides_help)
 
     report = commands.add_parser("report", help="write reports/<suite>.md from the MLflow store")
     report.add_argument("items", nargs="*", metavar="suite=NAME|key=value", help=overrides_help)
@@ -66,6 +72,7 @@ def main(argv: list[str] | None = None) -> int:
     _configure_logging(args.verbose)
     handlers = {
         "run": command_run,
+        "plan": command_plan,
         "report": command_report,
         "leaderboard": command_leaderboard,
         "list": command_list,
@@ -141,9 +148,11 @@ def command_run(args) -> int:
 
     transformers_logging.disable_progress_bar()
     console = _console()
+    from harness.pipeline import executor_label
+
     console.print(
         f"[bold]harness run[/bold] suite=[cyan]{config.suite.name}[/cyan] seeds={config.suite.seeds} "
-        f"algorithms={config.selected_algorithms} (+ sft baseline)"
+        f"algorithms={config.selected_algorithms} (+ sft baseline) executor={executor_label(config)}"
     )
     reporter = RichReporter(console)
     outcome = run_suite(config, reporter)
@@ -163,11 +172,35 @@ def command_run(args) -> int:
 
 
 def _tracking_uri(config) -> str:
-    from pathlib import Path
+    from harness.pipeline import tracking_uri_of
 
-    from harness.tracking import default_tracking_uri
+    return tracking_uri_of(config)
 
-    return config.suite.tracking.uri or default_tracking_uri(Path(config.suite.output_dir).resolve())
+
+def command_plan(args) -> int:
+    """The plan as a table, from the config and the run folders alone: nothing heavy is imported."""
+    from harness.plan import REPORT, build_plan
+
+    config = _load(args.items)
+    plan = build_plan(config)
+    rows = []
+    for stage in plan.stages:
+        state = "runs last" if stage.kind == REPORT else ("complete: skipped" if stage.done else "to run")
+        resources = f"{stage.gpus} GPU, {stage.cpus or 'auto'} CPU" + (f", {stage.memory_gb:g} GiB" if stage.memory_gb else "")
+        if stage.processes > 1:
+            resources += f", {stage.processes} processes"
+        waits = ", ".join(stage.waits_on) if stage.kind != REPORT else "every cell"
+        if stage.soft_waits and stage.kind != REPORT:
+            waits += f" (and {', '.join(stage.soft_waits)} if it completes)"
+        rows.append((stage.id, stage.hash or "-", state, resources, waits or "-"))
+    header = ("stage", "hash", "state", "asks for", "waits on")
+    widths = [max(len(str(row[i])) for row in [header, *rows]) for i in range(len(header))]
+    for row in [header, *rows]:
+        print("  ".join(str(value).ljust(width) for value, width in zip(row, widths)).rstrip())
+    to_run = sum(1 for stage in plan.stages if stage.kind != REPORT and not stage.done)
+    print(f"# {len(plan.stages) - 1} stages, {to_run} to run, {len(plan.stages) - 1 - to_run} complete; "
+          f"run folders in {plan.root}")
+    return EXIT_OK
 
 
 def command_report(args) -> int:

@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from harness.registry import ALGORITHMS, TASKS, UnknownNameError, did_you_mean
+from harness.registry import ALGORITHMS, TASKS, did_you_mean
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 SUITES_DIR = REPO_ROOT / "suites"
@@ -25,13 +25,69 @@ CONFIGS_DIR = REPO_ROOT / "configs"
 
 
 class ConfigError(ValueError):
-    """Bad configuration: the message is one line and names the culprit key or file."""
+    """Bad configuration: the message is one line and names the culprit key or file.
+
+    Values are echoed through `shown()` (at most SHOWN_LIMIT characters); as a last guard, a message is
+    folded onto one line and cut at MESSAGE_LIMIT characters whatever its author did."""
+
+    MESSAGE_LIMIT = 1000
+
+    def __init__(self, message: str = ""):
+        message = " ".join(str(message).splitlines())
+        if len(message) > self.MESSAGE_LIMIT:
+            message = message[: self.MESSAGE_LIMIT] + "…"
+        super().__init__(message)
+
+
+SHOWN_LIMIT = 60
+
+
+def shown(value: Any, limit: int = SHOWN_LIMIT) -> str:
+    """A value as an error message echoes it: control characters escaped (a newline cannot break the one
+    line), and cut after `limit` characters with an ellipsis and the full length (a 100 kB override is named,
+    not repeated)."""
+    text = str(value)  # a path as the user typed it; callers pass repr(x) where quotes tell a type
+    text = "".join(c if c.isprintable() else repr(c)[1:-1] for c in text)
+    if len(text) > limit:  # the middle goes: a path's file name, at its end, stays
+        head = limit * 2 // 3
+        return f"{text[:head]}…{text[len(text) - (limit - head):]} ({len(text)} characters)"
+    return text
+
+
+PATH_LIMIT = 200  # a real path may be long; a 100 kB "path" is still not echoed
 
 
 def require(condition: bool, key: str, message: str) -> None:
     """Raise ConfigError for `key` unless `condition` holds (used in __post_init__ range checks)."""
     if not condition:
         raise ConfigError(f"'{key}' {message}")
+
+
+def _is_file(path: Path) -> bool:
+    """Path.is_file, but False for a name the OS refuses outright (too long, a NUL byte) instead of raising."""
+    try:
+        return path.is_file()
+    except (OSError, ValueError):
+        return False
+
+
+def _is_dir(path: Path) -> bool:
+    try:
+        return path.is_dir()
+    except (OSError, ValueError):
+        return False
+
+
+def _folder_name(name: str) -> bool:
+    """A suite name becomes the folder <output_dir>/<name>: one path component, printable, of sane length."""
+    return (
+        bool(name.strip())
+        and name not in (".", "..")
+        and "/" not in name
+        and "\\" not in name
+        and name.isprintable()
+        and len(name) <= 200
+    )
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -77,18 +133,19 @@ class ModelConfig:
                 f"must be one of {', '.join(BUILD_ARCHITECTURES)};{did_you_mean(self.architecture, BUILD_ARCHITECTURES)}".rstrip(";"))
         yaml_boolean = " (YAML reads on/off/yes/no as booleans)" if self.chat_template in ("True", "False") else ""
         require(self.chat_template in CHAT_TEMPLATE_MODES, "model.chat_template",
-                f"must be one of {', '.join(CHAT_TEMPLATE_MODES)}, got {self.chat_template}{yaml_boolean}")
+                f"must be one of {', '.join(CHAT_TEMPLATE_MODES)}, got {shown(self.chat_template)}{yaml_boolean}")
         require(not self.system_prompt or self.chat_template != "never", "model.system_prompt",
                 "needs a chat template to go in (model.chat_template is never)")
         require(self.source == "build" or bool(self.name_or_path), "model.name_or_path", "is required when source is path or hub")
         if self.source == "path":
             folder = Path(self.name_or_path)
-            require(folder.is_dir(), "model.name_or_path", f"'{folder}' is not a folder")
-            require((folder / "config.json").is_file(), "model.name_or_path", f"'{folder}' is not a Hugging Face model folder (no config.json)")
+            require(_is_dir(folder), "model.name_or_path", f"'{shown(folder, PATH_LIMIT)}' is not a folder")
+            require(_is_file(folder / "config.json"), "model.name_or_path",
+                    f"'{shown(folder, PATH_LIMIT)}' is not a Hugging Face model folder (no config.json)")
             require(
                 any(folder.glob("*.safetensors")),
                 "model.name_or_path",
-                f"'{folder}' has no .safetensors weights (pickled checkpoints are never loaded)",
+                f"'{shown(folder, PATH_LIMIT)}' has no .safetensors weights (pickled checkpoints are never loaded)",
             )
         for key in ("n_layer", "n_embd", "n_head", "max_positions"):
             require(getattr(self, key) > 0, f"model.{key}", "must be > 0")
@@ -118,7 +175,7 @@ class LoraConfig:
     def __post_init__(self):
         for stage in self.stages:
             require(stage in LORA_STAGES, "lora.stages",
-                    f"names '{stage}'; must be among {', '.join(LORA_STAGES)};{did_you_mean(stage, LORA_STAGES)}".rstrip(";"))
+                    f"names '{shown(stage)}'; must be among {', '.join(LORA_STAGES)};{did_you_mean(stage, LORA_STAGES)}".rstrip(";"))
         require(self.r > 0, "lora.r", "must be > 0")
         require(self.alpha > 0, "lora.alpha", "must be > 0")
         require(0 <= self.dropout < 1, "lora.dropout", "must be in [0, 1)")
@@ -173,8 +230,8 @@ class RewardModelConfig:
         require(self.source in ("train", "path", "hub"), "reward_model.source", "must be one of train, path, hub")
         require(self.source == "train" or bool(self.name_or_path), "reward_model.name_or_path", "is required when source is path or hub")
         if self.source == "path":
-            require((Path(self.name_or_path) / "config.json").is_file(), "reward_model.name_or_path",
-                    f"'{self.name_or_path}' is not a Hugging Face model folder (no config.json)")
+            require(_is_file(Path(self.name_or_path) / "config.json"), "reward_model.name_or_path",
+                    f"'{shown(self.name_or_path, PATH_LIMIT)}' is not a Hugging Face model folder (no config.json)")
         require(self.score_index >= 0, "reward_model.score_index", "must be >= 0")
         require(self.epochs > 0, "reward_model.epochs", "must be > 0")
         require(self.learning_rate > 0, "reward_model.learning_rate", "must be > 0")
@@ -291,8 +348,101 @@ class TrackingConfig:
         require(
             self.uri == "" or "://" in self.uri or self.uri.startswith("databricks"),
             "tracking.uri",
-            "must be a URI such as sqlite:////abs/mlflow.db or http://host:5000",
+            f"must be a URI such as sqlite:////abs/mlflow.db or http://host:5000, not '{shown(self.uri)}'",
         )
+        if "://" not in self.uri:
+            return
+        scheme, _, rest = self.uri.partition("://")
+        scheme = scheme.lower()
+        known = TRACKING_SCHEMES + _tracking_store_plugins()
+        require(
+            scheme.split("+")[0] in TRACKING_DATABASES or scheme in known,
+            "tracking.uri",
+            f"has scheme '{shown(scheme)}', which MLflow cannot keep runs in; use one of "
+            f"{', '.join(s + '://' for s in TRACKING_DATABASES + known)} (e.g. sqlite:////abs/mlflow.db)",
+        )
+        if scheme in ("http", "https"):
+            require(bool(rest.split("/")[0]), "tracking.uri", f"names no host: use {scheme}://host:port")
+        if scheme.split("+")[0] == "sqlite":
+            require(rest.strip("/") != "", "tracking.uri",
+                    "names no database file (sqlite:// alone is an in-memory store that keeps nothing): "
+                    "use sqlite:////abs/mlflow.db")
+
+
+# Where MLflow 3.17 can keep runs (mlflow.tracking._tracking_service.utils._register_tracking_stores): SQLAlchemy
+# databases (a driver may follow a "+": postgresql+psycopg2://), a tracking server, a local folder, Databricks;
+# a store plugin adds its scheme through the "mlflow.tracking_store" entry point.
+TRACKING_DATABASES = ("sqlite", "postgresql", "mysql", "mssql")
+TRACKING_SCHEMES = ("http", "https", "file", "databricks", "databricks-uc", "uc")
+
+
+def _tracking_store_plugins() -> tuple[str, ...]:
+    import importlib.metadata
+
+    try:
+        return tuple(entry.name for entry in importlib.metadata.entry_points(group="mlflow.tracking_store"))
+    except Exception:  # broken package metadata must not make every URI unusable
+        return ()
+
+
+EXECUTORS = ("local", "ray")
+
+
+@dataclass
+class ExecutorConfig:
+    name: str = "local"
+    # who runs the plan's stages: "local" (this machine) or "ray" (the tasks of a Ray cluster, see `ray:`);
+    # on the command line `executor=ray` is short for executor.name=ray
+    max_parallel: int = 1
+    # local: stages run at once; 1 runs them one after another in this process, N > 1 runs up to N ready
+    # stages as subprocesses, each given the GPUs it asks for through CUDA_VISIBLE_DEVICES
+    retries: int = 0
+    # ray: times a stage whose worker died (killed, out of memory, node lost) is started again; it resumes
+    # from its last checkpoint in the same MLflow run. A stage that fails by itself is never retried.
+    gpus_per_stage: int = -1
+    # GPUs a training or evaluation stage asks for (a training stage under `launcher` asks for
+    # launcher.num_processes); -1 = 1 when the suite runs on CUDA (device cuda, or auto with a GPU visible)
+    cpus_per_stage: int = 0
+    # CPU cores (and torch threads) every stage asks for; 0 = auto: every core for one stage at a time, the
+    # cores shared out when stages run side by side, 1 per Ray task. Set it to compare executors bit for bit:
+    # float reductions, and so samples, depend on the thread count
+    memory_gb: float = 0.0
+    # host memory every stage asks for, in GiB (ray schedules by it; 0 = no request)
+
+    def __post_init__(self):
+        require(self.name in EXECUTORS, "executor.name",
+                f"must be one of {', '.join(EXECUTORS)};{did_you_mean(self.name, EXECUTORS)}".rstrip(";"))
+        require(self.max_parallel >= 1, "executor.max_parallel", "must be >= 1")
+        require(self.retries >= 0, "executor.retries", "must be >= 0")
+        require(self.gpus_per_stage >= -1, "executor.gpus_per_stage", "must be >= 0 (or -1 for auto)")
+        require(self.cpus_per_stage >= 0, "executor.cpus_per_stage", "must be >= 0 (0 = auto)")
+        require(self.memory_gb >= 0, "executor.memory_gb", "must be >= 0")
+
+
+@dataclass
+class RayConfig:
+    address: str = "local"
+    # "local": a Ray instance on this machine for the length of the run; "auto": the cluster that `ray start`
+    # made this machine part of; or "<host>:<port>" of a cluster's head (run folders and the MLflow store
+    # must then be reachable from every node: a tracking server, never a SQLite file)
+
+    def __post_init__(self):
+        require(bool(self.address.strip()), "ray.address", "must be local, auto or <host>:<port>")
+
+
+@dataclass
+class LauncherConfig:
+    num_processes: int = 1
+    # processes one training stage runs on, under `accelerate launch` when > 1 (one per GPU on CUDA, gloo
+    # processes on the CPU); evaluation always runs in one process
+    config: str = "ddp"
+    # a preset in configs/accelerate/: ddp, deepspeed-zero2, deepspeed-zero3, fsdp
+
+    def __post_init__(self):
+        require(self.num_processes >= 1, "launcher.num_processes", "must be >= 1")
+        known = sorted(p.stem for p in (CONFIGS_DIR / "accelerate").glob("*.yaml"))
+        require(self.config in known, "launcher.config",
+                f"names unknown preset '{shown(self.config)}';{did_you_mean(self.config, known)} known: {', '.join(known)}")
 
 
 @dataclass
@@ -331,11 +481,17 @@ class SuiteConfig:
     evaluation: EvaluationConfig = field(default_factory=EvaluationConfig)
     budget: BudgetConfig = field(default_factory=BudgetConfig)
     tracking: TrackingConfig = field(default_factory=TrackingConfig)
+    executor: ExecutorConfig = field(default_factory=ExecutorConfig)
+    ray: RayConfig = field(default_factory=RayConfig)
+    launcher: LauncherConfig = field(default_factory=LauncherConfig)
 
     def __post_init__(self):
         require(len(self.seeds) > 0, "seeds", "must list at least one seed")
         require(len(set(self.seeds)) == len(self.seeds), "seeds", "must not repeat a seed")
         require(all(s >= 0 for s in self.seeds), "seeds", "must be >= 0")
+        require(all(s < 2**32 for s in self.seeds), "seeds", "must be < 2**32 (numpy's seed range)")
+        require(len(set(self.only)) == len(self.only), "only", "must not name an algorithm twice")
+        require(_folder_name(self.name), "name", f"must be usable as one folder name (no '/', not '.' or '..'), not '{shown(self.name)}'")
         require(self.device in ("auto", "cpu", "cuda"), "device", "must be auto, cpu or cuda")
         require(self.precision in ("fp32", "bf16"), "precision", "must be fp32 or bf16")
         require(self.checkpoint_every >= 0, "checkpoint_every", "must be >= 0")
@@ -403,12 +559,14 @@ def suite_path(suite: str) -> Path:
     """A suite name in suites/, or a path to a YAML file."""
     candidate = Path(suite)
     if candidate.suffix in (".yaml", ".yml") or "/" in suite:
-        if not candidate.is_file():
-            raise ConfigError(f"suite file '{suite}' does not exist")
+        if _is_dir(candidate):
+            raise ConfigError(f"suite file '{shown(suite, PATH_LIMIT)}' is a folder, not a YAML file")
+        if not _is_file(candidate):
+            raise ConfigError(f"suite file '{shown(suite, PATH_LIMIT)}' does not exist")
         return candidate.resolve()
     path = SUITES_DIR / f"{suite}.yaml"
-    if not path.is_file():
-        raise ConfigError(f"unknown suite '{suite}';{did_you_mean(suite, suite_names())} known: {', '.join(suite_names())}")
+    if not _is_file(path):
+        raise ConfigError(f"unknown suite '{shown(suite)}';{did_you_mean(suite, suite_names())} known: {', '.join(suite_names())}")
     return path
 
 
@@ -416,17 +574,52 @@ def read_yaml(path: Path) -> dict:
     import yaml
 
     try:
-        with open(path) as handle:
-            data = yaml.safe_load(handle)
+        with open(path, encoding="utf-8") as handle:
+            data = yaml.load(handle, Loader=_unique_key_loader())
     except yaml.YAMLError as error:
         mark = getattr(error, "problem_mark", None)
         where = f" line {mark.line + 1}" if mark else ""
-        raise ConfigError(f"'{path}'{where} is not valid YAML: {getattr(error, 'problem', error)}") from None
+        reason = getattr(error, "problem", None) or getattr(error, "reason", None) or str(error)
+        raise ConfigError(f"'{shown(path, PATH_LIMIT)}'{where} is not valid YAML: {shown(reason, 200)}") from None
+    except UnicodeDecodeError as error:
+        raise ConfigError(
+            f"'{shown(path, PATH_LIMIT)}' is not UTF-8 text (byte 0x{error.object[error.start]:02x} at offset {error.start}): "
+            "save it as UTF-8"
+        ) from None
+    except OSError as error:
+        raise ConfigError(f"cannot read '{shown(path, PATH_LIMIT)}': {error.strerror}") from None
     if data is None:
         return {}
     if not isinstance(data, dict):
-        raise ConfigError(f"'{path}' must hold a mapping of keys to values, not {type(data).__name__}")
+        raise ConfigError(f"'{shown(path, PATH_LIMIT)}' must hold a mapping of keys to values, not {type(data).__name__}")
     return data
+
+
+def _unique_key_loader():
+    """yaml.SafeLoader, except that a mapping that repeats a key is an error: PyYAML silently keeps the last
+    one, so a suite with `seeds:` twice would run with whichever came second."""
+    import yaml
+
+    class UniqueKeyLoader(yaml.SafeLoader):
+        def construct_mapping(self, node, deep=False):
+            if isinstance(node, yaml.MappingNode):
+                seen = set()
+                for key_node, _ in node.value:
+                    if key_node.tag == "tag:yaml.org,2002:merge":  # `<<: *base` merges may override
+                        continue
+                    key = self.construct_object(key_node, deep=deep)
+                    try:
+                        repeated = key in seen
+                    except TypeError:  # an unhashable key: SafeLoader's own error says so
+                        break
+                    if repeated:
+                        raise yaml.constructor.ConstructorError(
+                            None, None, f"key '{shown(key)}' appears twice in one mapping", key_node.start_mark
+                        )
+                    seen.add(key)
+            return super().construct_mapping(node, deep=deep)
+
+    return UniqueKeyLoader
 
 
 def parse_overrides(overrides: list[str]) -> dict:
@@ -435,11 +628,25 @@ def parse_overrides(overrides: list[str]) -> dict:
 
     for item in overrides:
         if "=" not in item or item.startswith("="):
-            raise ConfigError(f"override '{item}' is not of the form key=value")
+            raise ConfigError(f"override '{shown(item)}' is not of the form key=value")
     try:
         return OmegaConf.to_container(OmegaConf.from_dotlist(list(overrides)))
-    except Exception as error:  # OmegaConf's grammar errors are long; keep the first line
-        raise ConfigError(f"cannot parse overrides {overrides}: {str(error).splitlines()[0]}") from None
+    except Exception:  # name the one item that fails, with the first line of OmegaConf's long grammar error
+        for item in overrides:
+            try:
+                OmegaConf.from_dotlist([item])
+            except Exception as error:
+                reason = (str(error).splitlines() or [type(error).__name__])[0]
+                raise ConfigError(f"cannot parse override '{shown(item)}': {_shorten_quoted(reason)}") from None
+        raise ConfigError(f"cannot parse overrides {shown(' '.join(overrides))}") from None
+
+
+def _shorten_quoted(reason: str) -> str:
+    """A library's one-line error with every quoted value in it put through `shown()`."""
+    import re
+
+    reason = re.sub(r"'([^']*)'", lambda match: f"'{shown(match.group(1))}'", reason)
+    return shown(reason, 300)
 
 
 def deep_merge(*layers: dict) -> dict:
@@ -458,11 +665,11 @@ def check_keys(schema: type, data: Any, prefix: str) -> None:
     import typing
 
     if not isinstance(data, dict):
-        raise ConfigError(f"'{prefix.rstrip('.') or 'config'}' must be a mapping, not {data!r}")
+        raise ConfigError(f"'{prefix.rstrip('.') or 'config'}' must be a mapping, not {shown(repr(data))}")
     types = typing.get_type_hints(schema)
     for key, value in data.items():
         if key not in types:
-            raise ConfigError(f"unknown key '{prefix}{key}';{did_you_mean(key, types)}".rstrip(";"))
+            raise ConfigError(f"unknown key '{prefix}{shown(key)}';{did_you_mean(key, types)}".rstrip(";"))
         if dataclasses.is_dataclass(types[key]):
             check_keys(types[key], value, f"{prefix}{key}.")
 
@@ -475,15 +682,40 @@ def build(schema: type, data: dict, prefix: str):
     check_keys(schema, data, prefix)
     try:
         merged = OmegaConf.merge(OmegaConf.structured(schema), data)
+    except OmegaConfBaseException as error:
+        raise _bad_value(error, prefix) from None
+    # Before __post_init__'s range checks, so NaN reads "must be a finite number", not "must be > 0".
+    require_finite(OmegaConf.to_container(merged), prefix)
+    try:
         return OmegaConf.to_object(merged)
     except ConfigError as error:
         raise ConfigError(_prefixed(str(error), prefix)) from None
     except OmegaConfBaseException as error:
-        key = f"{prefix}{error.full_key}" if getattr(error, "full_key", None) else prefix.rstrip(".")
-        reason = str(error).splitlines()[0]
-        if "is not a ListConfig" in reason:  # OmegaConf's wording for a scalar given where a list belongs
-            reason = "expected a list such as [0,1,2]"
-        raise ConfigError(f"bad value for '{key}': {reason}") from None
+        raise _bad_value(error, prefix) from None
+
+
+def _bad_value(error, prefix: str) -> ConfigError:
+    key = f"{prefix}{error.full_key}" if getattr(error, "full_key", None) else prefix.rstrip(".")
+    reason = (str(error).splitlines() or [type(error).__name__])[0]
+    if "is not a ListConfig" in reason:  # OmegaConf's wording for a scalar given where a list belongs
+        reason = "expected a list such as [0,1,2]"
+    return ConfigError(f"bad value for '{shown(key)}': {_shorten_quoted(reason)}")
+
+
+def require_finite(data: Any, key: str) -> None:
+    """Refuse NaN and infinities anywhere in a section, naming the full key: every float field of every
+    suite section, task and algorithm config (and any list of floats) is checked here, so a new float key
+    is covered without writing a check for it. `key` is the section's prefix ("algorithms.ppo.")."""
+    import math
+
+    if isinstance(data, float) and not math.isfinite(data):
+        raise ConfigError(f"'{key.rstrip('.')}' must be a finite number, not {data}")
+    if isinstance(data, dict):
+        for name, value in data.items():
+            require_finite(value, f"{key}{name}.")
+    elif isinstance(data, (list, tuple)):
+        for index, value in enumerate(data):
+            require_finite(value, f"{key.rstrip('.')}[{index}].")
 
 
 def _prefixed(message: str, prefix: str) -> str:
@@ -497,10 +729,12 @@ def load_config(suite: str, overrides: list[str] | None = None) -> ResolvedConfi
     """Resolve a suite (name or path) with `key=value` overrides into a validated ResolvedConfig."""
     path = suite_path(suite)
     suite_data = read_yaml(path)
-    override_data = parse_overrides(overrides or [])
+    override_data = parse_overrides(_short_forms(overrides or []))
     override_data.pop("suite", None)
 
     suite_data.setdefault("name", path.stem)
+    if isinstance(suite_data.get("executor"), str):  # `executor: ray` in a suite file
+        suite_data["executor"] = {"name": suite_data["executor"]}
     raw = deep_merge(suite_data, override_data)
 
     # Model preset: configs/models/<preset>.yaml sits between the defaults and the suite's own model values.
@@ -516,10 +750,15 @@ def load_config(suite: str, overrides: list[str] | None = None) -> ResolvedConfi
     if suite_config.reward.source == "gold" and not TASKS.get(task_name).HAS_GOLD_REWARD:
         raise ConfigError(f"'reward.source' is gold, but task '{task_name}' has no gold reward; use proxy")
     algorithms = _build_algorithms(algorithms_raw)
+    if "only" in raw and not suite_config.only:  # given, and empty: not the same as leaving it out (= all)
+        raise ConfigError(
+            f"'only' is empty: name at least one algorithm of suite '{suite_config.name}' "
+            f"({', '.join(algorithms)}), or leave it out to run them all"
+        )
     for name in suite_config.only:
         if name not in algorithms:
             raise ConfigError(
-                f"'only' names '{name}', which suite '{suite_config.name}' does not run;"
+                f"'only' names '{shown(name)}', which suite '{suite_config.name}' does not run;"
                 f"{did_you_mean(name, algorithms)} the suite runs: {', '.join(algorithms)}"
             )
     suite_config.task = {"name": task_name}
@@ -527,12 +766,28 @@ def load_config(suite: str, overrides: list[str] | None = None) -> ResolvedConfi
     return ResolvedConfig(suite_config, path, task_name, task_config, algorithms)
 
 
+def _short_forms(overrides: list[str]) -> list[str]:
+    """`executor=ray` is short for `executor.name=ray`, so it combines with `executor.max_parallel=2`."""
+    return [f"executor.name={item.split('=', 1)[1]}" if item.startswith("executor=") else item for item in overrides]
+
+
 def _preset(kind: str, name: str, key: str) -> dict:
     path = CONFIGS_DIR / kind / f"{name}.yaml"
-    if not path.is_file():
+    if not isinstance(name, str) or "/" in name or not _is_file(path):
         known = sorted(p.stem for p in (CONFIGS_DIR / kind).glob("*.yaml"))
-        raise ConfigError(f"'{key}' names unknown preset '{name}';{did_you_mean(name, known)} known: {', '.join(known)}")
+        raise ConfigError(f"'{key}' names unknown preset '{shown(name)}';{did_you_mean(name, known)} known: {', '.join(known)}")
     return read_yaml(path)
+
+
+def _lookup(registry, name: Any, key: str):
+    """The registry's entry point for `name`, or a one-line error naming `key` (registry messages would echo
+    a name of any length)."""
+    if not isinstance(name, str):
+        raise ConfigError(f"'{key}' must be a {registry.kind} name (see `harness list {registry.kind}s`), not {shown(repr(name))}")
+    if name not in registry:
+        known = sorted(registry.names())
+        raise ConfigError(f"'{key}': unknown {registry.kind} '{shown(name)}';{did_you_mean(name, known)} known: {', '.join(known)}")
+    return registry.get(name)
 
 
 def _build_task(task_raw: Any) -> tuple[str, Any]:
@@ -540,10 +795,7 @@ def _build_task(task_raw: Any) -> tuple[str, Any]:
         raise ConfigError("'task.name' is required: the suite must say which task it runs (see `harness list tasks`)")
     options = dict(task_raw)
     name = options.pop("name")
-    try:
-        module = TASKS.get(name)
-    except UnknownNameError as error:
-        raise ConfigError(f"'task.name': {error}") from None
+    module = _lookup(TASKS, name, "task.name")
     return name, build(module.Config, options, "task.")
 
 
@@ -552,13 +804,10 @@ def _build_algorithms(algorithms_raw: Any) -> dict[str, Any]:
         raise ConfigError("'algorithms' must name at least one algorithm (see `harness list algorithms`)")
     built = {}
     for name, options in algorithms_raw.items():
-        try:
-            module = ALGORITHMS.get(name)
-        except UnknownNameError as error:
-            raise ConfigError(f"'algorithms.{name}': {error}") from None
+        module = _lookup(ALGORITHMS, str(name), f"algorithms.{shown(str(name))}")
         preset_path = CONFIGS_DIR / "algorithms" / f"{name}.yaml"
         preset = read_yaml(preset_path) if preset_path.is_file() else {}
         if options is not None and not isinstance(options, dict):
-            raise ConfigError(f"'algorithms.{name}' must be a mapping of options, not {options!r}")
+            raise ConfigError(f"'algorithms.{name}' must be a mapping of options, not {shown(repr(options))}")
         built[name] = build(module.Config, deep_merge(preset, options or {}), f"algorithms.{name}.")
     return built

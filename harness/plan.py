@@ -1,0 +1,189 @@
+"""A suite resolved into a plan: a graph of stages, each with its hash, run folder, inputs and resource request.
+
+    per seed:   task -> base -> sft -> reward_model          (sft only when the suite fine-tunes)
+    per cell:   train:<algorithm>-s<seed> -> evaluate:<algorithm>-s<seed>
+                evaluate:sft-s<seed>                          (the SFT baseline: evaluated, never trained)
+    once:       report                                        (after every cell)
+
+A stage is complete when its run folder holds its completion marker (`harness.runs.Stage`); the hash in the
+folder's name is the fingerprint of exactly the configuration that decides its contents, so a rerun with the
+same configuration finds it and skips it, and a changed setting gets a new folder. Nothing here imports torch:
+`harness plan` answers at once.
+
+An evaluated cell waits on its baseline's evaluation too (win rates compare with the SFT samples of the same
+seed) but runs without it when the baseline failed: that wait is "soft".
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from harness.config import ResolvedConfig, fingerprint
+from harness.record import BASELINE
+from harness.runs import Stage
+
+# Stage kinds, in the order a seed's stages run.
+TASK, BASE, SFT, REWARD_MODEL, TRAIN, EVALUATE, REPORT = "task", "base", "sft", "reward_model", "train", "evaluate", "report"
+PREPARE_KINDS = (TASK, BASE, SFT, REWARD_MODEL)
+# Kinds that run a model and so ask for a GPU when the suite runs on CUDA.
+MODEL_KINDS = (SFT, REWARD_MODEL, TRAIN, EVALUATE)
+
+
+@dataclass
+class PlannedStage:
+    id: str  # unique in the plan: "sft-s0", "train:dpo-s0", "evaluate:dpo-s0", "report"
+    kind: str
+    seed: int | None
+    algorithm: str | None  # the cell's algorithm (BASELINE for the SFT row); None for prepare stages
+    hash: str
+    folder: str  # the run folder whose completion marker says the stage is done ("" for the report)
+    waits_on: list[str] = field(default_factory=list)
+    soft_waits: list[str] = field(default_factory=list)  # waited for, but their failure does not block
+    gpus: int = 0
+    cpus: int = 1
+    memory_gb: float = 0.0
+    processes: int = 1  # > 1: a training stage under `accelerate launch`
+
+    @property
+    def cell(self) -> str | None:
+        """The cell's name, "<algorithm>-s<seed>", for train and evaluate stages."""
+        return f"{self.algorithm}-s{self.seed}" if self.algorithm else None
+
+    @property
+    def done(self) -> bool:
+        return bool(self.folder) and Stage(Path(self.folder)).done
+
+    @property
+    def label(self) -> str:
+        """How progress lines name the stage."""
+        if self.kind == TRAIN:
+            return f"{self.cell} train"
+        if self.kind == EVALUATE:
+            return f"{self.cell} evaluate"
+        names = {TASK: "task data", BASE: "base model", SFT: "SFT", REWARD_MODEL: "reward model", REPORT: "report"}
+        return names[self.kind] + (f" (seed {self.seed})" if self.seed is not None else "")
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+
+@dataclass
+class Plan:
+    suite: str
+    root: Path  # <output_dir>/<suite>
+    config_hash: str
+    stages: list[PlannedStage]  # in an order where every stage comes after what it waits on
+
+    def stage(self, stage_id: str) -> PlannedStage:
+        return next(stage for stage in self.stages if stage.id == stage_id)
+
+    def prepare_stage(self, kind: str, seed: int) -> PlannedStage | None:
+        return next((s for s in self.stages if s.kind == kind and s.seed == seed), None)
+
+    def cell_folder(self, algorithm: str, seed: int) -> Path:
+        evaluate = self.stage(f"{EVALUATE}:{algorithm}-s{seed}")
+        return Path(evaluate.folder)
+
+
+def lora_part(suite, stage: str) -> list:
+    """The LoRA settings a stage's hash includes: none when the stage trains without adapters, so a suite that
+    never uses LoRA keeps the run folders it had before LoRA existed."""
+    settings = suite.lora.for_stage(stage)
+    return [] if settings is None else [{"lora": settings}]
+
+
+def prepare_hashes(config: ResolvedConfig, seed: int) -> dict[str, str]:
+    """The hash of each prepared stage of a seed; each covers the one before it (record.PREPARE_SECTIONS)."""
+    suite = config.suite
+    task = fingerprint(config.task_name, dataclasses.asdict(config.task), seed)
+    base = fingerprint(task, dataclasses.asdict(suite.model))
+    sft = fingerprint(base, dataclasses.asdict(suite.sft), suite.precision, *lora_part(suite, "sft"))
+    reward_model = fingerprint(sft, dataclasses.asdict(suite.reward_model), suite.precision)
+    return {TASK: task, BASE: base, SFT: sft, REWARD_MODEL: reward_model}
+
+
+def cell_hash(config: ResolvedConfig, algorithm: str, reward_model_hash: str) -> str:
+    """A cell's identity: its seed's prepared chain and the sections in record.*_CELL_SECTIONS."""
+    suite = config.suite
+    evaluation = dataclasses.asdict(suite.evaluation)
+    if algorithm == BASELINE:
+        return fingerprint(reward_model_hash, BASELINE, evaluation)
+    return fingerprint(
+        reward_model_hash,
+        algorithm,
+        dataclasses.asdict(config.algorithms[algorithm]),
+        dataclasses.asdict(suite.sampling),
+        dataclasses.asdict(suite.reward),
+        dataclasses.asdict(suite.budget),
+        evaluation,
+        suite.precision,
+        *lora_part(suite, algorithm),
+    )
+
+
+def build_plan(config: ResolvedConfig) -> Plan:
+    suite = config.suite
+    root = Path(suite.output_dir).resolve() / suite.name
+    model_gpus = _gpus_per_stage(suite)
+    launcher = suite.launcher
+
+    def stage(stage_id, kind, seed, algorithm, stage_hash, folder, waits_on=(), soft_waits=(), processes=1):
+        gpus = (model_gpus * processes) if kind in MODEL_KINDS else 0
+        return PlannedStage(
+            stage_id, kind, seed, algorithm, stage_hash, str(folder), list(waits_on), list(soft_waits),
+            gpus, suite.executor.cpus_per_stage, suite.executor.memory_gb, processes,
+        )
+
+    stages: list[PlannedStage] = []
+    cells: list[str] = []
+    for seed in suite.seeds:
+        hashes = prepare_hashes(config, seed)
+        prepare = root / "prepare"
+        stages.append(stage(f"task-s{seed}", TASK, seed, None, hashes[TASK], prepare / f"task-s{seed}-{hashes[TASK]}"))
+        stages.append(stage(f"base-s{seed}", BASE, seed, None, hashes[BASE], prepare / f"base-s{seed}-{hashes[BASE]}", [f"task-s{seed}"]))
+        policy = f"base-s{seed}"
+        if suite.sft.enabled:
+            stages.append(stage(f"sft-s{seed}", SFT, seed, None, hashes[SFT], prepare / f"sft-s{seed}-{hashes[SFT]}", [policy]))
+            policy = f"sft-s{seed}"
+        reward_id = f"reward_model-s{seed}"
+        stages.append(stage(reward_id, REWARD_MODEL, seed, None, hashes[REWARD_MODEL],
+                            prepare / f"reward_model-s{seed}-{hashes[REWARD_MODEL]}", [policy]))
+
+        baseline_hash = cell_hash(config, BASELINE, hashes[REWARD_MODEL])
+        baseline_id = f"{EVALUATE}:{BASELINE}-s{seed}"
+        stages.append(stage(baseline_id, EVALUATE, seed, BASELINE, baseline_hash,
+                            root / "cells" / f"{BASELINE}-s{seed}-{baseline_hash}", [reward_id]))
+        cells.append(baseline_id)
+        for algorithm in config.selected_algorithms:
+            the_hash = cell_hash(config, algorithm, hashes[REWARD_MODEL])
+            folder = root / "cells" / f"{algorithm}-s{seed}-{the_hash}"
+            train_id = f"{TRAIN}:{algorithm}-s{seed}"
+            stages.append(stage(train_id, TRAIN, seed, algorithm, the_hash, folder / "train", [reward_id],
+                                processes=launcher.num_processes))
+            stages.append(stage(f"{EVALUATE}:{algorithm}-s{seed}", EVALUATE, seed, algorithm, the_hash, folder,
+                                [train_id], [baseline_id]))
+            cells.append(f"{EVALUATE}:{algorithm}-s{seed}")
+    stages.append(stage(REPORT, REPORT, None, None, "", "", soft_waits=cells))
+    return Plan(suite.name, root, fingerprint(config.to_dict()), stages)
+
+
+def _gpus_per_stage(suite) -> int:
+    """GPUs one process of a model stage asks for: executor.gpus_per_stage, or 1 when the suite runs on CUDA."""
+    if suite.executor.gpus_per_stage >= 0:
+        return suite.executor.gpus_per_stage
+    if suite.device == "cuda" or (suite.device == "auto" and visible_gpu_count() > 0):
+        return 1
+    return 0
+
+
+def visible_gpu_count() -> int:
+    """GPUs this process may use, without importing torch: CUDA_VISIBLE_DEVICES when set, else the devices the
+    NVIDIA driver lists."""
+    visible = os.environ.get("CUDA_VISIBLE_DEVICES")
+    if visible is not None:
+        return len([device for device in visible.split(",") if device.strip() and device.strip() != "-1"])
+    driver = Path("/proc/driver/nvidia/gpus")
+    return len(list(driver.iterdir())) if driver.is_dir() else 0
