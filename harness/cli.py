@@ -313,6 +313,8 @@ def _quiet_library_progress_bars() -> None:
     os.environ.setdefault("HF_DATASETS_DISABLE_PROGRESS_BARS", "1")
     os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
     os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
+    # With a tracking server MLflow prints "View run ... at <url>" for every run it closes.
+    os.environ.setdefault("MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT", "true")
     os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
     # TRL imports vLLM when it is installed; its import-time notices (e.g. about Triton on CPU) are noise here.
     os.environ.setdefault("VLLM_LOGGING_LEVEL", "ERROR")

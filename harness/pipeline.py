@@ -12,6 +12,7 @@ one line once the stages that could still run have run.
 from __future__ import annotations
 
 import logging
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -104,6 +105,7 @@ def _run_locked(config: ResolvedConfig, plan: Plan, tracker, reporter) -> RunOut
         str(config_file), plan.config_hash, tracker.uri, parent_run_id,
         resolve_generator_name(suite.evaluation.generator),  # "auto" decided once, for every stage
         str(stage_dir),
+        os.getcwd(),
     )
     stages = [stage for stage in plan.stages if stage.kind != REPORT]
     files = {stage.id: stage_file(invocation, stage) for stage in stages}

@@ -69,6 +69,7 @@ class Invocation:
     parent_run_id: str
     generator: str  # the evaluation backend, "auto" already decided by the driver
     stage_dir: str  # stage files, outcomes and logs of this invocation
+    working_dir: str  # where `harness run` was started: relative paths in the config are relative to it
 
 
 def stage_file(invocation: Invocation, stage: PlannedStage) -> Path:
@@ -138,6 +139,9 @@ class StageRun:
     def __init__(self, spec: dict, reporter, path: Path):
         self.path = path  # the stage file: what the ranks of a multi-process stage are launched with
         self.invocation = Invocation(**spec["invocation"])
+        # A Ray worker starts in a folder of Ray's: relative paths (output_dir, a model or data folder) must
+        # mean what they meant to the command that planned the run, on storage every node sees.
+        os.chdir(self.invocation.working_dir)
         self.config = load_config(self.invocation.config_file)
         self.suite = self.config.suite
         self.stage = PlannedStage(**spec["stage"])

@@ -54,7 +54,7 @@ def run_on_ray(stages: list[PlannedStage], files: dict[str, Path], reporter, sui
 
 def _run(ray, stages, files, reporter, suite, tracker) -> dict[str, dict]:
     executor = suite.executor
-    task = ray.remote(_stage_task)
+    task = ray.remote(max_calls=1)(_stage_task)
     references: dict[str, object] = {}
     outcomes: dict[str, dict] = {}
     for stage in stages:
@@ -72,16 +72,16 @@ def _run(ray, stages, files, reporter, suite, tracker) -> dict[str, dict]:
             memory=int(executor.memory_gb * 2**30) or None,
             max_retries=executor.retries,
             retry_exceptions=False,  # a stage's own failure is an outcome, never an exception: only deaths retry
-            max_calls=1,
         ).remote(str(files[stage.id]), stage.waits_on, known, pending, *(references[d] for d in pending))
         reporter.stage(stage.label, "start", "(queued on Ray)")
 
+    by_id = {stage.id: stage for stage in stages}
     unfinished = {reference: stage_id for stage_id, reference in references.items()}
     try:
         while unfinished:
             ready, _ = ray.wait(list(unfinished), num_returns=1)
             for reference in ready:
-                stage = next(s for s in stages if s.id == unfinished.pop(reference))
+                stage = by_id[unfinished.pop(reference)]
                 try:
                     result = ray.get(reference)
                 except Exception as error:  # the worker died and no retry was left, or a dependency's did
@@ -96,7 +96,7 @@ def _run(ray, stages, files, reporter, suite, tracker) -> dict[str, dict]:
         for reference in unfinished:
             ray.cancel(reference, force=True)
         for stage_id in unfinished.values():
-            _close_cell_run(next(s for s in stages if s.id == stage_id), tracker, "interrupted", status="KILLED")
+            _close_cell_run(by_id[stage_id], tracker, "interrupted", status="KILLED")
         raise
     return outcomes
 
