@@ -523,9 +523,13 @@ class ResolvedConfig:
         return data
 
     def to_yaml(self) -> str:
+        """The resolved config as a suite file that loads back as itself (same `to_dict`, same hash)."""
         import yaml
 
-        return yaml.safe_dump(self.to_dict(), sort_keys=False)
+        data = self.to_dict()
+        if not data.get("only"):  # "all algorithms" is `only` left out: a written `only: []` is refused on load
+            data.pop("only", None)
+        return yaml.safe_dump(data, sort_keys=False)
 
 
 def fingerprint(*parts: Any) -> str:

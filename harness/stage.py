@@ -35,7 +35,7 @@ from typing import Any
 from harness import record
 from harness.config import ConfigError, flatten, load_config
 from harness.plan import BASE, EVALUATE, REWARD_MODEL, SFT, TASK, TRAIN, PlannedStage, build_plan
-from harness.runs import Stage, manifest, read_json, write_json
+from harness.runs import OutOfSpace, Stage, manifest, read_json, write_json
 from harness.tasks.common import TaskDataError
 
 logger = logging.getLogger(__name__)
@@ -123,6 +123,8 @@ def execute(path: Path, reporter=None) -> dict:
                 raise
             except BAD_INPUT_ERRORS as error:
                 result = outcome(stage, FAILED, failure=str(error), bad_input=True)
+            except OutOfSpace as error:  # one line naming the folder; the rerun completes once space is free
+                result = outcome(stage, FAILED, failure=str(error))
             except Exception as error:
                 logger.error("stage %s failed:\n%s", stage.id, traceback.format_exc())
                 result = outcome(stage, FAILED, failure=f"{one_line(error)} (log: {log_path(path)})")
@@ -183,7 +185,8 @@ class StageRun:
         stage.begin(keep_partial=keep_partial)
         started = time.perf_counter()
         try:
-            yield stage
+            with stage.writing():
+                yield stage
         except BaseException:
             if not keep_partial:
                 shutil.rmtree(stage.folder, ignore_errors=True)
@@ -274,8 +277,9 @@ class StageRun:
             self.tracker.finish(run_id, "KILLED")
             raise
         except Exception as error:
-            (self.cell_folder() / "failure.txt").write_text(traceback.format_exc())
-            mark_cell_failed(self.tracker, run_id, one_line(error))
+            with contextlib.suppress(OSError):  # on a full disk the traceback cannot be kept; the reason still is
+                (self.cell_folder() / "failure.txt").write_text(traceback.format_exc())
+            mark_cell_failed(self.tracker, run_id, str(error) if isinstance(error, OutOfSpace) else one_line(error))
             raise
 
 
@@ -381,13 +385,14 @@ def run_train(run: StageRun) -> dict:
     with run.cell_attempt(run_id):
         run.reporter.stage(label, "start")
         stage.begin(keep_partial=True)  # the trainer resumes from its last checkpoint in there
-        (stage.folder / WORKER_PID).write_text(str(os.getpid()))
-        started = time.perf_counter()
-        if run.stage.processes > 1:
-            _launch_ranks(run)
-        else:
-            train_in_rank(run, prepared, run_id)
-        result = read_json(stage.folder / TRAIN_RESULT)
+        with stage.writing():
+            (stage.folder / WORKER_PID).write_text(str(os.getpid()))
+            started = time.perf_counter()
+            if run.stage.processes > 1:
+                _launch_ranks(run)
+            else:
+                train_in_rank(run, prepared, run_id)
+            result = read_json(stage.folder / TRAIN_RESULT)
         seconds = time.perf_counter() - started
         cost = {**result["spend"], "train_steps": float(result["final_step"]), "wall_time_s": seconds,
                 "peak_memory_mb": result["peak_memory_mb"], "processes": float(run.stage.processes)}
@@ -523,10 +528,11 @@ def _evaluate(run: StageRun, name: str, prepared: Prepared, checkpoint: Path, ba
                 generator=generator,
                 baseline_gold=baseline_gold,
             )
-        with open(folder / "samples.jsonl", "w") as handle:
-            for sample in result.samples:
-                handle.write(json.dumps(sample) + "\n")
-        write_json(folder / "summary.json", {"summary": result.summary, "bleu_signature": result.bleu_signature})
+        with stage.writing():
+            with open(folder / "samples.jsonl", "w") as handle:
+                for sample in result.samples:
+                    handle.write(json.dumps(sample) + "\n")
+            write_json(folder / "summary.json", {"summary": result.summary, "bleu_signature": result.bleu_signature})
         stage.complete({"seconds": result.seconds})
         run.timings.append({"stage": f"{label} (generate)", "kind": "generate", "seconds": result.seconds["generate"]})
         run.timings.append({"stage": f"{label} (score)", "kind": "score", "seconds": result.seconds["score"]})

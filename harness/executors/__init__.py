@@ -14,7 +14,7 @@ folder is complete is `skipped` without starting anything.
 from __future__ import annotations
 
 from harness.plan import PlannedStage
-from harness.stage import BLOCKED, FAILED, outcome, skipped_outcome
+from harness.stage import BLOCKED, FAILED, SKIPPED, headline, outcome, skipped_outcome
 
 
 def settled_without_running(stage: PlannedStage, outcomes: dict[str, dict], reporter) -> dict | None:
@@ -30,3 +30,14 @@ def settled_without_running(stage: PlannedStage, outcomes: dict[str, dict], repo
 
 def waits(stage: PlannedStage) -> list[str]:
     return [*stage.waits_on, *stage.soft_waits]
+
+
+def report_finished(reporter, stage: PlannedStage, result: dict) -> None:
+    """The line a stage that ran elsewhere (a subprocess, a Ray task) gets when its outcome comes back."""
+    if result["status"] in (FAILED, BLOCKED):
+        reporter.stage(stage.label, "fail", result["failure"])
+    elif result["status"] == SKIPPED:
+        reporter.stage(stage.label, "skip", "complete in an earlier run")
+    else:
+        seconds = sum(t["seconds"] for t in result.get("timings", []) if t["stage"] == stage.label)
+        reporter.stage(stage.label, "done", "  ".join(filter(None, [f"{seconds:.1f}s" if seconds else "", headline(result["summary"])])))

@@ -12,7 +12,7 @@ import sys
 import time
 from pathlib import Path
 
-from harness.executors import settled_without_running, waits
+from harness.executors import report_finished, settled_without_running, waits
 from harness.plan import PlannedStage, visible_gpu_count
 from harness.stage import FAILED, execute, log_path, outcome, outcome_path
 
@@ -69,7 +69,7 @@ def run_in_subprocesses(
                 del running[stage_id]
                 free += given
                 outcomes[stage_id] = _finished(stage, files[stage_id], code)
-                _report(reporter, stage, outcomes[stage_id])
+                report_finished(reporter, stage, outcomes[stage_id])
             time.sleep(POLL_SECONDS)
     except KeyboardInterrupt:
         _stop([process for process, _, _ in running.values()])
@@ -104,13 +104,6 @@ def _finished(stage: PlannedStage, path: Path, code: int) -> dict:
         return read_json(written)
     how = f"was killed by signal {-code}" if code < 0 else f"exited {code}"
     return outcome(stage, FAILED, failure=f"the stage's process {how} (log: {log_path(path)})")
-
-
-def _report(reporter, stage: PlannedStage, result: dict) -> None:
-    if result["status"] == FAILED:
-        reporter.stage(stage.label, "fail", result["failure"])
-    else:
-        reporter.stage(stage.label, "done", "")
 
 
 def _stop(processes: list[subprocess.Popen]) -> None:

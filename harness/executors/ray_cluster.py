@@ -20,7 +20,7 @@ import logging
 import socket
 from pathlib import Path
 
-from harness.executors import settled_without_running, waits
+from harness.executors import report_finished, settled_without_running, waits
 from harness.plan import EVALUATE, TRAIN, PlannedStage
 from harness.runs import RunRefused
 from harness.stage import BLOCKED, FAILED, outcome, one_line
@@ -88,10 +88,7 @@ def _run(ray, stages, files, reporter, suite, tracker) -> dict[str, dict]:
                     result = outcome(stage, FAILED, failure=f"its Ray task ended: {one_line(error)}")
                     _close_cell_run(stage, tracker, result["failure"])
                 outcomes[stage.id] = result
-                if result["status"] in (FAILED, BLOCKED):
-                    reporter.stage(stage.label, "fail", result["failure"])
-                else:
-                    reporter.stage(stage.label, "done" if result["status"] != "skipped" else "skip", "")
+                report_finished(reporter, stage, result)
     except KeyboardInterrupt:
         for reference in unfinished:
             ray.cancel(reference, force=True)

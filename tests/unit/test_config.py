@@ -147,3 +147,172 @@ def test_resolved_config_round_trips_to_flat_params_and_a_stable_hash():
     assert flat["task.name"] == "synthetic_reviews"
     assert fingerprint(first.to_dict()) == fingerprint(second.to_dict())
     assert fingerprint(first.to_dict()) != fingerprint(load_config("tiny", ["algorithms.dpo.beta=0.2"]).to_dict())
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Non-finite numbers: every float key of every config dataclass, found by walking the dataclasses, so a
+# float key added tomorrow is covered without touching this test.
+# ---------------------------------------------------------------------------------------------------------
+
+
+def _holds_float(annotation) -> bool:
+    import typing
+
+    if annotation is float:
+        return True
+    return any(_holds_float(arg) for arg in typing.get_args(annotation))
+
+
+def _float_keys(schema, prefix: str):
+    """(full key, whether the field is a list) for every float field of `schema`, nested sections included."""
+    import typing
+
+    hints = typing.get_type_hints(schema)
+    for item in dataclasses.fields(schema):
+        annotation = hints[item.name]
+        if dataclasses.is_dataclass(annotation):
+            yield from _float_keys(annotation, f"{prefix}{item.name}.")
+        elif _holds_float(annotation):
+            yield f"{prefix}{item.name}", typing.get_origin(annotation) in (list, tuple)
+
+
+def _every_float_key():
+    from harness.config import SuiteConfig
+    from harness.registry import TASKS
+
+    keys = [("suite", key, is_list) for key, is_list in _float_keys(SuiteConfig, "")]
+    for name in ALGORITHMS.names():
+        keys += [("algorithm", key, is_list) for key, is_list in _float_keys(ALGORITHMS.get(name).Config, f"algorithms.{name}.")]
+    for name in TASKS.names():
+        keys += [(f"task:{name}", key, is_list) for key, is_list in _float_keys(TASKS.get(name).Config, "task.")]
+    return keys
+
+
+FLOAT_KEYS = _every_float_key()
+
+
+def test_the_float_key_walk_finds_the_known_ones():
+    keys = {key for _, key, _ in FLOAT_KEYS}
+    assert {"algorithms.ppo.kl_coef", "algorithms.dpo.beta", "lora.alpha", "sampling.top_p", "executor.memory_gb"} <= keys
+    assert len(keys) >= 20
+
+
+@pytest.mark.parametrize("value", ["inf", "nan"])
+@pytest.mark.parametrize("owner, key, is_list", FLOAT_KEYS, ids=[f"{o}:{k}" for o, k, _ in FLOAT_KEYS])
+def test_every_float_key_refuses_non_finite_numbers(owner, key, is_list, value):
+    """`algorithms.ppo.kl_coef=inf` was accepted and training started; NaN read as "must be > 0"."""
+    from harness.registry import TASKS
+
+    given = f"[{value}]" if is_list else value
+    named = f"'{key}[0]'" if is_list else f"'{key}'"
+    with pytest.raises(ConfigError) as caught:
+        if owner.startswith("task:"):  # one task per suite: build the task's section directly
+            field = key[len("task."):]
+            build(TASKS.get(owner[len("task:"):]).Config, {field: [float(value)] if is_list else float(value)}, "task.")
+        else:
+            load_config("tiny", [f"{key}={given}"])
+    assert f"{named} must be a finite number" in str(caught.value)
+
+
+@pytest.mark.parametrize("value", ["-inf", "1e400", ".inf", "NaN"])
+def test_every_spelling_of_a_non_finite_number_is_refused(value):
+    with pytest.raises(ConfigError, match="'algorithms.ppo.kl_coef' must be a finite number"):
+        load_config("tiny", [f"algorithms.ppo.kl_coef={value}"])
+
+
+def test_finite_numbers_still_pass():
+    config = load_config("tiny", ["algorithms.ppo.kl_coef=0.5", "lora.alpha=1e3", "executor.memory_gb=0"])
+    assert config.algorithms["ppo"].kl_coef == 0.5
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Echoed values are cut, escaped and kept on one line
+# ---------------------------------------------------------------------------------------------------------
+
+
+def test_shown_cuts_long_values_in_the_middle_and_escapes_control_characters():
+    from harness.config import shown
+
+    assert shown("short") == "short"
+    long = "a" * 50_000 + "TAIL"
+    text = shown(long)
+    assert len(text) < 100 and text.startswith("a" * 40) and "TAIL (50004 characters)" in text and "…" in text
+    assert shown("two\nlines") == "two\\nlines"
+
+
+def test_a_config_error_is_always_one_bounded_line():
+    message = str(ConfigError("first\nsecond " + "x" * 10_000))
+    assert "\n" not in message and len(message) <= ConfigError.MESSAGE_LIMIT + 1
+
+
+@pytest.mark.parametrize(
+    "override",
+    [
+        "algorithms.dpo.beta=" + "x" * 100_000,
+        "x" * 100_000 + "=1",
+        "task.name=" + "x" * 100_000,
+        "only=[" + "x" * 100_000 + "]",
+        "model.preset=" + "x" * 100_000,
+        "launcher.config=" + "x" * 100_000,
+        "evaluation=" + "x" * 100_000,
+        "seeds=[0," + "x" * 100_000,
+        "x" * 100_000,
+        "model.source=path model.name_or_path=" + "x" * 100_000,
+    ],
+    ids=["float", "key", "task", "only", "preset", "launcher", "section", "unparsable", "no-equals", "path"],
+)
+def test_a_huge_override_is_named_not_echoed(override):
+    with pytest.raises(ConfigError) as caught:
+        load_config("tiny", override.split(" "))
+    message = str(caught.value)
+    assert len(message) < 400 and "\n" not in message and "(100" in message, message
+
+
+@pytest.mark.parametrize(
+    "uri, accepted",
+    [
+        ("sqlite:////tmp/x/mlflow.db", True),
+        ("postgresql+psycopg2://user@db:5432/mlflow", True),
+        ("mysql://db/mlflow", True),
+        ("http://127.0.0.1:5000", True),
+        ("HTTPS://mlflow.example.com", True),
+        ("file:///tmp/mlruns", True),
+        ("databricks", True),
+        ("ftp://nowhere", False),
+        ("s3://bucket/prefix", False),
+        ("http://", False),
+        ("sqlite://", False),
+    ],
+)
+def test_tracking_uri_schemes_mlflow_can_keep_runs_in(uri, accepted):
+    if accepted:
+        assert load_config("tiny", [f"tracking.uri={uri}"]).suite.tracking.uri == uri
+    else:
+        with pytest.raises(ConfigError, match="'tracking.uri'"):
+            load_config("tiny", [f"tracking.uri={uri}"])
+
+
+def test_an_empty_only_is_refused_on_the_command_line_and_in_a_suite_file(tmp_path):
+    with pytest.raises(ConfigError, match="'only' is empty: name at least one algorithm"):
+        load_config("tiny", ["only=[]"])
+    suite = tmp_path / "mine.yaml"
+    suite.write_text("task: {name: synthetic_reviews}\nalgorithms: {dpo: {}, grpo: {}}\nonly: []\n")
+    with pytest.raises(ConfigError, match=r"'only' is empty: .*\(dpo, grpo\), or leave it out"):
+        load_config(str(suite))
+    assert load_config("tiny").selected_algorithms == ["dpo", "grpo", "ppo"]  # left out: all
+
+
+def test_a_suite_file_that_repeats_a_key_is_refused(tmp_path):
+    suite = tmp_path / "twice.yaml"
+    suite.write_text("task: {name: synthetic_reviews}\nalgorithms: {dpo: {}}\nseeds: [0]\nseeds: [1]\n")
+    with pytest.raises(ConfigError, match=r"twice.yaml' line 4 is not valid YAML: key 'seeds' appears twice"):
+        load_config(str(suite))
+
+
+@pytest.mark.parametrize("overrides", [[], ["only=[dpo]"], ["seeds=[0,1]", "executor=ray", "tracking.uri=http://127.0.0.1:5000"]])
+def test_the_resolved_yaml_loads_back_as_itself(tmp_path, overrides):
+    """Stages reload the invocation's resolved YAML: every check added for a user's input must pass it."""
+    config = load_config("tiny", overrides)
+    resolved = tmp_path / "resolved.yaml"
+    resolved.write_text(config.to_yaml())
+    assert fingerprint(load_config(str(resolved)).to_dict()) == fingerprint(config.to_dict())
