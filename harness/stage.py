@@ -442,10 +442,13 @@ def train_in_rank(run: StageRun, prepared: Prepared, run_id: str) -> None:
 
 
 def _launch_ranks(run: StageRun) -> None:
-    """`accelerate launch` this stage file's training on launcher.num_processes processes (gloo on the CPU)."""
+    """`accelerate launch` this stage file's training on launcher.num_processes processes. Never with `--cpu`:
+    accelerate 1.15 then starts one process whatever N is; without it torchrun starts N, and each rank joins a
+    gloo group on the CPU because the algorithm asks Accelerate for the CPU there (suite.device)."""
     import subprocess
 
     from harness.config import CONFIGS_DIR
+    from harness.processes import start_group, wait_or_stop
 
     launcher, stage_path = run.suite.launcher, run.path
     command = [
@@ -454,17 +457,14 @@ def _launch_ranks(run: StageRun) -> None:
         "--num_processes", str(launcher.num_processes),
         "--num_machines", "1",
         "--main_process_port", str(_free_port()),
-        *([] if run.stage.gpus else ["--cpu"]),
         "-m", "harness.stage", str(stage_path), "--rank",
     ]
     logger.info("launching: %s", " ".join(command))
-    with open(log_path(stage_path).with_suffix(".ranks.log"), "a") as log:
-        completed = subprocess.run(command, stdout=log, stderr=subprocess.STDOUT)
-    if completed.returncode != 0:
-        raise RuntimeError(
-            f"accelerate launch of {launcher.num_processes} processes exited {completed.returncode} "
-            f"(log: {log_path(stage_path).with_suffix('.ranks.log')})"
-        )
+    ranks_log = log_path(stage_path).with_suffix(".ranks.log")
+    with open(ranks_log, "a") as log:
+        code = wait_or_stop(start_group(command, stdout=log, stderr=subprocess.STDOUT))
+    if code != 0:
+        raise RuntimeError(f"accelerate launch of {launcher.num_processes} processes exited {code} (log: {ranks_log})")
 
 
 def run_evaluate(run: StageRun) -> dict:

@@ -15,6 +15,14 @@ top_k=0, top_p=1, max_new_tokens) that PPO uses too.
 On CUDA, `use_vllm` makes TRL sample the rollouts with vLLM (colocated on the training GPU, or from a
 `trl vllm-serve` server); TRL then corrects the sampler mismatch by importance sampling unless
 `vllm_importance_sampling_correction` is off. On CPU it is refused at train start (TRL's colocate fails).
+
+Several processes (`accelerate launch`, DESIGN.md §9): `prompts_per_step` is global. TRL's
+`per_device_train_batch_size` counts completions, so each of the W processes gets
+`prompts_per_step * num_generations / W` completions per step (W must divide it; no gradient accumulation),
+and one optimizer step still consumes `prompts_per_step` prompts and generates `prompts_per_step *
+num_generations` completions whatever W. TRL's sampler hands the G completions of a prompt to whichever ranks
+hold them and gathers the rewards before the group advantages; the "dapo" loss divides by the global
+active-token count. Its logged statistics are gathered over ranks, so the spend derived from them is global.
 """
 
 from __future__ import annotations
@@ -34,7 +42,8 @@ class Config:
     num_generations: int = 8
     # group size G: completions sampled per prompt
     prompts_per_step: int = 8
-    # prompts per optimizer step, so num_generations * prompts_per_step completions per step
+    # prompts per optimizer step, global over all processes, so num_generations * prompts_per_step completions
+    # per step (each process generates and trains on 1 / processes of them)
     learning_rate: float = 1e-3
     # peak learning rate
     lr_scheduler: str = "linear"
@@ -83,8 +92,11 @@ def train(context):
 
     from harness.algorithms.context import TrainResult
     from harness.algorithms.trl_support import (
+        attach_trainer,
+        check_process_group,
         common_training_arguments,
         harness_callbacks,
+        per_device_batch_size,
         save_trained_policy,
         silence_console_logging,
         steps_for_budget,
@@ -112,7 +124,10 @@ def train(context):
             lr_scheduler=config.lr_scheduler,
             max_steps=steps,
         ),
-        per_device_train_batch_size=completions_per_step,  # TRL counts completions, not prompts
+        # TRL counts completions, not prompts; the global batch stays completions_per_step (module docstring).
+        per_device_train_batch_size=per_device_batch_size(
+            completions_per_step, "algorithms.grpo.prompts_per_step x num_generations"
+        ),
         num_generations=config.num_generations,
         beta=config.beta,
         loss_type=config.loss_type,
@@ -131,6 +146,7 @@ def train(context):
         log_completions=False,
         **vllm_rollout_arguments(config),
     )
+    check_process_group(arguments.world_size)  # ranks that did not join one group would each train alone
     trainer = GRPOTrainer(
         model=str(context.base_dir),
         reward_funcs=[_trl_reward_function(context.reward_function, tokenizer.eos_token_id)],
@@ -140,13 +156,14 @@ def train(context):
         peft_config=peft_config(context.suite, "grpo"),
         callbacks=harness_callbacks(context.log_metrics, context.progress, context, steps),
     )
+    attach_trainer(trainer)  # snapshots gather sharded weights through it (ZeRO-3, FSDP)
     silence_console_logging(trainer)
     train_resuming(trainer, context.output_dir)
     checkpoint = save_trained_policy(trainer, context.base_dir, tokenizer, context.output_dir)
     return TrainResult(
         checkpoint_dir=checkpoint,
         final_step=trainer.state.global_step,
-        spend={
+        spend={  # global: prompts and completions of all ranks
             "prompts_seen": float(steps * config.prompts_per_step),
             "completions_generated": float(steps * completions_per_step),
             "tokens_generated": float(_completion_tokens(trainer)),
@@ -204,9 +221,11 @@ def _trl_reward_function(reward_function, eos_token_id: int):
 
 
 def _completion_tokens(trainer) -> float:
-    """Generated tokens: TRL logs the mean completion length per step; sum mean x completions over steps."""
+    """Generated tokens: TRL logs the mean completion length per step, over the completions gathered from all
+    ranks; sum mean x global completions per step (per device x processes) over steps."""
+    global_batch = trainer.args.per_device_train_batch_size * trainer.args.world_size
     total = 0.0
     for entry in trainer.state.log_history:
         if "completions/mean_length" in entry:
-            total += entry["completions/mean_length"] * trainer.args.per_device_train_batch_size
+            total += entry["completions/mean_length"] * global_batch
     return total

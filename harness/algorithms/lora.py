@@ -52,14 +52,18 @@ def inner_model(model):
     return model.get_base_model() if is_adapted(model) else model
 
 
-def save_policy(model, base_dir: Path, folder: Path) -> Path:
-    """Save a trained policy as a standard HF folder (weights only; tokenizers are saved by the caller)."""
+def save_policy(model, base_dir: Path, folder: Path, state_dict=None) -> Path:
+    """Save a trained policy as a standard HF folder (weights only; tokenizers are saved by the caller).
+
+    `state_dict`: the model's full weights when they were gathered from ranks that shard them (DeepSpeed
+    ZeRO-3, FSDP; `trl_support.gathered_state_dict`); None saves the weights the model holds."""
     folder = Path(folder)
     if not is_adapted(model):
-        model.save_pretrained(folder, safe_serialization=True)
+        model.save_pretrained(folder, safe_serialization=True, state_dict=state_dict)
         return folder
     adapter_dir = folder / ADAPTER_FOLDER
-    model.save_pretrained(adapter_dir, safe_serialization=True)
+    # peft keeps only the adapter's tensors of a full state dict
+    model.save_pretrained(adapter_dir, safe_serialization=True, state_dict=state_dict)
     merged = merged_model(base_dir, adapter_dir)
     merged.generation_config = inner_model(model).generation_config
     merged.save_pretrained(folder, safe_serialization=True)

@@ -40,8 +40,15 @@ Departures and choices, where the spec leaves one open:
 - With LoRA (`lora.enabled` and "ppo" in `lora.stages`), the policy trains adapters and the reference is the
   same network with its adapters disabled (§2.1 table; TRL's `null_ref_context`): one copy of the weights.
   The critic trains all its weights.
-- Multi-process (Accelerate) runs shard every update's B rollouts across ranks; whitening, token counts and
-  logged statistics use global sums and counts (§2.7, §2.13). Only single-process runs are tested here.
+- Multi-process (Accelerate, DESIGN.md §9) runs shard every update's B rollouts across ranks: every rank draws
+  the same global prompt batch and keeps its contiguous slice of B / world (so `rollouts_per_update`,
+  `minibatch_size` are global and must divide by the number of processes; `micro_batch_size` and
+  `rollout_batch_size` are per device). Whitening uses all-reduced sums (§2.7); every loss is divided by the
+  minibatch's all-reduced valid-token count and DDP's gradient average is undone, so the step equals the
+  one-process step on the whole batch (§2.8); every logged statistic is a global sum, count, min or max, or a
+  gather of per-sequence values (§2.13); spend counts are global. Checkpoints are written by the main process
+  behind barriers. `tests/unit/test_ppo_distributed.py` runs one update on 2 gloo processes and compares the
+  weights, gradients and statistics with the one-process update of the same rollouts.
 
 Pure, reusable math (masks, log-probs, KL estimators, rewards, GAE, losses, controllers) lives in
 `harness.algorithms.common` and is unit-tested against PPO.md §5.1; this module wires it to models.
@@ -67,9 +74,10 @@ logger = logging.getLogger(__name__)
 @dataclass
 class Config:
     rollouts_per_update: int = 64
-    # B: prompts drawn per update, one rollout each (the batch that advantages are whitened over)
+    # B: prompts drawn per update, one rollout each (global over all processes, each rank takes B / world; the
+    # batch that advantages are whitened over)
     minibatch_size: int = 16
-    # rollouts per optimizer step; B / minibatch_size minibatches (M) per epoch
+    # rollouts per optimizer step, global over all processes; B / minibatch_size minibatches (M) per epoch
     micro_batch_size: int = 16
     # rollouts per forward/backward (per device); gradients accumulate over a minibatch exactly (PPO.md §2.8)
     rollout_batch_size: int = 64
@@ -244,13 +252,12 @@ class LossSettings:
 
 def train(context):
     import torch
-    from accelerate import Accelerator
 
     from harness.algorithms import common
-    from harness.algorithms.context import TrainResult
-    from harness.algorithms.lora import inner_model, peft_config, save_policy
+    from harness.algorithms.context import TrainResult, snapshot_steps
+    from harness.algorithms.lora import inner_model
     from harness.algorithms.trl_support import steps_for_budget
-    from harness.modeling import load_causal_lm, load_tokenizer, resolve_device
+    from harness.modeling import load_tokenizer
 
     config: Config = context.config
     suite = context.suite
@@ -264,7 +271,6 @@ def train(context):
         common.validate_special_token_ids(pad_id, eos_id)
     except ValueError as error:
         raise ConfigError(str(error)) from None
-    critic_source = _critic_source(context.base_dir, context.reward_model_dir, tokenizer, suite.model.trust_remote_code)
     prompts = list(context.task_data.train_prompts)
     if len(prompts) < config.rollouts_per_update:
         raise ConfigError(
@@ -278,18 +284,9 @@ def train(context):
             sampling.top_p,
         )
 
-    accelerator = Accelerator(
-        cpu=resolve_device(suite.device) == "cpu",
-        mixed_precision="bf16" if suite.precision == "bf16" else "no",  # never fp16 (PPO.md §2.1, trl#1614)
-    )
+    accelerator = make_accelerator(suite)
     world_size, rank = accelerator.num_processes, accelerator.process_index
-    local_rollouts = _per_rank(config.rollouts_per_update, world_size, "rollouts_per_update")
-    local_minibatch = _per_rank(config.minibatch_size, world_size, "minibatch_size")
-    if local_minibatch % config.micro_batch_size != 0:
-        raise ConfigError(
-            f"'algorithms.ppo.micro_batch_size' ({config.micro_batch_size}) must divide the per-device minibatch "
-            f"({local_minibatch} = minibatch_size / {world_size} processes)"
-        )
+    local_minibatch = local_minibatch_size(config, world_size)
     num_updates = steps_for_budget(suite.budget, config.rollouts_per_update, completions_per_prompt=1)
     logger.info(
         "PPO: %d updates of %d rollouts, %d epochs x %d minibatches, %d processes",
@@ -306,7 +303,203 @@ def train(context):
     minibatch_generator = torch.Generator().manual_seed(context.seed + 1)
 
     # ---- Four models (PPO.md §2.1) --------------------------------------------------------------------
+    learner = build_learner(context, tokenizer, accelerator)
+    policy = learner.policy
+    # Schedulers stay unprepared: Accelerate would step them once per process; ours step once per update.
+    policy_scheduler = _scheduler(config.lr_scheduler, learner.policy_optimizer, num_updates)
+    critic_scheduler = _scheduler(config.lr_scheduler, learner.critic_optimizer, num_updates)
+    kl_controller = (
+        common.AdaptiveKLController(config.kl_coef, config.kl_target, config.kl_horizon)
+        if config.kl_controller == "adaptive"
+        else common.FixedKLController(config.kl_coef)
+    )
+
+    # generate() and generation_config belong to the transformers model, inside a PeftModel when adapted
+    unwrapped_policy = inner_model(accelerator.unwrap_model(policy))
+    saved_generation_config = unwrapped_policy.generation_config
+    rollout_generation_config = _rollout_generation_config(sampling, eos_id, pad_id)
+    settings = LossSettings(temperature, config.clip_epsilon, config.value_clip, config.entropy_coef)
+    # Every rank draws the same global prompt batches (same seed) and keeps its own slice of each.
+    prompt_batches = _prompt_batches(prompts, config.rollouts_per_update, prompt_generator)
+
+    completions_generated = 0
+    tokens_generated = 0
+    optimizer_steps = 0
+    if accelerator.is_main_process:  # one bar per stage, moved by the main process only
+        context.progress(0, total=num_updates)  # one tick per update
+    snapshot_updates = snapshot_steps(num_updates, context.snapshots)
+    for update in range(1, num_updates + 1):
+        local_prompts = shard_rows(next(prompt_batches), rank, world_size)
+
+        # ---- 1. Rollout (PPO.md §2.2 steps 1-5) -----------------------------------------------------
+        started = time.perf_counter()
+        policy.eval()
+        # The model's own generation_config.json must not inject anything (transformers#35045): our complete
+        # config is also the model default while sampling, so no unset field is filled from the file.
+        unwrapped_policy.generation_config = rollout_generation_config
+        prompt_ids, prompt_mask, prompt_starts, raw_response_ids = _generate(
+            unwrapped_policy, tokenizer, local_prompts, rollout_generation_config, config.rollout_batch_size,
+            accelerator,
+        )
+        unwrapped_policy.generation_config = saved_generation_config
+        truncated = common.truncate_after_stop(raw_response_ids, [eos_id], pad_id)  # §2.2 step 4
+        rollouts = Rollouts.from_truncated(prompt_ids, prompt_mask, prompt_starts, truncated)  # §2.2 step 5
+        seconds_generate = time.perf_counter() - started
+
+        # ---- 2. Sequence scores (PPO.md §2.3) ---------------------------------------------------------------
+        started = time.perf_counter()
+        completions = [
+            tokenizer.decode(row[:length].tolist(), skip_special_tokens=True)
+            for row, length in zip(rollouts.response_ids.cpu(), rollouts.response_lengths.tolist())
+        ]
+        stopped = rollouts.has_stop.cpu().tolist()
+        # The harness's training reward, the one GRPO optimises: it already subtracts the missing-stop penalty
+        # (PPO.md §2.3), so it is not applied a second time here.
+        scores = torch.tensor(
+            context.reward_function(local_prompts, completions, stopped), dtype=torch.float32, device=accelerator.device
+        )
+        seconds_reward = time.perf_counter() - started
+
+        # ---- 3.-4. Log-probs, values, advantages, K epochs of minibatch updates (PPO.md §2.2 step 6-§2.9) -----
+        train_policy = update > config.critic_warmup_updates
+        learning_rate = policy_scheduler.get_last_lr()[0]
+        critic_learning_rate = critic_scheduler.get_last_lr()[0]
+        kl_coef = kl_controller.value
+        statistics = learn_from_rollouts(
+            learner, rollouts, scores, kl_coef, settings, config, local_minibatch, minibatch_generator, train_policy
+        )
+        optimizer_steps += statistics.pop("optimizer_steps")
+        policy_scheduler.step()  # once per rollout (TRL; PPO.md §2.8)
+        critic_scheduler.step()
+
+        # ---- 5. KL controller, spend, one row of statistics (PPO.md §2.10, §2.13) ---------------------------
+        kl_controller.update(statistics["kl"], n_steps=config.rollouts_per_update)  # global KL, same on all ranks
+        completions_generated += config.rollouts_per_update  # global: every rank's slice of the batch
+        tokens_generated += int(statistics.pop("_tokens"))  # global: summed over the gathered response lengths
+        # The wall clock of an update is the slowest rank's (the others wait for it in the next all-reduce).
+        seconds_generate, seconds_reward = (
+            _reduce_max(torch.tensor([seconds_generate, seconds_reward]), accelerator).tolist()
+            if world_size > 1
+            else (seconds_generate, seconds_reward)
+        )
+        metrics = {
+            **statistics,
+            "learning_rate": learning_rate if train_policy else 0.0,
+            "ppo/critic_learning_rate": critic_learning_rate,
+            "completions_generated": float(completions_generated),
+            "tokens_generated": float(tokens_generated),
+            "ppo/seconds_generate": seconds_generate,
+            "ppo/seconds_score": seconds_reward + statistics["ppo/seconds_score"],
+        }
+        metrics["loss"] = metrics["ppo/policy_loss"] - config.entropy_coef * metrics.get("ppo/entropy_bonus", 0.0)
+        _abort_if_not_finite(update, metrics)  # every value is global, so every rank stops at the same update
+        if accelerator.is_main_process:
+            context.log_metrics(update, metrics)
+        if update in snapshot_updates:  # an intermediate checkpoint for the evaluator
+            _save_checkpoint(learner, context.base_dir, tokenizer, context.snapshot_dir / f"step-{update}")
+        if accelerator.is_main_process:
+            context.progress(1)
+        logger.info(
+            "PPO update %d/%d: reward %.4f kl %.4f clipfrac %.3f value loss %.4f",
+            update,
+            num_updates,
+            metrics["reward"],
+            metrics["kl"],
+            metrics["clip_ratio/region_mean"],
+            metrics["ppo/value_loss"],
+        )
+
+    # ---- Standard Hugging Face checkpoint: safetensors + tokenizer (the evaluator and vLLM load it) ---------
+    unwrapped_policy.generation_config = saved_generation_config
+    checkpoint = _save_checkpoint(learner, context.base_dir, tokenizer, Path(context.output_dir) / "model")
+    return TrainResult(
+        checkpoint_dir=checkpoint,
+        final_step=num_updates,
+        # Global spend: B rollouts per update over all ranks; optimizer steps are synchronous across ranks, so
+        # one step of the data-parallel model counts once (not once per rank).
+        spend={
+            "prompts_seen": float(num_updates * config.rollouts_per_update),
+            "completions_generated": float(completions_generated),
+            "tokens_generated": float(tokens_generated),
+            "optimizer_steps": float(optimizer_steps),
+        },
+    )
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Multi-process pieces (PPO.md §2.7, §2.8, §2.13; DESIGN.md §9): each rank holds B / world rollouts
+# ---------------------------------------------------------------------------------------------------------
+
+
+def make_accelerator(suite):
+    """The Accelerator of a PPO run. It learns the process group from the launcher's environment:
+    `accelerate launch` / torchrun set WORLD_SIZE, RANK, LOCAL_RANK, MASTER_ADDR and MASTER_PORT (and
+    ACCELERATE_USE_CPU with `--cpu`), and Accelerate initialises torch.distributed from them (gloo on CPU, nccl
+    on GPUs); a plain `python` process has none of them and is a world of one."""
+    from accelerate import Accelerator, DistributedType
+
+    from harness.algorithms.trl_support import check_process_group
+    from harness.modeling import resolve_device
+
+    accelerator = Accelerator(
+        cpu=resolve_device(suite.device) == "cpu",
+        mixed_precision="bf16" if suite.precision == "bf16" else "no",  # never fp16 (PPO.md §2.1, trl#1614)
+    )
+    check_process_group(accelerator.num_processes)
+    if accelerator.distributed_type in (DistributedType.DEEPSPEED, DistributedType.FSDP):
+        # Sharded weights would need every rank inside generate() until all finish (synced_gpus) and inside
+        # every save (a gathered state dict); neither is written here yet, so refuse rather than hang.
+        raise ConfigError(
+            f"PPO runs on one process or with DDP (configs/accelerate/ddp.yaml), not {accelerator.distributed_type.value}"
+        )
+    return accelerator
+
+
+def local_minibatch_size(config: Config, world_size: int) -> int:
+    """Rollouts of one minibatch on one rank: B, the minibatch and the micro-batch are global, per device and
+    global as documented on Config, so the same update is computed whatever the number of processes."""
+    _per_rank(config.rollouts_per_update, world_size, "rollouts_per_update")
+    local_minibatch = _per_rank(config.minibatch_size, world_size, "minibatch_size")
+    if local_minibatch % config.micro_batch_size != 0:
+        raise ConfigError(
+            f"'algorithms.ppo.micro_batch_size' ({config.micro_batch_size}) must divide the per-device minibatch "
+            f"({local_minibatch} = minibatch_size / {world_size} processes)"
+        )
+    return local_minibatch
+
+
+def shard_rows(rows: list, rank: int, world_size: int) -> list:
+    """This rank's contiguous slice of a global batch (the batch size is divisible by the world size)."""
+    size = len(rows) // world_size
+    return rows[rank * size : (rank + 1) * size]
+
+
+@dataclass
+class Learner:
+    """The trained models of one run, wrapped by Accelerate (DDP with several processes), and their optimizers.
+
+    ``reference`` is the frozen SFT model, or the policy with its adapters disabled under LoRA (PPO.md §2.1).
+    """
+
+    policy: Any
+    reference: Any
+    critic: Any
+    policy_optimizer: Any
+    critic_optimizer: Any
+    accelerator: Any
+
+
+def build_learner(context, tokenizer, accelerator) -> Learner:
+    """Policy, reference and critic loaded from the context's checkpoints (PPO.md §2.1), prepared for the run."""
+    import torch
+
+    from harness.algorithms.lora import peft_config
+    from harness.modeling import load_causal_lm
+
+    config: Config = context.config
+    suite = context.suite
     trust = suite.model.trust_remote_code
+    critic_source = _critic_source(context.base_dir, context.reward_model_dir, tokenizer, trust)
     lora = peft_config(suite, "ppo")
     policy = load_causal_lm(context.base_dir, "cpu", trust_remote_code=trust)
     reference = None if lora else load_causal_lm(context.base_dir, "cpu", trust_remote_code=trust)
@@ -334,171 +527,144 @@ def train(context):
     critic_optimizer = torch.optim.AdamW(
         critic.parameters(), lr=config.critic_learning_rate, eps=config.adam_epsilon, weight_decay=0.0
     )
+    # With several processes the models come back wrapped in DDP, which all-reduces their gradients.
     policy, critic, policy_optimizer, critic_optimizer = accelerator.prepare(
         policy, critic, policy_optimizer, critic_optimizer
     )
-    # Schedulers stay unprepared: Accelerate would step them once per process; ours step once per update.
-    policy_scheduler = _scheduler(config.lr_scheduler, policy_optimizer, num_updates)
-    critic_scheduler = _scheduler(config.lr_scheduler, critic_optimizer, num_updates)
-    kl_controller = (
-        common.AdaptiveKLController(config.kl_coef, config.kl_target, config.kl_horizon)
-        if config.kl_controller == "adaptive"
-        else common.FixedKLController(config.kl_coef)
-    )
-
     if lora:
         reference = AdapterDisabledReference(policy, accelerator.unwrap_model(policy))
-    # generate() and generation_config belong to the transformers model, inside a PeftModel when adapted
-    unwrapped_policy = inner_model(accelerator.unwrap_model(policy))
-    saved_generation_config = unwrapped_policy.generation_config
-    rollout_generation_config = _rollout_generation_config(sampling, eos_id, pad_id)
-    settings = LossSettings(temperature, config.clip_epsilon, config.value_clip, config.entropy_coef)
-    prompt_batches = _prompt_batches(prompts, config.rollouts_per_update, prompt_generator)
+    return Learner(policy, reference, critic, policy_optimizer, critic_optimizer, accelerator)
 
-    completions_generated = 0
-    tokens_generated = 0
-    optimizer_steps = 0
-    context.progress(0, total=num_updates)  # the stage's progress bar: one tick per update
-    from harness.algorithms.context import save_snapshot, snapshot_steps
 
-    snapshot_updates = snapshot_steps(num_updates, context.snapshots)
-    for update in range(1, num_updates + 1):
-        global_prompts = next(prompt_batches)
-        local_prompts = global_prompts[rank * local_rollouts : (rank + 1) * local_rollouts]
+@dataclass
+class Rollouts:
+    """This rank's sampled rollouts of one update (PPO.md §1 shapes): left-padded prompts ``[b, P]`` with their
+    mask and left-pad counts (CPU), responses ``[b, L]`` right-padded after the first stop token, their mask,
+    lengths (CPU) and whether each contains a stop token."""
 
-        # ---- 1. Rollout (PPO.md §2.2 steps 1-5) -----------------------------------------------------
-        started = time.perf_counter()
-        policy.eval()
-        # The model's own generation_config.json must not inject anything (transformers#35045): our complete
-        # config is also the model default while sampling, so no unset field is filled from the file.
-        unwrapped_policy.generation_config = rollout_generation_config
-        prompt_ids, prompt_mask, prompt_starts, raw_response_ids = _generate(
-            unwrapped_policy, tokenizer, local_prompts, rollout_generation_config, config.rollout_batch_size,
-            accelerator,
-        )
-        unwrapped_policy.generation_config = saved_generation_config
-        truncated = common.truncate_after_stop(raw_response_ids, [eos_id], pad_id)  # §2.2 step 4
+    prompt_ids: Any
+    prompt_mask: Any
+    prompt_starts: Any
+    response_ids: Any
+    mask: Any
+    response_lengths: Any
+    has_stop: Any
+
+    @classmethod
+    def from_truncated(cls, prompt_ids, prompt_mask, prompt_starts, truncated) -> Rollouts:
         response_lengths = truncated.lengths.cpu()  # one host transfer per update
-        response_length = int(response_lengths.max())  # §2.2 step 5: drop all-pad trailing columns
-        response_ids = truncated.response_ids[:, :response_length]
-        mask = truncated.mask[:, :response_length]
-        seconds_generate = time.perf_counter() - started
-
-        # ---- 2. Scores, old/reference log-probs, values (PPO.md §2.2 step 6, §2.3) -----------------------
-        started = time.perf_counter()
-        completions = [
-            tokenizer.decode(row[:length].tolist(), skip_special_tokens=True)
-            for row, length in zip(response_ids.cpu(), response_lengths.tolist())
-        ]
-        stopped = truncated.has_stop.cpu().tolist()
-        # The harness's training reward, the one GRPO optimises: it already subtracts the missing-stop penalty
-        # (PPO.md §2.3), so it is not applied a second time here.
-        scores = torch.tensor(
-            context.reward_function(local_prompts, completions, stopped), dtype=torch.float32, device=accelerator.device
-        )
-        if config.score_clip > 0:
-            scores = scores.clamp(-config.score_clip, config.score_clip)  # §2.3 optional clipping
-        logp_old, logp_ref, values_old, rollout_entropy = _score_rollout(
-            policy, reference, critic, prompt_ids, prompt_mask, response_ids, mask, prompt_starts, response_lengths,
-            settings, config.rollout_batch_size, accelerator,
-        )
-        seconds_score = time.perf_counter() - started
-
-        # ---- 3. Rewards, GAE, whitening (PPO.md §2.4-§2.7) -------------------------------------------------
-        kl_coef = kl_controller.value
-        rewards, per_token_kl = common.per_token_rewards(
-            scores, logp_old, logp_ref, mask, kl_coef, kl_estimator=config.kl_estimator
-        )
-        if config.whiten_rewards:
-            rewards = _whiten(rewards, mask, accelerator, shift_mean=False)  # §2.5
-        advantages, returns = common.gae_advantages_and_returns(rewards, values_old, mask, config.gamma, config.lam)
-        raw_advantage_moments = _global_moments(advantages, mask, accelerator)
-        advantages = _whiten(advantages, mask, accelerator, shift_mean=True)  # §2.7, once per rollout batch
-        batch = TrainingBatch(
-            prompt_ids, prompt_mask, response_ids, mask, logp_old, values_old, advantages, returns, prompt_starts,
+        response_length = int(response_lengths.max())  # PPO.md §2.2 step 5: drop all-pad trailing columns
+        return cls(
+            prompt_ids,
+            prompt_mask,
+            prompt_starts,
+            truncated.response_ids[:, :response_length],
+            truncated.mask[:, :response_length],
             response_lengths,
+            truncated.has_stop,
         )
 
-        # ---- 4. K epochs of minibatch updates (PPO.md §2.8, §2.9) -------------------------------------------
-        started = time.perf_counter()
-        policy.train()
-        critic.train()
-        train_policy = update > config.critic_warmup_updates
-        learning_rate = policy_scheduler.get_last_lr()[0]
-        critic_learning_rate = critic_scheduler.get_last_lr()[0]
-        update_statistics = _optimise(
-            policy,
-            critic,
-            policy_optimizer,
-            critic_optimizer,
-            batch,
-            settings,
-            config,
-            local_minibatch,
-            minibatch_generator,
-            accelerator,
-            train_policy,
-        )
-        optimizer_steps += update_statistics.pop("optimizer_steps")
-        policy_scheduler.step()  # once per rollout (TRL; PPO.md §2.8)
-        critic_scheduler.step()
-        seconds_train = time.perf_counter() - started
 
-        # ---- 5. Statistics, KL controller (PPO.md §2.10, §2.13) --------------------------------------------
-        rollout_statistics = _rollout_statistics(
-            scores, per_token_kl, logp_old, logp_ref, mask, truncated.has_stop, rollout_entropy, kl_coef, accelerator
-        )
-        kl_controller.update(rollout_statistics["kl"], n_steps=config.rollouts_per_update)
-        value_statistics = _value_statistics(returns, values_old, mask, raw_advantage_moments, accelerator)
-        completions_generated += config.rollouts_per_update
-        tokens_generated += int(rollout_statistics.pop("_tokens"))
-        metrics = {
-            **rollout_statistics,
-            **update_statistics,
-            **value_statistics,
-            "learning_rate": learning_rate if train_policy else 0.0,
-            "ppo/critic_learning_rate": critic_learning_rate,
-            "completions_generated": float(completions_generated),
-            "tokens_generated": float(tokens_generated),
-            "ppo/seconds_generate": seconds_generate,
-            "ppo/seconds_score": seconds_score,
-            "ppo/seconds_train": seconds_train,
-        }
-        metrics["loss"] = metrics["ppo/policy_loss"] - config.entropy_coef * metrics.get("ppo/entropy_bonus", 0.0)
-        _abort_if_not_finite(update, metrics)
-        if accelerator.is_main_process:
-            context.log_metrics(update, metrics)
-            if update in snapshot_updates:  # an intermediate checkpoint for the evaluator
-                save_snapshot(accelerator.unwrap_model(policy), context.base_dir, context.snapshot_dir / f"step-{update}")
-        context.progress(1)
-        logger.info(
-            "PPO update %d/%d: reward %.4f kl %.4f clipfrac %.3f value loss %.4f",
-            update,
-            num_updates,
-            metrics["reward"],
-            metrics["kl"],
-            metrics["clip_ratio/region_mean"],
-            metrics["ppo/value_loss"],
-        )
+def learn_from_rollouts(
+    learner: Learner,
+    rollouts: Rollouts,
+    scores,
+    kl_coef: float,
+    settings: LossSettings,
+    config: Config,
+    local_minibatch: int,
+    minibatch_generator,
+    train_policy: bool = True,
+) -> dict[str, float]:
+    """One PPO update from this rank's rollouts and sequence scores: log-probs and values, rewards, GAE,
+    whitening, K epochs of minibatch steps, and the update's statistics.
 
-    # ---- Standard Hugging Face checkpoint: safetensors + tokenizer (the evaluator and vLLM load it) ---------
-    checkpoint = Path(context.output_dir) / "model"
-    accelerator.wait_for_everyone()
-    if accelerator.is_main_process:
-        unwrapped_policy.generation_config = saved_generation_config
-        save_policy(accelerator.unwrap_model(policy), context.base_dir, checkpoint)
-        tokenizer.save_pretrained(checkpoint)
-    accelerator.wait_for_everyone()
-    return TrainResult(
-        checkpoint_dir=checkpoint,
-        final_step=num_updates,
-        spend={
-            "prompts_seen": float(num_updates * config.rollouts_per_update),
-            "completions_generated": float(completions_generated),
-            "tokens_generated": float(tokens_generated),
-            "optimizer_steps": float(optimizer_steps),
-        },
+    Every returned statistic is global (reduced over all ranks, so every rank returns the same numbers), as is
+    ``_tokens`` (response tokens of the whole batch); ``optimizer_steps`` counts synchronous steps.
+    """
+    import torch
+
+    from harness.algorithms import common
+
+    accelerator = learner.accelerator
+    world_size = accelerator.num_processes
+    started = time.perf_counter()
+    mask = rollouts.mask
+    if config.score_clip > 0:
+        scores = scores.clamp(-config.score_clip, config.score_clip)  # PPO.md §2.3 optional clipping
+    # PPO.md §2.2 step 6: old and reference log-probs and values, teacher-forced, no grad.
+    logp_old, logp_ref, values_old, rollout_entropy = _score_rollout(
+        learner.policy, learner.reference, learner.critic, rollouts.prompt_ids, rollouts.prompt_mask,
+        rollouts.response_ids, mask, rollouts.prompt_starts, rollouts.response_lengths, settings,
+        config.rollout_batch_size, accelerator,
     )
+    seconds_score = time.perf_counter() - started
+
+    # ---- Rewards, GAE, whitening (PPO.md §2.4-§2.7) ------------------------------------------------------
+    rewards, per_token_kl = common.per_token_rewards(
+        scores, logp_old, logp_ref, mask, kl_coef, kl_estimator=config.kl_estimator
+    )
+    if config.whiten_rewards:
+        rewards = _whiten(rewards, mask, accelerator, shift_mean=False)  # §2.5, global moments
+    # GAE runs along each row, so it needs nothing from other ranks (§2.6).
+    advantages, returns = common.gae_advantages_and_returns(rewards, values_old, mask, config.gamma, config.lam)
+    raw_advantage_moments = _global_moments(advantages, mask, accelerator)
+    # §2.7: once per rollout batch, over the valid tokens of all ranks (all-reduced sum m, sum A m, sum (A-mu)^2 m).
+    advantages = _whiten(advantages, mask, accelerator, shift_mean=True)
+    batch = TrainingBatch(
+        rollouts.prompt_ids, rollouts.prompt_mask, rollouts.response_ids, mask, logp_old, values_old, advantages,
+        returns, rollouts.prompt_starts, rollouts.response_lengths,
+    )
+
+    # ---- K epochs of minibatch updates (PPO.md §2.8, §2.9) -----------------------------------------------
+    started = time.perf_counter()
+    learner.policy.train()
+    learner.critic.train()
+    update_statistics = _optimise(
+        learner.policy,
+        learner.critic,
+        learner.policy_optimizer,
+        learner.critic_optimizer,
+        batch,
+        settings,
+        config,
+        local_minibatch,
+        minibatch_generator,
+        accelerator,
+        train_policy,
+    )
+    seconds_train = time.perf_counter() - started
+
+    # ---- Statistics (PPO.md §2.13), gathered or reduced over ranks ---------------------------------------
+    rollout_statistics = _rollout_statistics(
+        scores, per_token_kl, logp_old, logp_ref, mask, rollouts.has_stop, rollout_entropy, kl_coef, accelerator
+    )
+    value_statistics = _value_statistics(returns, values_old, mask, raw_advantage_moments, accelerator)
+    timings = torch.tensor([seconds_score, seconds_train])
+    if world_size > 1:
+        timings = _reduce_max(timings, accelerator)  # the slowest rank sets the pace of a synchronous update
+    seconds_score, seconds_train = timings.tolist()
+    return {
+        **rollout_statistics,
+        **update_statistics,
+        **value_statistics,
+        "ppo/seconds_score": seconds_score,
+        "ppo/seconds_train": seconds_train,
+    }
+
+
+def _save_checkpoint(learner: Learner, base_dir: Path, tokenizer, folder: Path) -> Path:
+    """Write the policy as a standard HF folder (merged under LoRA) plus its tokenizer, from the main process
+    only, and return once it is complete on disk for every rank (the barrier after the write)."""
+    from harness.algorithms.lora import save_policy
+
+    accelerator = learner.accelerator
+    accelerator.wait_for_everyone()  # no rank is still inside an update that could change the weights
+    if accelerator.is_main_process:
+        save_policy(accelerator.unwrap_model(learner.policy), base_dir, folder)
+        tokenizer.save_pretrained(folder)
+    accelerator.wait_for_everyone()
+    return Path(folder)
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -699,11 +865,7 @@ def _generate(policy, tokenizer, prompts: list[str], generation_config, chunk_si
     """
     import torch
 
-    # Left padding: generation continues from the right edge of every prompt (PPO.md §1).
-    encoded = tokenizer(prompts, return_tensors="pt", padding=True, padding_side="left")
-    prompt_starts = (encoded["attention_mask"] == 0).sum(dim=1)  # left pads per row, on the CPU
-    prompt_ids = encoded["input_ids"].to(accelerator.device)
-    attention_mask = encoded["attention_mask"].to(accelerator.device)
+    prompt_ids, attention_mask, prompt_starts = encode_prompts(tokenizer, prompts, accelerator.device)
     prompt_length = prompt_ids.shape[1]
     chunks = []
     with torch.inference_mode(), accelerator.autocast():
@@ -722,6 +884,17 @@ def _generate(policy, tokenizer, prompts: list[str], generation_config, chunk_si
         [torch.nn.functional.pad(chunk, (0, response_length - chunk.shape[1]), value=pad_id) for chunk in chunks]
     ).clone()
     return prompt_ids.clone(), attention_mask.bool(), prompt_starts, responses
+
+
+def encode_prompts(tokenizer, prompts: list[str], device):
+    """Left-padded prompt ids ``[b, P]`` and attention mask on ``device``, and the left pads per row on the CPU.
+
+    Left padding: generation continues from the right edge of every prompt (PPO.md §1). ``P`` is this rank's
+    longest prompt; outputs do not depend on it (positions come from the mask, PPO.md §1).
+    """
+    encoded = tokenizer(prompts, return_tensors="pt", padding=True, padding_side="left")
+    prompt_starts = (encoded["attention_mask"] == 0).sum(dim=1)  # left pads per row, on the CPU
+    return encoded["input_ids"].to(device), encoded["attention_mask"].to(device), prompt_starts
 
 
 def _response_logits(policy, inputs, response_length: int):
@@ -1008,7 +1181,12 @@ def _reduce_sum(tensor, accelerator):
 
 
 def _reduce_max(tensor, accelerator):
-    return accelerator.gather(tensor.reshape(1)).max() if accelerator.num_processes > 1 else tensor
+    """Element-wise maximum over ranks (a gather: Accelerate's reduce has no max); same shape and device."""
+    if accelerator.num_processes == 1:
+        return tensor
+    # nccl only moves tensors on the rank's device; gloo takes CPU tensors too.
+    gathered = accelerator.gather(tensor.to(accelerator.device).reshape(1, -1))
+    return gathered.amax(dim=0).reshape(tensor.shape).to(tensor.device)
 
 
 def _global_moments(values, mask, accelerator):

@@ -1,6 +1,13 @@
 """What the TRL-backed trainers share: common TrainingArguments and the MLflow step-metrics bridge.
 
 Imported only from inside `train` functions, so it may import transformers at module level.
+
+Several processes (`accelerate launch`, DESIGN.md §9): the Trainer wraps the model in DDP and gives every rank
+its own share of each batch; TRL gathers its logged statistics over ranks, so the values a callback sees are
+global and identical on every rank. The callbacks below forward them and move the progress bar from the main
+process only; the divergence guard runs on every rank so that all of them stop together. Checkpoints the
+harness hands on (output_dir/model, snapshots) are written by the main process behind barriers, and no
+pickled `training_args.bin` is left in any folder the harness writes (see `NoPickleInCheckpointsCallback`).
 """
 
 from __future__ import annotations
@@ -40,6 +47,38 @@ def common_training_arguments(
     )
 
 
+def launched_world_size() -> int:
+    """Processes the launcher started for this stage. `accelerate launch` (torchrun underneath) sets WORLD_SIZE,
+    RANK and LOCAL_RANK on every process; a plain `python` process has none and is a world of one. Read from the
+    environment because the per-device batch sizes must be known before the Trainer builds its Accelerator."""
+    import os
+
+    return int(os.environ.get("WORLD_SIZE", "1"))
+
+
+def check_process_group(num_processes: int) -> None:
+    """Refuse a run whose processes did not join one group: each would train alone on the whole budget and
+    write the same checkpoint. It happens when `accelerate launch` starts N processes on a machine without a
+    GPU and the process does not ask Accelerate for the CPU (which is what makes it form a gloo group)."""
+    launched = launched_world_size()
+    if launched != num_processes:
+        raise RuntimeError(
+            f"launched as {launched} processes (WORLD_SIZE) but Accelerate formed a group of {num_processes}; "
+            "on a machine without a GPU set suite device=cpu (or ACCELERATE_USE_CPU=true)"
+        )
+
+
+def per_device_batch_size(global_batch: int, key: str) -> int:
+    """The per-device batch that keeps the global batch (the config's number) whatever the number of processes:
+    global / world size, which must divide exactly, so the same budget is spent in the same number of steps."""
+    from harness.config import ConfigError
+
+    world_size = launched_world_size()
+    if global_batch % world_size != 0:
+        raise ConfigError(f"'{key}' ({global_batch}) must be divisible by the {world_size} processes")
+    return global_batch // world_size
+
+
 def _cuda_available() -> bool:
     import torch
 
@@ -53,6 +92,8 @@ class StepMetricsCallback(TrainerCallback):
         self.log_metrics = log_metrics
 
     def on_log(self, args, state, control, logs=None, **kwargs):
+        if not state.is_world_process_zero:  # every rank logs the same gathered values: record them once
+            return
         numeric = {
             _metric_name(key): float(value)
             for key, value in (logs or {}).items()
@@ -69,10 +110,12 @@ class TrainingProgressCallback(TrainerCallback):
         self.progress = progress
 
     def on_train_begin(self, args, state, control, **kwargs):
-        self.progress(0, total=state.max_steps)
+        if state.is_world_process_zero:
+            self.progress(0, total=state.max_steps)
 
     def on_step_end(self, args, state, control, **kwargs):
-        self.progress(1)
+        if state.is_world_process_zero:
+            self.progress(1)
 
 
 class DivergenceError(RuntimeError):
@@ -93,21 +136,79 @@ class DivergenceGuard(TrainerCallback):
 
 
 class SnapshotCallback(TrainerCallback):
-    """Save the policy at chosen optimizer steps, for the evaluator's intermediate checkpoints."""
+    """Save the policy at chosen optimizer steps, for the evaluator's intermediate checkpoints.
+
+    The main process writes it (DDP keeps the same weights on every rank) before it takes its next step, so a
+    snapshot is complete on disk before training ends there; the other ranks wait at the next all-reduce.
+    Where the weights are sharded (ZeRO-3, FSDP) every rank first takes part in gathering them, which needs the
+    trainer (`attach_trainer`)."""
 
     def __init__(self, steps: set[int], folder, base_dir):
         self.steps, self.folder, self.base_dir = steps, folder, base_dir
+        self.trainer = None
 
     def on_step_end(self, args, state, control, model=None, **kwargs):
         from harness.algorithms.context import save_snapshot
+        from harness.algorithms.lora import save_policy
 
-        if state.global_step in self.steps and state.is_world_process_zero:
-            save_snapshot(model, self.base_dir, self.folder / f"step-{state.global_step}")
+        if state.global_step not in self.steps:
+            return
+        state_dict = gathered_state_dict(self.trainer) if self.trainer is not None else None
+        if not state.is_world_process_zero:
+            return
+        folder = self.folder / f"step-{state.global_step}"
+        if state_dict is None:
+            save_snapshot(model, self.base_dir, folder)
+        else:
+            save_policy(model, self.base_dir, folder, state_dict=state_dict)
+            if self.trainer.processing_class is not None:
+                self.trainer.processing_class.save_pretrained(folder)
+
+
+def attach_trainer(trainer) -> None:
+    """Give the snapshot callback its trainer (built after the callbacks), for sharded-weight gathering."""
+    for callback in trainer.callback_handler.callbacks:
+        if isinstance(callback, SnapshotCallback):
+            callback.trainer = trainer
+
+
+def gathered_state_dict(trainer):
+    """The full weights when the Trainer shards them (DeepSpeed, FSDP), gathered with every rank taking part,
+    as `Trainer.save_model` does; None with one process or DDP, where the main process's model is whole.
+    Must be called on every rank."""
+    if getattr(trainer, "is_fsdp_enabled", False):
+        return trainer.accelerator.get_state_dict(trainer.model)
+    if getattr(trainer, "is_deepspeed_enabled", False):
+        return trainer.accelerator.get_state_dict(trainer.deepspeed)
+    return None
+
+
+class NoPickleInCheckpointsCallback(TrainerCallback):
+    """Delete the pickled `training_args.bin` the Trainer writes into every resume checkpoint (checkpoint-N).
+
+    Loading it would need `torch.load(weights_only=False)`, i.e. unpickling arbitrary code. transformers
+    5.17 never reads it when it resumes (`_load_from_checkpoint`, `_load_optimizer_and_scheduler` and
+    `_load_rng_state` read weights, optimizer, scheduler and RNG states with `weights_only=True`; the arguments
+    come from the harness's config), so the checkpoint stays resumable without it. The harness's own folders
+    (output_dir/model, snapshots) are written by `save_pretrained`, which writes no pickle at all."""
+
+    def on_save(self, args, state, control, **kwargs):
+        from pathlib import Path
+
+        if state.is_world_process_zero:
+            pickled = Path(args.output_dir) / f"checkpoint-{state.global_step}" / "training_args.bin"
+            pickled.unlink(missing_ok=True)
 
 
 def harness_callbacks(log_metrics, progress, context=None, total_steps: int = 0) -> list[TrainerCallback]:
-    """Divergence guard, MLflow step metrics, the progress bar, and (for an algorithm's context) snapshots."""
-    callbacks = [DivergenceGuard(), StepMetricsCallback(log_metrics), TrainingProgressCallback(progress)]
+    """Divergence guard, MLflow step metrics, the progress bar, no pickles in checkpoints, and (for an
+    algorithm's context) snapshots."""
+    callbacks = [
+        DivergenceGuard(),
+        StepMetricsCallback(log_metrics),
+        TrainingProgressCallback(progress),
+        NoPickleInCheckpointsCallback(),
+    ]
     if context is not None and context.snapshots:
         from harness.algorithms.context import snapshot_steps
 
@@ -150,10 +251,11 @@ def save_trained_policy(trainer, base_dir, tokenizer, output_dir):
 
     checkpoint = output_dir / "model"
     trainer.accelerator.wait_for_everyone()
-    if trainer.is_world_process_zero():
-        save_policy(trainer.accelerator.unwrap_model(trainer.model), base_dir, checkpoint)
+    state_dict = gathered_state_dict(trainer)  # every rank: a collective where the weights are sharded
+    if trainer.is_world_process_zero():  # written once
+        save_policy(trainer.accelerator.unwrap_model(trainer.model), base_dir, checkpoint, state_dict=state_dict)
         tokenizer.save_pretrained(checkpoint)
-    trainer.accelerator.wait_for_everyone()
+    trainer.accelerator.wait_for_everyone()  # complete on disk before train() returns on any rank
     return checkpoint
 
 

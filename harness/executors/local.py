@@ -3,10 +3,8 @@ as subprocesses (`executor.max_parallel`), each given the GPUs it asked for thro
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import os
-import signal
 import subprocess
 import sys
 import time
@@ -14,12 +12,12 @@ from pathlib import Path
 
 from harness.executors import report_finished, settled_without_running, waits
 from harness.plan import PlannedStage, visible_gpu_count
+from harness.processes import start_group, stop_groups
 from harness.stage import FAILED, execute, log_path, outcome, outcome_path
 
 logger = logging.getLogger(__name__)
 
 POLL_SECONDS = 0.2
-GRACE_SECONDS = 30  # what an interrupted stage gets to mark its MLflow run KILLED before it is killed
 
 
 def run_in_process(stages: list[PlannedStage], files: dict[str, Path], reporter) -> dict[str, dict]:
@@ -72,7 +70,7 @@ def run_in_subprocesses(
                 report_finished(reporter, stage, outcomes[stage_id])
             time.sleep(POLL_SECONDS)
     except KeyboardInterrupt:
-        _stop([process for process, _, _ in running.values()])
+        stop_groups([process for process, _, _ in running.values()])
         raise
     return outcomes
 
@@ -89,10 +87,7 @@ def _start(path: Path, devices: list[str], gpu_machine: bool, threads: int) -> s
     if gpu_machine:  # a stage that asked for none sees none, so it cannot take memory on another's GPU
         environment["CUDA_VISIBLE_DEVICES"] = ",".join(devices)
     with open(log_path(path), "a") as log:
-        return subprocess.Popen(
-            [sys.executable, "-m", "harness.stage", str(path)],
-            stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=environment, start_new_session=True,
-        )
+        return start_group([sys.executable, "-m", "harness.stage", str(path)], stdout=log, stderr=subprocess.STDOUT, env=environment)
 
 
 def _finished(stage: PlannedStage, path: Path, code: int) -> dict:
@@ -104,18 +99,3 @@ def _finished(stage: PlannedStage, path: Path, code: int) -> dict:
         return read_json(written)
     how = f"was killed by signal {-code}" if code < 0 else f"exited {code}"
     return outcome(stage, FAILED, failure=f"the stage's process {how} (log: {log_path(path)})")
-
-
-def _stop(processes: list[subprocess.Popen]) -> None:
-    """SIGTERM every stage's process group (the stage marks its run KILLED), then SIGKILL what is left."""
-    for process in processes:
-        with contextlib.suppress(ProcessLookupError):  # it has exited already
-            os.killpg(process.pid, signal.SIGTERM)
-    deadline = time.monotonic() + GRACE_SECONDS
-    for process in processes:
-        try:
-            process.wait(timeout=max(0.1, deadline - time.monotonic()))
-        except subprocess.TimeoutExpired:
-            pass
-        with contextlib.suppress(ProcessLookupError):  # it has exited already
-            os.killpg(process.pid, signal.SIGKILL)

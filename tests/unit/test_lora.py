@@ -16,7 +16,7 @@ WORDS = ["a", "b", "c", "d", "e", "f"]
 
 
 def suite_with(**lora) -> SuiteConfig:
-    return SuiteConfig(lora=LoraConfig(**lora))
+    return SuiteConfig(name="lora-test", lora=LoraConfig(**lora))
 
 
 def test_stages_without_adapters_get_no_peft_config():
