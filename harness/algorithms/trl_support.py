@@ -90,15 +90,19 @@ class StepMetricsCallback(TrainerCallback):
 
     def __init__(self, log_metrics):
         self.log_metrics = log_metrics
+        self.logged: set[tuple[str, int]] = set()
 
     def on_log(self, args, state, control, logs=None, **kwargs):
         if not state.is_world_process_zero:  # every rank logs the same gathered values: record them once
             return
+        # The Trainer's closing summary repeats `epoch` at the last step: one point per (name, step) is kept.
         numeric = {
             _metric_name(key): float(value)
             for key, value in (logs or {}).items()
             if isinstance(value, (int, float)) and math.isfinite(float(value))
+            and (_metric_name(key), state.global_step) not in self.logged
         }
+        self.logged |= {(name, state.global_step) for name in numeric}
         if numeric:
             self.log_metrics(state.global_step, numeric)
 

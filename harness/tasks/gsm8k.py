@@ -97,8 +97,9 @@ class UnknownPromptError(LookupError):
 class GSM8KConfig:
     dataset: str = "openai/gsm8k"
     # Hub id of the dataset (question, answer)
-    name: str | None = "main"
-    # Hub config name ("main"; "socratic" has sub-question rationales)
+    subset: str | None = "main"
+    # the dataset's Hub config name ("main"; "socratic" has sub-question rationales); not called `name`,
+    # which in a suite's `task:` section names the task itself
     path: str | None = None
     # local file or folder read instead of dataset (see harness.tasks.loading for the layouts)
     revision: str | None = None
@@ -261,7 +262,7 @@ def _source(config: GSM8KConfig, split: str) -> Source:
         config.path or config.dataset,
         split,
         config.revision,
-        name=None if config.path else config.name,
+        name=None if config.path else config.subset,
         trust_remote_code=config.trust_remote_code,
     )
 

@@ -316,3 +316,26 @@ def test_the_resolved_yaml_loads_back_as_itself(tmp_path, overrides):
     resolved = tmp_path / "resolved.yaml"
     resolved.write_text(config.to_yaml())
     assert fingerprint(load_config(str(resolved)).to_dict()) == fingerprint(config.to_dict())
+
+
+def test_no_task_option_is_called_name_which_names_the_task_itself():
+    """`task: {name: gsm8k, ...}`: an option called `name` could never be set from a suite and would replace
+    the task's name in the resolved config (and so break every stage that reloads it)."""
+    import dataclasses
+
+    from harness.registry import TASKS
+
+    for entry in TASKS.entries():
+        fields = {field.name for field in dataclasses.fields(TASKS.get(entry.name).Config)}
+        assert "name" not in fields, f"task '{entry.name}' has an option called 'name'"
+
+
+@pytest.mark.parametrize("suite", __import__("harness.config", fromlist=["suite_names"]).suite_names())
+def test_a_resolved_suite_reloads_as_itself(suite, tmp_path):
+    """Every stage loads the resolved config the driver wrote: it must resolve to the same hash."""
+    from harness.config import fingerprint, load_config
+
+    config = load_config(suite)
+    path = tmp_path / "resolved.yaml"
+    path.write_text(config.to_yaml())
+    assert fingerprint(load_config(str(path)).to_dict()) == fingerprint(config.to_dict())
