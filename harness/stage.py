@@ -129,6 +129,7 @@ def execute(path: Path, reporter=None) -> dict:
                 logger.error("stage %s failed:\n%s", stage.id, traceback.format_exc())
                 result = outcome(stage, FAILED, failure=f"{one_line(error)} (log: {log_path(path)})")
         result["timings"] = run.timings
+        _release_gpu_memory()
         if result["status"] == FAILED:
             run.reporter.stage(stage.label, "fail", result["failure"])
     write_json(outcome_path(path), result)
@@ -659,6 +660,20 @@ def _peak_memory_mb(rss_peak_before: float) -> float:
     if torch.cuda.is_available():
         return torch.cuda.max_memory_allocated() / 2**20
     return max(rss_peak_before, resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)
+
+
+def _release_gpu_memory() -> None:
+    """Stages that run one after another in one process (the local executor's default) hand the GPU on: what
+    training cached must be free before vLLM, which refuses to start below gpu_memory_utilization x total."""
+    if "torch" not in sys.modules:
+        return
+    import gc
+
+    import torch
+
+    gc.collect()
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
 
 
 def _free_port() -> int:
