@@ -164,7 +164,7 @@ def command_run(args) -> int:
     if outcome.report_path:
         console.print(f"report: [bold]{outcome.report_path}[/bold]", soft_wrap=True)
     console.print(f"MLflow experiment '{outcome.experiment}' at {outcome.tracking_uri}", soft_wrap=True)
-    console.print(f"open it with: [bold]mlflow ui --backend-store-uri {outcome.tracking_uri}[/bold]", soft_wrap=True)
+    _print_leaderboard_link(outcome.leaderboard, outcome.tracking_uri, lambda line: console.print(line, soft_wrap=True, markup=False))
     if outcome.failed:
         names = ", ".join(cell.name for cell in outcome.failed)
         return _fail(f"{len(outcome.failed)} cell(s) failed: {names} (reasons above and in MLflow)")
@@ -204,15 +204,26 @@ def command_plan(args) -> int:
 
 
 def command_report(args) -> int:
-    from pathlib import Path
-
-    from harness.report.markdown import write_report
+    from harness.pipeline import write_report
 
     config = _load(args.items)
     _quiet_library_progress_bars()
-    path = write_report(_tracking_uri(config), config.suite.name, Path(config.suite.reports_dir))
+    path, link = write_report(config, _tracking_uri(config))
     print(f"report: {path}")
+    _print_leaderboard_link(link, _tracking_uri(config), print)
     return EXIT_OK
+
+
+def _print_leaderboard_link(link, tracking_uri: str, say) -> None:
+    """The command's last lines: the link that opens the leaderboard (the runs table of harness/<suite>/
+    leaderboard, sorted by the headline metric, its columns shown), and how to serve it."""
+    if link is None:
+        return
+    if tracking_uri.startswith(("http://", "https://")):  # a tracking server serves its own UI
+        say(f"leaderboard: {link.url(tracking_uri)}")
+        return
+    say(f"leaderboard: {link.url()}")
+    say(f"open it with: mlflow ui --backend-store-uri {tracking_uri}")
 
 
 def command_leaderboard(args) -> int:

@@ -48,6 +48,7 @@ class RunOutcome:
     parent_run_id: str
     cells: list[CellOutcome]
     report_path: Path | None = None
+    leaderboard: object = None  # harness.report.leaderboard_runs.LeaderboardLink
 
     @property
     def failed(self) -> list[CellOutcome]:
@@ -129,7 +130,7 @@ def _run_locked(config: ResolvedConfig, plan: Plan, tracker, reporter) -> RunOut
         # Stage timings of this invocation, for benchmarks/stage_times.py and for anyone asking where time went.
         write_json(plan.root / "timings.json", [t for result in outcomes.values() for t in result.get("timings", [])])
     result = RunOutcome(suite.name, tracker.uri, record.experiment_name(suite.name), parent_run_id, cells)
-    result.report_path = write_report(config, tracker.uri)
+    result.report_path, result.leaderboard = write_report(config, tracker.uri)
     return result
 
 
@@ -180,7 +181,9 @@ def _cell_run_id(folder: Path) -> str | None:
     return id_file.read_text().strip() if id_file.is_file() else None
 
 
-def write_report(config: ResolvedConfig, tracking_uri: str) -> Path | None:
-    from harness.report.markdown import write_report as write_markdown
+def write_report(config: ResolvedConfig, tracking_uri: str):
+    """The Markdown report, and the leaderboard runs that make the MLflow UI's runs table the leaderboard
+    (one run per algorithm and configuration, replaced on every call); returns (report path, link)."""
+    from harness.report.leaderboard_runs import write_report_and_leaderboard
 
-    return write_markdown(tracking_uri, config.suite.name, Path(config.suite.reports_dir))
+    return write_report_and_leaderboard(tracking_uri, config.suite.name, Path(config.suite.reports_dir))

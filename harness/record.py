@@ -4,7 +4,8 @@ Writers (the pipeline, the stages, `harness.tracking`) and readers (the report, 
 names; none of them spells a tag, a metric prefix or an experiment name as a literal.
 
 - Experiments: ``harness/<suite>`` holds a parent run per `harness run` (kind ``invocation``) and a child
-  run per cell (kind ``cell``).
+  run per cell (kind ``cell``); ``harness/<suite>/leaderboard`` holds one run per (algorithm, configuration)
+  (kind ``leaderboard``) with the means over seeds, rewritten by `harness.report.leaderboard_runs`.
 - A cell is identified by (algorithm, seed, cell hash). Its hash covers the seed's prepared data and models
   (the `PREPARE_SECTIONS` chain) and the sections in `BASELINE_CELL_SECTIONS` or `TRAINED_CELL_SECTIONS`;
   `harness.plan` computes it, and the report groups seeds of one configuration by the params of the same
@@ -80,3 +81,64 @@ PREPARE_SECTIONS = {
 BASELINE_CELL_SECTIONS = ("evaluation",)
 # A trained cell: the prepared chain, algorithms.<name>, these sections, and lora when the algorithm uses it.
 TRAINED_CELL_SECTIONS = ("sampling", "reward", "budget", "evaluation", "precision")
+
+# The LoRA settings join a hash only where the stage trained adapters (the lora.stages list names it).
+LORA_SECTION = "lora"
+ALGORITHMS_SECTION = "algorithms"
+
+
+def _unique(sections) -> tuple[str, ...]:
+    return tuple(dict.fromkeys(sections))
+
+
+def cell_sections(algorithm: str) -> tuple[str, ...]:
+    """The config sections (dotted param prefixes, or top-level keys such as ``precision``) whose values make a
+    cell of `algorithm` what it is, the seed aside: the prepared chain, then the baseline's or a trained cell's
+    own sections. `lora` is not in it: it counts only for the stages that trained adapters (`lora_stages`)."""
+    prepared = [section for sections in PREPARE_SECTIONS.values() for section in sections]
+    if algorithm == BASELINE:
+        return _unique(prepared + list(BASELINE_CELL_SECTIONS))
+    return _unique(prepared + list(TRAINED_CELL_SECTIONS) + [f"{ALGORITHMS_SECTION}.{algorithm}"])
+
+
+def lora_stages(algorithm: str) -> tuple[str, ...]:
+    """The stages whose LoRA settings a cell of `algorithm` depends on: SFT (it built the base policy), and the
+    algorithm's own training."""
+    return (BASELINE,) if algorithm == BASELINE else (BASELINE, algorithm)
+
+
+def in_section(key: str, section: str) -> bool:
+    """Whether the flattened param `key` belongs to `section` ("precision" is itself a key; "reward" does not
+    cover "reward_model.*")."""
+    return key == section or key.startswith(section + ".")
+
+
+# -- leaderboard runs: one per (algorithm, configuration), means over seeds, in their own experiment --------
+
+TAG_CONFIG = "harness.config"  # the seed-free configuration key the report groups seeds by
+TAG_LEADERBOARD_KEY = "harness.leaderboard_key"  # "<algorithm>:<config>": the row a re-aggregation replaces
+TAG_CURRENT = "harness.current"  # "true" for the configuration the report shows, "false" for older ones
+TAG_INTERVAL = "harness.interval"  # how the row's bounds were obtained: "t over 3 seeds", ...
+TAG_REPORTED_PREFIX = "report."  # + metric: "mean ± half-width" as reports/<suite>.md prints it
+TAG_HEADLINE = "harness.headline_metric"  # on the leaderboard experiment: the metric it is sorted by
+# A leaderboard run's metrics are bare eval metric names (gold_reward), their bounds with these suffixes, the
+# seed count, and the mean cost under COST_PREFIX.
+CI_LOW_SUFFIX = "_ci_low"
+CI_HIGH_SUFFIX = "_ci_high"
+SEEDS_METRIC = "seeds"
+LEADERBOARD_FIGURES_ARTIFACT_PATH = "figures"
+
+# -- MLflow's own tags and UI conventions -----------------------------------------------------------------
+
+NOTE_TAG = "mlflow.note.content"  # a run's or an experiment's description, shown by the UI
+# The experiment kind the UI's kind selector writes. MLflow 3.17.2's UI lets the workflow switch (the URL's
+# workflowType, else the browser's remembered choice, default GenAI) decide the landing page instead; the tag is
+# set so that the kind reads "Machine learning" wherever a UI does consult it.
+EXPERIMENT_KIND_TAG = "mlflow.experimentKind"
+EXPERIMENT_KIND_TRAINING = "custom_model_development"
+# The UI's runs page restores a saved view (sort, filter, columns) from the experiment tag
+# SHARED_VIEW_TAG_PREFIX + <key> when the URL carries viewStateShareKey=<key>; the UI lists it under "Views".
+SHARED_VIEW_TAG_PREFIX = "mlflow.sharedViewState."
+LEADERBOARD_VIEW_KEY = "leaderboard"
+CELLS_VIEW_KEY = "cells"  # on the suite's experiment: every cell run, flat, by the headline metric
+WORKFLOW_TYPE_TRAINING = "machine_learning"  # the URL's workflowType that opens the runs table

@@ -3,15 +3,19 @@
 Everything goes through an explicit `MlflowClient` and run ids, never the global active run, so two trainers
 can never write into one run and nothing depends on the current directory (ENVIRONMENT.md: MLflow 3.17).
 
-Names: experiment `harness/<suite>`; tags `harness.kind` (invocation | cell), `harness.suite`,
-`harness.algorithm`, `harness.seed`, `harness.cell`, `harness.cell_hash`, `harness.status`
-(complete | failed), `harness.failure`; metrics `train/*` (per step), `eval/*`, `cost/*`, `prepare/*`.
+Every name written here (experiment, tags, kinds, statuses) is `harness.record`'s; `experiment_name` is
+re-exported for the modules that import it from here.
 """
 
 from __future__ import annotations
 
 import logging
 from pathlib import Path
+
+from harness import record
+from harness.record import experiment_name
+
+__all__ = ["PARAM_VALUE_LIMIT", "Tracker", "TrackingError", "artifact_location", "default_tracking_uri", "experiment_name"]
 
 logger = logging.getLogger(__name__)
 
@@ -24,10 +28,6 @@ class TrackingError(RuntimeError):
 
 def default_tracking_uri(output_dir: Path) -> str:
     return f"sqlite:///{(output_dir / 'mlflow.db').resolve()}"
-
-
-def experiment_name(suite: str) -> str:
-    return f"harness/{suite}"
 
 
 def artifact_location(uri: str, suite: str) -> str | None:
@@ -55,7 +55,12 @@ class Tracker:
             self.experiment_id = (
                 found.experiment_id
                 if found
-                else self.client.create_experiment(experiment_name(suite), artifact_location=artifact_location(uri, suite))
+                else self.client.create_experiment(
+                    experiment_name(suite),
+                    artifact_location=artifact_location(uri, suite),
+                    # Model training, not a GenAI app: the kind MLflow's UI selector writes (see record).
+                    tags={record.EXPERIMENT_KIND_TAG: record.EXPERIMENT_KIND_TRAINING},
+                )
             )
         except Exception as error:  # any store failure: say which URI, in one line
             raise TrackingError(f"cannot use MLflow tracking URI '{uri}': {str(error).splitlines()[0]}") from None
@@ -64,7 +69,7 @@ class Tracker:
         run = self.client.create_run(
             self.experiment_id,
             run_name=f"{suite}-invocation",
-            tags={"harness.kind": "invocation", "harness.suite": suite, **tags},
+            tags={record.TAG_KIND: record.KIND_INVOCATION, record.TAG_SUITE: suite, **tags},
         )
         return run.info.run_id
 
@@ -72,7 +77,7 @@ class Tracker:
         run = self.client.create_run(
             self.experiment_id,
             run_name=name,
-            tags={"harness.kind": "cell", "harness.cell": name, "mlflow.parentRunId": parent_run_id, **tags},
+            tags={record.TAG_KIND: record.KIND_CELL, record.TAG_CELL: name, record.PARENT_RUN_TAG: parent_run_id, **tags},
         )
         return run.info.run_id
 
@@ -90,11 +95,12 @@ class Tracker:
         """Mark KILLED every run of this suite still RUNNING: called while holding the suite's lock, so they
         belong to processes that died without closing them (SIGKILL, a crash of the machine)."""
         stale = self.client.search_runs(
-            [self.experiment_id], filter_string=f"attributes.status = 'RUNNING' and tags.`harness.suite` = '{suite}'"
+            [self.experiment_id],
+            filter_string=f"attributes.status = 'RUNNING' and tags.`{record.TAG_SUITE}` = '{suite}'",
         )
         for run in stale:
-            if run.data.tags.get("harness.kind") == "cell":
-                self.client.set_tag(run.info.run_id, "harness.status", "killed")
+            if run.data.tags.get(record.TAG_KIND) == record.KIND_CELL:
+                self.client.set_tag(run.info.run_id, record.TAG_STATUS, record.STATUS_KILLED)
             self.client.set_terminated(run.info.run_id, status="KILLED")
         return [run.info.run_id for run in stale]
 

@@ -1,20 +1,18 @@
 """MLflow -> pandas: one row per cell run, the long (tidy) form, and per-sample tables.
 
 The report never reads run folders: MLflow is the system of record (DESIGN §4), so a teammate with only
-the tracking server regenerates the same report. Everything here follows the tags, metric prefixes and
-artifact paths that `harness.tracking` writes:
+the tracking server regenerates the same report. Every name it reads (experiment, tags, metric prefixes,
+artifact paths) comes from `harness.record`, the schema the writers use:
 
-- experiment ``harness/<suite>``; a parent run per invocation and a child run per cell;
-- cell tags ``harness.kind="cell"``, ``harness.algorithm``, ``harness.seed``, ``harness.cell``,
-  ``harness.cell_hash``, ``harness.status``, ``harness.failure``, ``harness.generator``, ``harness.prompt_format``,
-  ``harness.training_reward``;
+- experiment ``harness/<suite>``; a parent run per invocation and a child run per cell (kind ``cell``);
+- cell tags: algorithm, seed, cell, cell hash, status, failure, generator, prompt format, training reward;
 - metrics ``eval/<name>`` (final), ``train/<name>`` (history), ``cost/<name>``;
 - params: the flattened resolved config; artifact ``eval/samples.jsonl``.
 
 Runs of one suite from several `harness run` invocations pool into one frame. A cell is keyed by
 (algorithm, seed, cell_hash); because the cell hash also covers the seed's own data and models, a seed-free
-``config`` key is derived from the params the hash covers, so that seeds of one configuration group
-together and a changed configuration stands apart (`split_configurations`).
+``config`` key is derived from the params of the sections the hash covers (`record.cell_sections`), so that
+seeds of one configuration group together and a changed configuration stands apart (`split_configurations`).
 """
 
 from __future__ import annotations
@@ -26,14 +24,19 @@ from typing import TYPE_CHECKING
 if TYPE_CHECKING:
     import pandas as pd
 
+from harness import record
+from harness.record import (
+    COST_PREFIX,
+    EVAL_PREFIX,
+    SAMPLES_ARTIFACT,
+    experiment_name,
+)
+
 logger = logging.getLogger(__name__)
 
-EVAL_PREFIX = "eval/"
-COST_PREFIX = "cost/"
-SAMPLES_ARTIFACT = "eval/samples.jsonl"
-BASELINE_ALGORITHM = "sft"
-COMPLETE = "complete"
-FAILED = "failed"
+BASELINE_ALGORITHM = record.BASELINE
+COMPLETE = record.STATUS_COMPLETE
+FAILED = record.STATUS_FAILED
 
 # The order cost metrics are shown in: what was consumed first, then what it cost.
 COST_METRICS = (
@@ -57,13 +60,12 @@ SAMPLING_PARAMS = (
 )
 EVALUATION_PARAM_PREFIX = "evaluation."
 
-# Params that shape a cell's result, mirroring what `pipeline.SuiteRun.cell_hash` hashes (without the seed):
-# the baseline depends on the task, base model, SFT, reward model and evaluator; a trained algorithm also on
-# its own section, the training sampling, the reward and the budget.
-_BASELINE_CONFIG_PREFIXES = ("task.", "model.", "sft.", "reward_model.", "evaluation.", "precision")
-_TRAINED_CONFIG_PREFIXES = ("sampling.", "reward.", "budget.")
-# Params the report reads besides the configuration ones: the header states them.
-_LOADED_PARAM_PREFIXES = _BASELINE_CONFIG_PREFIXES + _TRAINED_CONFIG_PREFIXES + ("algorithms.", "device", "lora.")
+# Params the report reads: every section a cell's identity covers (the header states them), the other
+# algorithms' sections, LoRA settings and the device.
+_LOADED_SECTIONS = tuple(
+    dict.fromkeys(record.cell_sections(record.BASELINE) + record.TRAINED_CELL_SECTIONS
+                  + (record.ALGORITHMS_SECTION, record.LORA_SECTION, "device"))
+)
 CONFIG_KEY_LENGTH = 8
 
 IDENTITY_COLUMNS = [
@@ -89,10 +91,6 @@ _PAGE_SIZE = 1000
 
 class ReportError(Exception):
     """A report cannot be built from what MLflow holds; the message is one line for the user."""
-
-
-def experiment_name(suite: str) -> str:
-    return f"harness/{suite}"
 
 
 def algorithm_order(algorithms) -> list[str]:
@@ -164,6 +162,11 @@ def find_experiment(client, suite: str, tracking_uri: str):
     return experiment
 
 
+def kind_filter(kind: str) -> str:
+    """An MLflow search filter for the runs of one record kind (cell, invocation, leaderboard)."""
+    return f"tags.`{record.TAG_KIND}` = '{kind}'"
+
+
 def search_all_runs(client, experiment_id: str, filter_string: str) -> list:
     runs, page_token = [], None
     while True:
@@ -185,55 +188,62 @@ def _run_row(run, suite: str) -> dict | None:
     import pandas as pd
 
     tags = run.data.tags
-    algorithm, seed = tags.get("harness.algorithm"), tags.get("harness.seed")
+    algorithm, seed = tags.get(record.TAG_ALGORITHM), tags.get(record.TAG_SEED)
     try:
         seed = int(seed)
     except (TypeError, ValueError):
-        logger.warning("skipping run %s: no integer harness.seed tag (got %r)", run.info.run_id, seed)
+        logger.warning("skipping run %s: no integer %s tag (got %r)", run.info.run_id, record.TAG_SEED, seed)
         return None
     if not algorithm:
-        logger.warning("skipping run %s: no harness.algorithm tag", run.info.run_id)
+        logger.warning("skipping run %s: no %s tag", run.info.run_id, record.TAG_ALGORITHM)
         return None
 
-    status = tags.get("harness.status")
+    status = tags.get(record.TAG_STATUS)
     if status is None:
         # A run MLflow marks FAILED died before the pipeline could tag it.
         status = FAILED if run.info.status == "FAILED" else COMPLETE
-    failure = tags.get("harness.failure")
+    failure = tags.get(record.TAG_FAILURE)
     if status == FAILED and not failure and run.info.status == "FAILED":
-        failure = "the MLflow run ended as FAILED without a harness.failure tag"
+        failure = f"the MLflow run ended as FAILED without a {record.TAG_FAILURE} tag"
 
     row = {
         "run_id": run.info.run_id,
-        "suite": tags.get("harness.suite", suite),
+        "suite": tags.get(record.TAG_SUITE, suite),
         "algorithm": algorithm,
         "seed": seed,
-        "cell": tags.get("harness.cell", f"{algorithm}-s{seed}"),
-        "cell_hash": tags.get("harness.cell_hash", ""),
+        "cell": tags.get(record.TAG_CELL, f"{algorithm}-s{seed}"),
+        "cell_hash": tags.get(record.TAG_CELL_HASH, ""),
         "status": status,
         "failure": failure,
         "start_time": pd.Timestamp(run.info.start_time, unit="ms", tz="UTC"),
-        "generator": tags.get("harness.generator"),
-        "training_reward": tags.get("harness.training_reward"),
-        "prompt_format": tags.get("harness.prompt_format"),
+        "generator": tags.get(record.TAG_GENERATOR),
+        "training_reward": tags.get(record.TAG_TRAINING_REWARD),
+        "prompt_format": tags.get(record.TAG_PROMPT_FORMAT),
     }
     for key, value in run.data.metrics.items():
         if key.startswith((EVAL_PREFIX, COST_PREFIX)):
             row[key] = float(value)
-    params = {key: value for key, value in run.data.params.items() if key.startswith(_LOADED_PARAM_PREFIXES)}
+    params = {key: value for key, value in run.data.params.items() if _loaded(key)}
     row.update(params)
     row["config"] = config_key(algorithm, params)
     return row
 
 
+def _loaded(key: str) -> bool:
+    return any(record.in_section(key, section) for section in _LOADED_SECTIONS)
+
+
 def config_params(algorithm: str, params: dict) -> dict:
-    """The params that decide `algorithm`'s result at a given seed (see _BASELINE_CONFIG_PREFIXES)."""
-    prefixes = _BASELINE_CONFIG_PREFIXES
-    if algorithm != BASELINE_ALGORITHM:
-        prefixes += _TRAINED_CONFIG_PREFIXES + (f"algorithms.{algorithm}.",)
-    if trains_with_lora(params, "sft" if algorithm == BASELINE_ALGORITHM else algorithm):
-        prefixes += ("lora.",)  # as the cell hash: LoRA settings count only where they were used
-    return {key: value for key, value in params.items() if key.startswith(prefixes) and isinstance(value, str)}
+    """The params that decide `algorithm`'s result at a given seed: those of the sections its cell hash covers
+    (`record.cell_sections`), and the LoRA settings where a stage of the cell trained adapters."""
+    sections = record.cell_sections(algorithm)
+    if any(trains_with_lora(params, stage) for stage in record.lora_stages(algorithm)):
+        sections += (record.LORA_SECTION,)
+    return {
+        key: value
+        for key, value in params.items()
+        if isinstance(value, str) and any(record.in_section(key, section) for section in sections)
+    }
 
 
 def trains_with_lora(params: dict, stage: str) -> bool:
@@ -257,7 +267,7 @@ def _ordered_columns(df: "pd.DataFrame") -> list[str]:
     eval_columns = [EVAL_PREFIX + name for name in eval_metric_names(df)]
     cost_columns = [COST_PREFIX + name for name in cost_metric_names(df)]
     known_params = [key for key in SAMPLING_PARAMS if key in df.columns]
-    other_params = sorted(column for column in df.columns if column.startswith(_LOADED_PARAM_PREFIXES))
+    other_params = sorted(column for column in df.columns if _loaded(column))
     other_params = [column for column in other_params if column not in known_params]
     return IDENTITY_COLUMNS + eval_columns + cost_columns + known_params + other_params
 
@@ -301,7 +311,7 @@ def load_cell_runs(tracking_uri: str, suite: str) -> "pd.DataFrame":
 
     client = open_client(tracking_uri)
     experiment = find_experiment(client, suite, tracking_uri)
-    runs = search_all_runs(client, experiment.experiment_id, "tags.`harness.kind` = 'cell'")
+    runs = search_all_runs(client, experiment.experiment_id, kind_filter(record.KIND_CELL))
     rows = [_run_row(run, suite) for run in runs if run.info.status in _REPORTED_RUN_STATUSES]
     rows = [row for row in rows if row is not None]
     if not rows:
@@ -315,14 +325,14 @@ def load_cell_runs(tracking_uri: str, suite: str) -> "pd.DataFrame":
 
 def latest_invocation_cells(client, experiment_id: str) -> set[str]:
     """Run ids of the cells the newest `harness run` used, computed or kept from earlier runs (the pipeline
-    lists them in its parent run's `harness.cell_runs` tag); empty when that run recorded none."""
+    lists them in its parent run's TAG_CELL_RUNS tag); empty when that run recorded none."""
     newest = client.search_runs(
         [experiment_id],
-        filter_string="tags.`harness.kind` = 'invocation'",
+        filter_string=kind_filter(record.KIND_INVOCATION),
         order_by=["attributes.start_time DESC"],
         max_results=1,
     )
-    listed = newest[0].data.tags.get("harness.cell_runs", "") if newest else ""
+    listed = newest[0].data.tags.get(record.TAG_CELL_RUNS, "") if newest else ""
     return {run_id for run_id in listed.split(",") if run_id}
 
 

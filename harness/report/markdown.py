@@ -13,6 +13,7 @@ import re
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from harness.record import experiment_name
 from harness.report.frame import (
     BASELINE_ALGORITHM,
     COMPLETE,
@@ -21,7 +22,6 @@ from harness.report.frame import (
     FAILED,
     algorithm_order,
     complete_cells,
-    experiment_name,
     split_configurations,
     trains_with_lora,
 )
@@ -80,14 +80,15 @@ PLOTS = (
 )
 
 
-def write_report(tracking_uri: str, suite: str, out_dir: str | Path) -> Path:
+def write_report(tracking_uri: str, suite: str, out_dir: str | Path, *, records: SuiteRecords | None = None) -> Path:
     """Write out_dir/<suite>.md and its PNGs from MLflow, log them under report/ on the newest invocation
-    run, and return the .md path. Raises frame.ReportError when the suite has no experiment or no cells."""
-    records = load_suite_records(tracking_uri, suite)
+    run, and return the .md path. `records`: what `load_suite_records` read, when the caller has it.
+    Raises frame.ReportError when the suite has no experiment or no cells."""
+    records = records if records is not None else load_suite_records(tracking_uri, suite)
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    plot_names = {key: f"{_file_stem(suite)}_{key}.png" for key, _, _ in PLOTS}
-    plot_paths = _draw_plots(records, out_dir, plot_names)
+    plot_names = plot_file_names(suite)
+    plot_paths = draw_plots(records, out_dir, plot_names)
     report_path = out_dir / f"{_file_stem(suite)}.md"
     report_path.write_text(render_markdown(records, plot_names), encoding="utf-8")
     logger.info("wrote %s", report_path)
@@ -100,7 +101,13 @@ def _file_stem(suite: str) -> str:
     return re.sub(r"[^A-Za-z0-9._-]+", "_", suite)
 
 
-def _draw_plots(records: SuiteRecords, out_dir: Path, plot_names: dict) -> list[Path]:
+def plot_file_names(suite: str) -> dict[str, str]:
+    """The PNG file name of each figure in PLOTS, by its key ("reward_vs_kl", ...)."""
+    return {key: f"{_file_stem(suite)}_{key}.png" for key, _, _ in PLOTS}
+
+
+def draw_plots(records: SuiteRecords, out_dir: Path, plot_names: dict) -> list[Path]:
+    """Draw the report's figures (PLOTS order) into out_dir; the leaderboard runs log the same files."""
     suite, cells = records.suite, records.cells
     return [
         plot_reward_vs_kl(cells, out_dir / plot_names["reward_vs_kl"],

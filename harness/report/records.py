@@ -17,11 +17,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from harness import record
 from harness.report.frame import (
     BASELINE_ALGORITHM,
     SAMPLES_ARTIFACT,
     complete_cells,
     find_experiment,
+    kind_filter,
     load_cell_runs,
     open_client,
     search_all_runs,
@@ -75,7 +77,7 @@ def load_suite_records(tracking_uri: str, suite: str) -> SuiteRecords:
     current, _ = split_configurations(cells)
     current_complete = complete_cells(current)
     trained = current_complete[current_complete["algorithm"] != BASELINE_ALGORITHM]
-    with _quiet_downloads():
+    with quiet_downloads():
         samples = _load_all_samples(client, complete_cells(cells)["run_id"])
         manifests = _load_manifests(client, current_complete["run_id"])
     return SuiteRecords(
@@ -89,7 +91,7 @@ def load_suite_records(tracking_uri: str, suite: str) -> SuiteRecords:
 
 
 @contextlib.contextmanager
-def _quiet_downloads():
+def quiet_downloads():
     """No MLflow progress bar per artifact: a report downloads two per cell, and the library never prints.
 
     A user who set the variable keeps their choice.
@@ -171,7 +173,7 @@ def load_invocations(client, suite: str, tracking_uri: str) -> "pd.DataFrame":
     import pandas as pd
 
     experiment = find_experiment(client, suite, tracking_uri)
-    runs = search_all_runs(client, experiment.experiment_id, "tags.`harness.kind` = 'invocation'")
+    runs = search_all_runs(client, experiment.experiment_id, kind_filter(record.KIND_INVOCATION))
     rows = [
         {"run_id": run.info.run_id, "start_time": pd.Timestamp(run.info.start_time, unit="ms", tz="UTC")}
         for run in runs

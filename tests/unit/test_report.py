@@ -16,6 +16,7 @@ import shutil
 import numpy as np
 import pytest
 
+from harness import record
 from harness.metrics.win_rate import win_rate
 from harness.report.frame import (
     ReportError,
@@ -95,7 +96,7 @@ def _params(algorithm: str, seeds: str, dpo_beta: str = "0.1") -> dict:
 
 def _start_invocation(client, experiment_id, minute: int) -> str:
     run = client.create_run(experiment_id, start_time=BASE_TIME_MS + minute * MINUTE_MS,
-                            tags={"harness.kind": "invocation", "harness.suite": SUITE}, run_name=f"{SUITE}-invocation")
+                            tags={record.TAG_KIND: record.KIND_INVOCATION, record.TAG_SUITE: SUITE}, run_name=f"{SUITE}-invocation")
     return run.info.run_id
 
 
@@ -107,20 +108,20 @@ def _log_cell(client, experiment_id, parent_id, run_folder, *, algorithm, seed, 
 
     start_ms = BASE_TIME_MS + start_minute * MINUTE_MS
     tags = {
-        "mlflow.parentRunId": parent_id,
-        "harness.kind": "cell",
-        "harness.suite": SUITE,
-        "harness.algorithm": algorithm,
-        "harness.seed": str(seed),
-        "harness.cell": f"{algorithm}-s{seed}",
+        record.PARENT_RUN_TAG: parent_id,
+        record.TAG_KIND: record.KIND_CELL,
+        record.TAG_SUITE: SUITE,
+        record.TAG_ALGORITHM: algorithm,
+        record.TAG_SEED: str(seed),
+        record.TAG_CELL: f"{algorithm}-s{seed}",
         # The pipeline's cell hash covers the seed's own data and models, so it differs per seed.
-        "harness.cell_hash": cell_hash or f"{algorithm}-s{seed}-0123456789",
-        "harness.status": status,
-        "harness.generator": "hf",
-        "harness.training_reward": "proxy",
+        record.TAG_CELL_HASH: cell_hash or f"{algorithm}-s{seed}-0123456789",
+        record.TAG_STATUS: status,
+        record.TAG_GENERATOR: "hf",
+        record.TAG_TRAINING_REWARD: "proxy",
     }
     if failure:
-        tags["harness.failure"] = failure
+        tags[record.TAG_FAILURE] = failure
     run = client.create_run(experiment_id, start_time=start_ms, tags=tags, run_name=f"{algorithm}-s{seed}")
     run_id = run.info.run_id
     metrics = [Metric(f"eval/{name}", float(value), start_ms, 0) for name, value in eval_values.items()]
@@ -210,7 +211,7 @@ def _new_store(empty_database, root):
     shutil.copyfile(empty_database, database)
     uri = f"sqlite:///{database}"
     client = mlflow.MlflowClient(tracking_uri=uri)
-    experiment_id = client.create_experiment(f"harness/{SUITE}", artifact_location=(root / "artifacts").as_uri())
+    experiment_id = client.create_experiment(record.experiment_name(SUITE), artifact_location=(root / "artifacts").as_uri())
     return uri, database, client, experiment_id
 
 
@@ -365,6 +366,28 @@ def test_config_key_is_the_same_across_seeds_and_invocations(cells, growing):
     assert dpo.loc["dpo-s0-0123456789", "config"] == dpo.loc["dpo-s1-0123456789", "config"]
     assert dpo.loc["dpo-s0-beta-0.3", "config"] != dpo.loc["dpo-s0-0123456789", "config"]
     assert changed.groupby("algorithm")["config"].nunique().to_dict() == {"dpo": 2, "grpo": 1, "sft": 1}
+
+
+def test_config_params_are_the_sections_the_cell_hash_covers():
+    """The report's configuration follows harness.record's sections, as the pipeline's cell hash does: every
+    section of the prepared chain and of the cell, nothing else; LoRA only where a stage of the cell used it."""
+    from harness.report.frame import config_params
+
+    params = {
+        "task.name": "t", "model.preset": "m", "sft.epochs": "1", "precision": "fp32", "reward_model.epochs": "1",
+        "evaluation.temperature": "1.0", "sampling.top_k": "0", "reward.source": "proxy", "budget.prompts": "32",
+        "algorithms.dpo.beta": "0.1", "algorithms.grpo.beta": "0.2", "seeds": "[0]", "output_dir": "runs",
+        "device": "cpu", "lora.enabled": "True", "lora.stages": "['dpo']", "lora.r": "8",
+    }
+    trained = {"task.name", "model.preset", "sft.epochs", "precision", "reward_model.epochs", "evaluation.temperature",
+               "sampling.top_k", "reward.source", "budget.prompts", "algorithms.dpo.beta"}
+    assert set(config_params("dpo", params)) == trained | {"lora.enabled", "lora.stages", "lora.r"}
+    assert set(config_params("grpo", params)) == (trained - {"algorithms.dpo.beta"}) | {"algorithms.grpo.beta"}
+    baseline = {"task.name", "model.preset", "sft.epochs", "precision", "reward_model.epochs", "evaluation.temperature"}
+    assert set(config_params("sft", params)) == baseline
+    # SFT with adapters changes the base policy of every cell, the baseline's included.
+    with_sft_lora = {**params, "lora.stages": "['sft']"}
+    assert {"lora.r"} <= set(config_params("sft", with_sft_lora)) and {"lora.r"} <= set(config_params("grpo", with_sft_lora))
 
 
 def test_tidy_long_form_with_sample_counts(store, cells):

@@ -1,0 +1,424 @@
+"""The MLflow UI as the leaderboard: one run per (algorithm, configuration) in experiment
+``harness/<suite>/leaderboard``, holding the means over seeds and their 95% interval bounds.
+
+The numbers are the report's (`tables.summarise` over the same cells, so the UI and reports/<suite>.md agree to
+the digit): a t interval over seeds with two or more seeds, a bootstrap over prompts with one. Every
+configuration with complete cells gets a row (`harness.current` says which one the report shows); seeds of one
+configuration are pooled, configurations never are.
+
+Re-publishing replaces the rows: the new runs are written first, then every older leaderboard run of the
+experiment is deleted, so a reader never sees an empty board and a crash in between is undone by the next
+publish. Cell runs are never touched.
+
+The printed link opens the runs table (``workflowType=machine_learning``: MLflow 3.17.2's UI otherwise opens
+its GenAI pages) with the view saved in the experiment tag ``mlflow.sharedViewState.leaderboard``: sorted by
+the headline metric (gold reward where the suite has a gold judge, else proxy reward), with the leaderboard
+columns selected. The envelope format is the one the UI's "Views" menu writes (name, createdAt, updatedAt and
+the JSON state), so the view is also listed there. The suite's own experiment gets a view "cells" (every cell
+run, flat, by its eval/ headline) for `LeaderboardLink.cells_url`.
+
+What no tag can do in 3.17.2 (measured in headless Chromium): choose the page a click from the experiment
+list lands on. The UI takes the workflow from the URL's ``workflowType``, else from the browser's remembered
+switch (localStorage ``mlflow.workflowType_v1``, GenAI by default), and ignores ``mlflow.experimentKind`` for
+it; the tag is set anyway, as the UI's own kind selector would.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING
+from urllib.parse import urlencode
+
+from harness import record
+from harness.report.frame import (
+    complete_cells,
+    config_params,
+    cost_metric_names,
+    current_configs,
+    find_experiment,
+    kind_filter,
+    metric_direction,
+    open_client,
+    search_all_runs,
+)
+
+if TYPE_CHECKING:
+    import pandas as pd
+
+    from harness.report.records import SuiteRecords
+
+logger = logging.getLogger(__name__)
+
+DEFAULT_UI = "http://127.0.0.1:5000"
+# Headline, then what it cost in divergence, then the head-to-head with the baseline: the columns a reader
+# scans first. Their bounds follow the headline only, to keep the table narrow enough to read.
+_SHOWN_METRICS = ("gold_reward", "proxy_reward", "kl", "win_rate_vs_sft")
+_SHOWN_COSTS = ("tokens_generated", "wall_time_s")
+_MAX_PARAM_COLUMNS = 6
+_PARAM_BATCH = 100
+# Bounds of a rate are clipped to the range it can take, as the report prints them.
+_RATE_METRICS = ("win_rate_vs_sft", "stop_rate")
+
+
+@dataclass(frozen=True)
+class LeaderboardLink:
+    """Where the published leaderboard is: its experiment, its headline metric and its saved view."""
+
+    experiment_id: str
+    experiment_name: str
+    headline_metric: str
+    view_key: str
+    run_ids: tuple[str, ...]
+    suite_experiment_id: str = ""
+
+    def url(self, base: str = DEFAULT_UI) -> str:
+        """The runs table of the leaderboard experiment, sorted by the headline metric, its columns shown."""
+        return _runs_url(base, self.experiment_id, self.view_key)
+
+    def cells_url(self, base: str = DEFAULT_UI) -> str:
+        """The suite's own experiment on its runs table: every cell run (one per algorithm and seed), flat,
+        sorted by the headline metric."""
+        return _runs_url(base, self.suite_experiment_id, record.CELLS_VIEW_KEY)
+
+
+def _runs_url(base: str, experiment_id: str, view_key: str) -> str:
+    query = urlencode({"workflowType": record.WORKFLOW_TYPE_TRAINING, "viewStateShareKey": view_key})
+    return f"{base.rstrip('/')}/#/experiments/{experiment_id}/runs?{query}"
+
+
+@dataclass
+class LeaderboardRow:
+    """One (algorithm, configuration): what its leaderboard run holds."""
+
+    algorithm: str
+    config: str
+    current: bool
+    cell_runs: list[str]
+    seeds: list[int]
+    interval: str
+    metrics: dict[str, float]
+    params: dict[str, str]
+    # metric -> "mean ± half-width" (or "mean [low, high]") exactly as the Markdown report prints it
+    texts: dict[str, str]
+
+    @property
+    def key(self) -> str:
+        return f"{self.algorithm}:{self.config}"
+
+    @property
+    def run_name(self) -> str:
+        # The configuration the report shows goes by the algorithm's name; older ones carry their key.
+        return self.algorithm if self.current else f"{self.algorithm} (config {self.config or '—'})"
+
+
+def headline_metric(cells: "pd.DataFrame") -> str:
+    """gold_reward where a complete cell logged it (the suite has a gold judge), else proxy_reward."""
+    column = record.EVAL_PREFIX + "gold_reward"
+    complete = complete_cells(cells)
+    if column in complete and complete[column].notna().any():
+        return "gold_reward"
+    return "proxy_reward"
+
+
+def leaderboard_rows(records: "SuiteRecords", confidence: float = 0.95) -> list[LeaderboardRow]:
+    """Per (algorithm, configuration) with complete cells: means and interval bounds as the report computes
+    them. Current configurations first, in the report's algorithm order."""
+    import pandas as pd
+
+    from harness.report.frame import algorithm_order
+    from harness.report.tables import INTERVAL_OVER_PROMPTS, format_interval, interval_label, summarise
+
+    cells = complete_cells(records.cells)
+    if cells.empty:
+        return []
+    current = current_configs(records.cells)
+    # One-seed win-rate bootstraps pair a cell's samples with its seed's baseline cell.
+    baseline = cells[(cells["algorithm"] == record.BASELINE) & (cells["config"] == current.get(record.BASELINE))]
+    rows = []
+    for (algorithm, config), group in cells.groupby(["algorithm", "config"], sort=False):
+        pooled = group if algorithm == record.BASELINE else pd.concat([group, baseline])
+        summary = summarise(pooled, records.samples, confidence)
+        summary = summary[summary["algorithm"] == algorithm]
+        bootstrapped = summary[summary["interval"] == INTERVAL_OVER_PROMPTS]
+        prompts = int(bootstrapped["n"].max()) if not bootstrapped.empty else 0
+        newest = group.sort_values(["start_time", "run_id"], kind="mergesort").iloc[-1]
+        params = config_params(algorithm, {key: value for key, value in newest.items() if isinstance(value, str)})
+        rows.append(
+            LeaderboardRow(
+                algorithm=algorithm,
+                config=config,
+                current=current.get(algorithm) == config,
+                cell_runs=list(group.sort_values("seed")["run_id"]),
+                seeds=sorted(int(seed) for seed in group["seed"]),
+                interval=interval_label(len(group), set(summary["interval"]), prompts),
+                metrics=_row_metrics(summary, group),
+                params={"algorithm": algorithm, "config": config, **params},
+                texts={
+                    row.metric: format_interval(row.mean, row.low, row.high, row.interval)
+                    for row in summary.itertuples()
+                    if math.isfinite(row.mean)
+                },
+            )
+        )
+    order = {name: index for index, name in enumerate(algorithm_order(cells["algorithm"]))}
+    return sorted(rows, key=lambda row: (not row.current, order[row.algorithm], row.config))
+
+
+def _row_metrics(summary: "pd.DataFrame", group: "pd.DataFrame") -> dict[str, float]:
+    metrics = {record.SEEDS_METRIC: float(len(group))}
+    for row in summary.itertuples():
+        if not math.isfinite(row.mean):
+            continue
+        metrics[row.metric] = float(row.mean)
+        low, high = float(row.low), float(row.high)
+        if row.metric in _RATE_METRICS:
+            low, high = max(low, 0.0), min(high, 1.0)
+        if math.isfinite(low) and math.isfinite(high):
+            metrics[row.metric + record.CI_LOW_SUFFIX] = low
+            metrics[row.metric + record.CI_HIGH_SUFFIX] = high
+    # Spend is reported as the mean over seeds: what one run of this configuration costs.
+    for name in cost_metric_names(group):
+        values = group[record.COST_PREFIX + name].dropna()
+        if not values.empty:
+            metrics[record.COST_PREFIX + name] = float(values.mean())
+    return metrics
+
+
+# --- the saved view -----------------------------------------------------------------------------
+
+
+def _column(kind: str, name: str) -> str:
+    # The UI's canonical column key: attributes|params|metrics|tags, a dot, the name in backticks.
+    return f"{kind}.`{name}`"
+
+
+def _differing_params(rows: list[LeaderboardRow]) -> list[str]:
+    """Config params whose value differs between rows of one algorithm or between algorithms: what tells the
+    rows apart besides the algorithm itself."""
+    values: dict[str, set] = {}
+    for row in rows:
+        for key, value in row.params.items():
+            values.setdefault(key, set()).add(value)
+    keys = [key for key, seen in values.items() if len(seen) > 1 and key not in ("algorithm", "config")]
+    # An algorithm's own knobs first (what a sweep varies), then shared sections.
+    keys.sort(key=lambda key: (not key.startswith(record.ALGORITHMS_SECTION + "."), key))
+    return keys[:_MAX_PARAM_COLUMNS]
+
+
+def view_state(rows: list[LeaderboardRow], headline: str) -> dict:
+    """The runs page's state: search facets (sort) and UI state (columns), as the UI saves a view."""
+    present = {name for row in rows for name in row.metrics}
+    # The report's own text first (what a reader compares with reports/<suite>.md), then the numbers, which
+    # the UI can sort.
+    columns = [_column("tags", record.TAG_REPORTED_PREFIX + headline)]
+    headline_metrics = [headline, headline + record.CI_LOW_SUFFIX, headline + record.CI_HIGH_SUFFIX]
+    columns += [_column("metrics", name) for name in headline_metrics if name in present]
+    # What tells the rows apart next to the headline, before the grid's column virtualisation hides it.
+    columns += [_column("params", key) for key in _differing_params(rows)]
+    others = [name for name in _SHOWN_METRICS if name != headline]
+    others += [record.SEEDS_METRIC] + [record.COST_PREFIX + name for name in _SHOWN_COSTS]
+    columns += [_column("metrics", name) for name in others if name in present]
+    columns += [_column("tags", record.TAG_INTERVAL), _column("tags", record.TAG_CURRENT)]
+    # Wide enough for "mean [low, high]" and "bootstrap over 64 prompts" at the UI's font; the rest keep the
+    # UI's default width.
+    widths = {columns[0]: 190, _column("tags", record.TAG_INTERVAL): 190}
+    return {
+        "searchFilter": "",
+        "orderByKey": _column("metrics", headline),
+        "orderByAsc": metric_direction(headline) == "lower",
+        "selectedColumns": columns,
+        "columnOrder": columns,
+        "columnWidths": widths,
+        "runListHidden": False,
+        "viewMaximized": False,
+    }
+
+
+def cells_view_state(cells: "pd.DataFrame", headline: str) -> dict:
+    """The suite experiment's view: only cell runs (the invocations that nest them are left out, so the cells
+    read as one flat table), best headline first, with what identifies a cell and what it scored."""
+    present = set(cells.columns)
+    columns = [_column("tags", tag) for tag in (record.TAG_ALGORITHM, record.TAG_SEED, record.TAG_STATUS)]
+    metrics = [headline] + [name for name in _SHOWN_METRICS if name != headline]
+    columns += [_column("metrics", record.EVAL_PREFIX + name) for name in metrics if record.EVAL_PREFIX + name in present]
+    columns += [_column("metrics", record.COST_PREFIX + name) for name in _SHOWN_COSTS
+                if record.COST_PREFIX + name in present]
+    return {
+        "searchFilter": f"tags.`{record.TAG_KIND}` = '{record.KIND_CELL}'",
+        "orderByKey": _column("metrics", record.EVAL_PREFIX + headline),
+        "orderByAsc": metric_direction(headline) == "lower",
+        "selectedColumns": columns,
+        "columnOrder": columns,
+        "runListHidden": False,
+        "viewMaximized": False,
+    }
+
+
+def view_tag_value(state: dict, name: str, now_ms: int) -> str:
+    """The saved-view envelope the UI reads from ``mlflow.sharedViewState.<key>``: the state as a JSON string
+    inside {name, createdAt, updatedAt, state}."""
+    return json.dumps({"name": name, "createdAt": now_ms, "updatedAt": now_ms, "state": json.dumps(state)})
+
+
+# --- publishing ---------------------------------------------------------------------------------
+
+
+def publish_leaderboard(tracking_uri: str, suite: str, *, records: "SuiteRecords | None" = None) -> LeaderboardLink:
+    """Aggregate the suite's cell runs into leaderboard runs, replacing the previous ones, and return the link
+    that opens them sorted by the headline metric. `records`: what `load_suite_records` read, when the caller
+    (the report) already has it. Raises frame.ReportError when the suite has no finished cells."""
+    from harness.report.records import load_suite_records
+
+    started = time.perf_counter()
+    records = records if records is not None else load_suite_records(tracking_uri, suite)
+    rows = leaderboard_rows(records)
+    headline = headline_metric(records.cells)
+    client = open_client(tracking_uri)
+    suite_experiment = find_experiment(client, suite, tracking_uri)
+    experiment_id = _leaderboard_experiment(client, tracking_uri, suite)
+    with tempfile.TemporaryDirectory(prefix="harness-leaderboard-") as scratch:
+        figures = _figures(client, records, Path(scratch))
+        run_ids = [
+            _write_run(client, experiment_id, suite, suite_experiment.experiment_id, row, figures) for row in rows
+        ]
+    _delete_older_runs(client, experiment_id, keep=set(run_ids))
+    now_ms = int(time.time() * 1000)
+    state = view_state(rows, headline)
+    client.set_experiment_tag(
+        experiment_id, record.SHARED_VIEW_TAG_PREFIX + record.LEADERBOARD_VIEW_KEY,
+        view_tag_value(state, f"{suite} leaderboard by {headline}", now_ms),
+    )
+    client.set_experiment_tag(
+        suite_experiment.experiment_id, record.SHARED_VIEW_TAG_PREFIX + record.CELLS_VIEW_KEY,
+        view_tag_value(cells_view_state(records.cells, headline), f"{suite} cells by {headline}", now_ms),
+    )
+    client.set_experiment_tag(experiment_id, record.TAG_HEADLINE, headline)
+    client.set_experiment_tag(experiment_id, record.NOTE_TAG, _experiment_note(suite, headline))
+    for experiment in (experiment_id, suite_experiment.experiment_id):
+        client.set_experiment_tag(experiment, record.EXPERIMENT_KIND_TAG, record.EXPERIMENT_KIND_TRAINING)
+    logger.info("published %d leaderboard runs of %s in %.1fs", len(run_ids), suite, time.perf_counter() - started)
+    return LeaderboardLink(
+        experiment_id=experiment_id,
+        experiment_name=record.leaderboard_experiment_name(suite),
+        headline_metric=headline,
+        view_key=record.LEADERBOARD_VIEW_KEY,
+        run_ids=tuple(run_ids),
+        suite_experiment_id=suite_experiment.experiment_id,
+    )
+
+
+def _leaderboard_experiment(client, tracking_uri: str, suite: str) -> str:
+    from harness.tracking import artifact_location
+
+    name = record.leaderboard_experiment_name(suite)
+    found = client.get_experiment_by_name(name)
+    if found is not None:
+        if found.lifecycle_stage == "deleted":
+            client.restore_experiment(found.experiment_id)
+        return found.experiment_id
+    # Beside the suite's own artifacts, never relative to the current directory.
+    return client.create_experiment(name, artifact_location=artifact_location(tracking_uri, f"{suite}/leaderboard"))
+
+
+def _figures(client, records: "SuiteRecords", folder: Path) -> list[Path]:
+    """The report's PNGs: those the report logged on the newest invocation run (the same files, no second
+    drawing: drawing is most of a publish's time), else drawn here."""
+    from harness.report.markdown import draw_plots, plot_file_names
+    from harness.report.records import REPORT_ARTIFACT_PATH, quiet_downloads
+
+    names = list(plot_file_names(records.suite).values())
+    newest = records.newest_invocation
+    try:
+        logged = {Path(item.path).name for item in client.list_artifacts(newest, REPORT_ARTIFACT_PATH)} if newest else set()
+        if logged.issuperset(names):
+            with quiet_downloads():
+                return [
+                    Path(client.download_artifacts(newest, f"{REPORT_ARTIFACT_PATH}/{name}", str(folder)))
+                    for name in names
+                ]
+        return draw_plots(records, folder, plot_file_names(records.suite))
+    except Exception as error:  # a figure is a nicety on these runs; the numbers are the point
+        logger.warning("leaderboard figures not logged: %s", str(error).splitlines()[0] if str(error) else error)
+        return []
+
+
+def write_report_and_leaderboard(tracking_uri: str, suite: str, out_dir: str | Path) -> tuple[Path, LeaderboardLink]:
+    """`markdown.write_report` then `publish_leaderboard` on one reading of the store (each alone reads it)."""
+    from harness.report.markdown import write_report
+    from harness.report.records import load_suite_records
+
+    records = load_suite_records(tracking_uri, suite)
+    report = write_report(tracking_uri, suite, out_dir, records=records)
+    # The report has just logged its figures on the newest invocation run, where the leaderboard takes them.
+    return report, publish_leaderboard(tracking_uri, suite, records=records)
+
+
+def _write_run(client, experiment_id: str, suite: str, suite_experiment_id: str, row: LeaderboardRow,
+               figures: list[Path]) -> str:
+    from mlflow.entities import Metric, Param
+
+    tags = {
+        record.TAG_KIND: record.KIND_LEADERBOARD,
+        record.TAG_SUITE: suite,
+        record.TAG_ALGORITHM: row.algorithm,
+        record.TAG_CONFIG: row.config,
+        record.TAG_LEADERBOARD_KEY: row.key,
+        record.TAG_CURRENT: "true" if row.current else "false",
+        record.TAG_INTERVAL: row.interval,
+        record.TAG_CELL_RUNS: ",".join(row.cell_runs),
+        record.NOTE_TAG: _run_note(row, suite_experiment_id),
+        **{record.TAG_REPORTED_PREFIX + metric: text for metric, text in row.texts.items()},
+    }
+    run_id = client.create_run(experiment_id, run_name=row.run_name, tags=tags).info.run_id
+    timestamp = int(time.time() * 1000)
+    metrics = [Metric(name, value, timestamp, 0) for name, value in row.metrics.items()]
+    params = [Param(key, _param_value(value)) for key, value in row.params.items()]
+    client.log_batch(run_id, metrics=metrics)
+    for start in range(0, len(params), _PARAM_BATCH):
+        client.log_batch(run_id, params=params[start : start + _PARAM_BATCH])
+    for figure in figures:
+        client.log_artifact(run_id, str(figure), record.LEADERBOARD_FIGURES_ARTIFACT_PATH)
+    client.set_terminated(run_id, status="FINISHED")
+    return run_id
+
+
+def _param_value(value) -> str:
+    from harness.tracking import PARAM_VALUE_LIMIT
+
+    text = str(value)
+    return text if len(text) <= PARAM_VALUE_LIMIT else text[: PARAM_VALUE_LIMIT - 3] + "..."
+
+
+def _delete_older_runs(client, experiment_id: str, keep: set[str]) -> None:
+    for run in search_all_runs(client, experiment_id, kind_filter(record.KIND_LEADERBOARD)):
+        if run.info.run_id not in keep:
+            client.delete_run(run.info.run_id)
+
+
+def _run_note(row: LeaderboardRow, suite_experiment_id: str) -> str:
+    links = ", ".join(
+        f"[seed {seed}](#/experiments/{suite_experiment_id}/runs/{run_id})"
+        for seed, run_id in zip(row.seeds, row.cell_runs)
+    )
+    status = "the configuration the report shows" if row.current else "an earlier configuration, not in the report"
+    return (
+        f"`{row.algorithm}`, config `{row.config or '—'}` ({status}): means over {len(row.seeds)} seed(s), 95% "
+        f"interval {row.interval}; `<metric>{record.CI_LOW_SUFFIX}` and `<metric>{record.CI_HIGH_SUFFIX}` are its "
+        f"bounds. Cell runs: {links}."
+    )
+
+
+def _experiment_note(suite: str, headline: str) -> str:
+    return (
+        f"The leaderboard of suite `{suite}`: one run per algorithm and configuration, the means over seeds of "
+        f"the cell runs in experiment `{record.experiment_name(suite)}` with their 95% interval bounds "
+        f"(`<metric>{record.CI_LOW_SUFFIX}`, `<metric>{record.CI_HIGH_SUFFIX}`), as in reports/{suite}.md. "
+        f"Rewritten by every `harness run` and `harness report`. The view \"{record.LEADERBOARD_VIEW_KEY}\" sorts "
+        f"by `{headline}`; the figures are logged under `{record.LEADERBOARD_FIGURES_ARTIFACT_PATH}/` on each run."
+    )
