@@ -330,7 +330,7 @@ def test_no_task_option_is_called_name_which_names_the_task_itself():
         assert "name" not in fields, f"task '{entry.name}' has an option called 'name'"
 
 
-@pytest.mark.parametrize("suite", __import__("harness.config", fromlist=["suite_names"]).suite_names())
+@pytest.mark.parametrize("suite", suite_names())
 def test_a_resolved_suite_reloads_as_itself(suite, tmp_path):
     """Every stage loads the resolved config the driver wrote: it must resolve to the same hash."""
     from harness.config import fingerprint, load_config
