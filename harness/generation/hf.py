@@ -2,6 +2,13 @@
 
 A complete GenerationConfig is passed so that nothing in the checkpoint's generation_config.json (for
 example transformers' top_k=50 default, transformers#38549) changes what is sampled (PPO.md §2.2).
+
+Seeding, with the same semantics as the vLLM backend (harness.generation.vllm): the samples of one call
+are independent draws from the policy, across prompts and across the `n` samples of a prompt, and the same
+seed gives the same samples again. Each batch of prompts seeds torch's global generator once, with
+`seed * 1_000_003 + batch number`, and `generate()` then draws every token of every row from that one
+stream. Unlike vLLM's per-sample seeds, a sample here also depends on `batch_size` and the device (both are
+in the recorded config), not only on (seed, prompt, sample).
 """
 
 from __future__ import annotations

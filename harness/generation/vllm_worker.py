@@ -8,10 +8,21 @@ engine-core process) dies with this process, so no engine outlives the model it 
 Tokenization and detokenization use the checkpoint's transformers tokenizer, exactly as the transformers
 backend does, and vLLM only sees token ids (TokensPrompt): both backends then condition on the same ids
 and report the same text for the same completion ids.
+
+Seeding: every sample is its own vLLM request (n=1) with its own seed, `sample_seed(seed, prompt, sample)`,
+a hash of the three numbers. vLLM gives a seeded request a private torch.Generator, so each sample draws
+from a random stream no other sample of the call (or of another run seed) shares: the samples are
+independent across prompts and samples, and the same run seed reproduces them exactly, whatever the batching
+(`prompts_per_call`) or the order vLLM schedules them in. Never hand vLLM one seed with n > 1: it gives the
+i-th child request `seed + i` (vllm/v1/engine/parallel_sampling.py), so with per-prompt seeds
+`base + prompt` sample i of prompt p and sample i-1 of prompt p+1 drew the same noise (harness issue 13:
+their lengths correlated at 0.78, and seed-to-seed spread of a checkpoint's mean length was 3.3 times its
+standard error).
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import os
@@ -88,26 +99,28 @@ def run_request(request: dict, progress_path: Path) -> dict:
     generated_tokens = 0
     for start in range(0, len(prompt_ids), chunk_size):
         chunk = list(range(start, min(start + chunk_size, len(prompt_ids))))
+        # One request per (prompt, sample), each with its own seed (module docstring: never seed with n > 1).
+        keys = [(prompt_index, sample_index) for prompt_index in chunk for sample_index in range(n)]
         outputs = llm.generate(
-            [{"prompt_token_ids": prompt_ids[index]} for index in chunk],
-            [sampling_params(request["sampling"], n, request["seed"], index, eos_id) for index in chunk],
+            [{"prompt_token_ids": prompt_ids[prompt_index]} for prompt_index, _ in keys],
+            [sampling_params(request["sampling"], request["seed"], *key, eos_id) for key in keys],
             use_tqdm=False,
         )
-        for prompt_index, output in zip(chunk, outputs):
-            for completion in sorted(output.outputs, key=lambda c: c.index):
-                raw_ids = list(completion.token_ids)
-                generated_tokens += len(raw_ids)
-                completion_ids, stopped = truncate_after_eos(raw_ids, eos_id)
-                generations.append(
-                    {
-                        "prompt_index": prompt_index,
-                        "sample_index": completion.index,
-                        "prompt_ids": prompt_ids[prompt_index],
-                        "completion_ids": completion_ids,
-                        "text": tokenizer.decode(completion_ids, skip_special_tokens=True),
-                        "stopped": stopped,
-                    }
-                )
+        for (prompt_index, sample_index), output in zip(keys, outputs, strict=True):
+            (completion,) = output.outputs
+            raw_ids = list(completion.token_ids)
+            generated_tokens += len(raw_ids)
+            completion_ids, stopped = truncate_after_eos(raw_ids, eos_id)
+            generations.append(
+                {
+                    "prompt_index": prompt_index,
+                    "sample_index": sample_index,
+                    "prompt_ids": prompt_ids[prompt_index],
+                    "completion_ids": completion_ids,
+                    "text": tokenizer.decode(completion_ids, skip_special_tokens=True),
+                    "stopped": stopped,
+                }
+            )
         progress_path.write_text(str(chunk[-1] + 1))
     finished = time.perf_counter()
     return {
@@ -160,18 +173,18 @@ def check_cpu_head_size(checkpoint: Path) -> None:
         )
 
 
-def sampling_params(sampling: dict, n: int, seed: int, prompt_index: int, eos_id: int):
+def sampling_params(sampling: dict, seed: int, prompt_index: int, sample_index: int, eos_id: int):
+    """vLLM's SamplingParams for one sample: n=1 and the sample's own seed (module docstring)."""
     from vllm import SamplingParams
 
     return SamplingParams(
-        n=n,
+        n=1,
         temperature=sampling["temperature"],
         top_k=sampling["top_k"],  # vLLM 0.31: 0 disables top-k, as in our SamplingSettings
         top_p=sampling["top_p"],
         repetition_penalty=1.0,
         max_tokens=sampling["max_new_tokens"],
-        # One seed per prompt: a prompt's samples depend on the seed and the prompt, not on its batch.
-        seed=prompt_seed(seed, prompt_index),
+        seed=sample_seed(seed, prompt_index, sample_index),
         stop_token_ids=[eos_id],
         ignore_eos=False,
         # Text comes from the transformers tokenizer on the EOS-truncated ids, as in the hf backend.
@@ -179,8 +192,15 @@ def sampling_params(sampling: dict, n: int, seed: int, prompt_index: int, eos_id
     )
 
 
-def prompt_seed(seed: int, prompt_index: int) -> int:
-    return (seed * 1_000_003 + prompt_index) % (2**63)
+def sample_seed(seed: int, prompt_index: int, sample_index: int) -> int:
+    """The seed of one sample's random stream: a 63-bit hash of (run seed, prompt, sample).
+
+    A hash, not an affine formula such as `seed * K + prompt`: affine seeds of neighbouring prompts, samples
+    and run seeds are neighbouring integers, and anything that offsets a seed (vLLM adds the child index for
+    n > 1) makes two samples share a stream. Distinct triples collide with probability ~2^-63 per pair.
+    """
+    digest = hashlib.blake2b(f"harness-sample:{seed}:{prompt_index}:{sample_index}".encode(), digest_size=8).digest()
+    return int.from_bytes(digest, "big") >> 1  # < 2**63: a valid torch.Generator seed on every platform
 
 
 def start_engine(checkpoint: Path, engine: dict, seed: int):

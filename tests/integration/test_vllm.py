@@ -59,10 +59,10 @@ def sampling_settings():
     return SamplingSettings(temperature=1.0, top_k=0, top_p=1.0, max_new_tokens=MAX_NEW_TOKENS)
 
 
-def vllm_generator(**options):
+def vllm_generator(batch_size: int = 64, **options):
     from harness.generation.vllm import VLLMGenerator
 
-    return VLLMGenerator("cpu", batch_size=64, timeout_s=options.pop("timeout_s", 300), **options)
+    return VLLMGenerator("cpu", batch_size=batch_size, timeout_s=options.pop("timeout_s", 300), **options)
 
 
 def hf_generator():
@@ -201,11 +201,28 @@ def _variance(values: list[float]) -> float:
 
 def test_same_seed_gives_identical_samples(checkpoint, vllm_samples):
     samples, _ = vllm_samples
-    again = vllm_generator().generate(checkpoint, PROMPTS, SAMPLES_PER_PROMPT, sampling_settings(), seed=7)
+    # Another batching too (3 prompts per LLM.generate call, not all 8): a sample's seed is its own.
+    again = vllm_generator(batch_size=3).generate(checkpoint, PROMPTS, SAMPLES_PER_PROMPT, sampling_settings(), seed=7)
     assert [g.completion_ids for g in again] == [g.completion_ids for g in samples]
     # ...and the samples of one prompt differ from each other (n samples, not n copies of one).
     first_prompt = [tuple(g.completion_ids) for g in samples if g.prompt_index == 0]
     assert len(set(first_prompt)) > SAMPLES_PER_PROMPT // 2
+
+
+def test_every_sample_is_its_own_request_with_its_own_seed():
+    """Issue 13: one seed per prompt with n > 1 made vLLM seed sample i with `seed + i`, so sample i of prompt
+    p and sample i-1 of prompt p+1 shared a random stream. Every sample is now an n=1 request with a seed
+    hashed from (run seed, prompt, sample): all distinct and far apart. Statistics: test_sample_independence."""
+    from harness.generation.vllm_worker import sample_seed, sampling_params
+
+    triples = [(seed, prompt, sample) for seed in range(3) for prompt in range(64) for sample in range(8)]
+    seeds = sorted(sample_seed(*triple) for triple in triples)
+    assert len(set(seeds)) == len(seeds) and all(0 <= s < 2**63 for s in seeds)
+    assert min(b - a for a, b in zip(seeds, seeds[1:])) > 10**6  # no stream is another's seed + small offset
+    settings = {"temperature": 1.0, "top_k": 0, "top_p": 1.0, "max_new_tokens": MAX_NEW_TOKENS}
+    params = sampling_params(settings, 7, 3, 2, eos_id=1)
+    assert params.n == 1 and params.seed == sample_seed(7, 3, 2)
+    assert sample_seed(7, 3, 2) == sample_seed(7, 3, 2) != sample_seed(8, 3, 2)
 
 
 def test_timings_separate_engine_start_from_generation(vllm_samples):
