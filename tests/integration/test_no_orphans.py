@@ -1,0 +1,99 @@
+"""No orphans: SIGTERM to `harness run` (a scheduler's cancel, `kill`) while it has child processes ends all
+of them, as a user checks with `ps`: the process tree is read from /proc just before the signal, and every
+process in it must be gone once the command has exited with 130.
+
+- while two `accelerate launch` ranks train one cell (launcher.num_processes=2);
+- while a vLLM worker (and vLLM's engine process) samples an evaluation.
+"""
+
+from __future__ import annotations
+
+import signal
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+from conftest import SCALED_DOWN_TINY, harness_run_command
+
+pytestmark = pytest.mark.slow
+
+
+def cell_runs(cwd: Path):
+    import mlflow
+
+    client = mlflow.MlflowClient(f"sqlite:///{cwd / 'runs' / 'mlflow.db'}")
+    experiment = client.get_experiment_by_name("harness/tiny")
+    runs = client.search_runs([experiment.experiment_id])
+    return {run.data.tags["harness.cell"]: run for run in runs if run.data.tags.get("harness.kind") == "cell"}
+
+
+def sigterm_once(cwd: Path, overrides: list[str], ready, what: str) -> set[int]:
+    """Run the command, SIGTERM it once `ready(descendants)` holds, and return the tree it had then."""
+    process = subprocess.Popen(harness_run_command(*overrides), cwd=cwd, stdout=subprocess.DEVNULL,
+                               stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 900
+    family: set[int] = set()
+    while time.monotonic() < deadline and process.poll() is None:
+        family = descendants(process.pid)
+        if ready(family):
+            break
+        time.sleep(0.1)
+    assert process.poll() is None and ready(family), f"{what} never started"
+    process.send_signal(signal.SIGTERM)
+    _, stderr = process.communicate(timeout=180)
+    assert process.returncode == 130, stderr[-2000:]
+    time.sleep(1)
+    alive = [pid for pid in family if is_alive(pid)]
+    assert not alive, f"left behind: {[(pid, command_of(pid)) for pid in alive]}"
+    return family
+
+
+def test_sigterm_while_ranks_train_leaves_no_process_behind(tmp_path):
+    ranks = lambda family: sum("--rank" in command_of(pid) for pid in family) >= 2  # noqa: E731
+    sigterm_once(tmp_path, [*SCALED_DOWN_TINY, "launcher.num_processes=2", "only=[dpo]"], ranks, "two training ranks")
+    assert cell_runs(tmp_path)["dpo-s0"].info.status == "KILLED"
+
+
+@pytest.mark.vllm
+def test_sigterm_while_a_vllm_worker_samples_leaves_no_process_behind(tmp_path):
+    pytest.importorskip("vllm")
+    # The worker and at least one process vLLM started under it (its engine core).
+    def engine(family):
+        workers = [pid for pid in family if "harness.generation.vllm_worker" in command_of(pid)]
+        return bool(workers) and len(family - set(workers)) >= 1
+
+    sigterm_once(tmp_path, [*SCALED_DOWN_TINY, "evaluation.generator=vllm", "only=[dpo]"], engine, "a vLLM engine")
+    assert cell_runs(tmp_path)["sft-s0"].info.status == "KILLED"
+
+
+def descendants(root: int) -> set[int]:
+    """Every process whose chain of parents reaches `root`, read from /proc."""
+    parents = {}
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
+            except OSError:
+                continue
+            parents[int(entry.name)] = int(fields[1])
+    found, frontier = set(), {root}
+    while frontier:
+        frontier = {pid for pid, parent in parents.items() if parent in frontier} - found
+        found |= frontier
+    return found
+
+
+def is_alive(pid: int) -> bool:
+    try:
+        state = (Path("/proc") / str(pid) / "stat").read_text().rsplit(")", 1)[1].split()[0]
+    except OSError:
+        return False
+    return state != "Z"
+
+
+def command_of(pid: int) -> str:
+    try:
+        return (Path("/proc") / str(pid) / "cmdline").read_text().replace("\0", " ")[:200]
+    except OSError:
+        return "?"
