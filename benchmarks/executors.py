@@ -1,0 +1,82 @@
+"""Wall time of one scaled-down `tiny` suite under each executor, as ratios to the serial run, in one process.
+
+    .venv/bin/python benchmarks/executors.py [--repeats N] [key=value ...]
+
+Runs `harness run suite=tiny` as a user does (a subprocess in a fresh temporary folder each time, so nothing
+is resumed) with `executor.max_parallel=1` (serial, in process), `executor.max_parallel=2` (subprocesses)
+and `executor=ray ray.address=local` (a Ray instance started by the run itself, its start-up included), in
+turn, and prints the median wall time of each and its ratio to serial. Every stage uses one torch thread
+(executor.cpus_per_stage=1) so that the three give the same numbers; the script checks that they do.
+
+On 2 cores no speed-up is expected: the prepare stages of a seed are a chain, and two stages at once share
+the same two cores, while each subprocess or Ray task pays its own start-up (imports, model loading). The
+point of the executors is the same numbers on a laptop, a node and a cluster, and filling a node's GPUs.
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+SCALED_DOWN = [
+    "seeds=[0]", "task.num_sft_examples=400", "task.num_preference_pairs=200", "task.num_heldout_pairs=50",
+    "task.num_train_prompts=64", "task.num_eval_prompts=8", "sft.epochs=1", "reward_model.epochs=1",
+    "budget.prompts=64", "evaluation.num_prompts=8", "evaluation.samples_per_prompt=2",
+    "sampling.max_new_tokens=16", "evaluation.max_new_tokens=16", "executor.cpus_per_stage=1",
+]
+EXECUTORS = {
+    "serial": ["executor.max_parallel=1"],
+    "max_parallel=2": ["executor.max_parallel=2"],
+    "ray": ["executor=ray", "ray.address=local"],
+}
+
+
+def run_once(extra: list[str]) -> tuple[float, dict]:
+    with tempfile.TemporaryDirectory() as folder:
+        started = time.perf_counter()
+        result = subprocess.run([sys.executable, "-m", "harness", "run", "suite=tiny", *SCALED_DOWN, *extra],
+                                cwd=folder, capture_output=True, text=True)
+        seconds = time.perf_counter() - started
+        if result.returncode != 0:
+            sys.exit(f"executors.py: {' '.join(extra)} exited {result.returncode}: {result.stderr[-2000:]}")
+        return seconds, _eval_metrics(Path(folder) / "runs" / "mlflow.db")
+
+
+def _eval_metrics(database: Path) -> dict:
+    with sqlite3.connect(database) as connection:
+        rows = connection.execute(
+            "SELECT r.name, m.key, m.value FROM runs r JOIN latest_metrics m ON r.run_uuid = m.run_uuid "
+            "JOIN tags t ON t.run_uuid = r.run_uuid WHERE t.key = 'harness.kind' AND t.value = 'cell' "
+            "AND m.key LIKE 'eval/%'"
+        ).fetchall()
+    return {f"{name} {key}": value for name, key, value in rows}
+
+
+def main(repeats: int, overrides: list[str]) -> None:
+    times = {name: [] for name in EXECUTORS}
+    metrics = {}
+    for _ in range(repeats):
+        for name, extra in EXECUTORS.items():  # in turn, so a drift of the machine's speed hits all alike
+            seconds, metrics[name] = run_once([*extra, *overrides])
+            times[name].append(seconds)
+    serial = statistics.median(times["serial"])
+    for name, values in times.items():
+        median = statistics.median(values)
+        print(f"{name:>15}: median {median:7.1f} s over {len(values)} run(s), {median / serial:.2f}x serial")
+    same = all(metrics[name] == metrics["serial"] for name in EXECUTORS)
+    print(f"eval metrics identical across executors: {same} ({len(metrics['serial'])} values)")
+    print(json.dumps({name: values for name, values in times.items()}))
+
+
+if __name__ == "__main__":
+    arguments = sys.argv[1:]
+    count = 1
+    if arguments[:1] == ["--repeats"]:
+        count, arguments = int(arguments[1]), arguments[2:]
+    main(count, arguments)
