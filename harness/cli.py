@@ -216,14 +216,15 @@ def command_report(args) -> int:
 
 def _print_leaderboard_link(link, tracking_uri: str, say) -> None:
     """The command's last lines: the link that opens the leaderboard (the runs table of harness/<suite>/
-    leaderboard, sorted by the headline metric, its columns shown), and how to serve it."""
+    leaderboard, sorted by the headline metric, its columns shown), the per-seed cells, and how to serve them."""
     if link is None:
         return
-    if tracking_uri.startswith(("http://", "https://")):  # a tracking server serves its own UI
-        say(f"leaderboard: {link.url(tracking_uri)}")
-        return
-    say(f"leaderboard: {link.url()}")
-    say(f"open it with: mlflow ui --backend-store-uri {tracking_uri}")
+    server = tracking_uri.startswith(("http://", "https://"))  # a tracking server serves its own UI
+    base = tracking_uri if server else "http://127.0.0.1:5000"
+    say(f"leaderboard: {link.url(base)}")
+    say(f"every cell (one run per algorithm and seed): {link.cells_url(base)}")
+    if not server:
+        say(f"open it with: mlflow ui --backend-store-uri {tracking_uri}")
 
 
 def command_leaderboard(args) -> int:

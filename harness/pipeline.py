@@ -26,8 +26,6 @@ from harness.tracking import default_tracking_uri
 
 logger = logging.getLogger(__name__)
 
-BASELINE = record.BASELINE
-
 
 @dataclass
 class CellOutcome:
