@@ -343,8 +343,13 @@ class BudgetConfig:
 class TrackingConfig:
     uri: str = ""
     # MLflow tracking URI; "" = a SQLite file sqlite:///<absolute output_dir>/mlflow.db
+    retry_seconds: float = 300.0
+    # how long a run waits for a tracking store that stopped answering (a server restarting, a SQLite file
+    # locked by another run) before the stage ends with one line; training pauses meanwhile and loses nothing.
+    # A store that cannot be reached when the command starts is refused at once.
 
     def __post_init__(self):
+        require(self.retry_seconds >= 0, "tracking.retry_seconds", "must be >= 0 (0 = do not wait)")
         require(
             self.uri == "" or "://" in self.uri or self.uri.startswith("databricks"),
             "tracking.uri",

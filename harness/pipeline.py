@@ -79,7 +79,7 @@ def run_suite(config: ResolvedConfig, reporter=None) -> RunOutcome:
     require_writable(plan.root.parent)
     if tracking_uri.startswith("sqlite:///"):
         Path(tracking_uri[len("sqlite:///") :]).parent.mkdir(parents=True, exist_ok=True)
-    tracker = Tracker(tracking_uri, config.suite.name)
+    tracker = Tracker(tracking_uri, config.suite.name, config.suite.tracking.retry_seconds)
     plan.root.mkdir(parents=True, exist_ok=True)
     with SuiteLock(plan.root):
         # Holding the suite's lock, no other harness process works on this suite: any of its runs still
@@ -118,6 +118,9 @@ def _run_locked(config: ResolvedConfig, plan: Plan, tracker, reporter) -> RunOut
         status = "KILLED"
         raise
     finally:
+        # Stage timings of this invocation, for benchmarks/stage_times.py and for anyone asking where time went
+        # (first: a tracking store that never came back fails the calls below).
+        write_json(plan.root / "timings.json", [t for result in outcomes.values() for t in result.get("timings", [])])
         cells = _cells(plan, outcomes)
         tracker.set_tags(parent_run_id, {
             record.TAG_FAILED_CELLS: sum(cell.status == "failed" for cell in cells),
@@ -125,8 +128,6 @@ def _run_locked(config: ResolvedConfig, plan: Plan, tracker, reporter) -> RunOut
             record.TAG_CELL_RUNS: ",".join(cell.run_id for cell in cells if cell.run_id),
         })
         tracker.finish(parent_run_id, status)
-        # Stage timings of this invocation, for benchmarks/stage_times.py and for anyone asking where time went.
-        write_json(plan.root / "timings.json", [t for result in outcomes.values() for t in result.get("timings", [])])
     result = RunOutcome(suite.name, tracker.uri, record.experiment_name(suite.name), parent_run_id, cells)
     result.report_path, result.leaderboard = write_report(config, tracker.uri)
     return result

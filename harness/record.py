@@ -53,6 +53,7 @@ TAG_CONFIG_HASH = "harness.config_hash"  # on the invocation: the whole resolved
 TAG_FAILED_CELLS = "harness.failed_cells"  # on the invocation: how many of its cells failed
 TAG_CELL_RUNS = "harness.cell_runs"  # on the invocation: comma-separated run ids of the cells it used
 TAG_EXECUTOR = "harness.executor"  # on the invocation: local, local x<N> or ray
+TAG_OWNER = "harness.owner"  # host:pid of the process writing the run; a live owner's run is never closed as stale
 PARENT_RUN_TAG = "mlflow.parentRunId"  # MLflow's own: nests a cell under its invocation in the UI
 
 STATUS_RUNNING = "running"

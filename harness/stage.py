@@ -37,6 +37,7 @@ from harness.config import ConfigError, flatten, load_config
 from harness.plan import BASE, EVALUATE, REWARD_MODEL, SFT, TASK, TRAIN, PlannedStage, build_plan
 from harness.runs import OutOfSpace, Stage, manifest, read_json, write_json
 from harness.tasks.common import TaskDataError
+from harness.tracking import TrackingError
 
 logger = logging.getLogger(__name__)
 
@@ -123,7 +124,7 @@ def execute(path: Path, reporter=None) -> dict:
                 raise
             except BAD_INPUT_ERRORS as error:
                 result = outcome(stage, FAILED, failure=str(error), bad_input=True)
-            except OutOfSpace as error:  # one line naming the folder; the rerun completes once space is free
+            except (OutOfSpace, TrackingError) as error:  # one line naming the folder or the store; the rerun resumes
                 result = outcome(stage, FAILED, failure=str(error))
             except Exception as error:
                 logger.error("stage %s failed:\n%s", stage.id, traceback.format_exc())
@@ -165,7 +166,7 @@ class StageRun:
         if self._tracker is None:
             from harness.tracking import Tracker
 
-            self._tracker = Tracker(self.invocation.tracking_uri, self.suite.name)
+            self._tracker = Tracker(self.invocation.tracking_uri, self.suite.name, self.suite.tracking.retry_seconds)
         return self._tracker
 
     @property

@@ -5,6 +5,10 @@ can never write into one run and nothing depends on the current directory (ENVIR
 
 Every name written here (experiment, tags, kinds, statuses) is `harness.record`'s; `experiment_name` is
 re-exported for the modules that import it from here.
+
+The client is `harness.tracking_retry.RetryingClient`: a store that cannot be reached when a command starts is
+refused at once; once it has answered, a server that stops and comes back (or a SQLite file locked by another
+run) is waited for, up to `tracking.retry_seconds`, and then `TrackingError` names the URI in one line.
 """
 
 from __future__ import annotations
@@ -14,6 +18,7 @@ from pathlib import Path
 
 from harness import record
 from harness.record import experiment_name
+from harness.tracking_retry import DEFAULT_RETRY_SECONDS, RetryingClient
 
 __all__ = ["PARAM_VALUE_LIMIT", "Tracker", "TrackingError", "artifact_location", "default_tracking_uri", "experiment_name"]
 
@@ -40,17 +45,18 @@ def artifact_location(uri: str, suite: str) -> str | None:
 
 
 class Tracker:
-    def __init__(self, uri: str, suite: str):
+    def __init__(self, uri: str, suite: str, retry_seconds: float = DEFAULT_RETRY_SECONDS):
         import os
 
-        # An unreachable tracking server must be refused in seconds, not after MLflow's minutes of retries.
+        # An unreachable tracking server must be refused in seconds, not after MLflow's minutes of retries; an
+        # outage after it has answered is the RetryingClient's to wait out.
         os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
         os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "10")
-        import mlflow
 
         self.uri = uri
-        self.client = mlflow.MlflowClient(tracking_uri=uri)
         try:
+            # Inside the try: creating a SQLite store's tables can fail too, and is reported like any other failure.
+            self.client = RetryingClient(uri, retry_seconds)
             found = self.client.get_experiment_by_name(experiment_name(suite))
             self.experiment_id = (
                 found.experiment_id
@@ -62,6 +68,8 @@ class Tracker:
                     tags={record.EXPERIMENT_KIND_TAG: record.EXPERIMENT_KIND_TRAINING},
                 )
             )
+        except TrackingError:  # the store answered, then stayed away for the whole window: already one line
+            raise
         except Exception as error:  # any store failure: say which URI, in one line
             raise TrackingError(f"cannot use MLflow tracking URI '{uri}': {str(error).splitlines()[0]}") from None
 
@@ -69,7 +77,7 @@ class Tracker:
         run = self.client.create_run(
             self.experiment_id,
             run_name=f"{suite}-invocation",
-            tags={record.TAG_KIND: record.KIND_INVOCATION, record.TAG_SUITE: suite, **tags},
+            tags={record.TAG_KIND: record.KIND_INVOCATION, record.TAG_SUITE: suite, record.TAG_OWNER: _owner(), **tags},
         )
         return run.info.run_id
 
@@ -77,7 +85,10 @@ class Tracker:
         run = self.client.create_run(
             self.experiment_id,
             run_name=name,
-            tags={record.TAG_KIND: record.KIND_CELL, record.TAG_CELL: name, record.PARENT_RUN_TAG: parent_run_id, **tags},
+            tags={
+                record.TAG_KIND: record.KIND_CELL, record.TAG_CELL: name, record.PARENT_RUN_TAG: parent_run_id,
+                record.TAG_OWNER: _owner(), **tags,
+            },
         )
         return run.info.run_id
 
@@ -87,17 +98,22 @@ class Tracker:
             return False
         try:
             run = self.client.get_run(run_id)
+        except TrackingError:  # the store is away: a new run now would duplicate this one once it is back
+            raise
         except Exception:
             return False
         return run.info.experiment_id == self.experiment_id and run.info.lifecycle_stage == "active"
 
     def kill_stale_runs(self, suite: str) -> list[str]:
         """Mark KILLED every run of this suite still RUNNING: called while holding the suite's lock, so they
-        belong to processes that died without closing them (SIGKILL, a crash of the machine)."""
-        stale = self.client.search_runs(
+        belong to processes that died without closing them (SIGKILL, a crash of the machine). Runs that a live
+        process of this machine writes are another command's (the same suite in another output_dir) and are
+        left alone; a run from another machine cannot be checked and is closed as before."""
+        running = self.client.search_runs(
             [self.experiment_id],
             filter_string=f"attributes.status = 'RUNNING' and tags.`{record.TAG_SUITE}` = '{suite}'",
         )
+        stale = [run for run in running if not _written_by_another_live_process(run.data.tags.get(record.TAG_OWNER))]
         for run in stale:
             if run.data.tags.get(record.TAG_KIND) == record.KIND_CELL:
                 self.client.set_tag(run.info.run_id, record.TAG_STATUS, record.STATUS_KILLED)
@@ -106,6 +122,7 @@ class Tracker:
 
     def reopen(self, run_id: str) -> None:
         self.client.update_run(run_id, status="RUNNING")
+        self.client.set_tag(run_id, record.TAG_OWNER, _owner())
 
     def log_params(self, run_id: str, params: dict) -> None:
         from mlflow.entities import Param
@@ -139,6 +156,33 @@ class Tracker:
 
     def finish(self, run_id: str, status: str = "FINISHED") -> None:
         self.client.set_terminated(run_id, status=status)
+
+
+def _owner() -> str:
+    import os
+    import socket
+
+    return f"{socket.gethostname()}:{os.getpid()}"
+
+
+def _written_by_another_live_process(owner: str | None) -> bool:
+    """Whether `owner` (host:pid) is another process of this machine that is still running a harness command."""
+    import os
+    import socket
+
+    host, _, pid = (owner or "").rpartition(":")
+    if host != socket.gethostname() or not pid.isdigit() or int(pid) == os.getpid():
+        return False
+    try:
+        os.kill(int(pid), 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # alive, another user's
+        return True
+    try:  # a recycled pid is some other program: its runs are stale
+        return b"harness" in Path(f"/proc/{pid}/cmdline").read_bytes()
+    except OSError:
+        return True
 
 
 def _param_value(value) -> str:

@@ -17,6 +17,7 @@ tasks it waits on have returned (their outcomes are its arguments), on whichever
 from __future__ import annotations
 
 import logging
+import os
 import socket
 from pathlib import Path
 
@@ -24,6 +25,7 @@ from harness.executors import report_finished, settled_without_running, waits
 from harness.plan import EVALUATE, TRAIN, PlannedStage
 from harness.runs import RunRefused
 from harness.stage import BLOCKED, FAILED, outcome, one_line
+from harness.tracking_retry import ANSWERED_ENV
 
 logger = logging.getLogger(__name__)
 
@@ -35,6 +37,8 @@ def run_on_ray(stages: list[PlannedStage], files: dict[str, Path], reporter, sui
     try:
         ray.init(
             address=None if address == "local" else address,
+            # The store answered this command: a stage that starts during an outage waits for it like the rest.
+            runtime_env={"env_vars": {ANSWERED_ENV: os.environ[ANSWERED_ENV]}} if ANSWERED_ENV in os.environ else None,
             include_dashboard=False,
             log_to_driver=False,  # each stage writes its own log file beside its stage file
             configure_logging=False,
