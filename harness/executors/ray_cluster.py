@@ -46,7 +46,7 @@ def run_on_ray(stages: list[PlannedStage], files: dict[str, Path], reporter, sui
     except Exception as error:  # an unreachable head, a refused connection: one line naming the address
         raise RunRefused(f"cannot join the Ray cluster at ray.address={address}: {one_line(error)}") from None
     try:
-        if tracker.uri.startswith("sqlite:") and not _every_node_is_this_machine(ray):
+        if tracker.uri.startswith("sqlite:") and address != "local" and not _every_node_is_this_machine(ray):
             raise RunRefused(
                 f"a Ray cluster with other nodes cannot share the SQLite store '{tracker.uri}': start an MLflow "
                 "tracking server and pass tracking.uri=http://<host>:<port> (README, 'On a cluster')"
@@ -139,9 +139,10 @@ def _close_cell_run(stage: PlannedStage, tracker, reason: str, status: str = "FA
 
 
 def _every_node_is_this_machine(ray) -> bool:
-    local = {"127.0.0.1", "localhost", socket.gethostname()}
-    try:
-        local |= set(socket.gethostbyname_ex(socket.gethostname())[2])
-    except OSError:
-        pass
+    """Every live node of the cluster has one of this machine's addresses (any interface's, not only the one
+    the host name resolves to: Ray picks the address of the default route)."""
+    import psutil  # Ray's own dependency
+
+    local = {"localhost", socket.gethostname()}
+    local |= {address.address for addresses in psutil.net_if_addrs().values() for address in addresses}
     return all(node["NodeManagerAddress"] in local for node in ray.nodes() if node.get("Alive"))
