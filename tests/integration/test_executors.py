@@ -103,7 +103,10 @@ def mlflow_server(tmp_path_factory):
 @pytest.fixture(scope="module")
 def ray_cluster(tmp_path_factory):
     port = free_port()
-    environment = {**os.environ, "RAY_USAGE_STATS_ENABLED": "0"}
+    # The test's own cluster on loopback, without token authentication: Ray 2.60 turns it on for `ray start`
+    # once ~/.ray/auth_token exists (any `ray.init()` of a local instance writes one), and then refuses the
+    # run's driver, which does not read that file.
+    environment = {**os.environ, "RAY_USAGE_STATS_ENABLED": "0", "RAY_AUTH_MODE": "disabled"}
     started = subprocess.run(
         [str(BIN / "ray"), "start", "--head", "--num-cpus", "2", "--port", str(port), "--node-ip-address", "127.0.0.1",
          "--include-dashboard", "false", "--disable-usage-stats"],
