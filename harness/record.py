@@ -31,6 +31,41 @@ def leaderboard_experiment_name(suite: str) -> str:
 
 BASELINE = "sft"
 
+# -- arms: an algorithm at one point of a sweep ------------------------------------------------------------
+# A suite's `sweep:` grid turns one algorithm into several arms, each its own cell per seed. An arm's name is
+# the algorithm's registry name, then ARM_SEPARATOR and the point ("dpo@beta=0.03", "ppo@kl_coef=0.2,lr=...");
+# without a sweep the arm is the bare algorithm name, so unswept suites keep their names and hashes. The arm
+# name is what TAG_ALGORITHM, cell names, run folders and the report's rows carry; TAG_FAMILY_ALGORITHM and
+# TAG_SWEEP_POINT split it.
+ARM_SEPARATOR = "@"
+
+
+def arm_name(algorithm: str, point: dict) -> str:
+    """"dpo" for no point, "dpo@beta=0.03" for {"beta": 0.03}; keys in the order the sweep lists them."""
+    if not point:
+        return algorithm
+    return algorithm + ARM_SEPARATOR + ",".join(f"{key}={value}" for key, value in point.items())
+
+
+def algorithm_of(arm: str) -> str:
+    """The registry name of an arm's algorithm ("dpo@beta=0.03" -> "dpo"); BASELINE stays itself."""
+    return arm.split(ARM_SEPARATOR, 1)[0]
+
+
+def sweep_point_of(arm: str) -> str:
+    """The arm's sweep point as written in its name ("beta=0.03"), "" when it is not swept."""
+    return arm.split(ARM_SEPARATOR, 1)[1] if ARM_SEPARATOR in arm else ""
+
+
+# The families the report groups algorithms by (each algorithm module's FAMILY is one of them).
+FAMILY_OFFLINE_PREFERENCE = "offline preference"
+FAMILY_ONLINE_POLICY_GRADIENT = "online policy gradient"
+FAMILY_ACTOR_CRITIC = "actor-critic"
+FAMILY_ONLINE_PREFERENCE = "online preference"
+FAMILY_INFERENCE_TIME = "inference-time"
+FAMILIES = (FAMILY_OFFLINE_PREFERENCE, FAMILY_ONLINE_POLICY_GRADIENT, FAMILY_ACTOR_CRITIC,
+            FAMILY_ONLINE_PREFERENCE, FAMILY_INFERENCE_TIME)
+
 # -- tags -------------------------------------------------------------------------------------------------
 
 TAG_KIND = "harness.kind"  # one of the KIND_* values
@@ -39,7 +74,12 @@ KIND_CELL = "cell"
 KIND_LEADERBOARD = "leaderboard"
 
 TAG_SUITE = "harness.suite"
-TAG_ALGORITHM = "harness.algorithm"
+TAG_ALGORITHM = "harness.algorithm"  # the arm: "dpo", or "dpo@beta=0.03" for a sweep point
+TAG_FAMILY_ALGORITHM = "harness.algorithm_name"  # the arm's registry algorithm: "dpo"
+TAG_SWEEP_POINT = "harness.sweep_point"  # "beta=0.03"; "" when the algorithm is not swept
+TAG_FAMILY = "harness.family"  # the algorithm's FAMILY (one of FAMILIES)
+# "true" on a cell whose eval/kl is an analytic upper bound, not an estimate (best-of-n: log n - (n-1)/n)
+TAG_KL_IS_BOUND = "harness.kl_is_bound"
 TAG_SEED = "harness.seed"
 TAG_CELL = "harness.cell"  # "<algorithm>-s<seed>"
 TAG_CELL_HASH = "harness.cell_hash"
@@ -68,6 +108,13 @@ EVAL_PREFIX = "eval/"  # the evaluator's summary; intermediate checkpoints at th
 COST_PREFIX = "cost/"  # a cell's actual spend
 PREPARE_PREFIX = "prepare/"  # SFT and reward-model training curves (on the invocation) and RM accuracy
 SAMPLES_ARTIFACT = "eval/samples.jsonl"
+
+# train/ metrics every training algorithm logs under the same name and unit, so that curves of different
+# algorithms share their axes (each algorithm's own statistics keep their own names beside them):
+TRAIN_BUDGET_FRACTION = "budget_fraction"  # the fraction of the cell's budget spent at this step (step / total)
+# Online algorithms: the mean over the step's sampled completions of the per-sequence KL estimate to the
+# reference, summed over tokens, in nats (the unit of the evaluator's eval/kl).
+TRAIN_KL_PER_SEQUENCE = "kl_per_sequence"
 
 # -- the identity of a cell: which config sections its hash covers ---------------------------------------
 
@@ -99,13 +146,13 @@ def cell_sections(algorithm: str) -> tuple[str, ...]:
     prepared = [section for sections in PREPARE_SECTIONS.values() for section in sections]
     if algorithm == BASELINE:
         return _unique(prepared + list(BASELINE_CELL_SECTIONS))
-    return _unique(prepared + list(TRAINED_CELL_SECTIONS) + [f"{ALGORITHMS_SECTION}.{algorithm}"])
+    return _unique(prepared + list(TRAINED_CELL_SECTIONS) + [f"{ALGORITHMS_SECTION}.{algorithm_of(algorithm)}"])
 
 
 def lora_stages(algorithm: str) -> tuple[str, ...]:
     """The stages whose LoRA settings a cell of `algorithm` depends on: SFT (it built the base policy), and the
     algorithm's own training."""
-    return (BASELINE,) if algorithm == BASELINE else (BASELINE, algorithm)
+    return (BASELINE,) if algorithm == BASELINE else (BASELINE, algorithm_of(algorithm))
 
 
 def in_section(key: str, section: str) -> bool:

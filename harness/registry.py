@@ -68,11 +68,34 @@ class Registry:
 # Every registered module exposes `Config` (a dataclass) and its entry point; heavy imports stay inside the
 # entry point, so loading a module for its Config (validation, `harness list`) is cheap.
 
-# Algorithms trained per cell: `Config` and `train(context) -> TrainResult`.
+# Algorithms, one cell per (arm, seed). An algorithm is its module, its preset configs/algorithms/<name>.yaml
+# and its line here; everything else (config validation, the report, the plots, the divergence guard) reads
+# what the module declares:
+#   Config                  its options (a dataclass; validation in __post_init__ with harness.config.require)
+#   train(context)          -> harness.algorithms.context.TrainResult
+#   FAMILY                  one of harness.record.FAMILIES
+#   KL_KNOB                 the Config field that sets how far it may move from the reference (a frontier
+#                           sweeps it); KL_KNOB_RAISES_KL says whether a larger value allows more KL
+#   TRAINS_POLICY           False for inference-time methods: no weights change, `lora.stages` may not name it
+#   CURVES                  train/* metric names (without the prefix) the report draws for it, besides the
+#                           shared record.TRAIN_* ones
+#   WATCHED                 logged statistics whose NaN/inf means divergence (trl_support.DivergenceGuard)
+#   describe_data(options)  one sentence for the report: what it learns from, given its options as logged
+#                           ({option: value as a string})
 ALGORITHMS = Registry("algorithm")
 ALGORITHMS.register("dpo", "harness.algorithms.dpo", "Direct Preference Optimization (TRL DPOTrainer)")
+ALGORITHMS.register("ipo", "harness.algorithms.ipo", "Identity Preference Optimization (TRL DPOTrainer, ipo loss)")
+ALGORITHMS.register("simpo", "harness.algorithms.simpo", "SimPO: reference-free, length-normalised margin loss")
+ALGORITHMS.register("kto", "harness.algorithms.kto", "Kahneman-Tversky Optimization on unpaired examples (TRL KTOTrainer)")
+ALGORITHMS.register("online_dpo", "harness.algorithms.online_dpo", "Online DPO: pairs sampled from the policy each step, labelled by the reward model")
 ALGORITHMS.register("grpo", "harness.algorithms.grpo", "Group Relative Policy Optimization (TRL GRPOTrainer)")
+ALGORITHMS.register("dr_grpo", "harness.algorithms.dr_grpo", "Dr. GRPO: GRPO without length and std normalisation (TRL GRPOTrainer)")
+ALGORITHMS.register("dapo", "harness.algorithms.dapo", "DAPO: clip-higher, token-level loss, truncation masking (TRL GRPOTrainer)")
+ALGORITHMS.register("gspo", "harness.algorithms.gspo", "GSPO: sequence-level importance ratios (TRL GRPOTrainer)")
+ALGORITHMS.register("rloo", "harness.algorithms.rloo", "REINFORCE Leave-One-Out (TRL RLOOTrainer)")
+ALGORITHMS.register("reinforce_pp", "harness.algorithms.reinforce_pp", "REINFORCE++: batch-normalised advantages, no critic, our own")
 ALGORITHMS.register("ppo", "harness.algorithms.ppo", "PPO-RLHF actor-critic, our own (docs/PPO.md)")
+ALGORITHMS.register("best_of_n", "harness.algorithms.best_of_n", "Best-of-n: n SFT samples, the proxy's best kept (no training)")
 
 # Tasks: `Config`, `build_task_data(config, seed) -> TaskData`, HAS_GOLD_REWARD and `gold_reward(...)`.
 TASKS = Registry("task")

@@ -27,9 +27,25 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass
 
+from harness import record
 from harness.config import require
 
 logger = logging.getLogger(__name__)
+
+# What the harness reads from an algorithm module (harness/registry.py).
+FAMILY = record.FAMILY_OFFLINE_PREFERENCE
+KL_KNOB = "beta"  # the implicit KL strength: larger beta keeps the policy closer to the reference
+KL_KNOB_RAISES_KL = False
+TRAINS_POLICY = True
+CURVES = ("loss", "rewards/margins", "rewards/accuracies")
+WATCHED = ("loss", "grad_norm", "rewards/margins", "rewards/chosen")
+
+
+def describe_data(options: dict) -> str:
+    if options.get("pairs_source") == "reward_model":
+        return ("pairs sampled from the SFT policy (two completions per training prompt), labelled by the suite's "
+                "reward model")
+    return "the task's preference pairs (the reward model's training data)"
 
 
 @dataclass
@@ -117,7 +133,7 @@ def train(context):
         train_dataset=Dataset.from_list(pairs),
         processing_class=tokenizer,
         peft_config=peft_config(context.suite, "dpo"),
-        callbacks=harness_callbacks(context.log_metrics, context.progress, context, steps),
+        callbacks=harness_callbacks(context.log_metrics, context.progress, context, steps, watched=WATCHED),
     )
     attach_trainer(trainer)  # snapshots gather sharded weights through it (ZeRO-3, FSDP)
     silence_console_logging(trainer)

@@ -30,9 +30,22 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass
 
+from harness import record
 from harness.config import require
 
 logger = logging.getLogger(__name__)
+
+# What the harness reads from an algorithm module (harness/registry.py).
+FAMILY = record.FAMILY_ONLINE_POLICY_GRADIENT
+KL_KNOB = "beta"  # weight of the k3 KL penalty in the loss
+KL_KNOB_RAISES_KL = False
+TRAINS_POLICY = True
+CURVES = ("reward", "kl", "completions/mean_length", "entropy")
+WATCHED = ("loss", "grad_norm", "reward", "kl")
+
+
+def describe_data(options: dict) -> str:
+    return "completions it samples from its current policy, scored by the training reward"
 
 
 @dataclass
@@ -95,6 +108,7 @@ def train(context):
         attach_trainer,
         check_process_group,
         common_training_arguments,
+        grpo_sequence_kl,
         harness_callbacks,
         per_device_batch_size,
         save_trained_policy,
@@ -154,7 +168,8 @@ def train(context):
         train_dataset=Dataset.from_list([{"prompt": prompt} for prompt in prompts]),
         processing_class=tokenizer,
         peft_config=peft_config(context.suite, "grpo"),
-        callbacks=harness_callbacks(context.log_metrics, context.progress, context, steps),
+        callbacks=harness_callbacks(context.log_metrics, context.progress, context, steps, watched=WATCHED,
+                                    sequence_kl=grpo_sequence_kl),
     )
     attach_trainer(trainer)  # snapshots gather sharded weights through it (ZeRO-3, FSDP)
     silence_console_logging(trainer)

@@ -16,6 +16,8 @@ import math
 
 from transformers import TrainerCallback
 
+from harness import record
+
 
 def common_training_arguments(
     suite, seed: int, output_dir, *, learning_rate: float, lr_scheduler: str, max_steps: int = -1, epochs: float = 1.0
@@ -86,10 +88,14 @@ def _cuda_available() -> bool:
 
 
 class StepMetricsCallback(TrainerCallback):
-    """Forward every trainer log line to the cell's MLflow run as train/<name> at the global step."""
+    """Forward every trainer log line to the cell's MLflow run as train/<name> at the global step, with the
+    shared curves every algorithm logs under one name and unit (record.TRAIN_BUDGET_FRACTION, and
+    record.TRAIN_KL_PER_SEQUENCE where the algorithm's `sequence_kl(logs)` derives it from its trainer's own
+    statistics)."""
 
-    def __init__(self, log_metrics):
+    def __init__(self, log_metrics, sequence_kl=None):
         self.log_metrics = log_metrics
+        self.sequence_kl = sequence_kl
         self.logged: set[tuple[str, int]] = set()
 
     def on_log(self, args, state, control, logs=None, **kwargs):
@@ -102,6 +108,12 @@ class StepMetricsCallback(TrainerCallback):
             if isinstance(value, (int, float)) and math.isfinite(float(value))
             and (_metric_name(key), state.global_step) not in self.logged
         }
+        if numeric and state.max_steps > 0:
+            numeric[record.TRAIN_BUDGET_FRACTION] = state.global_step / state.max_steps
+        kl = self.sequence_kl(logs or {}) if self.sequence_kl is not None else None
+        if kl is not None and math.isfinite(kl):
+            numeric[record.TRAIN_KL_PER_SEQUENCE] = kl
+        numeric = {name: value for name, value in numeric.items() if (name, state.global_step) not in self.logged}
         self.logged |= {(name, state.global_step) for name in numeric}
         if numeric:
             self.log_metrics(state.global_step, numeric)
@@ -127,13 +139,15 @@ class DivergenceError(RuntimeError):
 
 
 class DivergenceGuard(TrainerCallback):
-    """Check every logged step: a NaN or infinite loss, reward, KL or gradient norm stops training at once,
-    instead of spending the rest of the budget on a broken model."""
+    """Check every logged step: a NaN or infinite value of a watched statistic (the algorithm module's WATCHED:
+    its loss, reward, KL, gradient norm) stops training at once, instead of spending the rest of the budget on a
+    broken model."""
 
-    WATCHED = ("loss", "reward", "kl", "grad_norm", "rewards/margins", "rewards/chosen")
+    def __init__(self, watched):
+        self.watched = tuple(watched)
 
     def on_log(self, args, state, control, logs=None, **kwargs):
-        for key in self.WATCHED:
+        for key in self.watched:
             value = (logs or {}).get(key)
             if isinstance(value, (int, float)) and not math.isfinite(float(value)):
                 raise DivergenceError(f"training diverged: {key}={value} at step {state.global_step}")
@@ -204,12 +218,14 @@ class NoPickleInCheckpointsCallback(TrainerCallback):
             pickled.unlink(missing_ok=True)
 
 
-def harness_callbacks(log_metrics, progress, context=None, total_steps: int = 0) -> list[TrainerCallback]:
-    """Divergence guard, MLflow step metrics, the progress bar, no pickles in checkpoints, and (for an
-    algorithm's context) snapshots."""
+def harness_callbacks(
+    log_metrics, progress, context=None, total_steps: int = 0, *, watched=("loss", "grad_norm"), sequence_kl=None
+) -> list[TrainerCallback]:
+    """Divergence guard over `watched` (the algorithm's WATCHED), MLflow step metrics with the shared curves,
+    the progress bar, no pickles in checkpoints, and (for an algorithm's context) snapshots."""
     callbacks = [
-        DivergenceGuard(),
-        StepMetricsCallback(log_metrics),
+        DivergenceGuard(watched),
+        StepMetricsCallback(log_metrics, sequence_kl),
         TrainingProgressCallback(progress),
         NoPickleInCheckpointsCallback(),
     ]
@@ -270,6 +286,16 @@ def silence_console_logging(trainer) -> None:
 
     trainer.remove_callback(PrinterCallback)
     trainer.remove_callback(ProgressCallback)
+
+
+def grpo_sequence_kl(logs: dict) -> float | None:
+    """Per-sequence KL (nats) from GRPOTrainer's statistics: its `kl` is the token mean of k3 over the step's
+    completions (grpo_trainer: masked mean over all completion tokens), and `completions/mean_length` their
+    mean length, so the product is the k3 sum per completion averaged over completions. None on steps where
+    TRL logged no KL (beta 0: it never computes one)."""
+    if "kl" not in logs or "completions/mean_length" not in logs:
+        return None
+    return float(logs["kl"]) * float(logs["completions/mean_length"])
 
 
 def _metric_name(key: str) -> str:
