@@ -152,7 +152,7 @@ def command_run(args) -> int:
 
     console.print(
         f"[bold]harness run[/bold] suite=[cyan]{config.suite.name}[/cyan] seeds={config.suite.seeds} "
-        f"algorithms={config.selected_algorithms} (+ sft baseline) executor={executor_label(config)}"
+        f"algorithms={config.selected_arms} (+ sft baseline) executor={executor_label(config)}"
     )
     reporter = RichReporter(console)
     outcome = run_suite(config, reporter)

@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from harness import record
 from harness.registry import ALGORITHMS, TASKS, did_you_mean
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
@@ -152,7 +153,13 @@ class ModelConfig:
         require(self.n_embd % self.n_head == 0, "model.n_embd", "must be divisible by model.n_head")
 
 
-LORA_STAGES = ("sft", "dpo", "grpo", "ppo")
+EVERY_ALGORITHM = "algorithms"  # in lora.stages: every algorithm that trains the policy
+
+
+def trains_with_adapters(stage: str) -> bool:
+    """Whether `lora.stages` may name `stage`: SFT, or a registered algorithm that trains the policy (an
+    inference-time method such as best-of-n has no weights to adapt)."""
+    return stage == "sft" or (stage in ALGORITHMS and ALGORITHMS.get(stage).TRAINS_POLICY)
 
 
 @dataclass
@@ -160,9 +167,10 @@ class LoraConfig:
     enabled: bool = False
     # train low-rank adapters (Hu et al. 2021, arXiv:2106.09685; peft) instead of every weight in the stages
     # below; each checkpoint is merged into a standard full model, its adapter kept beside it in adapter/
-    stages: list[str] = field(default_factory=lambda: ["dpo", "grpo", "ppo"])
-    # trainings that use adapters: any of sft, dpo, grpo, ppo (the reward model and PPO's critic train fully);
-    # one setting for every compared algorithm, so none gets more capacity than another
+    stages: list[str] = field(default_factory=lambda: [EVERY_ALGORITHM])
+    # trainings that use adapters: "algorithms" (every algorithm that trains), sft, or named algorithms (the
+    # reward model and PPO's critic train fully); one setting for every compared algorithm, so none gets more
+    # capacity than another
     r: int = 16
     # adapter rank
     alpha: float = 32.0
@@ -174,16 +182,20 @@ class LoraConfig:
 
     def __post_init__(self):
         for stage in self.stages:
-            require(stage in LORA_STAGES, "lora.stages",
-                    f"names '{shown(stage)}'; must be among {', '.join(LORA_STAGES)};{did_you_mean(stage, LORA_STAGES)}".rstrip(";"))
+            if stage != EVERY_ALGORITHM and not trains_with_adapters(stage):
+                allowed = [EVERY_ALGORITHM, "sft", *(name for name in ALGORITHMS.names() if name != stage)]
+                raise ConfigError(f"'lora.stages' names '{shown(stage)}', which trains no policy weights; must be "
+                                  f"algorithms, sft or an algorithm that trains;{did_you_mean(stage, allowed)}".rstrip(";"))
         require(self.r > 0, "lora.r", "must be > 0")
         require(self.alpha > 0, "lora.alpha", "must be > 0")
         require(0 <= self.dropout < 1, "lora.dropout", "must be in [0, 1)")
         require(len(self.target_modules) > 0, "lora.target_modules", "must name at least one module (or all-linear)")
 
     def for_stage(self, stage: str) -> dict | None:
-        """This section as a dict when `stage` trains adapters, else None: what a stage's hash includes."""
-        if not self.enabled or stage not in self.stages:
+        """This section as a dict when `stage` (sft or an algorithm's name) trains adapters, else None: what a
+        stage's hash includes."""
+        every_algorithm = EVERY_ALGORITHM in self.stages and stage != "sft" and trains_with_adapters(stage)
+        if not self.enabled or not (stage in self.stages or every_algorithm):
             return None
         return dataclasses.asdict(self)
 
@@ -459,7 +471,11 @@ class SuiteConfig:
     seeds: list[int] = field(default_factory=lambda: [0])
     # every algorithm runs once per seed; the seed also drives task data and the SFT and reward models
     only: list[str] = field(default_factory=list)
-    # run only these algorithms of the suite (empty = all); the SFT baseline always runs
+    # run only these algorithms (or sweep arms such as dpo@beta=0.1) of the suite (empty = all); the SFT
+    # baseline always runs
+    sweep: dict[str, Any] = field(default_factory=dict)
+    # {algorithms.<name>.<option>: [values]}: every combination of one algorithm's listed values is its own arm
+    # ("dpo@beta=0.03"), a cell per seed; different algorithms' sweeps are independent
     output_dir: str = "runs"
     # run folders (checkpoints, samples, completion markers); relative to the current directory
     reports_dir: str = "reports"
@@ -515,11 +531,14 @@ class ResolvedConfig:
     suite_file: Path
     task_name: str
     task: Any
-    algorithms: dict[str, Any]
+    algorithms: dict[str, Any]  # {algorithm: its Config} as the suite sets it, before any sweep
+    arms: dict[str, Any] = field(default_factory=dict)  # {arm: its Config}: an algorithm at one sweep point
 
     @property
-    def selected_algorithms(self) -> list[str]:
-        return [name for name in self.algorithms if not self.suite.only or name in self.suite.only]
+    def selected_arms(self) -> list[str]:
+        """The arms this run trains: all, or those `only` names by arm or by algorithm."""
+        only = self.suite.only
+        return [arm for arm in self.arms if not only or arm in only or record.algorithm_of(arm) in only]
 
     def to_dict(self) -> dict:
         data = dataclasses.asdict(self.suite)
@@ -753,26 +772,88 @@ def load_config(suite: str, overrides: list[str] | None = None) -> ResolvedConfi
 
     task_raw = raw.pop("task", None)
     algorithms_raw = raw.pop("algorithms", None)
+    sweep_raw = raw.pop("sweep", None)
     suite_config = build(SuiteConfig, raw, "")
 
     task_name, task_config = _build_task(task_raw)
     if suite_config.reward.source == "gold" and not TASKS.get(task_name).HAS_GOLD_REWARD:
         raise ConfigError(f"'reward.source' is gold, but task '{task_name}' has no gold reward; use proxy")
     algorithms = _build_algorithms(algorithms_raw)
+    suite_config.sweep = _sweep_grid(sweep_raw, algorithms)
+    arms = _expand_arms(algorithms, suite_config.sweep)
     if "only" in raw and not suite_config.only:  # given, and empty: not the same as leaving it out (= all)
         raise ConfigError(
             f"'only' is empty: name at least one algorithm of suite '{suite_config.name}' "
             f"({', '.join(algorithms)}), or leave it out to run them all"
         )
     for name in suite_config.only:
-        if name not in algorithms:
+        if name not in algorithms and name not in arms:
+            names = [*algorithms, *(arm for arm in arms if arm not in algorithms)]
             raise ConfigError(
                 f"'only' names '{shown(name)}', which suite '{suite_config.name}' does not run;"
-                f"{did_you_mean(name, algorithms)} the suite runs: {', '.join(algorithms)}"
+                f"{did_you_mean(name, names)} the suite runs: {', '.join(names)}"
             )
     suite_config.task = {"name": task_name}
     suite_config.algorithms = {name: {} for name in algorithms}
-    return ResolvedConfig(suite_config, path, task_name, task_config, algorithms)
+    return ResolvedConfig(suite_config, path, task_name, task_config, algorithms, arms)
+
+
+# A sweep value becomes part of an arm's name, hence of folder and MLflow run names.
+_SWEEP_VALUE_CHARACTERS = set("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789.-+_")
+
+
+def _sweep_grid(sweep_raw: Any, algorithms: dict[str, Any]) -> dict[str, list]:
+    """The `sweep` section as {"algorithms.<name>.<option>": [values]}, validated; written in a suite file as
+    dotted keys or nested mappings, and on the command line as `sweep.algorithms.dpo.beta=[0.03,0.1]`."""
+    if sweep_raw is None:
+        return {}
+    if not isinstance(sweep_raw, dict):
+        raise ConfigError(f"'sweep' must be a mapping of keys to lists of values, not {shown(repr(sweep_raw))}")
+    grid = {}
+    for key, values in flatten(sweep_raw).items():
+        parts = key.split(".")
+        if len(parts) != 3 or parts[0] != "algorithms":
+            raise ConfigError(
+                f"'sweep.{shown(key)}': only algorithm options (algorithms.<name>.<option>) can be swept; a suite-wide "
+                "setting changes every cell, so run the suite once per value instead"
+            )
+        name, option = parts[1], parts[2]
+        if name not in algorithms:
+            raise ConfigError(f"'sweep.{shown(key)}': the suite does not run '{shown(name)}';"
+                              f"{did_you_mean(name, algorithms)} it runs: {', '.join(algorithms)}")
+        fields = [f.name for f in dataclasses.fields(algorithms[name])]
+        if option not in fields:
+            raise ConfigError(f"'sweep.{shown(key)}': unknown key 'algorithms.{name}.{shown(option)}';"
+                              f"{did_you_mean(option, fields)}".rstrip(";"))
+        if not isinstance(values, list) or not values:
+            raise ConfigError(f"'sweep.{key}' must be a non-empty list of values such as [0.03,0.1], not {shown(repr(values))}")
+        if len({json.dumps(value, sort_keys=True) for value in values}) != len(values):
+            raise ConfigError(f"'sweep.{key}' lists a value twice")
+        for value in values:
+            if isinstance(value, (dict, list)) or not set(str(value)) <= _SWEEP_VALUE_CHARACTERS:
+                raise ConfigError(f"'sweep.{key}': value {shown(repr(value))} must be a number, a boolean or a plain word")
+        grid[key] = values
+    return grid
+
+
+def _expand_arms(algorithms: dict[str, Any], grid: dict[str, list]) -> dict[str, Any]:
+    """{arm: Config}: each algorithm once per combination of its swept values (itself when not swept), every
+    point validated like the algorithm's own options (the error names the sweep)."""
+    import itertools
+
+    arms = {}
+    for name, config in algorithms.items():
+        keys = [key for key in grid if key.split(".")[1] == name]
+        options = [key.split(".")[2] for key in keys]
+        for values in itertools.product(*(grid[key] for key in keys)):
+            point = dict(zip(options, values))
+            module = ALGORITHMS.get(name)
+            try:
+                arm_config = build(module.Config, {**dataclasses.asdict(config), **point}, f"algorithms.{name}.")
+            except ConfigError as error:
+                raise ConfigError(f"sweep point {record.arm_name(name, point)}: {error}") from None
+            arms[record.arm_name(name, point)] = arm_config
+    return arms
 
 
 def _short_forms(overrides: list[str]) -> list[str]:

@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from harness.config import ResolvedConfig, fingerprint
-from harness.record import BASELINE
+from harness.record import BASELINE, algorithm_of
 from harness.runs import Stage
 
 # Stage kinds, in the order a seed's stages run.
@@ -37,7 +37,7 @@ class PlannedStage:
     id: str  # unique in the plan: "sft-s0", "train:dpo-s0", "evaluate:dpo-s0", "report"
     kind: str
     seed: int | None
-    algorithm: str | None  # the cell's algorithm (BASELINE for the SFT row); None for prepare stages
+    algorithm: str | None  # the cell's arm ("dpo", "dpo@beta=0.03"; BASELINE for the SFT row); None for prepare stages
     hash: str
     folder: str  # the run folder whose completion marker says the stage is done ("" for the report)
     waits_on: list[str] = field(default_factory=list)
@@ -105,22 +105,23 @@ def prepare_hashes(config: ResolvedConfig, seed: int) -> dict[str, str]:
     return {TASK: task, BASE: base, SFT: sft, REWARD_MODEL: reward_model}
 
 
-def cell_hash(config: ResolvedConfig, algorithm: str, reward_model_hash: str) -> str:
-    """A cell's identity: its seed's prepared chain and the sections in record.*_CELL_SECTIONS."""
+def cell_hash(config: ResolvedConfig, arm: str, reward_model_hash: str) -> str:
+    """A cell's identity: its seed's prepared chain, its arm (the algorithm and its sweep point, so an unswept
+    algorithm keeps the hash it always had) with the arm's options, and the sections in record.*_CELL_SECTIONS."""
     suite = config.suite
     evaluation = dataclasses.asdict(suite.evaluation)
-    if algorithm == BASELINE:
+    if arm == BASELINE:
         return fingerprint(reward_model_hash, BASELINE, evaluation)
     return fingerprint(
         reward_model_hash,
-        algorithm,
-        dataclasses.asdict(config.algorithms[algorithm]),
+        arm,
+        dataclasses.asdict(config.arms[arm]),
         dataclasses.asdict(suite.sampling),
         dataclasses.asdict(suite.reward),
         dataclasses.asdict(suite.budget),
         evaluation,
         suite.precision,
-        *lora_part(suite, algorithm),
+        *lora_part(suite, algorithm_of(arm)),
     )
 
 
@@ -157,17 +158,26 @@ def build_plan(config: ResolvedConfig) -> Plan:
         stages.append(stage(baseline_id, EVALUATE, seed, BASELINE, baseline_hash,
                             root / "cells" / f"{BASELINE}-s{seed}-{baseline_hash}", [reward_id]))
         cells.append(baseline_id)
-        for algorithm in config.selected_algorithms:
+        for algorithm in config.selected_arms:
             the_hash = cell_hash(config, algorithm, hashes[REWARD_MODEL])
             folder = root / "cells" / f"{algorithm}-s{seed}-{the_hash}"
             train_id = f"{TRAIN}:{algorithm}-s{seed}"
+            # An inference-time method trains nothing: one process, whatever the launcher says.
+            processes = launcher.num_processes if trains_policy(algorithm) else 1
             stages.append(stage(train_id, TRAIN, seed, algorithm, the_hash, folder / "train", [reward_id],
-                                processes=launcher.num_processes))
+                                processes=processes))
             stages.append(stage(f"{EVALUATE}:{algorithm}-s{seed}", EVALUATE, seed, algorithm, the_hash, folder,
                                 [train_id], [baseline_id]))
             cells.append(f"{EVALUATE}:{algorithm}-s{seed}")
     stages.append(stage(REPORT, REPORT, None, None, "", "", soft_waits=cells))
     return Plan(suite.name, root, fingerprint(config.to_dict()), stages)
+
+
+def trains_policy(arm: str) -> bool:
+    """Whether the arm's algorithm changes weights (its module's TRAINS_POLICY); importing it loads no torch."""
+    from harness.registry import ALGORITHMS
+
+    return ALGORITHMS.get(algorithm_of(arm)).TRAINS_POLICY
 
 
 def _gpus_per_stage(suite) -> int:

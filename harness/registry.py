@@ -76,7 +76,8 @@ class Registry:
 #   FAMILY                  one of harness.record.FAMILIES
 #   KL_KNOB                 the Config field that sets how far it may move from the reference (a frontier
 #                           sweeps it); KL_KNOB_RAISES_KL says whether a larger value allows more KL
-#   TRAINS_POLICY           False for inference-time methods: no weights change, `lora.stages` may not name it
+#   TRAINS_POLICY           False for inference-time methods: no weights change, `lora.stages` may not name it;
+#                           the evaluator keeps the best of its Config's `n` draws per answer
 #   CURVES                  train/* metric names (without the prefix) the report draws for it, besides the
 #                           shared record.TRAIN_* ones
 #   WATCHED                 logged statistics whose NaN/inf means divergence (trl_support.DivergenceGuard)

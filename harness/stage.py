@@ -20,6 +20,7 @@ URI and parent run, evaluation backend, log folder) and the planned stage. Runni
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import json
 import logging
 import os
@@ -244,13 +245,17 @@ class StageRun:
             tracker.reopen(earlier)
             tracker.set_tags(earlier, {record.TAG_STATUS: record.STATUS_RUNNING})
             return earlier
-        algorithm, seed = self.stage.algorithm, self.stage.seed
+        arm, seed = self.stage.algorithm, self.stage.seed
+        algorithm = record.algorithm_of(arm)
         run_id = tracker.start_cell(
             self.invocation.parent_run_id,
             self.stage.cell,
             {
                 record.TAG_SUITE: self.suite.name,
-                record.TAG_ALGORITHM: algorithm,
+                record.TAG_ALGORITHM: arm,
+                record.TAG_FAMILY_ALGORITHM: algorithm,
+                record.TAG_SWEEP_POINT: record.sweep_point_of(arm),
+                record.TAG_FAMILY: "" if arm == record.BASELINE else _algorithm_module(algorithm).FAMILY,
                 record.TAG_SEED: str(seed),
                 record.TAG_CELL_HASH: self.stage.hash,
                 record.TAG_STATUS: record.STATUS_RUNNING,
@@ -261,7 +266,8 @@ class StageRun:
         )
         id_file.write_text(run_id)
         config_dict = self.config.to_dict()
-        config_dict["algorithms"] = {} if algorithm == record.BASELINE else {algorithm: config_dict["algorithms"][algorithm]}
+        # The cell's own algorithm section, at its sweep point: algorithms.dpo.beta is the value this arm trained with.
+        config_dict["algorithms"] = {} if arm == record.BASELINE else {algorithm: dataclasses.asdict(self.config.arms[arm])}
         tracker.log_params(run_id, flatten(config_dict))
         write_json(folder / "resolved_config.json", config_dict)
         write_json(folder / "manifest.json", manifest(self.stage.hash, prepared.inputs.data_fingerprint))
@@ -408,15 +414,15 @@ def train_in_rank(run: StageRun, prepared: Prepared, run_id: str) -> None:
     """The algorithm's training in this process: the only one, or one rank of `accelerate launch`. Only the
     main process logs and writes the result; the algorithm reduces what it logs over the ranks."""
     from harness.algorithms.context import TrainContext, no_progress
-    from harness.registry import ALGORITHMS
     from harness.rewards import training_reward_function
 
     main_process = int(os.environ.get("RANK", "0")) == 0
-    algorithm, seed, suite = run.stage.algorithm, run.stage.seed, run.suite
+    arm, seed, suite = run.stage.algorithm, run.stage.seed, run.suite
+    algorithm = record.algorithm_of(arm)
     peak_before = _reset_peak_memory()
     context = TrainContext(
         algorithm=algorithm,
-        config=run.config.algorithms[algorithm],
+        config=run.config.arms[arm],
         suite=suite,
         seed=seed,
         base_dir=prepared.sft_dir,
@@ -435,12 +441,19 @@ def train_in_rank(run: StageRun, prepared: Prepared, run_id: str) -> None:
     )
     with run.reporter.progress(f"{run.stage.label} steps") if main_process else contextlib.nullcontext(no_progress) as advance:
         context.progress = advance
-        result = ALGORITHMS.get(algorithm).train(context)
+        result = _algorithm_module(algorithm).train(context)
     if main_process:
         write_json(run.folder / TRAIN_RESULT, {
             "checkpoint": str(result.checkpoint_dir), "spend": result.spend, "final_step": result.final_step,
             "peak_memory_mb": _peak_memory_mb(peak_before),
         })
+
+
+def _algorithm_module(algorithm: str):
+    """The registered algorithm's module: its train() and what it declares (FAMILY, TRAINS_POLICY, ...)."""
+    from harness.registry import ALGORITHMS
+
+    return ALGORITHMS.get(algorithm)
 
 
 def _launch_ranks(run: StageRun) -> None:
@@ -470,29 +483,44 @@ def _launch_ranks(run: StageRun) -> None:
 
 
 def run_evaluate(run: StageRun) -> dict:
-    """Evaluate a cell's checkpoint (and its intermediate ones), log eval/* and cost/*, and close its run."""
-    algorithm, seed = run.stage.algorithm, run.stage.seed
+    """Evaluate a cell's checkpoint (and its intermediate ones), log eval/* and cost/*, and close its run.
+    An inference-time arm (best-of-n: TRAINS_POLICY False) is evaluated as the best of its Config's `n` draws
+    from its checkpoint (the SFT policy) per answer, its eval/kl the analytic bound, tagged as one."""
+    from harness.metrics.evaluator import BestOf
+
+    arm, seed = run.stage.algorithm, run.stage.seed
     prepared = run.prepared(seed)
     run_id = run.open_cell_run(prepared)
     tracker, folder = run.tracker, run.cell_folder()
     with run.cell_attempt(run_id):
         cost: dict[str, float] = {}
         checkpoint = prepared.sft_dir
-        if algorithm != record.BASELINE:
+        best_of = None
+        if arm != record.BASELINE:
             info = Stage(folder / "train").info()
             checkpoint, cost = Path(info["checkpoint"]), info["cost"]
-        baseline_gold = _baseline_gold(run, prepared) if algorithm != record.BASELINE else None
+            if not _algorithm_module(record.algorithm_of(arm)).TRAINS_POLICY:
+                # It selects by the reward the online algorithms optimise (harness/algorithms/best_of_n.py).
+                reward = run.suite.reward
+                best_of = BestOf(run.config.arms[arm].n, reward.source, reward.missing_stop_penalty)
+        baseline_gold = _baseline_gold(run, prepared) if arm != record.BASELINE else None
         # Intermediate checkpoints first, each logged as eval/* at its training step; the final one last, at the
         # last step, so it is the value MLflow shows (the latest step) and the one the report tables use.
         final_step = int(cost.get("train_steps", 0))
         for step, snapshot in _snapshots(folder / "train" / "snapshots"):
             partial = _evaluate(run, f"{run.stage.cell} step {step}", prepared, snapshot, baseline_gold,
-                                folder / "eval_snapshots" / f"step-{step}")
+                                folder / "eval_snapshots" / f"step-{step}", best_of)
             tracker.log_metrics(run_id, {f"{record.EVAL_PREFIX}{k}": v for k, v in partial["summary"].items()}, step)
-        evaluation = _evaluate(run, run.stage.cell, prepared, checkpoint, baseline_gold, folder / "eval")
+        evaluation = _evaluate(run, run.stage.cell, prepared, checkpoint, baseline_gold, folder / "eval", best_of)
+        tags = {record.TAG_BLEU_SIGNATURE: evaluation["bleu_signature"]}
+        if best_of:
+            # Best-of-n spends at inference: n completions (and n reward-model scores) per answer.
+            cost.update(completions_per_answer=float(best_of.n),
+                        eval_completions_generated=float(evaluation["completions_generated"]))
+            tags[record.TAG_KL_IS_BOUND] = "true"
         tracker.log_metrics(run_id, {f"{record.EVAL_PREFIX}{k}": v for k, v in evaluation["summary"].items()}, final_step)
         tracker.log_metrics(run_id, {f"{record.COST_PREFIX}{k}": v for k, v in cost.items()})
-        tracker.set_tags(run_id, {record.TAG_BLEU_SIGNATURE: evaluation["bleu_signature"]})
+        tracker.set_tags(run_id, tags)
         tracker.log_artifact(run_id, folder / "eval" / "samples.jsonl", "eval")
         tracker.log_artifact(run_id, folder / "manifest.json")
         tracker.log_artifact(run_id, folder / "resolved_config.json", "config")
@@ -504,7 +532,10 @@ def run_evaluate(run: StageRun) -> dict:
     return outcome(run.stage, COMPLETE, run_id=run_id, summary=summary)
 
 
-def _evaluate(run: StageRun, name: str, prepared: Prepared, checkpoint: Path, baseline_gold, folder: Path) -> dict:
+def _evaluate(run: StageRun, name: str, prepared: Prepared, checkpoint: Path, baseline_gold, folder: Path,
+              best_of=None) -> dict:
+    """One checkpoint's evaluation, kept in `folder` (samples.jsonl, summary.json); `best_of`: a
+    harness.metrics.evaluator.BestOf for an inference-time arm."""
     from harness.metrics.evaluator import evaluate_checkpoint
     from harness.registry import GENERATORS
 
@@ -529,12 +560,14 @@ def _evaluate(run: StageRun, name: str, prepared: Prepared, checkpoint: Path, ba
                 device=suite.device,
                 generator=generator,
                 baseline_gold=baseline_gold,
+                best_of=best_of,
             )
         with stage.writing():
             with open(folder / "samples.jsonl", "w") as handle:
                 for sample in result.samples:
                     handle.write(json.dumps(sample) + "\n")
-            write_json(folder / "summary.json", {"summary": result.summary, "bleu_signature": result.bleu_signature})
+            write_json(folder / "summary.json", {"summary": result.summary, "bleu_signature": result.bleu_signature,
+                                                 "completions_generated": result.completions_generated})
         stage.complete({"seconds": result.seconds})
         run.timings.append({"stage": f"{label} (generate)", "kind": "generate", "seconds": result.seconds["generate"]})
         run.timings.append({"stage": f"{label} (score)", "kind": "score", "seconds": result.seconds["score"]})

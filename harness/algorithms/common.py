@@ -1,9 +1,12 @@
-"""Pure tensor math shared by the PPO trainer (and the GRPO/DPO checks): no models, no I/O.
+"""Pure tensor math of the harness's own on-policy trainers (PPO, REINFORCE++: ``ppo.py``, ``onpolicy.py``,
+``reinforce_pp.py``): no models, no I/O.
 
-Every function here is specified in ``docs/PPO.md`` (the harness PPO specification) and unit-tested in
-``tests/unit/test_ppo_math.py`` against the hand-computed values of PPO.md §5.1 (U1-U20). The section of
-PPO.md (and, where the spec names one, the source it summarises) is cited beside the lines that implement
-each detail.
+Every function here is specified in ``docs/PPO.md`` (the harness PPO specification), called by those trainers
+and unit-tested in ``tests/unit/test_ppo_math.py`` against the hand-computed values of PPO.md §5.1 (U1-U12,
+U16, U18-U20). The math TRL runs for the other algorithms (GRPO advantages and loss aggregations, the DPO
+loss) is not here: its oracles live in ``tests/unit/test_trl_math.py``, checked against what TRL computes.
+The section of PPO.md (and, where the spec names one, the source it summarises) is cited beside the lines
+that implement each detail.
 
 Conventions (PPO.md §1):
 
@@ -22,21 +25,15 @@ Conventions (PPO.md §1):
 
 from __future__ import annotations
 
-import logging
 from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Literal
 
 import torch
-import torch.nn.functional as F
 
-logger = logging.getLogger(__name__)
+KLEstimator = Literal["k1", "k3"]
 
-KLEstimator = Literal["k1", "k2", "k3"]
-LossAggregation = Literal["token_mean", "seq_mean_token_mean", "seq_mean_token_sum", "token_sum_over_max_length"]
-GroupScaling = Literal["group", "batch", "none"]
-
-# Rows of [N, V] logits handled at once by the chunked log-prob / entropy / KL functions. With V = 150k and
+# Rows of [N, V] logits handled at once by the chunked log-prob and entropy functions. With V = 150k and
 # fp32 one chunk is ~600 MB at most; this bounds peak memory instead of materialising [B, L, V] (PPO.md §2.15).
 DEFAULT_LOGIT_ROWS_PER_CHUNK = 1024
 
@@ -212,15 +209,6 @@ def truncate_after_stop(response_ids: torch.Tensor, stop_ids: Iterable[int], pad
     return TruncatedResponses(response_ids=truncated_ids, mask=mask, last_index=last_index, has_stop=has_stop)
 
 
-def apply_missing_stop_penalty(scores: torch.Tensor, has_stop: torch.Tensor, penalty: float) -> torch.Tensor:
-    """Subtract ``penalty`` from the score of every response without a stop token.
-
-    PPO.md §2.3: TRL's ``missing_eos_penalty`` semantics (subtract), not OpenAI's replace-with-constant.
-    """
-    missing_stop = (~_as_bool_mask(has_stop)).to(scores.dtype)
-    return scores - penalty * missing_stop
-
-
 # ---------------------------------------------------------------------------------------------------------
 # Forward-pass inputs and alignment (PPO.md §1 "Forward-pass inputs", "Alignment")
 # ---------------------------------------------------------------------------------------------------------
@@ -269,32 +257,8 @@ def build_forward_inputs(
     return ForwardInputs(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids)
 
 
-def response_positions(per_position: torch.Tensor, prompt_length: int, response_length: int) -> torch.Tensor:
-    """Slice the outputs that belong to response actions out of ``[B, P+L, ...]`` forward outputs.
-
-    The output at absolute index ``P-1+t`` is computed from the prefix before ``y_t``: it holds the logits
-    that predict ``y_t`` and the value ``V_t`` of that state (PPO.md §1 "Alignment"; wyf3/llm_related#36 is
-    the off-by-one this prevents).
-    """
-    if prompt_length < 1:
-        raise ValueError("prompt_length must be >= 1: the first response token needs a prefix to be predicted")
-    return per_position[:, prompt_length - 1 : prompt_length - 1 + response_length]
-
-
-def score_at_last_valid_token(
-    per_position_scores: torch.Tensor, prompt_length: int, last_index: torch.Tensor
-) -> torch.Tensor:
-    """Read the reward-model output ``[B, P+L]`` at absolute index ``P + e_b``, the last real token.
-
-    PPO.md §1 "Alignment" and §2.2 step 6: with left-padded prompts the index is the same arithmetic for
-    every row, so no pad scan is needed (the scan broke under left padding in trl#2778).
-    """
-    absolute_index = (prompt_length + last_index).long().unsqueeze(1)
-    return per_position_scores.gather(1, absolute_index).squeeze(1)
-
-
 # ---------------------------------------------------------------------------------------------------------
-# Log-probs, entropy, exact KL from logits, all at temperature T (PPO.md §1 "Temperature", §2.9, §2.15, §3.3)
+# Log-probs and entropy from logits, at temperature T (PPO.md §1 "Temperature", §2.9, §2.15)
 # ---------------------------------------------------------------------------------------------------------
 
 
@@ -373,52 +337,17 @@ def entropy_from_logits(
     return torch.cat(chunk_entropies).reshape(leading_shape)
 
 
-def exact_kl_from_logits(
-    logits: torch.Tensor,
-    reference_logits: torch.Tensor,
-    temperature: float = 1.0,
-    rows_per_chunk: int = DEFAULT_LOGIT_ROWS_PER_CHUNK,
-) -> torch.Tensor:
-    """Exact per-token ``KL(pi || pi_ref) = sum_v pi(v) [log pi(v) - log pi_ref(v)]``, both at ``temperature``.
-
-    The harness evaluator's divergence (PPO.md §3.3): summed over a response and averaged over samples it is
-    an unbiased, never-negative estimate of the sequence KL with far lower variance than sum of k1 (U17).
-    """
-    _check_temperature(temperature)
-    if logits.shape != reference_logits.shape:
-        raise ValueError("logits and reference_logits must have the same shape")
-    flat_logits, leading_shape = _flatten_logits(logits)
-    flat_reference_logits, _ = _flatten_logits(reference_logits)
-    chunk_divergences = []
-    for start in range(0, flat_logits.shape[0], rows_per_chunk):
-        policy_logprobs = torch.log_softmax(
-            _at_least_fp32(flat_logits[start : start + rows_per_chunk]) / temperature, dim=1
-        )
-        reference_logprobs = torch.log_softmax(
-            _at_least_fp32(flat_reference_logits[start : start + rows_per_chunk]) / temperature, dim=1
-        )
-        chunk_divergences.append((policy_logprobs.exp() * (policy_logprobs - reference_logprobs)).sum(dim=1))
-    if not chunk_divergences:
-        return flat_logits.new_zeros(leading_shape, dtype=torch.promote_types(flat_logits.dtype, torch.float32))
-    return torch.cat(chunk_divergences).reshape(leading_shape)
-
-
 # ---------------------------------------------------------------------------------------------------------
 # KL estimators (PPO.md §2.4, §2.9 statistics, U8-U10; Schulman, "Approximating KL Divergence")
 # ---------------------------------------------------------------------------------------------------------
 # Convention: ``logp_sampled`` is the log-prob under the distribution the tokens were sampled from (q), and
-# ``logp_other`` under the other one (p). With log r = logp_other - logp_sampled, every estimator has
-# expectation (k2: approximately) KL(q || p) under q.
+# ``logp_other`` under the other one (p). With log r = logp_other - logp_sampled, both estimators have
+# expectation KL(q || p) under q.
 
 
 def kl_k1(logp_sampled: torch.Tensor, logp_other: torch.Tensor) -> torch.Tensor:
     """``k1 = log q - log p = -log r``: unbiased for KL(q||p), can be negative per token (PPO.md §2.4)."""
     return logp_sampled - logp_other
-
-
-def kl_k2(logp_sampled: torch.Tensor, logp_other: torch.Tensor) -> torch.Tensor:
-    """``k2 = (log r)^2 / 2``: non-negative but biased (+mu^4/8 for unit Gaussians, U9); logging only."""
-    return 0.5 * (logp_other - logp_sampled) ** 2
 
 
 def kl_k3(logp_sampled: torch.Tensor, logp_other: torch.Tensor) -> torch.Tensor:
@@ -429,14 +358,13 @@ def kl_k3(logp_sampled: torch.Tensor, logp_other: torch.Tensor) -> torch.Tensor:
 
 
 def kl_estimate(logp_sampled: torch.Tensor, logp_other: torch.Tensor, estimator: KLEstimator) -> torch.Tensor:
-    """Dispatch to :func:`kl_k1`, :func:`kl_k2` or :func:`kl_k3` by name."""
+    """Dispatch to :func:`kl_k1` or :func:`kl_k3` by name. k2 ``(log r)^2 / 2`` is not offered: it is biased
+    (``+mu^4/8`` for unit Gaussians) and must never go in the reward (PPO.md §2.4, U9)."""
     if estimator == "k1":
         return kl_k1(logp_sampled, logp_other)
-    if estimator == "k2":
-        return kl_k2(logp_sampled, logp_other)
     if estimator == "k3":
         return kl_k3(logp_sampled, logp_other)
-    raise ValueError(f"unknown KL estimator {estimator!r}; expected 'k1', 'k2' or 'k3'")
+    raise ValueError(f"unknown KL estimator {estimator!r}; expected 'k1' or 'k3'")
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -480,17 +408,8 @@ def per_token_rewards(
     return rewards, per_token_kl
 
 
-def whiten_token_rewards(rewards: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-    """Optional reward whitening over all valid tokens of the rollout batch, keeping the mean.
-
-    PPO.md §2.5: masked whitening with ``shift_mean=False`` (TRL ``whiten_rewards``), then zero the masked
-    positions again (done inside :func:`masked_whiten`). Off by default in the harness.
-    """
-    return masked_whiten(rewards, mask, shift_mean=False)
-
-
 # ---------------------------------------------------------------------------------------------------------
-# GAE and advantage whitening (PPO.md §2.6, §2.7, U6, U7)
+# GAE (PPO.md §2.6, U6, U7)
 # ---------------------------------------------------------------------------------------------------------
 
 
@@ -532,49 +451,8 @@ def gae_advantages_and_returns(
     return _zero_outside_mask(advantages, bool_mask), _zero_outside_mask(returns, bool_mask)
 
 
-def gae_advantages_closed_form(
-    rewards: torch.Tensor,
-    values: torch.Tensor,
-    mask: torch.Tensor,
-    gamma: float = 1.0,
-    lam: float = 0.95,
-) -> torch.Tensor:
-    """Loop-free GAE: ``A_t = sum_{k >= t} (gamma lam)^(k-t) delta_k`` as one ``[L, L]`` matrix product.
-
-    An independent implementation used to cross-check :func:`gae_advantages_and_returns` (PPO.md §2.6
-    "A faster scan must match the loop"; U7; lm-human-preference-details ``tests/test_gae.py``). Costs
-    ``O(L^2)`` memory, so the loop stays the default.
-    """
-    bool_mask = _as_bool_mask(mask)
-    masked_values = _zero_outside_mask(values, bool_mask)
-    masked_rewards = _zero_outside_mask(rewards, bool_mask)
-    next_values = torch.cat([masked_values[:, 1:], torch.zeros_like(masked_values[:, :1])], dim=1)
-    deltas = masked_rewards + gamma * next_values - masked_values
-    response_length = rewards.shape[1]
-    positions = torch.arange(response_length, device=rewards.device)
-    steps_ahead = positions.unsqueeze(0) - positions.unsqueeze(1)  # [t, k] -> k - t
-    decay = torch.tensor(gamma * lam, dtype=deltas.dtype, device=deltas.device)
-    # Upper-triangular discount matrix; (gamma lam)^0 = 1 on the diagonal even when gamma lam = 0.
-    discount = torch.where(
-        steps_ahead >= 0,
-        decay ** steps_ahead.clamp(min=0).to(deltas.dtype),
-        torch.zeros((), dtype=deltas.dtype, device=deltas.device),
-    )
-    advantages = deltas @ discount.T
-    return _zero_outside_mask(advantages, bool_mask)
-
-
-def whiten_advantages(advantages: torch.Tensor, mask: torch.Tensor, eps: float = 1e-8) -> torch.Tensor:
-    """Whiten advantages once per rollout over all valid tokens of the whole batch, then re-mask.
-
-    PPO.md §2.7: ``(A - mu) / sqrt(sigma^2 + 1e-8)`` with the masked mean and the masked *unbiased* variance;
-    padding never enters the statistics (SkyRL#1782). Multi-rank callers must all-reduce the sums first.
-    """
-    return masked_whiten(advantages, mask, shift_mean=True, unbiased=True, eps=eps)
-
-
 # ---------------------------------------------------------------------------------------------------------
-# Losses with global-token-count aggregation (PPO.md §2.8, §2.9, U11, U12, U14)
+# Losses with global-token-count aggregation (PPO.md §2.8, §2.9, U11, U12)
 # ---------------------------------------------------------------------------------------------------------
 
 
@@ -696,136 +574,6 @@ def token_sum_over_count(
     return masked_sum(per_token_values, mask) / token_count
 
 
-def aggregate_token_losses(
-    per_token_loss: torch.Tensor,
-    mask: torch.Tensor,
-    mode: LossAggregation = "token_mean",
-    token_count: float | torch.Tensor | None = None,
-    max_length: int | None = None,
-) -> torch.Tensor:
-    """Reduce ``[B, L]`` per-token losses to a scalar with the named aggregation (PPO.md §3.1, U14).
-
-    - ``token_mean`` (PPO, TRL ``bnpo``/``dapo``): ``sum(l m) / token_count``, where ``token_count``
-      defaults to this batch's valid-token count; pass the global count for exact accumulation (§2.8).
-    - ``seq_mean_token_mean`` (TRL ``grpo``): mean over sequences of each sequence's token-mean
-      (length-biased).
-    - ``seq_mean_token_sum``: mean over sequences of each sequence's token-sum.
-    - ``token_sum_over_max_length`` (TRL ``dr_grpo``): ``sum(l m) / (B * max_length)``.
-    """
-    bool_mask = _as_bool_mask(mask)
-    if mode == "token_mean":
-        count = masked_count(bool_mask) if token_count is None else token_count
-        return masked_sum(per_token_loss, bool_mask) / count
-    if mode == "seq_mean_token_mean":
-        return masked_mean(per_token_loss, bool_mask, dim=1).mean()
-    if mode == "seq_mean_token_sum":
-        return masked_sum(per_token_loss, bool_mask, dim=1).mean()
-    if mode == "token_sum_over_max_length":
-        if max_length is None:
-            raise ValueError("token_sum_over_max_length needs max_length (the configured L_max)")
-        return masked_sum(per_token_loss, bool_mask) / (per_token_loss.shape[0] * max_length)
-    raise ValueError(f"unknown loss aggregation {mode!r}")
-
-
-# ---------------------------------------------------------------------------------------------------------
-# Statistics (PPO.md §2.9 "Statistics collected", §2.13)
-# ---------------------------------------------------------------------------------------------------------
-
-
-def approx_kl_statistics(
-    logp_new: torch.Tensor, logp_old: torch.Tensor, mask: torch.Tensor
-) -> dict[str, torch.Tensor]:
-    """Masked means of k1, k2 and k3 from the old (sampling) policy to the new one (PPO.md §2.9, U11).
-
-    The harness logs k3 as ``approx_kl`` (CleanRL) and k1 beside it; k2 is what TRL logged. No clamp here, so
-    these are the raw estimators (the loss clamps the log-ratio at +-20 for safety only).
-    """
-    with torch.no_grad():
-        return {
-            "k1": masked_mean(kl_k1(logp_old, logp_new), mask),
-            "k2": masked_mean(kl_k2(logp_old, logp_new), mask),
-            "k3": masked_mean(kl_k3(logp_old, logp_new), mask),
-        }
-
-
-def ratio_statistics(ratio: torch.Tensor, mask: torch.Tensor) -> dict[str, torch.Tensor]:
-    """Mean, population variance, min and max of the importance ratio over valid tokens (PPO.md §2.13).
-
-    The population variance is used so that a single valid token still gives a defined (zero) spread.
-    """
-    with torch.no_grad():
-        mean = masked_mean(ratio, mask)
-        variance = masked_mean((ratio - mean) ** 2, mask)
-        minimum, maximum = masked_min_max(ratio, mask)
-        return {"mean": mean, "var": variance, "min": minimum, "max": maximum}
-
-
-def explained_variance(returns: torch.Tensor, values: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-    """``1 - Var(G - V) / Var(G)`` over valid tokens (CleanRL; PPO.md §2.13 ``val/explained_variance``).
-
-    Undefined when the returns have zero variance; 0 is returned then (the critic explains nothing beyond a
-    constant), so the logged value stays finite.
-    """
-    with torch.no_grad():
-        returns_variance = masked_var(returns, mask)
-        residual_variance = masked_var(returns - values, mask)
-        returns_vary = returns_variance > 0
-        # Divide by 1 where Var(G) = 0 so the unused branch of torch.where cannot produce inf/NaN.
-        safe_variance = torch.where(returns_vary, returns_variance, torch.ones_like(returns_variance))
-        return torch.where(returns_vary, 1.0 - residual_variance / safe_variance, torch.zeros_like(safe_variance))
-
-
-def rollout_objective_statistics(
-    scores: torch.Tensor,
-    raw_scores: torch.Tensor,
-    logp_old: torch.Tensor,
-    logp_ref: torch.Tensor,
-    mask: torch.Tensor,
-    kl_coef: float,
-) -> dict[str, torch.Tensor]:
-    """The ``objective/*`` statistics of PPO.md §2.13 (entropy excepted: it needs logits).
-
-    - ``objective/kl``: batch mean of the sequence KL ``sum_t m k1_t`` (nats; may be slightly negative,
-      trl#925), ``objective/kl_k3`` the non-negative cross-check, ``objective/kl_per_token`` = ``sum m k1 /
-      sum m``.
-    - ``objective/non_score_reward`` = batch mean of ``sum_t m (-beta k1_t)``; ``objective/rlhf_reward`` =
-      scores + non_score_reward (= score - beta KL; TRL's docs word this sloppily, PPO.md §6.8).
-    All tensors stay on the device; the caller calls ``.item()`` once per rollout.
-    """
-    with torch.no_grad():
-        per_token_k1 = kl_k1(logp_old, logp_ref)
-        per_token_k3 = kl_k3(logp_old, logp_ref)
-        sequence_kl = masked_sum(per_token_k1, mask, dim=1)
-        sequence_kl_k3 = masked_sum(per_token_k3, mask, dim=1)
-        mean_score = scores.float().mean()
-        non_score_reward = (-kl_coef * sequence_kl).mean()
-        return {
-            "objective/scores": mean_score,
-            "objective/scores_raw": raw_scores.float().mean(),
-            "objective/kl": sequence_kl.mean(),
-            "objective/kl_k3": sequence_kl_k3.mean(),
-            "objective/kl_per_token": masked_sum(per_token_k1, mask) / masked_count(mask).clamp(min=1.0),
-            "objective/non_score_reward": non_score_reward,
-            "objective/rlhf_reward": mean_score + non_score_reward,
-            "objective/kl_coef": torch.tensor(float(kl_coef)),
-        }
-
-
-def response_length_statistics(mask: torch.Tensor, has_stop: torch.Tensor) -> dict[str, torch.Tensor]:
-    """``response/*`` statistics of PPO.md §2.13 from the response mask and the stop flags."""
-    with torch.no_grad():
-        lengths = masked_count(mask, dim=1)
-        stop_fraction = _as_bool_mask(has_stop).float().mean()
-        return {
-            "response/length_mean": lengths.mean(),
-            "response/length_min": lengths.min(),
-            "response/length_max": lengths.max(),
-            "response/frac_with_stop": stop_fraction,
-            # No stop token means the response was cut at the maximum length (PPO.md §1).
-            "response/frac_truncated": 1.0 - stop_fraction,
-        }
-
-
 # ---------------------------------------------------------------------------------------------------------
 # KL coefficient controllers (PPO.md §2.10, U18)
 # ---------------------------------------------------------------------------------------------------------
@@ -862,63 +610,3 @@ class AdaptiveKLController:
         proportional_error = min(max(float(current_kl) / self.target - 1.0, -0.2), 0.2)
         self.value *= 1.0 + proportional_error * n_steps / self.horizon
         return self.value
-
-
-# ---------------------------------------------------------------------------------------------------------
-# GRPO and DPO reference math, for the fairness checks (PPO.md §3.1, §3.2, §4.2, §4.3, U13, U15)
-# ---------------------------------------------------------------------------------------------------------
-
-
-def group_relative_advantages(
-    rewards: torch.Tensor, group_size: int, scale: GroupScaling = "group", eps: float = 1e-4
-) -> torch.Tensor:
-    """GRPO advantages for ``[n_groups * group_size]`` rewards laid out group by group.
-
-    ``A = (R - mean_group R) / (std R + eps)`` with the unbiased (Bessel) std of the group (``"group"``,
-    TRL default) or of the whole batch (``"batch"``), or no scaling (``"none"``, Dr. GRPO). Groups of size 1
-    give 0, not NaN (verl's convention; PPO.md §4.2 item 2); zero-variance groups give 0 (item 3).
-    """
-    if rewards.dim() != 1 or rewards.numel() % group_size != 0:
-        raise ValueError("rewards must be 1-D with a length divisible by group_size")
-    grouped_rewards = rewards.reshape(-1, group_size)
-    if group_size == 1:
-        return torch.zeros_like(rewards)
-    centred = grouped_rewards - grouped_rewards.mean(dim=1, keepdim=True)
-    if scale == "none":
-        return centred.reshape(-1)
-    if scale == "group":
-        standard_deviation = grouped_rewards.std(dim=1, unbiased=True, keepdim=True)
-    elif scale == "batch":
-        standard_deviation = rewards.std(unbiased=True)
-    else:
-        raise ValueError(f"unknown GRPO reward scaling {scale!r}")
-    return (centred / (standard_deviation + eps)).reshape(-1)
-
-
-@dataclass(frozen=True)
-class DPOLossOutput:
-    """Per-pair sigmoid DPO losses and the implicit rewards ``beta (log pi - log pi_ref)`` (PPO.md §3.2)."""
-
-    losses: torch.Tensor
-    chosen_rewards: torch.Tensor
-    rejected_rewards: torch.Tensor
-
-
-def dpo_sigmoid_loss(
-    policy_chosen_logps: torch.Tensor,
-    policy_rejected_logps: torch.Tensor,
-    reference_chosen_logps: torch.Tensor,
-    reference_rejected_logps: torch.Tensor,
-    beta: float,
-) -> DPOLossOutput:
-    """``-logsigmoid(beta [(pi_c - pi_r) - (ref_c - ref_r)])`` per pair (PPO.md §4.3, U15).
-
-    Inputs are *sums* of completion-token log-probs. ``F.logsigmoid`` is used, never ``log(sigmoid(x))``,
-    which underflows to -inf below x of about -103 in fp32.
-    """
-    logits = (policy_chosen_logps - policy_rejected_logps) - (reference_chosen_logps - reference_rejected_logps)
-    losses = -F.logsigmoid(beta * logits)
-    with torch.no_grad():
-        chosen_rewards = beta * (policy_chosen_logps - reference_chosen_logps)
-        rejected_rewards = beta * (policy_rejected_logps - reference_rejected_logps)
-    return DPOLossOutput(losses=losses, chosen_rewards=chosen_rewards, rejected_rewards=rejected_rewards)

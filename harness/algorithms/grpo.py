@@ -7,22 +7,27 @@ penalty); advantages normalised within each group (PPO.md §3.1); the clipped su
 the frozen SFT reference in the loss, multiplied by the importance ratio (`use_bias_correction_kl`) so that
 the penalised divergence is the reverse KL(π‖π_ref) PPO penalises (PPO.md §3.1, U10).
 
-Every TRL default that changes a comparison is set here from our config (PPO.md §3.1): beta (TRL: 0.0, no
-reference at all), loss_type (token-sum over the global token count, "dapo"), scale_rewards, epsilon,
-num_iterations, dropout off (TRL leaves it on), and the suite's shared sampling settings (temperature,
-top_k=0, top_p=1, max_new_tokens) that PPO uses too.
+Every TRL setting that changes results is a field of Config, passed to GRPOConfig explicitly and logged with
+the Config (PPO.md §3.1), because TRL's defaults moved between releases and will again: beta (TRL 1.16: 0.0,
+no reference at all), loss_type (token sum over the global token count, "dapo"), scale_rewards,
+use_bias_correction_kl, mask_truncated_completions, epsilon and epsilon_high (the clip range's two sides),
+importance_sampling_level, num_iterations and steps_per_generation; the GRPOTrainer features we never use
+(entropy bonus, high-entropy token selection, two-sided clipping, off-policy masking, reference syncing) are
+pinned off in trl_online.GRPO_FEATURES_OFF. Dropout is off (PPO.md §3.1), and the suite's shared sampling
+settings (temperature, top_k=0, top_p=1, max_new_tokens) are the ones PPO uses too.
+
+Departures from the paper: the paper's loss averages each completion's tokens then the group ("grpo");
+ours defaults to the token sum over the batch's tokens ("dapo"), PPO's aggregation, so that GRPO and PPO
+differ in their advantage only. The paper's KL estimator is k3 without the ratio factor; ours multiplies by
+it (use_bias_correction_kl, above), which changes the KL gradient only.
 
 On CUDA, `use_vllm` makes TRL sample the rollouts with vLLM (colocated on the training GPU, or from a
 `trl vllm-serve` server); TRL then corrects the sampler mismatch by importance sampling unless
 `vllm_importance_sampling_correction` is off. On CPU it is refused at train start (TRL's colocate fails).
 
-Several processes (`accelerate launch`, DESIGN.md §9): `prompts_per_step` is global. TRL's
-`per_device_train_batch_size` counts completions, so each of the W processes gets
-`prompts_per_step * num_generations / W` completions per step (W must divide it; no gradient accumulation),
-and one optimizer step still consumes `prompts_per_step` prompts and generates `prompts_per_step *
-num_generations` completions whatever W. TRL's sampler hands the G completions of a prompt to whichever ranks
-hold them and gathers the rewards before the group advantages; the "dapo" loss divides by the global
-active-token count. Its logged statistics are gathered over ranks, so the spend derived from them is global.
+Training, sampling, budget, snapshots, resume and several processes: harness/algorithms/trl_online.py, shared
+with dr_grpo, dapo, gspo and rloo. With several processes the "dapo" loss divides by the global active-token
+count.
 """
 
 from __future__ import annotations
@@ -62,13 +67,24 @@ class Config:
     lr_scheduler: str = "linear"
     # transformers scheduler name
     loss_type: str = "dapo"
-    # token aggregation: "dapo" = token sum over the global active-token count (PPO's aggregation)
+    # token aggregation: "dapo" = token sum over the global active-token count (PPO's aggregation); "grpo" =
+    # mean over each completion's tokens, then over completions (the paper's); "dr_grpo" = token sum over
+    # completions x max_new_tokens; "bnpo" = token sum over this process's active-token count
     scale_rewards: str = "group"
     # advantage scale: "group" (std within the group), "batch", or "none" (Dr. GRPO)
     epsilon: float = 0.2
-    # clip range of the importance ratio
+    # clip range of the importance ratio, lower side: ratio >= 1 - epsilon
+    epsilon_high: float = 0.2
+    # clip range, upper side: ratio <= 1 + epsilon_high (DAPO's clip-higher when above epsilon)
+    importance_sampling_level: str = "token"
+    # "token": one ratio per token; "sequence": one per completion, the mean of its token log-ratios (GSPO)
+    mask_truncated_completions: bool = False
+    # leave completions that hit max_new_tokens without stopping out of the loss (DAPO's overlong filtering);
+    # they still count in their group's advantage baseline
     num_iterations: int = 1
-    # optimisation passes per generated batch (1 = the ratio is 1 and the clip never fires)
+    # optimisation passes per generated batch (1 with steps_per_generation 1 = the ratio is 1, no clipping)
+    steps_per_generation: int = 1
+    # optimizer steps per rollout: the rollout holds this many steps' prompts, split into minibatches
     use_bias_correction_kl: bool = True
     # multiply k3 by the ratio: the gradient of the reverse KL, as PPO penalises (PPO.md §3.1)
     use_vllm: bool = False
@@ -92,7 +108,11 @@ class Config:
         require(self.loss_type in ("grpo", "bnpo", "dapo", "dr_grpo"), "loss_type", "must be grpo, bnpo, dapo or dr_grpo")
         require(self.scale_rewards in ("group", "batch", "none"), "scale_rewards", "must be group, batch or none")
         require(0 < self.epsilon < 1, "epsilon", "must be in (0, 1)")
+        require(self.epsilon_high >= self.epsilon, "epsilon_high", "must be >= epsilon")
+        require(self.importance_sampling_level in ("token", "sequence"), "importance_sampling_level",
+                "must be token or sequence")
         require(self.num_iterations > 0, "num_iterations", "must be > 0")
+        require(self.steps_per_generation > 0, "steps_per_generation", "must be > 0")
         require(self.vllm_mode in ("colocate", "server"), "vllm_mode", "must be colocate or server")
         require(0 < self.vllm_gpu_memory_utilization <= 1, "vllm_gpu_memory_utilization", "must be in (0, 1]")
         require(bool(self.vllm_server_host), "vllm_server_host", "must not be empty")
@@ -100,91 +120,29 @@ class Config:
 
 
 def train(context):
-    from datasets import Dataset
     from trl import GRPOConfig, GRPOTrainer
 
-    from harness.algorithms.context import TrainResult
-    from harness.algorithms.trl_support import (
-        attach_trainer,
-        check_process_group,
-        common_training_arguments,
-        grpo_sequence_kl,
-        harness_callbacks,
-        per_device_batch_size,
-        save_trained_policy,
-        silence_console_logging,
-        steps_for_budget,
-        train_resuming,
-    )
-    from harness.algorithms.lora import peft_config
-    from harness.modeling import load_tokenizer
+    from harness.algorithms.trl_online import GRPO_FEATURES_OFF, train_online
+    from harness.algorithms.trl_support import grpo_sequence_kl
 
     config: Config = context.config
     check_vllm_rollouts_possible(config)
-    sampling = context.suite.sampling
-    tokenizer = load_tokenizer(context.base_dir)
-    prompts = context.task_data.train_prompts
-    if not prompts:
-        raise ValueError("the task produced no training prompts for GRPO")
-    steps = steps_for_budget(context.suite.budget, config.prompts_per_step, config.num_generations)
-    completions_per_step = config.prompts_per_step * config.num_generations
-
-    arguments = GRPOConfig(
-        **common_training_arguments(
-            context.suite,
-            context.seed,
-            context.output_dir,
-            learning_rate=config.learning_rate,
-            lr_scheduler=config.lr_scheduler,
-            max_steps=steps,
-        ),
-        # TRL counts completions, not prompts; the global batch stays completions_per_step (module docstring).
-        per_device_train_batch_size=per_device_batch_size(
-            completions_per_step, "algorithms.grpo.prompts_per_step x num_generations"
-        ),
-        num_generations=config.num_generations,
+    objective = dict(
         beta=config.beta,
         loss_type=config.loss_type,
         scale_rewards=config.scale_rewards,
         epsilon=config.epsilon,
+        epsilon_high=config.epsilon_high,
+        importance_sampling_level=config.importance_sampling_level,
+        mask_truncated_completions=config.mask_truncated_completions,
         num_iterations=config.num_iterations,
+        steps_per_generation=config.steps_per_generation,
         use_bias_correction_kl=config.use_bias_correction_kl,
-        disable_dropout=True,
-        temperature=sampling.temperature,
-        top_k=sampling.top_k,
-        top_p=sampling.top_p,
-        repetition_penalty=1.0,
-        max_completion_length=sampling.max_new_tokens,
-        mask_truncated_completions=False,
-        shuffle_dataset=True,
-        log_completions=False,
+        **GRPO_FEATURES_OFF,
         **vllm_rollout_arguments(config),
     )
-    check_process_group(arguments.world_size)  # ranks that did not join one group would each train alone
-    trainer = GRPOTrainer(
-        model=str(context.base_dir),
-        reward_funcs=[_trl_reward_function(context.reward_function, tokenizer.eos_token_id)],
-        args=arguments,
-        train_dataset=Dataset.from_list([{"prompt": prompt} for prompt in prompts]),
-        processing_class=tokenizer,
-        peft_config=peft_config(context.suite, "grpo"),
-        callbacks=harness_callbacks(context.log_metrics, context.progress, context, steps, watched=WATCHED,
-                                    sequence_kl=grpo_sequence_kl),
-    )
-    attach_trainer(trainer)  # snapshots gather sharded weights through it (ZeRO-3, FSDP)
-    silence_console_logging(trainer)
-    train_resuming(trainer, context.output_dir)
-    checkpoint = save_trained_policy(trainer, context.base_dir, tokenizer, context.output_dir)
-    return TrainResult(
-        checkpoint_dir=checkpoint,
-        final_step=trainer.state.global_step,
-        spend={  # global: prompts and completions of all ranks
-            "prompts_seen": float(steps * config.prompts_per_step),
-            "completions_generated": float(steps * completions_per_step),
-            "tokens_generated": float(_completion_tokens(trainer)),
-            "optimizer_steps": float(trainer.state.global_step),
-        },
-    )
+    return train_online(context, trainer_class=GRPOTrainer, config_class=GRPOConfig, objective=objective,
+                        watched=WATCHED, sequence_kl=grpo_sequence_kl)
 
 
 def check_vllm_rollouts_possible(config: Config) -> None:
@@ -222,25 +180,3 @@ def vllm_rollout_arguments(config: Config) -> dict:
         arguments["vllm_server_host"] = config.vllm_server_host
         arguments["vllm_server_port"] = config.vllm_server_port
     return arguments
-
-
-def _trl_reward_function(reward_function, eos_token_id: int):
-    """Adapt the harness's (prompts, completions, stopped) reward to TRL's reward-function signature."""
-
-    def training_reward(prompts, completions, completion_ids, **_):
-        # TRL keeps the EOS token in completion_ids when the completion stopped (grpo_trainer, EOS masking).
-        stopped = [bool(ids) and ids[-1] == eos_token_id for ids in completion_ids]
-        return reward_function(list(prompts), list(completions), stopped)
-
-    return training_reward
-
-
-def _completion_tokens(trainer) -> float:
-    """Generated tokens: TRL logs the mean completion length per step, over the completions gathered from all
-    ranks; sum mean x global completions per step (per device x processes) over steps."""
-    global_batch = trainer.args.per_device_train_batch_size * trainer.args.world_size
-    total = 0.0
-    for entry in trainer.state.log_history:
-        if "completions/mean_length" in entry:
-            total += entry["completions/mean_length"] * global_batch
-    return total

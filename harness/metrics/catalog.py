@@ -48,7 +48,8 @@ METRICS: dict[str, MetricInfo] = _catalog(
     MetricInfo(
         "kl",
         "lower",
-        "exact KL(policy||reference) over the vocabulary, summed over the response (nats)",
+        "exact KL(policy||reference) over the vocabulary, summed over the response (nats); for best-of-n "
+        "the analytic upper bound log n - (n-1)/n (tag harness.kl_is_bound)",
     ),
     MetricInfo(
         "kl_k1",

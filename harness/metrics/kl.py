@@ -31,21 +31,6 @@ def _tempered_log_probs(logits: torch.Tensor, temperature: float) -> torch.Tenso
     return torch.log_softmax(logits.float() / temperature, dim=-1)
 
 
-def exact_token_kl(
-    policy_logits: torch.Tensor,
-    reference_logits: torch.Tensor,
-    temperature: float = 1.0,
-) -> torch.Tensor:
-    """Exact KL(p || q) over the vocabulary at every position: Σ_v p(v)·[log p(v) − log q(v)].
-
-    Logits have shape [..., V]; the result has shape [...]. Both distributions are tempered by T,
-    because the reference must see the same temperature as the policy (docs/PPO.md §6.5).
-    """
-    policy_log_probs = _tempered_log_probs(policy_logits, temperature)
-    reference_log_probs = _tempered_log_probs(reference_logits, temperature)
-    return _exact_kl_from_log_probs(policy_log_probs, reference_log_probs)
-
-
 def _exact_kl_from_log_probs(
     policy_log_probs: torch.Tensor, reference_log_probs: torch.Tensor
 ) -> torch.Tensor:

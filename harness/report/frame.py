@@ -5,7 +5,9 @@ the tracking server regenerates the same report. Every name it reads (experiment
 artifact paths) comes from `harness.record`, the schema the writers use:
 
 - experiment ``harness/<suite>``; a parent run per invocation and a child run per cell (kind ``cell``);
-- cell tags: algorithm, seed, cell, cell hash, status, failure, generator, prompt format, training reward;
+- cell tags: algorithm (the arm: "dpo@beta=0.03" for a sweep point), its registry algorithm, sweep point and
+  family, whether its KL is a bound, seed, cell, cell hash, status, failure, generator, prompt format, training
+  reward; runs written before the arm tags fall back to what the arm's name and the algorithm's module say;
 - metrics ``eval/<name>`` (final), ``train/<name>`` (history), ``cost/<name>``;
 - params: the flattened resolved config; artifact ``eval/samples.jsonl``.
 
@@ -17,18 +19,21 @@ seeds of one configuration group together and a changed configuration stands apa
 
 from __future__ import annotations
 
+import functools
 import logging
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
+    from collections.abc import Callable
+
     import pandas as pd
 
 from harness import record
 from harness.record import (
     COST_PREFIX,
     EVAL_PREFIX,
-    SAMPLES_ARTIFACT,
     experiment_name,
 )
 
@@ -71,7 +76,11 @@ CONFIG_KEY_LENGTH = 8
 IDENTITY_COLUMNS = [
     "run_id",
     "suite",
-    "algorithm",
+    "algorithm",  # the arm: each arm (an algorithm at one sweep point) is its own row of the report
+    "algorithm_name",  # the arm's registry algorithm
+    "sweep_point",  # "beta=0.03"; "" when not swept
+    "family",  # one of record.FAMILIES; None when neither the run nor the module says
+    "kl_is_bound",  # True where eval/kl is an analytic upper bound (best-of-n), not an estimate
     "seed",
     "cell",
     "cell_hash",
@@ -91,6 +100,58 @@ _PAGE_SIZE = 1000
 
 class ReportError(Exception):
     """A report cannot be built from what MLflow holds; the message is one line for the user."""
+
+
+# --- what each algorithm's module declares (harness/registry.py) ----------------------------------------
+
+
+@dataclass(frozen=True)
+class AlgorithmInfo:
+    """The metadata the report reads from an algorithm's module."""
+
+    family: str | None
+    curves: tuple[str, ...]  # its own train/* curves (names without the prefix)
+    describe_data: "Callable[[dict], str] | None"
+
+
+_NO_INFO = AlgorithmInfo(family=None, curves=(), describe_data=None)
+
+
+@functools.lru_cache(maxsize=None)
+def algorithm_info(name: str) -> AlgorithmInfo:
+    """What `name`'s module declares; nothing for the baseline, an unknown name or a module that does not
+    import (a report of old runs must not depend on every algorithm's code importing today)."""
+    from harness.registry import ALGORITHMS
+
+    if name == BASELINE_ALGORITHM or name not in ALGORITHMS:
+        return _NO_INFO
+    try:
+        module = ALGORITHMS.get(name)
+    except Exception as error:  # any import failure: the report goes on without this module's metadata
+        logger.warning("algorithm '%s' does not import (%s); the report has no metadata for it", name,
+                       str(error).splitlines()[0] if str(error) else type(error).__name__)
+        return _NO_INFO
+    describe = getattr(module, "describe_data", None)
+    return AlgorithmInfo(
+        family=getattr(module, "FAMILY", None),
+        curves=tuple(getattr(module, "CURVES", ())),
+        describe_data=describe if callable(describe) else None,
+    )
+
+
+# The train/ curves every training algorithm logs under one name and unit (record.TRAIN_*); the budget fraction
+# is the x-axis of every curve, not a curve of its own.
+SHARED_CURVES = (record.TRAIN_KL_PER_SEQUENCE,)
+CURVE_X = record.TRAIN_BUDGET_FRACTION
+
+
+def training_curve_metrics(algorithms) -> tuple[str, ...]:
+    """The train/* metric names the report reads for `algorithms` (registry names or arms): the x-axis, the
+    shared curves, then each algorithm's own CURVES."""
+    names = [CURVE_X, *SHARED_CURVES]
+    for algorithm in algorithm_order({record.algorithm_of(arm) for arm in algorithms}):
+        names += algorithm_info(algorithm).curves
+    return tuple(record.TRAIN_PREFIX + name for name in dict.fromkeys(names))
 
 
 def algorithm_order(algorithms) -> list[str]:
@@ -206,10 +267,15 @@ def _run_row(run, suite: str) -> dict | None:
     if status == FAILED and not failure and run.info.status == "FAILED":
         failure = f"the MLflow run ended as FAILED without a {record.TAG_FAILURE} tag"
 
+    name = tags.get(record.TAG_FAMILY_ALGORITHM) or record.algorithm_of(algorithm)
     row = {
         "run_id": run.info.run_id,
         "suite": tags.get(record.TAG_SUITE, suite),
         "algorithm": algorithm,
+        "algorithm_name": name,
+        "sweep_point": tags.get(record.TAG_SWEEP_POINT, record.sweep_point_of(algorithm)),
+        "family": tags.get(record.TAG_FAMILY) or algorithm_info(name).family,
+        "kl_is_bound": tags.get(record.TAG_KL_IS_BOUND) == "true",
         "seed": seed,
         "cell": tags.get(record.TAG_CELL, f"{algorithm}-s{seed}"),
         "cell_hash": tags.get(record.TAG_CELL_HASH, ""),
@@ -247,8 +313,14 @@ def config_params(algorithm: str, params: dict) -> dict:
 
 
 def trains_with_lora(params: dict, stage: str) -> bool:
-    """Whether a cell's logged params say `stage` (sft for the baseline) trained LoRA adapters."""
-    return params.get("lora.enabled") == "True" and f"'{stage}'" in str(params.get("lora.stages", ""))
+    """Whether a cell's logged params say `stage` (sft for the baseline) trained LoRA adapters: named in
+    lora.stages, or an algorithm that trains the policy under its "algorithms" entry (config.EVERY_ALGORITHM)."""
+    from harness.config import EVERY_ALGORITHM, trains_with_adapters
+
+    stages = str(params.get("lora.stages", ""))
+    every_algorithm = f"'{EVERY_ALGORITHM}'" in stages and stage != record.BASELINE and trains_with_adapters(stage)
+    named = f"'{stage}'" in stages or every_algorithm
+    return params.get("lora.enabled") == "True" and named
 
 
 def config_key(algorithm: str, params: dict) -> str:
@@ -405,22 +477,3 @@ def tidy(df: "pd.DataFrame", samples: dict | None = None) -> "pd.DataFrame":
     long = long.dropna(subset=["value"])
     long["direction"] = long["metric"].map(metric_direction)
     return long[columns].reset_index(drop=True)
-
-
-def load_samples(tracking_uri: str, run_id: str) -> "pd.DataFrame":
-    """The per-sample table of one cell (eval/samples.jsonl), one row per generated completion."""
-    import tempfile
-
-    import pandas as pd
-    from mlflow.exceptions import MlflowException
-
-    client = open_client(tracking_uri)
-    with tempfile.TemporaryDirectory(prefix="harness-samples-") as scratch:
-        try:
-            local_path = client.download_artifacts(run_id, SAMPLES_ARTIFACT, dst_path=scratch)
-        except (MlflowException, OSError) as error:
-            raise ReportError(f"run {run_id} at {tracking_uri} has no readable {SAMPLES_ARTIFACT}: {error}") from error
-        path = Path(local_path)
-        if path.stat().st_size == 0:
-            return pd.DataFrame()
-        return pd.read_json(path, lines=True)

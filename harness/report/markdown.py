@@ -13,19 +13,28 @@ import re
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from harness import record
 from harness.record import experiment_name
+from harness.report import frontier
 from harness.report.frame import (
     BASELINE_ALGORITHM,
     COMPLETE,
     COST_METRICS,
     EVALUATION_PARAM_PREFIX,
     FAILED,
+    algorithm_info,
     algorithm_order,
     complete_cells,
     split_configurations,
     trains_with_lora,
 )
-from harness.report.plots import plot_reward_vs_cost, plot_reward_vs_kl, plot_training_curves
+from harness.report.plots import (
+    CURVE_X_LABEL,
+    plot_frontier,
+    plot_reward_vs_cost,
+    plot_reward_vs_kl,
+    plot_training_curves,
+)
 from harness.report.records import REPORT_ARTIFACT_PATH, SuiteRecords, load_suite_records, log_report_files
 from harness.report.samples import WIN_RATE_METRIC
 from harness.report.tables import (
@@ -37,6 +46,7 @@ from harness.report.tables import (
     REWARD_AND_KL_METRICS,
     best_versus_runner_up,
     cost_table,
+    format_estimate,
     main_table,
     other_configurations,
     summarise,
@@ -74,10 +84,24 @@ _BUILT_MODEL_SHAPE = (("n_layer", "{} layers"), ("n_head", "{} heads"), ("n_embd
 _SAMPLING_ORDER = ("temperature", "top_k", "top_p", "max_new_tokens")
 # The figures, in the order the report shows them: file suffix, section title, alt text.
 PLOTS = (
+    ("frontier", "Reward vs KL frontier", "Gold and proxy reward against KL, each algorithm's Pareto front"),
     ("reward_vs_kl", "Reward against KL", "Gold and proxy reward against KL and √KL, one point per seed"),
-    ("training_curves", "Training curves", "Training reward, KL and DPO margin against optimizer step"),
+    ("training_curves", "Training curves",
+     "KL per sequence and each algorithm's own curves against the fraction of the training budget"),
     ("reward_vs_cost", "Reward against cost", "Gold reward against tokens generated and wall time"),
 )
+# Figures shown inside a section of their own rather than among the figures at the end.
+_OWN_SECTION_PLOTS = ("frontier",)
+# What a reader needs to read a figure, above it.
+_PLOT_CAPTIONS = {
+    "training_curves": (
+        f"x: the {CURVE_X_LABEL} (`{record.TRAIN_PREFIX}{record.TRAIN_BUDGET_FRACTION}`; step / last step for runs "
+        "that did not log it), the same for every algorithm. The shared KL panel is "
+        f"`{record.TRAIN_PREFIX}{record.TRAIN_KL_PER_SEQUENCE}`, in nats per sequence for every algorithm that "
+        "logged it; then each algorithm's own curves, a panel each, in that algorithm's own units."
+    ),
+}
+_BOUND_MARK = "†"
 
 
 def write_report(tracking_uri: str, suite: str, out_dir: str | Path, *, records: SuiteRecords | None = None) -> Path:
@@ -110,6 +134,9 @@ def draw_plots(records: SuiteRecords, out_dir: Path, plot_names: dict) -> list[P
     """Draw the report's figures (PLOTS order) into out_dir; the leaderboard runs log the same files."""
     suite, cells = records.suite, records.cells
     return [
+        plot_frontier(cells, records.histories, out_dir / plot_names["frontier"],
+                      title=f"{suite}: reward against KL, each algorithm's Pareto front over its sweep points and "
+                            "checkpoints"),
         plot_reward_vs_kl(cells, out_dir / plot_names["reward_vs_kl"],
                           title=f"{suite}: reward against KL to the reference policy (one point per seed; "
                                 "lines through intermediate checkpoints)",
@@ -129,6 +156,7 @@ def render_markdown(records: SuiteRecords, plot_names: dict) -> str:
         _header(records),
         _results_section(records, summary),
         _win_rate_section(records, summary),
+        _frontier_section(records, plot_names),
         _other_configurations_section(records.cells),
         _failures_section(records.cells),
         _cost_section(records.cells),
@@ -170,7 +198,7 @@ def _header(records: SuiteRecords) -> str:
         f"- **Training sampling (online methods):** {_sampling_summary(reported, 'sampling.')}",
         f"- **Budget:** {_budget(reported)}",
         f"- **Training reward:** {_training_reward_sentence(reported)}",
-        *_dpo_data_lines(reported),
+        *_data_lines(reported),
         f"- **Versions:** {_versions(records.manifests)}",
         f"- **Code:** {_code(records.manifests)}",
         f"- **Hardware:** {_hardware(records.manifests)}",
@@ -179,20 +207,32 @@ def _header(records: SuiteRecords) -> str:
     return "\n".join(lines)
 
 
-DPO_PAIRS_SOURCES = {
-    "dataset": "the task's preference pairs (for `tiny`: labelled by the gold reward with Bradley-Terry noise, "
-    "the pairs the reward model learned from)",
-    "reward_model": "pairs sampled from the SFT policy (two completions per prompt), labelled by the reward model",
-}
+def _data_lines(reported: "pd.DataFrame") -> list[str]:
+    """What each algorithm learned from, in its module's words (`describe_data` of its logged options)."""
+    lines = []
+    for name in algorithm_order(_registry_names(reported)):
+        describe = algorithm_info(name).describe_data
+        if name == BASELINE_ALGORITHM or describe is None:
+            continue
+        prefix = f"{record.ALGORITHMS_SECTION}.{name}."
+        cells = reported[_registry_names(reported) == name]
+        sentences = []
+        for row in cells.to_dict("records"):
+            options = {key.removeprefix(prefix): str(value) for key, value in row.items()
+                       if key.startswith(prefix) and isinstance(value, str)}
+            try:
+                sentences.append(describe(options))
+            except Exception as error:  # a module's wording must not cost the report
+                logger.warning("describe_data of '%s' failed: %s", name, error)
+        lines += [f"  - `{name}`: {sentence}" for sentence in dict.fromkeys(sentences)]
+    return ["- **Data:**", *lines] if lines else []
 
 
-def _dpo_data_lines(reported: "pd.DataFrame") -> list[str]:
-    """Which preferences DPO learned from: the dataset's, or the reward model's labels on on-policy samples."""
-    column = "algorithms.dpo.pairs_source"
-    if column not in reported:
-        return []
-    sources = sorted({str(value) for value in reported[column].dropna()})
-    return [f"- **DPO data:** {DPO_PAIRS_SOURCES.get(source, source)}" for source in sources]
+def _registry_names(cells: "pd.DataFrame") -> "pd.Series":
+    """Each cell's registry algorithm (an arm "dpo@beta=0.03" is dpo's)."""
+    if "algorithm_name" in cells:
+        return cells["algorithm_name"]
+    return cells["algorithm"].map(record.algorithm_of)
 
 
 def _seeds(reported: "pd.DataFrame") -> str:
@@ -243,7 +283,10 @@ def _prompt_format(cells: "pd.DataFrame") -> str:
 
 def _weights_trained(cells: "pd.DataFrame") -> str:
     """Full fine-tuning, or which stages trained LoRA adapters and their shape."""
-    stages = [stage for stage in ("sft", "dpo", "grpo", "ppo")
+    from harness.registry import ALGORITHMS
+
+    # The stages `lora.stages` may name: SFT and every registered algorithm.
+    stages = [stage for stage in (BASELINE_ALGORITHM, *ALGORITHMS.names())
               if any(trains_with_lora(row, stage) for row in cells.to_dict("records"))]
     if not stages:
         return "all (full fine-tuning)"
@@ -535,6 +578,59 @@ def _interval_basis(row) -> str:
     return MISSING
 
 
+# --- reward vs KL frontier ---------------------------------------------------------------------
+
+
+def _frontier_section(records: SuiteRecords, plot_names: dict) -> str:
+    gold = frontier.build_frontier(records.cells, records.histories, frontier.GOLD)
+    # Gold where the task has a judge, else the proxy: the table compares one reward.
+    chosen = gold if not gold.points.empty else frontier.build_frontier(records.cells, records.histories, frontier.PROXY)
+    _, title, alt = next(plot for plot in PLOTS if plot[0] == "frontier")
+    intro = (
+        f"## {title}\n\n"
+        "Every evaluated checkpoint of every arm (sweep point) of an algorithm, as the mean over seeds, faint; each "
+        "algorithm's upper-left Pareto front (no other of its points has less KL and more reward) as a line from "
+        f"the {BASELINE_ALGORITHM} point at KL 0, where every algorithm starts. KL is `eval/kl`: KL(π‖π_ref) "
+        "summed over the response, in **nats per sequence**, on the evaluation samples.\n\n"
+        f"![{alt}]({plot_names['frontier']})"
+    )
+    if not chosen.fronts:
+        return intro + "\n\nNo trained algorithm logged KL and reward: there is no frontier to compare."
+    return intro + "\n\n" + _matched_kl_text(chosen)
+
+
+def _matched_kl_text(chosen: frontier.Frontier) -> str:
+    """The matched-KL table (rows: algorithm; columns: KL levels), the bound's footnote, the dominance sentence."""
+    import pandas as pd
+
+    metric, table, levels = chosen.metric, chosen.table, chosen.levels
+    explanation = (
+        f"### {metric} at matched KL\n\n"
+        f"Each seed's front (its checkpoints of every arm and its own {BASELINE_ALGORITHM} point) interpolated "
+        "linearly at the KL level (a mix of two policies on the front reaches that reward at that KL or less), "
+        "then the mean over seeds ± the half-width of the 95% Student-t interval over seeds (the value alone with "
+        f"one seed). {MISSING}: not every seed's front reaches the level. Levels: round values up to the largest KL "
+        "two algorithms' fronts both reach."
+    )
+    if not levels:
+        return explanation + "\n\nNo front reaches a KL above 0: nothing to compare at matched KL."
+    rows = {}
+    for algorithm, own in table.groupby("algorithm", sort=False):
+        first = own.iloc[0]
+        name = f"{algorithm} {_BOUND_MARK}" if first["kl_is_bound"] else algorithm
+        row = {"family": first["family"] if isinstance(first["family"], str) else "unknown",
+               "seeds": str(int(first["seeds"]))}
+        for item in own.itertuples():
+            row[f"KL {frontier.format_level(item.level)}"] = format_estimate(item.mean, (item.high - item.low) / 2)
+        rows[name] = row
+    shown = pd.DataFrame.from_dict(rows, orient="index").rename_axis("algorithm")
+    text = explanation + "\n\n" + _markdown_table(shown, left=("family",))
+    if chosen.has_bound:
+        text += (f"\n\n{_BOUND_MARK} KL is an upper bound (best-of-n: log n − (n−1)/n), not an estimate: the true "
+                 "point lies at or left of it, so these values are lower bounds on its reward at that KL.")
+    return text + "\n\n**Which family leads:** " + frontier.dominance_sentence(table)
+
+
 # --- other configurations, failures, cost, figures, runs ----------------------------------------
 
 
@@ -613,7 +709,10 @@ def _cost_section(cells: "pd.DataFrame") -> str:
 def _figures_section(plot_names: dict) -> str:
     parts = []
     for key, title, alt in PLOTS:
-        parts.append(f"## {title}\n\n![{alt}]({plot_names[key]})")
+        if key in _OWN_SECTION_PLOTS:
+            continue
+        caption = f"{_PLOT_CAPTIONS[key]}\n\n" if key in _PLOT_CAPTIONS else ""
+        parts.append(f"## {title}\n\n{caption}![{alt}]({plot_names[key]})")
     return "\n\n".join(parts)
 
 

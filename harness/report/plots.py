@@ -3,7 +3,13 @@
 - reward against KL and against √KL: DESIGN §5 compares algorithms by where their checkpoints land in
   (KL, reward), not at equal beta (the betas of PPO, GRPO and DPO are different knobs); Gao et al. (2022)
   plot reward against d = √KL, where over-optimisation curves are close to their functional form;
-- training curves: the step metrics each algorithm logged (reward, KL, DPO's reward margin);
+- the reward-versus-KL frontier (`harness.report.frontier`): every arm's checkpoints (seed means) faint, each
+  algorithm's upper-left Pareto front as a line; colour by algorithm, marker by family, hollow where the KL
+  is an upper bound (best-of-n);
+- training curves comparable across algorithms: x is the fraction of the training budget
+  (record.TRAIN_BUDGET_FRACTION), KL is record.TRAIN_KL_PER_SEQUENCE in nats per sequence for every algorithm;
+  then each algorithm's own CURVES (its module declares them), one panel per algorithm and curve, since two
+  algorithms' statistics of one name need not share a unit (PPO's and GRPO's train/kl do not);
 - gold reward against what training cost (tokens generated, wall time).
 
 Figures are drawn on matplotlib's Agg canvas directly (no pyplot), so a report never opens a window,
@@ -17,10 +23,14 @@ import logging
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from harness import record
 from harness.report.frame import (
     BASELINE_ALGORITHM,
     COST_PREFIX,
+    CURVE_X,
     EVAL_PREFIX,
+    SHARED_CURVES,
+    algorithm_info,
     algorithm_order,
     complete_cells,
     split_configurations,
@@ -45,12 +55,17 @@ _COSTS = (
     ("tokens_generated", "tokens generated during training", "against tokens generated"),
     ("wall_time_s", "training wall time (s)", "against training wall time"),
 )
-# y-axis label of each training curve; the trainers log these per optimizer step.
-_CURVE_LABELS = {
-    "train/reward": ("mean reward of sampled completions", "training reward"),
-    "train/kl": ("KL to the reference as logged (nats)", "training KL"),
-    "train/rewards/margins": ("chosen − rejected implicit reward (β·log-ratio)", "DPO reward margin"),
+# y-axis label of the shared training curves; an algorithm's own curves are labelled by their logged name.
+_SHARED_CURVE_LABELS = {
+    record.TRAIN_KL_PER_SEQUENCE: ("KL to the reference per sequence (nats)", "training KL, every algorithm"),
 }
+CURVE_X_LABEL = "fraction of the training budget"
+_CURVE_X_FALLBACK = " (step / last step where it was not logged)"
+_CURVE_COLUMNS = 4
+# A marker per family (record.FAMILIES), in the frontier figure; an algorithm of no known family gets X.
+_FAMILY_MARKERS = dict(zip(record.FAMILIES, ("o", "s", "D", "^", "P")))
+_UNKNOWN_FAMILY_MARKER = "X"
+_FAINT = 0.3
 
 
 def _reported_cells(df: "pd.DataFrame") -> "pd.DataFrame":
@@ -62,12 +77,13 @@ def _algorithm_styles(algorithms: list[str]) -> dict[str, dict]:
     """A fixed colour and marker per algorithm, assigned in report order so reruns draw the same figure."""
     import matplotlib
 
-    palette = matplotlib.colormaps["tab10"]
-    # The baseline comes first so it heads the legend; the others keep one colour each.
+    # The baseline comes first so it heads the legend; the others keep one colour each (twenty before they
+    # repeat, for suites with many algorithms or arms).
     styles = {BASELINE_ALGORITHM: dict(_BASELINE_STYLE)} if BASELINE_ALGORITHM in algorithms else {}
     others = [name for name in algorithms if name != BASELINE_ALGORITHM]
+    palette = matplotlib.colormaps["tab10" if len(others) <= 10 else "tab20"]
     for index, name in enumerate(others):
-        styles[name] = {"color": palette(index % 10), "marker": _MARKERS[index % len(_MARKERS)], "s": 50}
+        styles[name] = {"color": palette(index % palette.N), "marker": _MARKERS[index % len(_MARKERS)], "s": 50}
     return styles
 
 
@@ -92,7 +108,7 @@ def _say_empty(ax, message: str) -> None:
     ax.text(0.5, 0.5, message, ha="center", va="center", transform=ax.transAxes, color="dimgray")
 
 
-def _legend_below(figure, axes) -> None:
+def _legend_below(figure, axes, columns: int = 6) -> None:
     """One legend for the whole figure, below the panels: each panel shows the same algorithms."""
     handles, labels = {}, []
     for ax in axes:
@@ -102,7 +118,7 @@ def _legend_below(figure, axes) -> None:
                 labels.append(label)
     if labels:
         figure.legend([handles[label] for label in labels], labels, loc="outside lower center",
-                      ncols=min(len(labels), 6), fontsize="small")
+                      ncols=min(len(labels), columns), fontsize="small")
 
 
 def _label(algorithm: str) -> str:
@@ -184,50 +200,149 @@ def plot_reward_vs_kl(df: "pd.DataFrame", out_path: str | Path, title: str | Non
     return _save(figure, out_path)
 
 
+# --- the frontier ------------------------------------------------------------------------------
+
+
+def plot_frontier(df: "pd.DataFrame", histories: "pd.DataFrame | None", out_path: str | Path,
+                  title: str | None = None) -> Path:
+    """Gold reward (and proxy reward, where logged) against KL: the seed-mean point of every arm's every
+    evaluated checkpoint, faint; each algorithm's upper-left Pareto front as a line from the SFT point (see
+    `frontier`). Writes a PNG and returns its path."""
+    from harness.report.frontier import REWARDS, build_frontier
+
+    frontiers = [build_frontier(df, histories, metric) for metric in REWARDS]
+    shown = [frontier for frontier in frontiers if not frontier.points.empty] or frontiers[:1]
+    figure = _new_figure(6.2 * len(shown) + 0.6, 5.4)
+    axes = figure.subplots(1, len(shown), squeeze=False)[0]
+    algorithms = algorithm_order(set().union(*(frontier.points["algorithm"] for frontier in shown)))
+    colours = _algorithm_styles(algorithms)
+    for ax, frontier in zip(axes, shown):
+        _draw_frontier(ax, frontier, colours)
+    _legend_below(figure, axes, columns=3)  # its labels are long: the algorithm, its family, the bound
+    suites = ", ".join(sorted(set(df["suite"].dropna()))) or "harness"
+    figure.suptitle(title or f"{suites}: reward against KL, each algorithm's Pareto front over its sweep and checkpoints")
+    return _save(figure, out_path)
+
+
+def _draw_frontier(ax, frontier, colours: dict) -> None:
+    from harness.report.frontier import KL, mean_points
+
+    ax.set_xlabel(KL_AXIS_LABEL)
+    ax.set_ylabel(next(y_label for name, y_label, _ in _REWARDS if name == frontier.metric))
+    ax.set_title(f"{frontier.metric.replace('_', ' ')}: seed means (faint) and Pareto fronts (lines)")
+    ax.grid(True, alpha=0.3)
+    points = frontier.points
+    if points.empty:
+        _say_empty(ax, f"no cell logged both {frontier.metric} and kl")
+        return
+    means = mean_points(points)
+    baseline = means[means["algorithm"] == BASELINE_ALGORITHM]
+    for algorithm, front in frontier.fronts.items():
+        colour = colours[algorithm]["color"]
+        own = means[means["algorithm"] == algorithm]
+        family = own["family"].dropna().iloc[0] if own["family"].notna().any() else None
+        marker = _FAMILY_MARKERS.get(family, _UNKNOWN_FAMILY_MARKER)
+        for is_bound, group in own.groupby("kl_is_bound"):
+            # Hollow where the KL is an upper bound: the true point lies at or left of it.
+            face = "none" if is_bound else colour
+            ax.scatter(group[KL], group[frontier.metric], marker=marker, s=30, facecolors=face, edgecolors=colour,
+                       alpha=_FAINT, zorder=2)
+        bound = bool(own["kl_is_bound"].any())
+        name = f"{algorithm} ({family or 'family unknown'}{'; KL is an upper bound' if bound else ''})"
+        ax.plot(front[KL], front[frontier.metric], color=colour, linewidth=1.6, marker=marker, markersize=6,
+                markerfacecolor="none" if bound else colour, label=name, zorder=3)
+    if not baseline.empty:
+        ax.scatter(baseline[KL], baseline[frontier.metric], label=f"{BASELINE_ALGORITHM} (KL 0: the reference)",
+                   edgecolors="black", linewidths=0.5, zorder=4, **_BASELINE_STYLE)
+
+
 # --- training curves ----------------------------------------------------------------------------
 
 
 def plot_training_curves(df: "pd.DataFrame", histories: "pd.DataFrame", out_path: str | Path,
                          title: str | None = None) -> Path:
-    """One panel per step metric any algorithm logged (train/reward, train/kl, train/rewards/margins), a line
-    per (algorithm, seed): colour by algorithm, line style by seed. `histories` is run_id, metric, step, value.
-    Writes a PNG and returns its path."""
-    from harness.report.records import TRAINING_CURVE_METRICS
-
+    """Training curves on one x-axis, the fraction of the budget (record.TRAIN_BUDGET_FRACTION; step / last
+    step for a run that did not log it): first the shared curves (KL per sequence in nats, for every algorithm
+    that logged it), then one panel per algorithm and curve its module declares (CURVES; every train/ metric
+    it logged when it declares none). A line per (arm, seed): colour by arm, line style by seed. Only the
+    algorithms that logged a curve appear in its panel. `histories` is run_id, metric, step, value."""
     cells = _reported_cells(df)
     styles = _algorithm_styles(algorithm_order(cells["algorithm"]))
-    curves = histories.merge(cells[["run_id", "algorithm", "seed"]], on="run_id") if not histories.empty else histories
-    metrics = [metric for metric in TRAINING_CURVE_METRICS if not curves.empty and metric in set(curves["metric"])]
-    figure = _new_figure(5.2 * max(len(metrics), 1) + 0.6, 4.6)
-    axes = figure.subplots(1, max(len(metrics), 1), squeeze=False)[0]
-    if not metrics:
+    curves, fell_back = _curves_on_budget_axis(cells, histories)
+    panels = _curve_panels(curves)
+    columns = min(max(len(panels), 1), _CURVE_COLUMNS)
+    rows = max(1, -(-len(panels) // columns))
+    figure = _new_figure(4.6 * columns + 0.6, 3.6 * rows + 0.8)
+    axes = figure.subplots(rows, columns, squeeze=False).ravel()
+    if not panels:
         _say_empty(axes[0], "no training curves logged")
-        axes[0].set_axis_off()
-    for ax, metric in zip(axes, metrics):
-        _draw_curves(ax, curves[curves["metric"] == metric], metric, styles)
-    _legend_below(figure, axes)
+    for ax, (title_text, y_label, panel) in zip(axes, panels):
+        _draw_curves(ax, panel, title_text, y_label, styles, fell_back)
+    for ax in axes[len(panels):] if panels else axes:
+        ax.set_axis_off()
+    _legend_below(figure, axes[: len(panels)])
     suites = ", ".join(sorted(set(df["suite"].dropna()))) or "harness"
-    figure.suptitle(title or f"{suites}: training curves per algorithm and seed")
+    figure.suptitle(title or f"{suites}: training curves per arm (line style: seed)")
     return _save(figure, out_path)
 
 
-def _draw_curves(ax, curves: "pd.DataFrame", metric: str, styles: dict) -> None:
-    from matplotlib.ticker import MaxNLocator
+def _curves_on_budget_axis(cells: "pd.DataFrame", histories: "pd.DataFrame") -> tuple["pd.DataFrame", bool]:
+    """The train/ history of the reported cells with x: the run's budget fraction at that step, or step / its
+    last train/ step where the run logged no budget fraction (runs from before it was logged). Also whether
+    any run fell back."""
+    import pandas as pd
 
-    y_label, title = _CURVE_LABELS.get(metric, (metric, metric))
+    columns = ["run_id", "arm", "algorithm", "seed", "metric", "step", "value", "x"]
+    if histories is None or histories.empty:
+        return pd.DataFrame(columns=columns), False
+    names = {"algorithm": "arm", "algorithm_name": "algorithm"}
+    identity = cells[["run_id", "algorithm", "seed"]].assign(
+        algorithm_name=cells["algorithm_name"] if "algorithm_name" in cells else cells["algorithm"].map(record.algorithm_of))
+    train = histories[histories["metric"].str.startswith(record.TRAIN_PREFIX)]
+    train = train.merge(identity.rename(columns=names), on="run_id")
+    x_metric = record.TRAIN_PREFIX + CURVE_X
+    fraction = train[train["metric"] == x_metric][["run_id", "step", "value"]].rename(columns={"value": "x"})
+    train = train[train["metric"] != x_metric].merge(fraction, on=["run_id", "step"], how="left")
+    logged = set(fraction["run_id"])
+    last_step = train.groupby("run_id")["step"].transform("max").clip(lower=1)
+    fallback = ~train["run_id"].isin(logged)
+    train.loc[fallback, "x"] = train.loc[fallback, "step"] / last_step[fallback]
+    return train.dropna(subset=["x"])[columns], bool(fallback.any())
+
+
+def _curve_panels(curves: "pd.DataFrame") -> list[tuple[str, str, "pd.DataFrame"]]:
+    """(title, y label, rows) per panel: the shared curves, then each algorithm's own."""
+    panels = []
+    for name in SHARED_CURVES:
+        rows = curves[curves["metric"] == record.TRAIN_PREFIX + name]
+        if not rows.empty:
+            y_label, title = _SHARED_CURVE_LABELS.get(name, (name, name))
+            panels.append((f"{title} ({record.TRAIN_PREFIX}{name})", y_label, rows))
+    shared = {record.TRAIN_PREFIX + name for name in SHARED_CURVES}
+    for algorithm in algorithm_order(curves["algorithm"]):
+        own = curves[(curves["algorithm"] == algorithm) & ~curves["metric"].isin(shared)]
+        declared = [record.TRAIN_PREFIX + name for name in algorithm_info(algorithm).curves]
+        for metric in declared or sorted(set(own["metric"])):
+            rows = own[own["metric"] == metric]
+            if not rows.empty:
+                panels.append((f"{algorithm}: {metric}", metric.removeprefix(record.TRAIN_PREFIX), rows))
+    return panels
+
+
+def _draw_curves(ax, curves: "pd.DataFrame", title: str, y_label: str, styles: dict, fell_back: bool) -> None:
     seeds = sorted(set(curves["seed"]))
-    for algorithm, style in styles.items():
+    for arm, style in styles.items():
         for seed_index, seed in enumerate(seeds):
-            line = curves[(curves["algorithm"] == algorithm) & (curves["seed"] == seed)].sort_values("step")
+            line = curves[(curves["arm"] == arm) & (curves["seed"] == seed)].sort_values("step")
             if line.empty:
                 continue
             # Markers keep short runs (a handful of logged steps) readable as points, not a bare polyline.
-            ax.plot(line["step"], line["value"], color=style["color"], linewidth=1.4, marker=".", markersize=5,
-                    linestyle=_SEED_LINESTYLES[seed_index % len(_SEED_LINESTYLES)], label=f"{algorithm} seed {seed}")
-    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
-    ax.set_xlabel("optimizer step")
+            ax.plot(line["x"], line["value"], color=style["color"], linewidth=1.4, marker=".", markersize=5,
+                    linestyle=_SEED_LINESTYLES[seed_index % len(_SEED_LINESTYLES)], label=arm)
+    ax.set_xlim(0, 1.02)
+    ax.set_xlabel(CURVE_X_LABEL + (_CURVE_X_FALLBACK if fell_back else ""), fontsize="small")
     ax.set_ylabel(y_label)
-    ax.set_title(f"{title} ({metric})")
+    ax.set_title(title, fontsize="medium")
     ax.grid(True, alpha=0.3)
 
 

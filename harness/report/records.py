@@ -20,7 +20,6 @@ from typing import TYPE_CHECKING
 from harness import record
 from harness.report.frame import (
     BASELINE_ALGORITHM,
-    SAMPLES_ARTIFACT,
     complete_cells,
     find_experiment,
     kind_filter,
@@ -28,6 +27,7 @@ from harness.report.frame import (
     open_client,
     search_all_runs,
     split_configurations,
+    training_curve_metrics,
 )
 
 if TYPE_CHECKING:
@@ -37,9 +37,6 @@ logger = logging.getLogger(__name__)
 
 MANIFEST_ARTIFACT = "manifest.json"
 REPORT_ARTIFACT_PATH = "report"
-# Step metrics drawn as training curves, when an algorithm logs them: PPO and GRPO log reward and kl,
-# DPO has no sampled reward and logs the implicit reward margin instead.
-TRAINING_CURVE_METRICS = ("train/reward", "train/kl", "train/rewards/margins")
 # Evaluations at intermediate checkpoints (evaluation.checkpoints) are eval/* history at training steps:
 # they turn each cell's point in the reward-versus-KL plot into a curve.
 EVAL_CURVE_METRICS = ("eval/kl", "eval/gold_reward", "eval/proxy_reward")
@@ -57,7 +54,8 @@ class SuiteRecords:
     samples: dict
     # run_id -> the cell's manifest.json, for the complete cells of the current configurations
     manifests: dict
-    # run_id, metric, step, value: TRAINING_CURVE_METRICS of the current configurations' complete cells
+    # run_id, metric, step, value: the training curves (frame.training_curve_metrics of its algorithm) and the
+    # EVAL_CURVE_METRICS of each complete cell of the current configurations
     histories: "pd.DataFrame"
     # run_id, start_time of every `harness run` invocation (parent run), oldest first
     invocations: "pd.DataFrame"
@@ -85,7 +83,7 @@ def load_suite_records(tracking_uri: str, suite: str) -> SuiteRecords:
         cells=cells,
         samples=samples,
         manifests=manifests,
-        histories=load_histories(client, trained["run_id"]),
+        histories=load_histories(client, trained["run_id"], trained["algorithm"]),
         invocations=load_invocations(client, suite, tracking_uri),
     )
 
@@ -131,7 +129,7 @@ def samples_from_text(text: str) -> "pd.DataFrame":
 def _load_all_samples(client, run_ids) -> dict:
     samples = {}
     for run_id in run_ids:
-        text = _download_text(client, run_id, SAMPLES_ARTIFACT)
+        text = _download_text(client, run_id, record.SAMPLES_ARTIFACT)
         if text is not None:
             samples[run_id] = samples_from_text(text)
     return samples
@@ -150,16 +148,15 @@ def _load_manifests(client, run_ids) -> dict:
     return manifests
 
 
-def load_histories(client, run_ids) -> "pd.DataFrame":
-    """Every logged step of TRAINING_CURVE_METRICS and EVAL_CURVE_METRICS for `run_ids`: run_id, metric, step, value.
-
-    A metric a run never logged simply has no rows (DPO logs no train/reward).
+def load_histories(client, run_ids, arms) -> "pd.DataFrame":
+    """Every logged step of each run's training curves (its arm's algorithm's, `frame.training_curve_metrics`) and
+    of EVAL_CURVE_METRICS: run_id, metric, step, value. A metric a run never logged simply has no rows.
     """
     import pandas as pd
 
     rows = []
-    for run_id in run_ids:
-        for metric in TRAINING_CURVE_METRICS + EVAL_CURVE_METRICS:
+    for run_id, arm in zip(run_ids, arms):
+        for metric in training_curve_metrics([arm]) + EVAL_CURVE_METRICS:
             for point in client.get_metric_history(run_id, metric):
                 rows.append({"run_id": run_id, "metric": metric, "step": int(point.step), "value": float(point.value)})
     frame = pd.DataFrame(rows, columns=["run_id", "metric", "step", "value"])

@@ -15,10 +15,10 @@ A single local file is not split-aware: every split read from it gives the same 
 not exist is taken as a local path when it can only be one (it starts with ``/``, ``./``, ``~``, ends with a
 file suffix, or has more than one ``/``), so a typo fails here instead of at the Hub; otherwise it is a Hub id.
 
-Rows are plain dicts in source order; ``limit`` keeps the first N, so a scaled-down run reads the same rows
-every time. Nothing is ever unpickled (JSON, Parquet and Arrow only), and a Hub dataset's loading script is
-only allowed when the task's config sets ``trust_remote_code`` (and the installed ``datasets`` still runs
-scripts at all; versions 4 and later do not).
+Rows are plain dicts in source order, read lazily; an adapter keeps the first N (`take_converted`), so a
+scaled-down run reads the same rows every time. Nothing is ever unpickled (JSON, Parquet and Arrow only), and
+a Hub dataset's loading script is only allowed when the task's config sets ``trust_remote_code`` (and the
+installed ``datasets`` still runs scripts at all; versions 4 and later do not).
 
 Problems with the data raise :class:`TaskDataError`, whose message is one line naming the file (or dataset
 id and split) and the row index (0-based, in source order), e.g.
@@ -110,24 +110,6 @@ def is_local_path(location: str) -> bool:
 # ---------------------------------------------------------------------------------------------------------
 # Reading rows
 # ---------------------------------------------------------------------------------------------------------
-
-
-def load_rows(
-    source: str,
-    split: str,
-    revision: str | None = None,
-    *,
-    name: str | None = None,
-    data_dir: str | None = None,
-    trust_remote_code: bool = False,
-    limit: int | None = None,
-) -> list[dict]:
-    """The rows of one split of `source` (a Hub dataset id or a local path), the first `limit` if given."""
-    spec = Source(source, split, revision, name, data_dir, trust_remote_code)
-    rows = iter_source_rows(spec)
-    if limit is not None:
-        rows = itertools.islice(rows, limit)
-    return [row.data for row in rows]
 
 
 def iter_source_rows(source: Source) -> Iterator[SourceRow]:

@@ -24,7 +24,7 @@ from harness.registry import ALGORITHMS
 def test_every_suite_resolves(suite):
     config = load_config(suite)
     assert config.suite.name == suite
-    assert config.selected_algorithms
+    assert config.selected_arms
     # The suite file opens with the command that runs it (DESIGN §2, torchtune style).
     first_line = config.suite_file.read_text().splitlines()[0]
     assert first_line == f"# harness run suite={suite}"
@@ -46,7 +46,7 @@ def test_overrides_reach_their_fields():
     config = load_config("tiny", ["seeds=[0,1,2]", "algorithms.dpo.beta=0.3", "only=[dpo]", "evaluation.samples_per_prompt=2"])
     assert config.suite.seeds == [0, 1, 2]
     assert config.algorithms["dpo"].beta == 0.3
-    assert config.selected_algorithms == ["dpo"]
+    assert config.selected_arms == ["dpo"]
     assert config.suite.evaluation.samples_per_prompt == 2
 
 
@@ -299,7 +299,7 @@ def test_an_empty_only_is_refused_on_the_command_line_and_in_a_suite_file(tmp_pa
     suite.write_text("task: {name: synthetic_reviews}\nalgorithms: {dpo: {}, grpo: {}}\nonly: []\n")
     with pytest.raises(ConfigError, match=r"'only' is empty: .*\(dpo, grpo\), or leave it out"):
         load_config(str(suite))
-    assert load_config("tiny").selected_algorithms == ["dpo", "grpo", "ppo"]  # left out: all
+    assert load_config("tiny").selected_arms == ["dpo", "grpo", "ppo"]  # left out: all
 
 
 def test_a_suite_file_that_repeats_a_key_is_refused(tmp_path):
@@ -309,7 +309,10 @@ def test_a_suite_file_that_repeats_a_key_is_refused(tmp_path):
         load_config(str(suite))
 
 
-@pytest.mark.parametrize("overrides", [[], ["only=[dpo]"], ["seeds=[0,1]", "executor=ray", "tracking.uri=http://127.0.0.1:5000"]])
+@pytest.mark.parametrize("overrides", [
+    [], ["only=[dpo]"], ["seeds=[0,1]", "executor=ray", "tracking.uri=http://127.0.0.1:5000"],
+    ["sweep.algorithms.dpo.beta=[0.03,0.3]", "sweep.algorithms.dpo.learning_rate=[1e-4]", "only=['dpo@beta=0.3,learning_rate=0.0001',ppo]"],
+])
 def test_the_resolved_yaml_loads_back_as_itself(tmp_path, overrides):
     """Stages reload the invocation's resolved YAML: every check added for a user's input must pass it."""
     config = load_config("tiny", overrides)
@@ -339,3 +342,76 @@ def test_a_resolved_suite_reloads_as_itself(suite, tmp_path):
     path = tmp_path / "resolved.yaml"
     path.write_text(config.to_yaml())
     assert fingerprint(load_config(str(path)).to_dict()) == fingerprint(config.to_dict())
+
+
+# -- sweeps -----------------------------------------------------------------------------------------------
+
+
+def test_a_sweep_makes_one_arm_per_point_with_its_value_in_the_config_and_the_hash():
+    from harness.plan import build_plan
+
+    plain = load_config("tiny")
+    swept = load_config("tiny", ["sweep.algorithms.dpo.beta=[0.03,0.1]", "sweep.algorithms.dpo.batch_size=[8,16]",
+                                 "sweep.algorithms.ppo.kl_coef=[0.1,0.2]"])
+    # One algorithm's keys form a grid (in the order listed); another algorithm's sweep is independent of it.
+    assert swept.selected_arms == [
+        "dpo@beta=0.03,batch_size=8", "dpo@beta=0.03,batch_size=16", "dpo@beta=0.1,batch_size=8",
+        "dpo@beta=0.1,batch_size=16", "grpo", "ppo@kl_coef=0.1", "ppo@kl_coef=0.2",
+    ]
+    assert swept.arms["dpo@beta=0.03,batch_size=16"].beta == 0.03
+    assert swept.arms["dpo@beta=0.03,batch_size=16"].batch_size == 16
+    assert swept.arms["ppo@kl_coef=0.2"].kl_coef == 0.2
+    assert swept.arms["ppo@kl_coef=0.2"].clip_epsilon == plain.algorithms["ppo"].clip_epsilon  # the rest as set
+
+    def cell_hashes(config):
+        return {stage.algorithm: stage.hash for stage in build_plan(config).stages if stage.kind == "evaluate"}
+
+    plain_hashes, swept_hashes = cell_hashes(plain), cell_hashes(swept)
+    assert len(set(swept_hashes.values())) == len(swept_hashes)  # every point its own cell
+    # An unswept algorithm keeps the hash (and so the run folders) it had without a sweep. A point equal to the
+    # suite's own value is still its own arm: its name, hence its hash, says it was a sweep point.
+    assert swept_hashes["grpo"] == plain_hashes["grpo"] and swept_hashes["sft"] == plain_hashes["sft"]
+    assert swept_hashes["ppo@kl_coef=0.2"] != plain_hashes["ppo"]
+
+
+def test_a_sweep_written_in_a_suite_file_equals_the_command_line_form(tmp_path):
+    suite = tmp_path / "frontier.yaml"
+    suite.write_text("task: {name: synthetic_reviews}\nalgorithms: {dpo: {}, ppo: {}}\n"
+                     "sweep:\n  algorithms.dpo.beta: [0.03, 0.3]\n")
+    from_file = load_config(str(suite))
+    from_command_line = load_config(str(tmp_path / "frontier.yaml"), ["sweep.algorithms.dpo.beta=[0.03,0.3]"])
+    assert from_file.selected_arms == ["dpo@beta=0.03", "dpo@beta=0.3", "ppo"]
+    assert fingerprint(from_file.to_dict()) == fingerprint(from_command_line.to_dict())
+
+
+@pytest.mark.parametrize("only, arms", [
+    ("[dpo]", ["dpo@beta=0.03", "dpo@beta=0.3"]),
+    ("[dpo@beta=0.3,grpo]", ["dpo@beta=0.3", "grpo"]),
+])
+def test_only_selects_arms_by_algorithm_or_by_point(only, arms):
+    config = load_config("tiny", ["sweep.algorithms.dpo.beta=[0.03,0.3]", f"only={only}"])
+    assert config.selected_arms == arms
+
+
+@pytest.mark.parametrize("override, message", [
+    ("sweep.sampling.temperature=[0.7,1.0]", "'sweep.sampling.temperature': only algorithm options (algorithms.<name>.<option>) can be swept"),
+    ("sweep.algorithms.dpo.bta=[0.1]", "'sweep.algorithms.dpo.bta': unknown key 'algorithms.dpo.bta'; did you mean 'beta'?"),
+    ("sweep.algorithms.dpx.beta=[0.1]", "'sweep.algorithms.dpx.beta': the suite does not run 'dpx'; did you mean 'dpo'?"),
+    ("sweep.algorithms.dpo.beta=0.1", "'sweep.algorithms.dpo.beta' must be a non-empty list of values"),
+    ("sweep.algorithms.dpo.beta=[]", "'sweep.algorithms.dpo.beta' must be a non-empty list of values"),
+    ("sweep.algorithms.dpo.beta=[0.1,0.1]", "'sweep.algorithms.dpo.beta' lists a value twice"),
+    ("sweep.algorithms.dpo.beta=[-1]", "sweep point dpo@beta=-1: 'algorithms.dpo.beta' must be > 0"),
+    ("sweep.algorithms.dpo.beta=[nan]", "sweep point dpo@beta=nan: 'algorithms.dpo.beta' must be a finite number"),
+    ("sweep.algorithms.dpo.beta=[abc]", "sweep point dpo@beta=abc: bad value for 'algorithms.dpo.beta'"),
+    ("sweep.algorithms.dpo.pairs_source=[a/b]", "'sweep.algorithms.dpo.pairs_source': value 'a/b' must be a number, a boolean or a plain word"),
+    ("sweep=3", "'sweep' must be a mapping"),
+])
+def test_a_bad_sweep_is_refused_in_one_line_naming_it(override, message):
+    with pytest.raises(ConfigError) as error:
+        load_config("tiny", [override])
+    assert message in str(error.value) and "\n" not in str(error.value)
+
+
+def test_only_naming_an_unknown_point_is_refused():
+    with pytest.raises(ConfigError, match=r"'only' names 'dpo@beta=9', which suite 'tiny' does not run; .*dpo@beta=0.3"):
+        load_config("tiny", ["sweep.algorithms.dpo.beta=[0.03,0.3]", "only=[dpo@beta=9]"])

@@ -7,7 +7,7 @@ import pytest
 import torch
 from transformers import GPT2Config, GPT2LMHeadModel
 
-from harness.metrics.kl import exact_token_kl, response_kl, sequence_kl_estimates
+from harness.metrics.kl import response_kl, sequence_kl_estimates
 
 LN2 = math.log(2.0)
 LN3 = math.log(3.0)
@@ -19,15 +19,25 @@ REFERENCE_LOGITS_3 = torch.tensor([0.0, 0.0, LN2])
 
 
 # ---------------------------------------------------------------------------------------------
-# exact_token_kl
+# The exact per-token KL, as the evaluator computes it
 # ---------------------------------------------------------------------------------------------
+
+
+def exact_token_kl(policy_logits, reference_logits, temperature=1.0):
+    """The evaluator's exact KL(p || q) at each position of [..., V] logits: `sequence_kl_estimates`'s "kl"
+    of one-token responses (the sampled id does not enter the exact KL)."""
+    vocabulary = policy_logits.shape[-1]
+    policy = policy_logits.reshape(-1, 1, vocabulary)
+    reference = reference_logits.reshape(-1, 1, vocabulary)
+    ids = torch.zeros(policy.shape[0], 1, dtype=torch.long)
+    kl = sequence_kl_estimates(policy, reference, ids, torch.ones_like(ids), temperature)["kl"]
+    return kl.reshape(policy_logits.shape[:-1])
 
 
 def test_exact_kl_three_token_pair_matches_hand_value():
     # U17: KL = 0.5·ln(0.5/0.25) + 0.25·ln(0.25/0.25) + 0.25·ln(0.25/0.5)
     #         = 0.5·ln2 + 0 − 0.25·ln2 = 0.25·ln2 = 0.1732868
     kl = exact_token_kl(POLICY_LOGITS_3, REFERENCE_LOGITS_3)
-    assert kl.shape == torch.Size([])
     assert kl.item() == pytest.approx(0.1732868, abs=1e-6)
 
 
@@ -87,6 +97,24 @@ def test_exact_kl_ignores_tokens_the_policy_never_emits():
     policy = torch.tensor([0.0, -math.inf])
     reference = torch.tensor([0.0, 0.0])  # q = [0.5, 0.5] → KL = 1·ln(1/0.5) = ln2
     assert exact_token_kl(policy, reference).item() == pytest.approx(LN2, abs=1e-6)
+
+
+def test_exact_kl_equals_enumeration_over_the_vocabulary():
+    # U17 on random logits: sum over valid positions of sum_v p(v) [log p(v) - log q(v)] at temperature T,
+    # enumerated here in float64 with the probabilities written out.
+    generator = torch.Generator().manual_seed(3)
+    policy = torch.randn(3, 5, 7, generator=generator) * 2
+    reference = torch.randn(3, 5, 7, generator=generator) * 2
+    mask = torch.tensor([[1, 1, 1, 1, 1], [1, 1, 0, 0, 0], [1, 0, 0, 0, 0]])
+    temperature = 0.7
+    p = torch.exp(policy.double() / temperature)
+    p = p / p.sum(-1, keepdim=True)
+    q = torch.exp(reference.double() / temperature)
+    q = q / q.sum(-1, keepdim=True)
+    enumerated = ((p * (p / q).log()).sum(-1) * mask).sum(-1)
+    ids = torch.randint(0, 7, (3, 5), generator=generator)
+    estimates = sequence_kl_estimates(policy, reference, ids, mask, temperature)
+    assert estimates["kl"].tolist() == pytest.approx(enumerated.tolist(), abs=1e-5)
 
 
 # ---------------------------------------------------------------------------------------------

@@ -21,7 +21,6 @@ from harness.metrics.win_rate import win_rate
 from harness.report.frame import (
     ReportError,
     load_cell_runs,
-    load_samples,
     split_configurations,
     tidy,
 )
@@ -355,6 +354,41 @@ def test_load_cell_runs_columns(cells):
     assert math.isnan(cells.set_index("cell").loc["sft-s0", "eval/win_rate_vs_sft"])
 
 
+def test_runs_without_arm_tags_fall_back_to_the_arm_name_and_the_module(cells):
+    # These runs predate the arm tags: the registry algorithm is the arm's name, the family the module's FAMILY.
+    dpo = cells[cells["algorithm"] == "dpo"].iloc[0]
+    assert (dpo["algorithm_name"], dpo["sweep_point"], dpo["family"], dpo["kl_is_bound"]) == (
+        "dpo", "", record.FAMILY_OFFLINE_PREFERENCE, False)
+    sft = cells[cells["algorithm"] == "sft"].iloc[0]
+    assert sft["algorithm_name"] == "sft" and not isinstance(sft["family"], str)  # the baseline has no family
+
+
+def test_an_algorithm_module_that_does_not_import_costs_only_its_metadata(monkeypatch):
+    from harness.registry import ALGORITHMS
+    from harness.report import frame
+
+    def half_written(name):
+        raise SyntaxError("a module another session is still writing")
+
+    monkeypatch.setattr(ALGORITHMS, "get", half_written)
+    frame.algorithm_info.cache_clear()
+    try:
+        assert frame.algorithm_info("rloo") == frame.AlgorithmInfo(family=None, curves=(), describe_data=None)
+    finally:
+        frame.algorithm_info.cache_clear()
+
+
+def test_lora_stages_come_from_the_registry():
+    import pandas as pd
+
+    from harness.report.markdown import _weights_trained
+
+    cells = pd.DataFrame([{"lora.enabled": "True", "lora.stages": "['sft', 'rloo', 'kto']", "lora.r": "8",
+                           "lora.alpha": "16", "lora.target_modules": "['c_attn']"}])
+    # SFT first, then the registry's order (kto is registered before rloo).
+    assert _weights_trained(cells).startswith("LoRA adapters (rank 8, alpha 16, modules c_attn) in sft, kto, rloo,")
+
+
 def test_config_key_is_the_same_across_seeds_and_invocations(cells, growing):
     # Every seed of an algorithm has its own cell hash, yet one configuration.
     per_algorithm = cells[cells["status"] == "complete"].groupby("algorithm")["config"].nunique()
@@ -406,8 +440,8 @@ def test_tidy_long_form_with_sample_counts(store, cells):
     assert tidy(cells)["n"].isna().all()  # without the artifacts, n is unknown rather than made up
 
 
-def test_load_samples_reads_the_jsonl_artifact(store):
-    samples = load_samples(store["uri"], store["run_ids"][("dpo", 0)])
+def test_the_records_read_each_cells_samples_artifact(store):
+    samples = load_suite_records(store["uri"], SUITE).samples[store["run_ids"][("dpo", 0)]]
     assert len(samples) == 4
     assert list(samples["gold_reward"]) == [0.0, 1.0, 0.5, 0.5]
     assert list(samples["prompt_index"]) == [0, 0, 1, 1]
@@ -725,7 +759,7 @@ def growing_report(growing, tmp_path_factory):
 
 
 def test_plots_are_pngs(growing_report, two_seeds, tmp_path):
-    for name in ("tiny_reward_vs_kl.png", "tiny_training_curves.png", "tiny_reward_vs_cost.png"):
+    for name in ("tiny_frontier.png", "tiny_reward_vs_kl.png", "tiny_training_curves.png", "tiny_reward_vs_cost.png"):
         _assert_png(growing_report.with_name(name))
     # Nothing logged at all still gives a figure that says so, not an exception.
     empty = two_seeds.histories.iloc[0:0]
@@ -743,7 +777,7 @@ def report(store, tmp_path_factory):
 def test_write_report_files_and_header(report):
     assert report.name == "tiny.md"
     text = report.read_text(encoding="utf-8")
-    for name in ("tiny_reward_vs_kl.png", "tiny_training_curves.png", "tiny_reward_vs_cost.png"):
+    for name in ("tiny_frontier.png", "tiny_reward_vs_kl.png", "tiny_training_curves.png", "tiny_reward_vs_cost.png"):
         assert report.with_name(name).read_bytes().startswith(PNG_SIGNATURE)
         assert f"]({name})" in text
 
@@ -799,7 +833,7 @@ def test_regenerating_from_a_copy_of_the_database_alone_is_byte_identical(store,
     shutil.copyfile(store["database"], copy)
     again = write_report(f"sqlite:///{copy}", SUITE, tmp_path / "out")
     assert again.read_bytes() == report.read_bytes()
-    for name in ("tiny_reward_vs_kl.png", "tiny_training_curves.png", "tiny_reward_vs_cost.png"):
+    for name in ("tiny_frontier.png", "tiny_reward_vs_kl.png", "tiny_training_curves.png", "tiny_reward_vs_cost.png"):
         assert (tmp_path / "out" / name).read_bytes() == report.with_name(name).read_bytes()
 
 
@@ -809,8 +843,8 @@ def test_report_and_plots_are_logged_on_the_newest_invocation(growing, growing_r
     client = mlflow.MlflowClient(tracking_uri=growing["two_seeds"])
     newest, older = growing["parents"][1], growing["parents"][0]
     logged = {artifact.path for artifact in client.list_artifacts(newest, "report")}
-    assert logged == {"report/tiny.md", "report/tiny_reward_vs_kl.png", "report/tiny_training_curves.png",
-                      "report/tiny_reward_vs_cost.png"}
+    assert logged == {"report/tiny.md", "report/tiny_frontier.png", "report/tiny_reward_vs_kl.png",
+                      "report/tiny_training_curves.png", "report/tiny_reward_vs_cost.png"}
     downloaded = client.download_artifacts(newest, "report/tiny_reward_vs_kl.png", str(tmp_path / "dl"))
     assert open(downloaded, "rb").read() == growing_report.with_name("tiny_reward_vs_kl.png").read_bytes()
     assert not client.list_artifacts(older, "report")

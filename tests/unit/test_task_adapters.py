@@ -8,6 +8,7 @@ transcript splitting are checked on hand-written cases.
 from __future__ import annotations
 
 import dataclasses
+import itertools
 import json
 import subprocess
 import sys
@@ -19,11 +20,16 @@ import pytest
 from harness.config import ConfigError, build
 from harness.tasks import gsm8k, hh, imdb, tldr, ultrafeedback
 from harness.tasks.common import TaskData, load_task_data, save_task_data
-from harness.tasks.loading import TaskDataError, data_fingerprint, load_rows, split_files
+from harness.tasks.loading import Source, TaskDataError, data_fingerprint, iter_source_rows, split_files
 
 FIXTURES = Path(__file__).resolve().parents[1] / "fixtures" / "tasks"
 SMALL = dict(num_sft_examples=5, num_preference_pairs=5, num_heldout_pairs=3, num_train_prompts=5, num_eval_prompts=4)
 TASK_MODULES = (tldr, hh, ultrafeedback, gsm8k, imdb)
+
+
+def load_rows(location: str, split: str, limit: int | None = None) -> list[dict]:
+    """The rows of one split as the adapters read them (`iter_source_rows`), the first `limit` if given."""
+    return [row.data for row in itertools.islice(iter_source_rows(Source(location, split)), limit)]
 
 
 def _config(name: str, **overrides):

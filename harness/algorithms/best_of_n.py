@@ -1,0 +1,88 @@
+"""Best-of-n: n samples from the SFT policy, the one the training reward scores highest kept; no training.
+
+The inference-time baseline of RLHF comparisons (Stiennon et al. 2020, "Learning to summarize from human
+feedback", arXiv:2009.01325; Gao et al. 2022, "Scaling laws for reward model overoptimization",
+arXiv:2210.10760, whose best-of-n curves are a reference point for reward against KL). Its KL to the
+reference is reported as the analytic bound log n - (n-1)/n (Beirami et al. 2024, "Theoretical guarantees on
+the best-of-n alignment policy", arXiv:2401.01879, Theorem 3.1; the earlier papers used it as the exact
+value): there is no policy model to run forward passes on.
+
+What is implemented: for every evaluation sample (prompt, sample slot), `n` independent completions of the
+prompt are drawn from the SFT checkpoint with the evaluator's own sampling settings and seed, each is scored,
+and the one with the highest training reward is kept; every other metric (gold reward, proxy reward, length,
+stop rate, BLEU, ROUGE, distinct-n, win rate against SFT) is computed on the kept completions exactly as for
+any checkpoint. The selection happens in the evaluator (harness.metrics.evaluator, `BestOf`); `train` trains
+nothing and hands on the SFT checkpoint itself.
+
+Choices and departures, each a decision of ours:
+- Selection reward: the suite's training reward, the one every online algorithm optimises (reward.source):
+  by default the proxy reward model's score minus `reward.missing_stop_penalty` for a completion without EOS
+  (harness.rewards.training_reward_function); the task's gold reward under `reward.source=gold`. The issue
+  and the papers select by the reward model's score alone; with the penalty best-of-n is charged for a
+  truncated completion as the online algorithms are. The scores are the evaluator's own: the proxy score a
+  candidate is selected by is the one eval/proxy_reward reports for it (one reward model pass, not two).
+  Budget settings do not apply: nothing trains.
+- Ties: the first of the tied completions in draw order is kept. The draws are exchangeable, so this is the
+  uniformly random tie-break of the best-of-n policy's definition.
+- KL: eval/kl is log n - (n-1)/n in nats for every prompt, an upper bound on KL(best-of-n || SFT), both at
+  the evaluation's sampling settings (the cell is tagged record.TAG_KL_IS_BOUND). It comes close to the true
+  value when every single completion has small probability under the SFT policy, and is loose where a few
+  completions carry most of the mass (short completions from a small model: with two equally likely outcomes
+  the true KL never exceeds log 2, whatever n; Beirami et al. §3). So best-of-n's points on a reward-versus-KL
+  frontier sit at or to the right of where they belong. eval/kl_k1 and eval/kl_k3, sampled-token estimates,
+  are not reported: the best-of-n policy's log-probabilities are not available. n = 1 is the SFT policy
+  itself, KL exactly 0.
+- Samples: the n candidates of slot j of a prompt are the evaluator's draws j*n .. j*n+n-1 of that prompt
+  (one `generate` call of samples_per_prompt x n per prompt, the evaluation seed). So n = 1 reproduces the SFT
+  baseline's own evaluation exactly, and with the vLLM backend (one random stream per (seed, prompt, draw))
+  slot 0's candidates include the baseline's own sample 0, a common-random-numbers pairing in the win rate
+  like every other checkpoint's.
+- Cost: no training spend (zeros, no optimizer steps); the inference-time spend is logged at evaluation as
+  cost/completions_per_answer = n and cost/eval_completions_generated (every candidate drawn), where n reward
+  model scores per answer are the price of the method.
+- No intermediate checkpoints (evaluation.checkpoints does not apply) and no LoRA (TRAINS_POLICY is False).
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+
+from harness import record
+from harness.config import require
+
+logger = logging.getLogger(__name__)
+
+# What the harness reads from an algorithm module (harness/registry.py).
+FAMILY = record.FAMILY_INFERENCE_TIME
+KL_KNOB = "n"  # candidates per answer: the bound log n - (n-1)/n grows with it
+KL_KNOB_RAISES_KL = True
+TRAINS_POLICY = False
+CURVES = ()  # nothing trains, nothing is logged per step
+WATCHED = ()
+
+
+def describe_data(options: dict) -> str:
+    n = options.get("n", "n")
+    return f"{n} samples from the SFT policy per answer, the one the training reward scores highest kept (no training)"
+
+
+@dataclass
+class Config:
+    n: int = 4
+    # completions drawn from the SFT policy per evaluation answer; the best by the training reward is kept
+
+    def __post_init__(self):
+        require(self.n >= 1, "n", "must be >= 1")
+
+
+def train(context):
+    """Nothing to train and nothing logged: the SFT checkpoint is the policy best-of-n samples from, handed on
+    as the cell's checkpoint without a copy; the evaluator does the sampling and selection."""
+    from harness.algorithms.context import TrainResult
+
+    return TrainResult(
+        checkpoint_dir=context.base_dir,
+        final_step=0,
+        spend={"prompts_seen": 0.0, "completions_generated": 0.0, "tokens_generated": 0.0, "optimizer_steps": 0.0},
+    )

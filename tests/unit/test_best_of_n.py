@@ -1,0 +1,285 @@
+"""Best-of-n (harness/algorithms/best_of_n.py): the evaluator keeps the best of n SFT draws, reports the KL bound.
+
+The oracle for the selection is the plain evaluation of the same checkpoint with samples_per_prompt x n
+samples at the same seed: the very draws best-of-n chooses among, scored by the ordinary path. Each kept
+sample must be the first maximum of its group of n by the training reward, computed here by hand from the
+plain evaluation's proxy and gold rewards; every metric must then be that of the kept draws. n = 1 must give
+the SFT checkpoint's own evaluation back, sample for sample. A whole cell (run_train, then run_evaluate with
+the SFT baseline before it) is run through the stage functions with a stand-in for MLflow, to check what is
+logged: the bound as eval/kl, the tag saying so, the inference-time cost, no trained model written.
+
+Tiny random models (a word tokenizer, a 2-layer GPT-2, a randomly initialised reward head) and 6 prompts keep
+the module to a few seconds.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import types
+from pathlib import Path
+
+import pytest
+
+WORDS = ["a", "b", "c", "d", "e", "f", "g", "h", "good", "x", "y", "z", "q"]
+PROMPTS = ["a b", "c d e", "f", "g h a", "x y", "z q good"]
+SAMPLES_PER_PROMPT = 2
+SEED = 3
+MAX_NEW_TOKENS = 5  # short enough that some draws stop (EOS) and some do not
+
+# log n - (n-1)/n by hand: ln 2 = 0.6931471805599453, ln 4 = 1.3862943611198906
+KL_BOUND = {1: 0.0, 2: 0.6931471805599453 - 0.5, 4: 1.3862943611198906 - 0.75}
+
+
+def gold_reward(prompt: str, completion: str, stopped: bool) -> float:
+    """A task's gold reward stand-in: integer-valued, so ties within a group are common."""
+    return completion.split().count("good") + completion.split().count("a") - (0.0 if stopped else 1.0)
+
+
+TASK = types.SimpleNamespace(HAS_GOLD_REWARD=True, gold_reward=gold_reward)
+EVAL_ROWS = [{"prompt": prompt, "reference": "good a b"} for prompt in PROMPTS]
+
+
+@pytest.fixture(scope="module")
+def models(tmp_path_factory) -> Path:
+    import torch
+    from transformers import AutoModelForSequenceClassification
+
+    from harness.config import ModelConfig
+    from harness.modeling import build_tiny_causal_lm, build_word_tokenizer, save_checkpoint
+
+    root = tmp_path_factory.mktemp("best_of_n_models")
+    tokenizer = build_word_tokenizer(WORDS, max_length=64)
+    tiny = ModelConfig(n_embd=32, n_layer=2, n_head=4, max_positions=64)
+    save_checkpoint(build_tiny_causal_lm(tiny, tokenizer, seed=0), tokenizer, root / "sft")
+    torch.manual_seed(0)
+    reward_model = AutoModelForSequenceClassification.from_pretrained(root / "sft", num_labels=1)
+    save_checkpoint(reward_model, tokenizer, root / "reward_model")
+    return root
+
+
+def evaluation_config(samples_per_prompt: int):
+    from harness.config import EvaluationConfig
+
+    return EvaluationConfig(num_prompts=0, samples_per_prompt=samples_per_prompt, max_new_tokens=MAX_NEW_TOKENS,
+                            batch_size=64)
+
+
+def evaluate(models: Path, samples_per_prompt: int = SAMPLES_PER_PROMPT, best_of=None, baseline_gold=None):
+    from harness.generation.hf import HFGenerator
+    from harness.metrics.evaluator import evaluate_checkpoint
+
+    return evaluate_checkpoint(
+        checkpoint=models / "sft",
+        reference_dir=models / "sft",
+        reward_model_dir=models / "reward_model",
+        task_module=TASK,
+        eval_rows=EVAL_ROWS,
+        config=evaluation_config(samples_per_prompt),
+        seed=SEED,
+        device="cpu",
+        generator=HFGenerator("cpu", 64),
+        baseline_gold=baseline_gold,
+        best_of=best_of,
+    )
+
+
+def by_slot(samples: list[dict]) -> dict[tuple[int, int], dict]:
+    return {(s["prompt_index"], s["sample_index"]): s for s in samples}
+
+
+def first_maximum(values: list[float]) -> int:
+    best = 0
+    for index, value in enumerate(values):
+        if value > values[best]:
+            best = index
+    return best
+
+
+@pytest.fixture(scope="module")
+def draws(models) -> dict[tuple[int, int], dict]:
+    """The plain evaluation at samples_per_prompt x 4: every draw best-of-4 chooses among, by (prompt, draw)."""
+    return by_slot(evaluate(models, SAMPLES_PER_PROMPT * 4).samples)
+
+
+@pytest.fixture(scope="module")
+def sft_gold(models) -> list[float]:
+    """The SFT baseline's gold rewards in (prompt, sample) order, as harness.stage hands them on."""
+    samples = sorted(evaluate(models).samples, key=lambda s: (s["prompt_index"], s["sample_index"]))
+    return [s["gold_reward"] for s in samples]
+
+
+SELECTIONS = {
+    # name: (reward source, missing-stop penalty, the selection reward of a plain-evaluation sample)
+    "proxy": ("proxy", 0.0, lambda s: s["proxy_reward"]),
+    "proxy with missing-stop penalty": ("proxy", 100.0, lambda s: s["proxy_reward"] - (0.0 if s["stopped"] else 100.0)),
+    "gold": ("gold", 100.0, lambda s: s["gold_reward"]),
+}
+
+
+@pytest.mark.parametrize("selection", list(SELECTIONS))
+def test_each_kept_sample_is_the_first_best_of_its_own_group_of_draws(models, draws, sft_gold, selection):
+    from harness.metrics.evaluator import BestOf
+
+    source, penalty, score = SELECTIONS[selection]
+    n = 4
+    result = evaluate(models, best_of=BestOf(n, source, penalty), baseline_gold=sft_gold)
+    kept = by_slot(result.samples)
+    assert sorted(kept) == [(p, j) for p in range(len(PROMPTS)) for j in range(SAMPLES_PER_PROMPT)]
+
+    expected = {}
+    for (prompt, slot), sample in kept.items():
+        group = [draws[(prompt, slot * n + m)] for m in range(n)]
+        scores = [score(draw) for draw in group]
+        best = first_maximum(scores)
+        expected[(prompt, slot)] = group[best]
+        assert sample["best_of"] == n
+        assert sample["kept_candidate"] == best, (prompt, slot, scores)
+        assert sample["candidate_selection_rewards"] == scores
+        assert sample["candidate_gold_rewards"] == [draw["gold_reward"] for draw in group]
+        for key in ("completion", "gold_reward", "proxy_reward", "length", "stopped", "rouge1", "rouge2", "rougeL"):
+            assert sample[key] == group[best][key], (prompt, slot, key)
+
+    # The test can tell: a selection that always kept the first draw, or ignored the penalty, would fail it.
+    assert any(s["kept_candidate"] != 0 for s in kept.values())
+    if selection == "proxy with missing-stop penalty":
+        raw = [first_maximum([s["proxy_reward"] for s in [draws[(p, j * n + m)] for m in range(n)]]) for p, j in kept]
+        assert raw != [kept[key]["kept_candidate"] for key in kept]
+    if selection == "gold":  # ties are resolved to the first of them
+        assert any(s["candidate_selection_rewards"].count(max(s["candidate_selection_rewards"])) > 1 for s in kept.values())
+
+    chosen = [expected[key] for key in sorted(expected)]
+    summary = result.summary
+    for metric, field in (("gold_reward", "gold_reward"), ("proxy_reward", "proxy_reward"), ("length", "length"),
+                          ("stop_rate", "stopped"), ("rouge1", "rouge1")):
+        assert summary[metric] == pytest.approx(sum(float(s[field]) for s in chosen) / len(chosen), abs=1e-12), metric
+    points = [1.0 if s["gold_reward"] > b else 0.5 if s["gold_reward"] == b else 0.0 for s, b in zip(chosen, sft_gold)]
+    assert summary["win_rate_vs_sft"] == pytest.approx(sum(points) / len(points), abs=1e-12)
+    assert result.completions_generated == len(PROMPTS) * SAMPLES_PER_PROMPT * n
+
+
+@pytest.mark.parametrize("n", [2, 4])
+def test_kl_is_the_analytic_bound_and_no_sampled_token_estimate_is_reported(models, n):
+    from harness.metrics.evaluator import BestOf
+
+    result = evaluate(models, best_of=BestOf(n, "proxy", 1.0))
+    assert all(sample["kl"] == KL_BOUND[n] for sample in result.samples)
+    assert result.summary["kl"] == pytest.approx(KL_BOUND[n], abs=1e-15)  # their mean, to the last bit or so
+    assert "kl_k1" not in result.summary and "kl_k3" not in result.summary
+    assert not any("kl_k1" in sample or "kl_k3" in sample for sample in result.samples)
+
+
+def test_best_of_one_is_the_sft_policy_own_evaluation(models, sft_gold):
+    """Same draws, same scores, same metrics; the bound at n = 1 (0) is the exact KL the plain path measures."""
+    from harness.metrics.evaluator import BestOf
+
+    plain = evaluate(models, baseline_gold=sft_gold)
+    best_of_one = evaluate(models, best_of=BestOf(1, "proxy", 1.0), baseline_gold=sft_gold)
+    assert plain.summary["kl"] == plain.summary["kl_k1"] == plain.summary["kl_k3"] == 0.0
+    estimates_only = {"kl_k1", "kl_k3"}
+    assert {k: v for k, v in plain.summary.items() if k not in estimates_only} == best_of_one.summary
+    assert plain.bleu_signature == best_of_one.bleu_signature
+    added = {"best_of", "kept_candidate", "candidate_selection_rewards", "candidate_gold_rewards"}
+    ours = by_slot(best_of_one.samples)
+    for key, sample in by_slot(plain.samples).items():
+        assert {k: v for k, v in sample.items() if k not in estimates_only} == {
+            k: v for k, v in ours[key].items() if k not in added
+        }
+        assert ours[key]["kept_candidate"] == 0 and ours[key]["candidate_gold_rewards"] == [sample["gold_reward"]]
+
+
+def test_n_below_one_is_refused_naming_the_key():
+    from harness.config import ConfigError, load_config
+
+    with pytest.raises(ConfigError, match=r"^'algorithms\.best_of_n\.n' must be >= 1$"):
+        load_config("tiny", ["algorithms.best_of_n.n=0"])
+
+
+# ---------------------------------------------------------------------------------------------------------
+# A whole cell through the stage functions
+# ---------------------------------------------------------------------------------------------------------
+
+
+class RecordingTracker:
+    """MLflow as the stage functions call it, kept in memory."""
+
+    def __init__(self):
+        self.metrics: dict[str, dict[str, float]] = {}
+        self.tags: dict[str, dict[str, str]] = {}
+
+    def log_metrics(self, run_id, metrics, step=None):
+        self.metrics.setdefault(run_id, {}).update(metrics)
+
+    def set_tags(self, run_id, tags):
+        self.tags.setdefault(run_id, {}).update(tags)
+
+    def log_artifact(self, run_id, path, artifact_path=None):
+        pass
+
+    def finish(self, run_id, status):
+        assert status == "FINISHED"
+
+
+def stage_run(models: Path, root: Path, kind: str, arm: str, arms: dict, tracker: RecordingTracker):
+    """What run_train and run_evaluate read of a StageRun, for the `kind` stage of `arm`'s cell at SEED."""
+    from harness.config import RewardConfig, SuiteConfig
+    from harness.plan import PlannedStage
+    from harness.stage import Prepared, SilentReporter, TaskInputs
+
+    suite = SuiteConfig(name="best-of-n-test", device="cpu", evaluation=evaluation_config(SAMPLES_PER_PROMPT),
+                        reward=RewardConfig(source="proxy", missing_stop_penalty=1.0))
+    task_data = types.SimpleNamespace(eval=EVAL_ROWS, train_prompts=PROMPTS, preferences=[])
+    prepared = Prepared(TaskInputs(TASK, task_data, "fingerprint", models / "sft", "plain text"),
+                        models / "sft", models / "reward_model", {"heldout_accuracy": 0.5})
+
+    def cell_folder(arm_name=arm, seed=SEED):
+        return root / f"{arm_name}-s{seed}"
+
+    folder = cell_folder() / kind if kind == "train" else cell_folder()
+    return types.SimpleNamespace(
+        stage=PlannedStage(f"{kind}:{arm}-s{SEED}", kind, SEED, arm, "hash", str(folder)),
+        folder=folder,
+        config=types.SimpleNamespace(arms=arms),
+        suite=suite,
+        invocation=types.SimpleNamespace(generator="hf"),
+        plan=types.SimpleNamespace(cell_folder=lambda name, seed: cell_folder(name, seed)),
+        reporter=SilentReporter(),
+        tracker=tracker,
+        timings=[],
+        prepared=lambda seed: prepared,
+        open_cell_run=lambda prepared: f"run-{arm}",
+        cell_folder=cell_folder,
+        cell_attempt=lambda run_id: contextlib.nullcontext(),
+    )
+
+
+def test_a_best_of_n_cell_trains_nothing_and_logs_the_bound_as_a_bound(models, tmp_path, sft_gold):
+    from harness import record
+    from harness.algorithms import best_of_n
+    from harness.stage import run_evaluate, run_train
+
+    tracker = RecordingTracker()
+    arm = "best_of_n@n=4"
+    arms = {arm: best_of_n.Config(n=4)}
+    run_evaluate(stage_run(models, tmp_path, "evaluate", record.BASELINE, arms, tracker))
+    train = stage_run(models, tmp_path, "train", arm, arms, tracker)
+    run_train(train)
+    assert not any(path.is_dir() for path in train.folder.iterdir()), "best-of-n wrote a model (or snapshots)"
+    assert json.loads((train.folder / "result.json").read_text())["checkpoint"] == str(models / "sft")
+    run_evaluate(stage_run(models, tmp_path, "evaluate", arm, arms, tracker))
+
+    metrics, tags = tracker.metrics[f"run-{arm}"], tracker.tags[f"run-{arm}"]
+    assert tags[record.TAG_KL_IS_BOUND] == "true"
+    assert record.TAG_KL_IS_BOUND not in tracker.tags[f"run-{record.BASELINE}"]
+    assert metrics["eval/kl"] == pytest.approx(KL_BOUND[4], abs=1e-15)
+    assert "eval/kl_k1" not in metrics
+    assert metrics["cost/completions_per_answer"] == 4.0
+    assert metrics["cost/eval_completions_generated"] == len(PROMPTS) * SAMPLES_PER_PROMPT * 4
+    assert metrics["cost/optimizer_steps"] == metrics["cost/completions_generated"] == metrics["cost/train_steps"] == 0.0
+    # The baseline's samples reached the win rate, in (prompt, sample) order.
+    assert tracker.metrics[f"run-{record.BASELINE}"]["eval/kl"] == 0.0
+    samples = [json.loads(line) for line in (tmp_path / f"{arm}-s{SEED}" / "eval" / "samples.jsonl").read_text().splitlines()]
+    samples.sort(key=lambda s: (s["prompt_index"], s["sample_index"]))
+    points = [1.0 if s["gold_reward"] > b else 0.5 if s["gold_reward"] == b else 0.0 for s, b in zip(samples, sft_gold)]
+    assert metrics["eval/win_rate_vs_sft"] == pytest.approx(sum(points) / len(points), abs=1e-12)
+    assert all(s["best_of"] == 4 for s in samples)
