@@ -176,7 +176,8 @@ class LoraConfig:
     alpha: float = 32.0
     # scaling numerator: the update is (alpha / r) * B A
     dropout: float = 0.0
-    # off like every other dropout (PPO.md §2.1): a random policy breaks the ratio = 1 check at each update's start
+    # off like every other dropout (PPO.md §2.1): a random policy breaks the ratio = 1 check at each update's start;
+    # PPO and REINFORCE++ turn it off whatever is set here (their old and new log-probs must come from one network)
     target_modules: list[str] = field(default_factory=lambda: ["all-linear"])
     # module names to adapt; ["all-linear"] = every linear layer but the output head (QLoRA's choice)
 
@@ -763,6 +764,9 @@ def load_config(suite: str, overrides: list[str] | None = None) -> ResolvedConfi
     suite_data.setdefault("name", path.stem)
     if isinstance(suite_data.get("executor"), str):  # `executor: ray` in a suite file
         suite_data["executor"] = {"name": suite_data["executor"]}
+    for layer in (suite_data, override_data):  # dotted or nested, a swept key replaces the suite's list whole
+        if isinstance(layer.get("sweep"), dict):
+            layer["sweep"] = flatten(layer["sweep"])
     raw = deep_merge(suite_data, override_data)
 
     # Model preset: configs/models/<preset>.yaml sits between the defaults and the suite's own model values.

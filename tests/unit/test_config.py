@@ -299,7 +299,7 @@ def test_an_empty_only_is_refused_on_the_command_line_and_in_a_suite_file(tmp_pa
     suite.write_text("task: {name: synthetic_reviews}\nalgorithms: {dpo: {}, grpo: {}}\nonly: []\n")
     with pytest.raises(ConfigError, match=r"'only' is empty: .*\(dpo, grpo\), or leave it out"):
         load_config(str(suite))
-    assert load_config("tiny").selected_arms == ["dpo", "grpo", "ppo"]  # left out: all
+    assert load_config("tiny").selected_arms == list(load_config("tiny").algorithms)  # left out: all
 
 
 def test_a_suite_file_that_repeats_a_key_is_refused(tmp_path):
@@ -350,9 +350,10 @@ def test_a_resolved_suite_reloads_as_itself(suite, tmp_path):
 def test_a_sweep_makes_one_arm_per_point_with_its_value_in_the_config_and_the_hash():
     from harness.plan import build_plan
 
-    plain = load_config("tiny")
+    only = "only=[dpo,grpo,ppo]"
+    plain = load_config("tiny", [only])
     swept = load_config("tiny", ["sweep.algorithms.dpo.beta=[0.03,0.1]", "sweep.algorithms.dpo.batch_size=[8,16]",
-                                 "sweep.algorithms.ppo.kl_coef=[0.1,0.2]"])
+                                 "sweep.algorithms.ppo.kl_coef=[0.1,0.2]", only])
     # One algorithm's keys form a grid (in the order listed); another algorithm's sweep is independent of it.
     assert swept.selected_arms == [
         "dpo@beta=0.03,batch_size=8", "dpo@beta=0.03,batch_size=16", "dpo@beta=0.1,batch_size=8",
@@ -382,6 +383,9 @@ def test_a_sweep_written_in_a_suite_file_equals_the_command_line_form(tmp_path):
     from_command_line = load_config(str(tmp_path / "frontier.yaml"), ["sweep.algorithms.dpo.beta=[0.03,0.3]"])
     assert from_file.selected_arms == ["dpo@beta=0.03", "dpo@beta=0.3", "ppo"]
     assert fingerprint(from_file.to_dict()) == fingerprint(from_command_line.to_dict())
+    # The command line replaces the file's list for that key (one more point here), and adds new keys.
+    widened = load_config(str(suite), ["sweep.algorithms.dpo.beta=[0.03,0.3,1.0]", "sweep.algorithms.ppo.kl_coef=[0.1]"])
+    assert widened.selected_arms == ["dpo@beta=0.03", "dpo@beta=0.3", "dpo@beta=1.0", "ppo@kl_coef=0.1"]
 
 
 @pytest.mark.parametrize("only, arms", [

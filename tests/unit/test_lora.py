@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from harness.algorithms.lora import ADAPTER_FOLDER, inner_model, peft_config, save_policy
-from harness.algorithms.ppo import AdapterDisabledReference
+from harness.algorithms.onpolicy import AdapterDisabledReference
 from harness.config import ConfigError, LoraConfig, ModelConfig, SuiteConfig, build
 from harness.modeling import build_tiny_causal_lm, build_word_tokenizer, load_causal_lm, save_checkpoint
 

@@ -4,14 +4,14 @@
 The oracle is the same update computed by one process on the whole batch: `ppo.learn_from_rollouts` (the
 function `ppo.train` calls once per update) on a fixed batch of B = 8 rollouts, M = 1 minibatch, K = 2 epochs,
 micro-batches of 2 (so each rank accumulates over two micro-batches under `no_sync`). The rollouts are built
-deterministically, not sampled, so both runs see the same batch: rank r takes rows r*4..r*4+3 (`ppo.shard_rows`,
-as `train` does with its prompts), and the first four rows have long responses and the last four short ones, so
-the ranks hold different numbers of valid tokens and a per-rank token count, per-rank whitening or a missing
-undo of DDP's gradient average changes the result.
+deterministically, not sampled, so both runs see the same batch: rank r takes rows r*4..r*4+3
+(`onpolicy.shard_rows`, as `train` does with its prompts), and the first four rows have long responses and the
+last four short ones, so the ranks hold different numbers of valid tokens and a per-rank token count, per-rank
+whitening or a missing undo of DDP's gradient average changes the result.
 
 This file is also the worker: `accelerate launch --config_file configs/accelerate/ddp.yaml --num_processes 2
 tests/unit/test_ppo_distributed.py` runs `main()` on each rank. The worker also runs a control update with the
-cross-rank sums switched off (`ppo._reduce_sum` replaced by the identity, i.e. per-rank token counts and
+cross-rank sums switched off (`onpolicy.reduce_sum` replaced by the identity, i.e. per-rank token counts and
 moments), and the test checks that this control is far from the oracle: the comparison can fail.
 """
 
@@ -100,7 +100,7 @@ def fixed_rollouts(tokenizer, rank: int, world_size: int, device):
     max length) and sequence scores; the first half has 6-8 response tokens, the second half 1-3."""
     import torch
 
-    from harness.algorithms import common, ppo
+    from harness.algorithms import common, onpolicy
 
     rng = random.Random(0)
     prompts = [" ".join(rng.choice(WORDS[:8]) for _ in range(rng.randint(2, 4))) for _ in range(ROLLOUTS)]
@@ -116,10 +116,10 @@ def fixed_rollouts(tokenizer, rank: int, world_size: int, device):
             responses[row, length - 1] = eos
     scores = torch.randn(ROLLOUTS, generator=generator)
 
-    rows = ppo.shard_rows(list(range(ROLLOUTS)), rank, world_size)
-    prompt_ids, prompt_mask, prompt_starts = ppo.encode_prompts(tokenizer, [prompts[i] for i in rows], device)
+    rows = onpolicy.shard_rows(list(range(ROLLOUTS)), rank, world_size)
+    prompt_ids, prompt_mask, prompt_starts = onpolicy.encode_prompts(tokenizer, [prompts[i] for i in rows], device)
     truncated = common.truncate_after_stop(responses[rows].to(device), [eos], pad)
-    rollouts = ppo.Rollouts.from_truncated(prompt_ids, prompt_mask.bool(), prompt_starts, truncated)
+    rollouts = onpolicy.Rollouts.from_truncated(prompt_ids, prompt_mask.bool(), prompt_starts, truncated)
     return rollouts, scores[rows].to(device)
 
 
@@ -127,16 +127,16 @@ def one_update(root: Path, output_dir: Path) -> dict:
     """Build the learner from disk and run one PPO update on this rank's fixed rollouts (the product path)."""
     import torch
 
-    from harness.algorithms import ppo
+    from harness.algorithms import onpolicy, ppo
     from harness.modeling import load_tokenizer
 
     context = make_context(root, output_dir)
     config = context.config
-    accelerator = ppo.make_accelerator(context.suite)
+    accelerator = onpolicy.make_accelerator(context.suite, "PPO")
     tokenizer = load_tokenizer(context.base_dir)
     learner = ppo.build_learner(context, tokenizer, accelerator)
     rollouts, scores = fixed_rollouts(tokenizer, accelerator.process_index, accelerator.num_processes, accelerator.device)
-    settings = ppo.LossSettings(1.0, config.clip_epsilon, config.value_clip, config.entropy_coef)
+    settings = onpolicy.LossSettings(1.0, config.clip_epsilon, config.value_clip, config.entropy_coef)
     metrics = ppo.learn_from_rollouts(
         learner,
         rollouts,
@@ -144,7 +144,7 @@ def one_update(root: Path, output_dir: Path) -> dict:
         config.kl_coef,
         settings,
         config,
-        ppo.local_minibatch_size(config, accelerator.num_processes),
+        onpolicy.local_minibatch_size(config, accelerator.num_processes, "ppo"),
         torch.Generator().manual_seed(1),
     )
     tensors = {}
@@ -162,7 +162,7 @@ def main() -> None:
     from accelerate import PartialState
     from safetensors.torch import save_file
 
-    from harness.algorithms import ppo
+    from harness.algorithms import onpolicy
 
     parser = argparse.ArgumentParser()
     parser.add_argument("--models", type=Path, required=True)
@@ -172,7 +172,7 @@ def main() -> None:
     torch.use_deterministic_algorithms(True)
     results = {"reduced": one_update(arguments.models, arguments.out)}
     rank = PartialState().process_index  # after make_accelerator has joined the gloo group (cpu=True)
-    ppo._reduce_sum = lambda tensor, accelerator: tensor  # the control: per-rank counts, moments and sums
+    onpolicy.reduce_sum = lambda tensor, accelerator: tensor  # the control: per-rank counts, moments and sums
     results["per_rank"] = one_update(arguments.models, arguments.out)
     for name, result in results.items():
         save_file(result["tensors"], str(arguments.out / f"{name}-rank{rank}.safetensors"))
@@ -206,7 +206,7 @@ def test_two_process_update_equals_one_process_update(tmp_path):
     output.mkdir()
     # The harness's DDP preset without `--cpu`: Accelerate 1.15's `launch --cpu` starts a single process
     # whatever `--num_processes` says (its simple launcher; several CPU processes need mpirun), while the DDP
-    # preset starts them with torchrun. Each rank then asks for the CPU itself (`ppo.make_accelerator`, from
+    # preset starts them with torchrun. Each rank then asks for the CPU itself (`onpolicy.make_accelerator`, from
     # suite.device), which makes Accelerate join a gloo process group.
     command = [
         sys.executable, "-m", "accelerate.commands.launch", "--config_file", str(DDP_PRESET),

@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from harness.algorithms import common, ppo
+from harness.algorithms import common, onpolicy, ppo
 from harness.algorithms.context import TrainContext
 from harness.config import BudgetConfig, ConfigError, LoraConfig, ModelConfig, SamplingConfig, SuiteConfig, build
 from harness.modeling import EOS_TOKEN, build_tiny_causal_lm, build_word_tokenizer, save_checkpoint
@@ -164,6 +164,17 @@ def test_logged_metric_names_follow_grpo_where_they_mean_the_same(small_kl_run):
         assert metrics["completions/clipped_ratio"] == pytest.approx(1.0 - metrics["ppo/stop_rate"])
 
 
+def test_shared_curves_and_the_declared_curves_are_logged(small_kl_run):
+    from harness import record
+
+    logged, _ = small_kl_run
+    for update, metrics in enumerate(logged, start=1):
+        assert metrics[record.TRAIN_BUDGET_FRACTION] == pytest.approx(update / len(logged))
+        # The per-sequence k1 sum of the rollouts, mean over rollouts: PPO's `kl` under the shared name.
+        assert metrics[record.TRAIN_KL_PER_SEQUENCE] == metrics["kl"]
+    assert set(ppo.CURVES) | set(ppo.WATCHED) <= set(logged[0])
+
+
 def test_checkpoint_is_a_standard_hugging_face_folder(small_kl_run, tiny_models):
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
@@ -256,6 +267,19 @@ def test_lora_policy_learns_with_the_adapter_disabled_network_as_its_reference(c
     assert any(not torch.equal(merged[name], base[name]) for name in base)
 
 
+def test_lora_dropout_is_off_so_old_and_new_log_probs_come_from_one_network(tiny_models, tmp_path):
+    """`lora.dropout` 0.1: peft's adapter dropout acts in train mode only, so unless PPO turns it off the
+    minibatch forwards (train mode) differ from the scoring forwards (eval mode) and the first minibatch's ratio
+    is not 1. Update 1 cannot tell (the adapter starts at B = 0, so its dropout has nothing to drop); update 2
+    starts from a trained adapter. Measured without the fix: max |rho - 1| = 0.015 at update 2's first minibatch."""
+    lora = LoraConfig(enabled=True, r=4, alpha=8.0, dropout=0.1, stages=["ppo"])
+    logged, _ = run_ppo(tiny_models, tmp_path, updates=2, rollouts=16, lora=lora, learning_rate=3e-3, ppo_epochs=2)
+    for metrics in logged:
+        assert metrics["ppo/first_minibatch_ratio_deviation"] <= 1e-5
+        assert metrics["ppo/first_minibatch_approx_kl"] <= 1e-10
+    assert logged[-1]["ppo/ratio_max"] > 1.0 + 1e-3  # the adapter did train between the two updates
+
+
 # ---------------------------------------------------------------------------------------------------------
 # E3 — ratio 1 and no clipping on the first minibatch of the first epoch
 # ---------------------------------------------------------------------------------------------------------
@@ -334,7 +358,7 @@ def test_e5_critic_loss_falls_with_a_frozen_policy(tiny_models, tmp_path):
 # ---------------------------------------------------------------------------------------------------------
 
 
-def uneven_minibatch(policy, pad_id: int = 0, eos_id: int = 1) -> ppo.TrainingBatch:
+def uneven_minibatch(policy, pad_id: int = 0, eos_id: int = 1) -> onpolicy.TrainingBatch:
     """8 rollouts with response lengths 1..8 in mixed order and left-padded prompts of 2-4 tokens."""
     generator = torch.Generator().manual_seed(3)
     rows, prompt_length, response_length = 8, 4, 8
@@ -350,12 +374,12 @@ def uneven_minibatch(policy, pad_id: int = 0, eos_id: int = 1) -> ppo.TrainingBa
         inputs = common.build_forward_inputs(
             prompt_ids, truncated.response_ids, prompt_mask=prompt_mask, response_mask=mask
         )
-        logits = ppo._response_logits(policy, inputs, response_length)
+        logits = onpolicy.response_logits(policy, inputs, response_length)
         logp = common.token_logprobs_from_logits(logits, truncated.response_ids, 1.0, mask=mask)
     # Old log-probs off by up to +-0.4 so that ratios spread over both sides of the clip range.
     logp_old = torch.where(mask, logp + 0.8 * (torch.rand(rows, response_length, generator=generator) - 0.5), 0.0)
     zero = torch.zeros(rows, response_length)
-    return ppo.TrainingBatch(
+    return onpolicy.TrainingBatch(
         prompt_ids=prompt_ids,
         prompt_mask=prompt_mask,
         response_ids=truncated.response_ids,
@@ -378,7 +402,7 @@ def test_e7_one_micro_batch_of_8_equals_four_of_2(tiny_models):
     policy = load_causal_lm(tiny_models.base).train()
     critic = ppo._load_critic("reward_model", tiny_models.base, tiny_models.reward_model, False).train()
     batch = uneven_minibatch(policy)
-    settings = ppo.LossSettings(temperature=1.0, clip_epsilon=0.2, value_clip=0.2, entropy_coef=0.01)
+    settings = onpolicy.LossSettings(temperature=1.0, clip_epsilon=0.2, value_clip=0.2, entropy_coef=0.01)
     token_count = batch.mask.sum().float()
 
     def gradients(split_into_micro_batches_of: int, per_micro_batch_count: bool = False):
@@ -390,14 +414,14 @@ def test_e7_one_micro_batch_of_8_equals_four_of_2(tiny_models):
             micro_batches = torch.arange(8).split(split_into_micro_batches_of)
             for rows in micro_batches:
                 micro = batch.rows(rows)
-                ppo.accumulate_minibatch_gradients(
+                onpolicy.accumulate_minibatch_gradients(
                     policy, critic, micro, micro.mask.sum().float(), settings, split_into_micro_batches_of, accelerator
                 )
             for parameter in (*policy.parameters(), *critic.parameters()):
                 if parameter.grad is not None:
                     parameter.grad /= len(micro_batches)
         else:
-            ppo.accumulate_minibatch_gradients(
+            onpolicy.accumulate_minibatch_gradients(
                 policy, critic, batch, token_count, settings, split_into_micro_batches_of, accelerator
             )
         return [p.grad.clone() for p in (*policy.parameters(), *critic.parameters()) if p.grad is not None]
@@ -541,7 +565,7 @@ def test_u20_recomputed_logprobs_match_generation_scores(tiny_models, temperatur
     from harness.modeling import load_causal_lm, load_tokenizer
 
     tokenizer, policy = load_tokenizer(tiny_models.base), load_causal_lm(tiny_models.base)
-    generation_config = ppo._rollout_generation_config(
+    generation_config = onpolicy.rollout_generation_config(
         SamplingConfig(temperature=temperature, max_new_tokens=MAX_NEW_TOKENS), eos_id=1, pad_id=0
     )
     generation_config.output_scores, generation_config.return_dict_in_generate = True, True
@@ -558,7 +582,7 @@ def test_u20_recomputed_logprobs_match_generation_scores(tiny_models, temperatur
         inputs = common.build_forward_inputs(
             encoded.input_ids, truncated.response_ids, prompt_mask=encoded.attention_mask, response_mask=truncated.mask
         )
-        logits = ppo._response_logits(policy, inputs, truncated.response_ids.shape[1])
+        logits = onpolicy.response_logits(policy, inputs, truncated.response_ids.shape[1])
         recomputed = common.token_logprobs_from_logits(logits, truncated.response_ids, temperature, mask=truncated.mask)
     difference = torch.where(truncated.mask, sampled_logprobs - recomputed, 0.0).abs().max().item()
     assert difference <= 1e-4, difference  # measured: 5e-7
