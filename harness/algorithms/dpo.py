@@ -1,18 +1,24 @@
 """DPO: Direct Preference Optimization (Rafailov et al. 2023, arXiv:2305.18290), through TRL's DPOTrainer.
 
-What is implemented: the sigmoid loss −log σ(β·[(log π_c − log π_r) − (log π_ref,c − log π_ref,r)]) on the
-task's (prompt, chosen, rejected) pairs, the SFT checkpoint as both the initial policy and the frozen
-reference (PPO.md §3.2). Sequence log-probs sum over completion tokens only (TRL).
+What is implemented: the sigmoid loss −log σ(β·[(log π_c − log π_r) − (log π_ref,c − log π_ref,r)]) on
+(prompt, chosen, rejected) pairs, the SFT checkpoint as both the initial policy and the frozen reference
+(PPO.md §3.2). Sequence log-probs sum over completion tokens only, EOS included (TRL appends it).
 
 Departures from TRL defaults, set here so they are logged and equal across algorithms: dropout off, no
 warm-up, the learning rate and schedule of this config, max_length = the model's context.
 
-Data (PPO.md §3.4, a team decision written down): by default (`pairs_source: dataset`) DPO learns from the
-same preference pairs the reward model was trained on (for `tiny`, labelled by the gold reward with
-Bradley-Terry noise). With `pairs_source: reward_model` it learns from on-policy pairs instead: two
-completions per training prompt sampled from the SFT policy with the suite's sampling settings, the one the
-suite's reward model scores higher as chosen (ties dropped). Under the `equal_prompts` budget DPO consumes
-one pair per training prompt.
+`label_smoothing` (ε) is read by TRL 1.16 only in its robust (rDPO, Chowdhury et al. 2024, arXiv:2403.00409),
+exo_pair, aot and aot_unpaired losses; its sigmoid loss ignores it without a word (older TRL releases smoothed
+the sigmoid loss, cDPO). So ε > 0 with any other loss_type is refused at validation rather than silently
+dropped: for ε-robust DPO set `loss_type: robust` (the logged loss_type is the loss that trained).
+
+Data (PPO.md §3.4, a team decision written down; harness/algorithms/preference_pairs.py, shared by the offline
+preference family): by default (`pairs_source: dataset`) DPO learns from the same preference pairs the reward
+model was trained on (for `tiny`, labelled by the gold reward with Bradley-Terry noise). With `pairs_source:
+reward_model` it learns from on-policy pairs instead: two completions per training prompt sampled from the SFT
+policy with the suite's sampling settings, the one the suite's reward model scores higher as chosen (ties
+dropped, and pairs with a sample that did not stop dropped and counted: TRL would append EOS to it and train it
+as a completion that stopped). Under the `equal_prompts` budget DPO consumes one pair per training prompt.
 
 Several processes (`accelerate launch`, DESIGN.md §9): `batch_size` is the global number of pairs per
 optimizer step. Each of the W processes gets `per_device_train_batch_size = batch_size / W` pairs (W must
@@ -24,13 +30,11 @@ every rank trains on the same list; the generation spend counts every rank's com
 
 from __future__ import annotations
 
-import logging
 from dataclasses import dataclass
 
 from harness import record
+from harness.algorithms.preference_pairs import PAIRS_SOURCES, describe_pairs
 from harness.config import require
-
-logger = logging.getLogger(__name__)
 
 # What the harness reads from an algorithm module (harness/registry.py).
 FAMILY = record.FAMILY_OFFLINE_PREFERENCE
@@ -40,12 +44,12 @@ TRAINS_POLICY = True
 CURVES = ("loss", "rewards/margins", "rewards/accuracies")
 WATCHED = ("loss", "grad_norm", "rewards/margins", "rewards/chosen")
 
+# TRL 1.16 losses that read label_smoothing (dpo_trainer._compute_loss); every other loss ignores it.
+LABEL_SMOOTHING_LOSSES = ("robust", "exo_pair", "aot", "aot_unpaired")
+
 
 def describe_data(options: dict) -> str:
-    if options.get("pairs_source") == "reward_model":
-        return ("pairs sampled from the SFT policy (two completions per training prompt), labelled by the suite's "
-                "reward model")
-    return "the task's preference pairs (the reward model's training data)"
+    return describe_pairs(options)
 
 
 @dataclass
@@ -53,9 +57,11 @@ class Config:
     beta: float = 0.1
     # strength of the implicit KL to the reference (not comparable to PPO's or GRPO's beta)
     loss_type: str = "sigmoid"
-    # TRL loss: "sigmoid" is the DPO paper's; "ipo", "hinge", ... are TRL's alternatives
+    # TRL loss: "sigmoid" is the DPO paper's; "robust", "hinge", ... are TRL's alternatives (IPO is its own
+    # algorithm, harness/algorithms/ipo.py)
     label_smoothing: float = 0.0
-    # conservative-DPO smoothing of the preference labels (0 = the paper's loss)
+    # assumed rate of flipped preference labels, read only by the robust (rDPO), exo_pair, aot and aot_unpaired
+    # losses; 0 = the paper's loss
     learning_rate: float = 1e-3
     # peak learning rate
     lr_scheduler: str = "linear"
@@ -69,9 +75,16 @@ class Config:
     def __post_init__(self):
         require(self.beta > 0, "beta", "must be > 0")
         require(0 <= self.label_smoothing < 0.5, "label_smoothing", "must be in [0, 0.5)")
+        require(
+            self.label_smoothing == 0 or self.loss_type in LABEL_SMOOTHING_LOSSES,
+            "label_smoothing",
+            f"is ignored by TRL's '{self.loss_type}' loss; use loss_type robust (rDPO) or "
+            f"{', '.join(LABEL_SMOOTHING_LOSSES[1:])}, or label_smoothing 0",
+        )
+        require(self.loss_type != "exo_pair" or self.label_smoothing > 0, "label_smoothing", "must be > 0 for exo_pair")
         require(self.learning_rate > 0, "learning_rate", "must be > 0")
         require(self.batch_size > 0, "batch_size", "must be > 0")
-        require(self.pairs_source in ("dataset", "reward_model"), "pairs_source", "must be 'dataset' or 'reward_model'")
+        require(self.pairs_source in PAIRS_SOURCES, "pairs_source", "must be 'dataset' or 'reward_model'")
 
 
 def train(context):
@@ -91,6 +104,7 @@ def train(context):
         train_resuming,
     )
     from harness.algorithms.lora import peft_config
+    from harness.algorithms.preference_pairs import training_pairs
     from harness.modeling import load_tokenizer
 
     config: Config = context.config
@@ -119,13 +133,7 @@ def train(context):
     # Reading world_size sets up the Trainer's process group now (gloo on the CPU with use_cpu), before any
     # pairs are sampled across ranks; a launch whose ranks did not join one group is refused.
     check_process_group(arguments.world_size)
-    generated = {"completions": 0.0, "tokens": 0.0}
-    if config.pairs_source == "reward_model":
-        pairs = reward_model_pairs(context, steps * config.batch_size, generated)
-    else:
-        pairs = context.task_data.preferences
-    if not pairs:
-        raise ValueError(f"no preference pairs for DPO (pairs_source={config.pairs_source})")
+    pairs, generated = training_pairs(context, config.pairs_source, steps * config.batch_size, "DPO")
 
     trainer = DPOTrainer(
         model=str(context.base_dir),  # TRL builds the frozen reference from the same folder
@@ -144,82 +152,7 @@ def train(context):
         final_step=trainer.state.global_step,
         spend={  # global: the pairs of all ranks (steps x the global batch)
             "prompts_seen": float(steps * config.batch_size),
-            "completions_generated": generated["completions"],  # 0 with the dataset's pairs: DPO samples nothing
-            "tokens_generated": generated["tokens"],
+            **generated,  # completions and tokens sampled for the pairs: 0 with the dataset's pairs
             "optimizer_steps": float(trainer.state.global_step),
         },
     )
-
-
-def reward_model_pairs(context, count: int, generated: dict) -> list[dict]:
-    """On-policy preference pairs: two samples per training prompt from the SFT policy, labelled by the
-    suite's reward model (not the gold reward, even when online algorithms train on gold: these are the pairs
-    a team without a gold judge would have). Ties carry no preference and are dropped.
-
-    With several processes each rank samples and scores a contiguous slice of the prompts (its own seed, on its
-    own device), and the slices' pairs and counts are all-gathered in rank order: every rank returns the same
-    list, and `generated` holds the global counts."""
-    from harness.generation.base import SamplingSettings
-    from harness.generation.hf import HFGenerator
-    from harness.rewards import ProxyRewardModel, as_completion
-
-    rank, world_size = _process_rank_and_count()
-    prompts = context.task_data.train_prompts
-    prompts = [prompts[i % len(prompts)] for i in range(count)]
-    shard = len(prompts) // world_size + (1 if rank < len(prompts) % world_size else 0)
-    start = rank * (len(prompts) // world_size) + min(rank, len(prompts) % world_size)
-    prompts = prompts[start : start + shard]
-    device = _rank_device(context.suite.device)
-    sampling = context.suite.sampling
-    settings = SamplingSettings(sampling.temperature, sampling.top_k, sampling.top_p, sampling.max_new_tokens)
-    # One seed per rank: the slices are independent draws; a single process keeps the seed it always had.
-    samples = HFGenerator(device).generate(context.base_dir, prompts, 2, settings, context.seed + 7919 * rank)
-    completions = [as_completion(sample.text) for sample in samples]
-    stopped = [sample.stopped for sample in samples]
-    repeated_prompts = [prompts[sample.prompt_index] for sample in samples]
-    scores = ProxyRewardModel(context.reward_model_dir, device).score(repeated_prompts, completions, stopped)
-    pairs = []
-    for first in range(0, len(samples), 2):  # samples come prompt-major: (prompt, 0), (prompt, 1)
-        a, b = first, first + 1
-        if scores[a] == scores[b] or not completions[a] or not completions[b]:
-            continue
-        chosen, rejected = (a, b) if scores[a] > scores[b] else (b, a)
-        pairs.append({"prompt": repeated_prompts[a], "chosen": completions[chosen], "rejected": completions[rejected]})
-    local = (pairs, float(len(samples)), float(sum(len(sample.completion_ids) for sample in samples)))
-    shards = _all_gather_objects(local, world_size)
-    pairs = [pair for shard_pairs, _, _ in shards for pair in shard_pairs]
-    generated["completions"] += sum(completions for _, completions, _ in shards)
-    generated["tokens"] += sum(tokens for _, _, tokens in shards)
-    logger.info("DPO: %d reward-model-labelled pairs from %d prompts", len(pairs), count)
-    return pairs
-
-
-def _process_rank_and_count() -> tuple[int, int]:
-    import torch.distributed as dist
-
-    if dist.is_available() and dist.is_initialized():
-        return dist.get_rank(), dist.get_world_size()
-    return 0, 1
-
-
-def _rank_device(device: str) -> str:
-    """This rank's device: its own GPU (LOCAL_RANK, set by the launcher) when the suite trains on CUDA."""
-    import os
-
-    from harness.modeling import resolve_device
-
-    device = resolve_device(device)
-    if device == "cuda" and "LOCAL_RANK" in os.environ:
-        return f"cuda:{int(os.environ['LOCAL_RANK'])}"
-    return device
-
-
-def _all_gather_objects(value, world_size: int) -> list:
-    """Every rank's `value`, in rank order (picklable objects between our own processes only)."""
-    if world_size == 1:
-        return [value]
-    import torch.distributed as dist
-
-    gathered = [None] * world_size
-    dist.all_gather_object(gathered, value)
-    return gathered

@@ -1,0 +1,128 @@
+"""IPO: Identity Preference Optimisation (Azar et al. 2023, "A General Theoretical Paradigm to Understand
+Learning from Human Preferences", arXiv:2310.12036), through TRL's DPOTrainer with `loss_type="ipo"`.
+
+What is implemented: the squared loss of the paper's Eq. 17, (h − 1/(2τ))², where h is the chosen-minus-
+rejected difference of log-ratios to the frozen reference, on (prompt, chosen, rejected) pairs; the SFT
+checkpoint is both the initial policy and the reference. τ is this config's `beta` (TRL's name): the target
+margin is 1/(2·beta), so a larger beta keeps the policy closer to the reference.
+
+Departures:
+- From the paper: TRL 1.16 length-normalises h (dpo_trainer `_compute_loss`, loss_type "ipo"): each
+  sequence's log-ratio log π(y|x) − log π_ref(y|x), summed over its completion tokens, is divided by the number
+  of completion tokens (EOS included, which TRL appends), so h is a difference of per-token mean log-ratios.
+  Eq. 17 uses whole-sequence log-probabilities; TRL notes the IPO authors confirmed the normalised form is the
+  one behind the paper's results. The target margin 1/(2·beta) is therefore in nats per token.
+- From TRL's defaults, set so they are logged and equal across algorithms: dropout off, no warm-up, this
+  config's learning rate and schedule, max_length = the model's context.
+
+Data: the same pairs as DPO (harness/algorithms/preference_pairs.py): the task's preference pairs, or with
+`pairs_source: reward_model` pairs sampled from the SFT policy and labelled by the suite's reward model, pairs
+with a sample that did not stop dropped. One pair per training prompt under the `equal_prompts` budget.
+
+Several processes: `batch_size` is the global number of pairs per optimizer step, as for DPO.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from harness import record
+from harness.algorithms.preference_pairs import PAIRS_SOURCES, describe_pairs
+from harness.config import require
+
+# What the harness reads from an algorithm module (harness/registry.py).
+FAMILY = record.FAMILY_OFFLINE_PREFERENCE
+KL_KNOB = "beta"  # τ of Eq. 17: the target margin is 1/(2·beta), so a larger beta moves less from the reference
+KL_KNOB_RAISES_KL = False
+TRAINS_POLICY = True
+CURVES = ("loss", "rewards/margins", "rewards/accuracies")
+WATCHED = ("loss", "grad_norm", "rewards/margins", "rewards/chosen")
+
+
+def describe_data(options: dict) -> str:
+    return describe_pairs(options)
+
+
+@dataclass
+class Config:
+    beta: float = 0.1
+    # τ: regularisation strength; the loss pulls the per-token log-ratio margin towards 1/(2·beta)
+    learning_rate: float = 1e-3
+    # peak learning rate
+    lr_scheduler: str = "linear"
+    # transformers scheduler name
+    batch_size: int = 16
+    # preference pairs per optimizer step, global over all processes (each gets batch_size / processes)
+    pairs_source: str = "dataset"
+    # "dataset": the task's preference pairs; "reward_model": pairs sampled from the SFT policy and labelled
+    # by the suite's reward model
+
+    def __post_init__(self):
+        require(self.beta > 0, "beta", "must be > 0")
+        require(self.learning_rate > 0, "learning_rate", "must be > 0")
+        require(self.batch_size > 0, "batch_size", "must be > 0")
+        require(self.pairs_source in PAIRS_SOURCES, "pairs_source", "must be 'dataset' or 'reward_model'")
+
+
+def train(context):
+    from datasets import Dataset
+    from trl import DPOConfig, DPOTrainer
+
+    from harness.algorithms.context import TrainResult
+    from harness.algorithms.lora import peft_config
+    from harness.algorithms.preference_pairs import training_pairs
+    from harness.algorithms.trl_support import (
+        attach_trainer,
+        check_process_group,
+        common_training_arguments,
+        harness_callbacks,
+        per_device_batch_size,
+        save_trained_policy,
+        silence_console_logging,
+        steps_for_budget,
+        train_resuming,
+    )
+    from harness.modeling import load_tokenizer
+
+    config: Config = context.config
+    tokenizer = load_tokenizer(context.base_dir)
+    steps = steps_for_budget(context.suite.budget, config.batch_size, completions_per_prompt=2)  # a pair: two
+    arguments = DPOConfig(
+        **common_training_arguments(
+            context.suite,
+            context.seed,
+            context.output_dir,
+            learning_rate=config.learning_rate,
+            lr_scheduler=config.lr_scheduler,
+            max_steps=steps,
+        ),
+        per_device_train_batch_size=per_device_batch_size(config.batch_size, "algorithms.ipo.batch_size"),
+        beta=config.beta,
+        loss_type=["ipo"],
+        disable_dropout=True,
+        max_length=tokenizer.model_max_length,
+        precompute_ref_log_probs=False,
+    )
+    check_process_group(arguments.world_size)  # before pairs are sampled across ranks (dpo.py)
+    pairs, generated = training_pairs(context, config.pairs_source, steps * config.batch_size, "IPO")
+    trainer = DPOTrainer(
+        model=str(context.base_dir),  # TRL builds the frozen reference from the same folder
+        args=arguments,
+        train_dataset=Dataset.from_list(pairs),
+        processing_class=tokenizer,
+        peft_config=peft_config(context.suite, "ipo"),
+        callbacks=harness_callbacks(context.log_metrics, context.progress, context, steps, watched=WATCHED),
+    )
+    attach_trainer(trainer)
+    silence_console_logging(trainer)
+    train_resuming(trainer, context.output_dir)
+    checkpoint = save_trained_policy(trainer, context.base_dir, tokenizer, context.output_dir)
+    return TrainResult(
+        checkpoint_dir=checkpoint,
+        final_step=trainer.state.global_step,
+        spend={
+            "prompts_seen": float(steps * config.batch_size),
+            **generated,
+            "optimizer_steps": float(trainer.state.global_step),
+        },
+    )
