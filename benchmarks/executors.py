@@ -25,7 +25,7 @@ import time
 from pathlib import Path
 
 SCALED_DOWN = [
-    "seeds=[0]", "task.num_sft_examples=400", "task.num_preference_pairs=200", "task.num_heldout_pairs=50",
+    "only=[dpo,grpo,ppo]", "seeds=[0]", "task.num_sft_examples=400", "task.num_preference_pairs=200", "task.num_heldout_pairs=50",
     "task.num_train_prompts=64", "task.num_eval_prompts=8", "sft.epochs=1", "reward_model.epochs=1",
     "budget.prompts=64", "evaluation.num_prompts=8", "evaluation.samples_per_prompt=2",
     "sampling.max_new_tokens=16", "evaluation.max_new_tokens=16", "executor.cpus_per_stage=1",

@@ -793,6 +793,7 @@ def vllm_after_training(ws: Workspace, figures: dict, result) -> str:
 
 # As tests/integration/conftest.py SCALED_DOWN_TINY: the embedded suite in about a minute of compute.
 SCALED_DOWN_TINY = [
+    "only=[dpo,grpo,ppo]",  # a later only= (Sizes.tiny_only) wins
     "seeds=[0]",
     "task.num_sft_examples=400",
     "task.num_preference_pairs=200",

@@ -88,7 +88,7 @@ ALGORITHMS.register("dpo", "harness.algorithms.dpo", "Direct Preference Optimiza
 ALGORITHMS.register("ipo", "harness.algorithms.ipo", "Identity Preference Optimization (TRL DPOTrainer, ipo loss)")
 ALGORITHMS.register("simpo", "harness.algorithms.simpo", "SimPO: reference-free, length-normalised margin loss")
 ALGORITHMS.register("kto", "harness.algorithms.kto", "Kahneman-Tversky Optimization on unpaired examples (TRL KTOTrainer)")
-ALGORITHMS.register("online_dpo", "harness.algorithms.online_dpo", "Online DPO: pairs sampled from the policy each step, labelled by the reward model")
+ALGORITHMS.register("online_dpo", "harness.algorithms.online_dpo", "Online DPO: pairs sampled from the policy each step, labelled by the training reward")
 ALGORITHMS.register("grpo", "harness.algorithms.grpo", "Group Relative Policy Optimization (TRL GRPOTrainer)")
 ALGORITHMS.register("dr_grpo", "harness.algorithms.dr_grpo", "Dr. GRPO: GRPO without length and std normalisation (TRL GRPOTrainer)")
 ALGORITHMS.register("dapo", "harness.algorithms.dapo", "DAPO: clip-higher, token-level loss, truncation masking (TRL GRPOTrainer)")
@@ -96,7 +96,7 @@ ALGORITHMS.register("gspo", "harness.algorithms.gspo", "GSPO: sequence-level imp
 ALGORITHMS.register("rloo", "harness.algorithms.rloo", "REINFORCE Leave-One-Out (TRL RLOOTrainer)")
 ALGORITHMS.register("reinforce_pp", "harness.algorithms.reinforce_pp", "REINFORCE++: batch-normalised advantages, no critic, our own")
 ALGORITHMS.register("ppo", "harness.algorithms.ppo", "PPO-RLHF actor-critic, our own (docs/PPO.md)")
-ALGORITHMS.register("best_of_n", "harness.algorithms.best_of_n", "Best-of-n: n SFT samples, the proxy's best kept (no training)")
+ALGORITHMS.register("best_of_n", "harness.algorithms.best_of_n", "Best-of-n: n SFT samples, the training reward's best kept (no training)")
 
 # Tasks: `Config`, `build_task_data(config, seed) -> TaskData`, HAS_GOLD_REWARD and `gold_reward(...)`.
 TASKS = Registry("task")

@@ -91,17 +91,13 @@ def train(context):
     from datasets import Dataset
     from trl import DPOConfig, DPOTrainer
 
-    from harness.algorithms.context import TrainResult
     from harness.algorithms.trl_support import (
-        attach_trainer,
         check_process_group,
         common_training_arguments,
         harness_callbacks,
         per_device_batch_size,
-        save_trained_policy,
-        silence_console_logging,
         steps_for_budget,
-        train_resuming,
+        train_and_save,
     )
     from harness.algorithms.lora import peft_config
     from harness.algorithms.preference_pairs import training_pairs
@@ -143,16 +139,7 @@ def train(context):
         peft_config=peft_config(context.suite, "dpo"),
         callbacks=harness_callbacks(context.log_metrics, context.progress, context, steps, watched=WATCHED),
     )
-    attach_trainer(trainer)  # snapshots gather sharded weights through it (ZeRO-3, FSDP)
-    silence_console_logging(trainer)
-    train_resuming(trainer, context.output_dir)
-    checkpoint = save_trained_policy(trainer, context.base_dir, tokenizer, context.output_dir)
-    return TrainResult(
-        checkpoint_dir=checkpoint,
-        final_step=trainer.state.global_step,
-        spend={  # global: the pairs of all ranks (steps x the global batch)
-            "prompts_seen": float(steps * config.batch_size),
-            **generated,  # completions and tokens sampled for the pairs: 0 with the dataset's pairs
-            "optimizer_steps": float(trainer.state.global_step),
-        },
-    )
+    return train_and_save(trainer, context, tokenizer, lambda _: {  # global: the pairs of all ranks
+        "prompts_seen": float(steps * config.batch_size),  # steps x the global batch
+        **generated,  # completions and tokens sampled for the pairs: 0 with the dataset's pairs
+    })

@@ -68,19 +68,15 @@ def train(context):
     from datasets import Dataset
     from trl import DPOConfig, DPOTrainer
 
-    from harness.algorithms.context import TrainResult
     from harness.algorithms.lora import peft_config
     from harness.algorithms.preference_pairs import training_pairs
     from harness.algorithms.trl_support import (
-        attach_trainer,
         check_process_group,
         common_training_arguments,
         harness_callbacks,
         per_device_batch_size,
-        save_trained_policy,
-        silence_console_logging,
         steps_for_budget,
-        train_resuming,
+        train_and_save,
     )
     from harness.modeling import load_tokenizer
 
@@ -113,16 +109,7 @@ def train(context):
         peft_config=peft_config(context.suite, "ipo"),
         callbacks=harness_callbacks(context.log_metrics, context.progress, context, steps, watched=WATCHED),
     )
-    attach_trainer(trainer)
-    silence_console_logging(trainer)
-    train_resuming(trainer, context.output_dir)
-    checkpoint = save_trained_policy(trainer, context.base_dir, tokenizer, context.output_dir)
-    return TrainResult(
-        checkpoint_dir=checkpoint,
-        final_step=trainer.state.global_step,
-        spend={
-            "prompts_seen": float(steps * config.batch_size),
-            **generated,
-            "optimizer_steps": float(trainer.state.global_step),
-        },
-    )
+    return train_and_save(trainer, context, tokenizer, lambda _: {
+        "prompts_seen": float(steps * config.batch_size),
+        **generated,
+    })

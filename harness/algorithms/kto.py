@@ -98,19 +98,15 @@ def train(context):
     from datasets import Dataset
     from trl import KTOConfig, KTOTrainer
 
-    from harness.algorithms.context import TrainResult
     from harness.algorithms.lora import peft_config
     from harness.algorithms.preference_pairs import training_pairs
     from harness.algorithms.trl_support import (
-        attach_trainer,
         check_process_group,
         common_training_arguments,
         harness_callbacks,
         per_device_batch_size,
-        save_trained_policy,
-        silence_console_logging,
         steps_for_budget,
-        train_resuming,
+        train_and_save,
     )
     from harness.modeling import load_tokenizer
 
@@ -147,19 +143,10 @@ def train(context):
         peft_config=peft_config(context.suite, "kto"),
         callbacks=harness_callbacks(context.log_metrics, context.progress, context, steps, watched=WATCHED),
     )
-    attach_trainer(trainer)
-    silence_console_logging(trainer)
-    train_resuming(trainer, context.output_dir)
-    checkpoint = save_trained_policy(trainer, context.base_dir, tokenizer, context.output_dir)
-    return TrainResult(
-        checkpoint_dir=checkpoint,
-        final_step=trainer.state.global_step,
-        spend={
-            "prompts_seen": float(steps * config.batch_size),  # a pair's two examples are one prompt, as for DPO
-            **generated,
-            "optimizer_steps": float(trainer.state.global_step),
-        },
-    )
+    return train_and_save(trainer, context, tokenizer, lambda _: {  # a pair's two examples are one prompt, as for DPO
+        "prompts_seen": float(steps * config.batch_size),
+        **generated,
+    })
 
 
 def unpaired_examples(pairs: list[dict], count: int, seed: int) -> list[dict]:

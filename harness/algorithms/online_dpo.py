@@ -81,18 +81,14 @@ def train(context):
         warnings.simplefilter("ignore")
         from trl.experimental.online_dpo import OnlineDPOConfig, OnlineDPOTrainer
 
-    from harness.algorithms.context import TrainResult
     from harness.algorithms.lora import peft_config
     from harness.algorithms.trl_support import (
-        attach_trainer,
         check_process_group,
         common_training_arguments,
         harness_callbacks,
         per_device_batch_size,
-        save_trained_policy,
-        silence_console_logging,
         steps_for_budget,
-        train_resuming,
+        train_and_save,
     )
     from harness.modeling import load_tokenizer
 
@@ -143,22 +139,13 @@ def train(context):
                                     sequence_kl=lambda logs: sequence_kl(logs, config.beta)),
     )
     judge.trainer = trainer  # it logs the completions' length into the trainer's statistics
-    attach_trainer(trainer)  # snapshots gather sharded weights through it (ZeRO-3, FSDP)
-    silence_console_logging(trainer)
-    train_resuming(trainer, context.output_dir)
-    checkpoint = save_trained_policy(trainer, context.base_dir, tokenizer, context.output_dir)
     completions_per_step = 2 * config.prompts_per_step
-    return TrainResult(
-        checkpoint_dir=checkpoint,
-        final_step=trainer.state.global_step,
-        spend={  # global: the prompts and completions of all ranks
-            "prompts_seen": float(steps * config.prompts_per_step),
-            "completions_generated": float(steps * completions_per_step),
-            "tokens_generated": sum(entry["completions/mean_length"] * completions_per_step
-                                    for entry in trainer.state.log_history if "completions/mean_length" in entry),
-            "optimizer_steps": float(trainer.state.global_step),
-        },
-    )
+    return train_and_save(trainer, context, tokenizer, lambda trained: {  # global: prompts and completions of all ranks
+        "prompts_seen": float(steps * config.prompts_per_step),
+        "completions_generated": float(steps * completions_per_step),
+        "tokens_generated": sum(entry["completions/mean_length"] * completions_per_step
+                                for entry in trained.state.log_history if "completions/mean_length" in entry),
+    })
 
 
 class PairJudge:

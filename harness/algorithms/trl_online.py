@@ -47,18 +47,14 @@ def train_online(context, *, trainer_class, config_class, objective: dict, watch
     context.config must have num_generations, prompts_per_step, learning_rate and lr_scheduler."""
     from datasets import Dataset
 
-    from harness.algorithms.context import TrainResult
     from harness.algorithms.lora import peft_config
     from harness.algorithms.trl_support import (
-        attach_trainer,
         check_process_group,
         common_training_arguments,
         harness_callbacks,
         per_device_batch_size,
-        save_trained_policy,
-        silence_console_logging,
         steps_for_budget,
-        train_resuming,
+        train_and_save,
     )
     from harness.modeling import load_tokenizer
 
@@ -111,23 +107,14 @@ def train_online(context, *, trainer_class, config_class, objective: dict, watch
         callbacks=harness_callbacks(context.log_metrics, context.progress, context, steps, watched=watched,
                                     sequence_kl=sequence_kl),
     )
-    attach_trainer(trainer)  # snapshots gather sharded weights through it (ZeRO-3, FSDP)
-    silence_console_logging(trainer)
-    train_resuming(trainer, context.output_dir)
-    checkpoint = save_trained_policy(trainer, context.base_dir, tokenizer, context.output_dir)
     # TRL samples a whole rollout (steps_per_generation steps' worth) at once, the last one even when training
     # stops before its final minibatch.
     rollouts = math.ceil(steps / arguments.steps_per_generation)
-    return TrainResult(
-        checkpoint_dir=checkpoint,
-        final_step=trainer.state.global_step,
-        spend={  # global: prompts and completions of all ranks
-            "prompts_seen": float(steps * config.prompts_per_step),
-            "completions_generated": float(rollouts * arguments.steps_per_generation * completions_per_step),
-            "tokens_generated": float(completion_tokens(trainer)),
-            "optimizer_steps": float(trainer.state.global_step),
-        },
-    )
+    return train_and_save(trainer, context, tokenizer, lambda trained: {  # global: prompts and completions of all ranks
+        "prompts_seen": float(steps * config.prompts_per_step),
+        "completions_generated": float(rollouts * arguments.steps_per_generation * completions_per_step),
+        "tokens_generated": float(completion_tokens(trained)),
+    })
 
 
 def trl_reward_function(reward_function, eos_token_id: int):

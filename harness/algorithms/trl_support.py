@@ -237,6 +237,22 @@ def harness_callbacks(
     return callbacks
 
 
+def train_and_save(trainer, context, tokenizer, spend):
+    """What every TRL-backed algorithm does once its trainer is built: give the snapshot callback its trainer,
+    keep the console quiet, train (resuming from the newest complete checkpoint), save the policy to
+    output_dir/model; returns the TrainResult with `spend(trainer)` (global counts, read after training because
+    some come from the trainer's log) and the optimizer steps taken."""
+    from harness.algorithms.context import TrainResult
+
+    attach_trainer(trainer)  # snapshots gather sharded weights through it (ZeRO-3, FSDP)
+    silence_console_logging(trainer)
+    train_resuming(trainer, context.output_dir)
+    checkpoint = save_trained_policy(trainer, context.base_dir, tokenizer, context.output_dir)
+    steps = trainer.state.global_step
+    return TrainResult(checkpoint_dir=checkpoint, final_step=steps,
+                       spend={**spend(trainer), "optimizer_steps": float(steps)})
+
+
 def train_resuming(trainer, output_dir) -> None:
     """Train, continuing from the newest complete checkpoint an interrupted attempt left in output_dir/trainer.
 

@@ -285,9 +285,11 @@ def _weights_trained(cells: "pd.DataFrame") -> str:
     """Full fine-tuning, or which stages trained LoRA adapters and their shape."""
     from harness.registry import ALGORITHMS
 
-    # The stages `lora.stages` may name: SFT and every registered algorithm.
+    # The stages `lora.stages` may name (SFT and every registered algorithm), among those these cells ran.
+    ran = set(cells["algorithm"].map(record.algorithm_of))
     stages = [stage for stage in (BASELINE_ALGORITHM, *ALGORITHMS.names())
-              if any(trains_with_lora(row, stage) for row in cells.to_dict("records"))]
+              if (stage == BASELINE_ALGORITHM or stage in ran)
+              and any(trains_with_lora(row, stage) for row in cells.to_dict("records"))]
     if not stages:
         return "all (full fine-tuning)"
     modules = (_param(cells, "lora.target_modules") or "?").strip("[]").replace("'", "")

@@ -7,6 +7,9 @@ import sys
 from pathlib import Path
 
 SCALED_DOWN_TINY = [
+    # The three algorithms every end-to-end test was written for (a later only= in a test's overrides wins);
+    # test_tiny_suite.py runs all of them.
+    "only=[dpo,grpo,ppo]",
     "seeds=[0]",
     "task.num_sft_examples=400",
     "task.num_preference_pairs=200",

@@ -127,7 +127,7 @@ CASES: list[tuple[str, list[str], str]] = [
     # Issue 15: the four that got through a new user's corpus.
     ("tracking store MLflow cannot use", [*RUN, "tracking.uri=ftp://nowhere"], "'tracking.uri' has scheme 'ftp', which MLflow cannot keep runs in"),
     ("infinite KL coefficient", [*RUN, "algorithms.ppo.kl_coef=inf"], "'algorithms.ppo.kl_coef' must be a finite number, not inf"),
-    ("empty only", [*RUN, "only=[]"], "'only' is empty: name at least one algorithm of suite 'tiny' (dpo, grpo, ppo), or leave it out"),
+    ("empty only", [*RUN, "only=[]"], "'only' is empty: name at least one algorithm of suite 'tiny' (dpo, ipo, simpo, kto, online_dpo, grpo, dr_grpo, dapo, gspo, rloo, reinforce_pp, ppo, best_of_n), or leave it out"),
     ("100 kB value", [*RUN, f"algorithms.dpo.beta={HUGE}"], "bad value for 'algorithms.dpo.beta': Value 'xxxxxxxx"),
     # Issue 15: a new corpus, tried before it was added (what each gave before is in the issue's closing note).
     ("empty only in a suite file", ["run", "suite=<<only_empty_yaml>>"], "'only' is empty"),

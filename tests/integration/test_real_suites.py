@@ -35,6 +35,10 @@ DATA = {
 }
 
 STAND_INS = [
+    # The suites list every algorithm that makes sense for them; the end-to-end check of each suite's pipeline
+    # runs three (one per kind of data: pairs, sampled groups, a critic), as tests/integration/test_tiny_suite.py
+    # runs every algorithm.
+    "only=[dpo,grpo,ppo]",
     # a tiny word-level GPT-2 instead of the suite's Hub model, and a reward model trained here
     "model.preset=tiny-gpt2", "model.max_positions=512", "reward_model.source=train", "reward_model.score_index=0",
     "sft.enabled=true", "sft.epochs=1", "sft.learning_rate=3e-3", "sft.batch_size=4",
