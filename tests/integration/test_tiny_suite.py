@@ -1,7 +1,6 @@
 """`harness run suite=tiny` end to end, as a user runs it: in a subprocess, in an empty directory.
 
-One scaled-down run of the default suite with every algorithm (one seed, tiny's own task data, SFT and
-reward model, a quarter of its training budget) is shared by the tests of this module: the learning outcome
+One run of the default suite on one of its seeds, every algorithm, is shared by the tests of this module: the learning outcome
 of every algorithm with margins, the MLflow structure read back with `mlflow.search_runs`, the report, and a
 rerun that resumes instead of starting over. A smaller run twice shows that the same seed gives identical
 `eval/*` metrics on CPU.
@@ -20,20 +19,29 @@ from harness.config import load_config
 pytestmark = pytest.mark.slow
 
 ALGORITHMS = list(load_config("tiny").algorithms)
-LEARNING_TINY = [
-    "seeds=[0]",
-    "budget.prompts=256",  # tiny's 1,024 / 4 (CI time); everything upstream of the algorithms is tiny's own
-    "evaluation.num_prompts=32",
-    "evaluation.samples_per_prompt=4",
-]
+LEARNING_TINY = ["seeds=[0]"]  # tiny itself, one seed of three: every algorithm at its full budget
 # Gold-reward gain over the SFT baseline each algorithm must clear, with KL > MIN_KL and a win rate above
-# MIN_WIN_RATE (one seed, 32 prompts x 4 samples). Measured on this run: see MEASURED below. A broken
+# MIN_WIN_RATE (seed 0, 64 prompts x 8 samples). Measured on seed 0 (gain / KL nats / win rate): dpo +0.233 /
+# 0.23 / 0.597, ipo +0.216 / 0.46 / 0.594, simpo +0.200 / 0.42 / 0.572, kto +0.148 / 0.24 / 0.572, online_dpo
+# +0.101 / 0.12 / 0.554, grpo +0.503 / 1.02 / 0.715, dr_grpo +0.550 / 1.07 / 0.726, dapo +0.491 / 1.11 / 0.696,
+# gspo +0.426 / 0.49 / 0.675, rloo +0.586 / 1.44 / 0.723, reinforce_pp +0.849 / 2.44 / 0.797, ppo +0.973 / 2.30
+# / 0.852, best_of_n +0.658 / 0.64 (the bound) / 0.734. The margins are about half of that. A broken
 # implementation misses them: swapped preferences or a reward with the wrong sign lose gold; no training, or
 # sampling from the wrong checkpoint, leaves KL at 0 and the win rate at 1/2; best-of-n selecting at random
-# keeps SFT's gold.
-GOLD_MARGIN = {}
-MIN_KL = 0.02
-MIN_WIN_RATE = {}
+# keeps SFT's gold. (At a quarter of the budget the offline losses, KTO and online DPO do not yet clear SFT on
+# this seed: measured, which is why the test pays for the full budget.)
+OFFLINE = ("dpo", "ipo", "simpo", "kto")
+GOLD_MARGIN = {
+    **{name: 0.07 for name in OFFLINE}, "online_dpo": 0.05,
+    **{name: 0.2 for name in ("grpo", "dr_grpo", "dapo", "gspo", "rloo")},
+    "reinforce_pp": 0.4, "ppo": 0.4, "best_of_n": 0.3,
+}
+MIN_KL = 0.05
+MIN_WIN_RATE = {
+    **{name: 0.53 for name in OFFLINE}, "online_dpo": 0.52,
+    **{name: 0.6 for name in ("grpo", "dr_grpo", "dapo", "gspo", "rloo")},
+    "reinforce_pp": 0.65, "ppo": 0.7, "best_of_n": 0.65,
+}
 
 
 def tracking_uri(cwd: Path) -> str:
@@ -88,7 +96,7 @@ def test_mlflow_structure(default_run):
     # Params are the flattened resolved config; each cell carries only its own algorithm's options.
     dpo = runs[runs["tags.harness.algorithm"] == "dpo"].iloc[0]
     assert dpo["params.algorithms.dpo.beta"] == "0.1"
-    assert dpo["params.evaluation.samples_per_prompt"] == "4"
+    assert dpo["params.evaluation.samples_per_prompt"] == "8"
     for metric in ("gold_reward", "proxy_reward", "kl", "kl_k1", "kl_k3", "bleu", "rouge1", "rouge2", "rougeL",
                    "length", "stop_rate", "distinct_1", "distinct_2", "win_rate_vs_sft"):
         assert not runs[runs["tags.harness.algorithm"] != "sft"][f"metrics.eval/{metric}"].isna().any(), metric
@@ -117,7 +125,7 @@ def test_mlflow_structure(default_run):
     assert {"eval", "manifest.json", "config"} <= artifacts
     samples = Path(client.download_artifacts(grpo["run_id"], "eval/samples.jsonl", str(cwd / "dl")))
     rows = [json.loads(line) for line in samples.read_text().splitlines()]
-    assert len(rows) == 32 * 4
+    assert len(rows) == 64 * 8
     assert {"prompt", "completion", "reference", "gold_reward", "proxy_reward", "kl", "stopped"} <= set(rows[0])
     manifest = json.loads(Path(client.download_artifacts(grpo["run_id"], "manifest.json", str(cwd / "dl"))).read_text())
     assert manifest["versions"]["trl"] and manifest["data_fingerprint"]

@@ -21,7 +21,6 @@ from pathlib import Path
 
 import pytest
 
-WORDS = ["a", "b", "c", "d", "e", "f", "g", "h", "good", "x", "y", "z", "q"]
 PROMPTS = ["a b", "c d e", "f", "g h a", "x y", "z q good"]
 SAMPLES_PER_PROMPT = 2
 SEED = 3
@@ -40,22 +39,10 @@ TASK = types.SimpleNamespace(HAS_GOLD_REWARD=True, gold_reward=gold_reward)
 EVAL_ROWS = [{"prompt": prompt, "reference": "good a b"} for prompt in PROMPTS]
 
 
+
 @pytest.fixture(scope="module")
-def models(tmp_path_factory) -> Path:
-    import torch
-    from transformers import AutoModelForSequenceClassification
-
-    from harness.config import ModelConfig
-    from harness.modeling import build_tiny_causal_lm, build_word_tokenizer, save_checkpoint
-
-    root = tmp_path_factory.mktemp("best_of_n_models")
-    tokenizer = build_word_tokenizer(WORDS, max_length=64)
-    tiny = ModelConfig(n_embd=32, n_layer=2, n_head=4, max_positions=64)
-    save_checkpoint(build_tiny_causal_lm(tiny, tokenizer, seed=0), tokenizer, root / "sft")
-    torch.manual_seed(0)
-    reward_model = AutoModelForSequenceClassification.from_pretrained(root / "sft", num_labels=1)
-    save_checkpoint(reward_model, tokenizer, root / "reward_model")
-    return root
+def models(tiny_models) -> Path:
+    return tiny_models
 
 
 def evaluation_config(samples_per_prompt: int):
@@ -70,8 +57,8 @@ def evaluate(models: Path, samples_per_prompt: int = SAMPLES_PER_PROMPT, best_of
     from harness.metrics.evaluator import evaluate_checkpoint
 
     return evaluate_checkpoint(
-        checkpoint=models / "sft",
-        reference_dir=models / "sft",
+        checkpoint=models / "base",
+        reference_dir=models / "base",
         reward_model_dir=models / "reward_model",
         task_module=TASK,
         eval_rows=EVAL_ROWS,
@@ -229,8 +216,8 @@ def stage_run(models: Path, root: Path, kind: str, arm: str, arms: dict, tracker
     suite = SuiteConfig(name="best-of-n-test", device="cpu", evaluation=evaluation_config(SAMPLES_PER_PROMPT),
                         reward=RewardConfig(source="proxy", missing_stop_penalty=1.0))
     task_data = types.SimpleNamespace(eval=EVAL_ROWS, train_prompts=PROMPTS, preferences=[])
-    prepared = Prepared(TaskInputs(TASK, task_data, "fingerprint", models / "sft", "plain text"),
-                        models / "sft", models / "reward_model", {"heldout_accuracy": 0.5})
+    prepared = Prepared(TaskInputs(TASK, task_data, "fingerprint", models / "base", "plain text"),
+                        models / "base", models / "reward_model", {"heldout_accuracy": 0.5})
 
     def cell_folder(arm_name=arm, seed=SEED):
         return root / f"{arm_name}-s{seed}"
@@ -265,7 +252,7 @@ def test_a_best_of_n_cell_trains_nothing_and_logs_the_bound_as_a_bound(models, t
     train = stage_run(models, tmp_path, "train", arm, arms, tracker)
     run_train(train)
     assert not any(path.is_dir() for path in train.folder.iterdir()), "best-of-n wrote a model (or snapshots)"
-    assert json.loads((train.folder / "result.json").read_text())["checkpoint"] == str(models / "sft")
+    assert json.loads((train.folder / "result.json").read_text())["checkpoint"] == str(models / "base")
     run_evaluate(stage_run(models, tmp_path, "evaluate", arm, arms, tracker))
 
     metrics, tags = tracker.metrics[f"run-{arm}"], tracker.tags[f"run-{arm}"]

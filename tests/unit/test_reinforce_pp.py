@@ -20,10 +20,10 @@ import torch
 from harness import record
 from harness.algorithms import common, onpolicy, reinforce_pp
 from harness.algorithms.context import TrainContext
-from harness.config import BudgetConfig, ConfigError, LoraConfig, ModelConfig, SamplingConfig, SuiteConfig, build
-from harness.modeling import build_tiny_causal_lm, build_word_tokenizer, save_checkpoint
+from harness.config import BudgetConfig, ConfigError, LoraConfig, SamplingConfig, SuiteConfig, build
 
-WORDS = ["a", "b", "c", "d", "e", "f", "g", "h", "good", "x", "y", "z", "q"]
+from shared_models import WORDS
+
 TARGET_WORD = "good"
 MAX_NEW_TOKENS = 8
 ONE_PROCESS = types.SimpleNamespace(num_processes=1)  # all `onpolicy.whiten` reads of an Accelerator
@@ -44,12 +44,9 @@ def deterministic_cpu():
 
 
 @pytest.fixture(scope="module")
-def tiny_models(tmp_path_factory):
-    """A base (SFT) checkpoint and 256 prompts; REINFORCE++ loads no reward model (the folder is PPO's)."""
-    root = tmp_path_factory.mktemp("reinforce_pp_models")
-    tokenizer = build_word_tokenizer(WORDS, max_length=64)
-    tiny = ModelConfig(n_embd=32, n_layer=2, n_head=4, max_positions=64)
-    save_checkpoint(build_tiny_causal_lm(tiny, tokenizer, seed=0), tokenizer, root / "base")
+def models(tiny_models):
+    """The shared base (SFT) checkpoint and 256 prompts; REINFORCE++ loads no reward model (the folder is PPO's)."""
+    root = tiny_models
     rng = random.Random(0)
     prompts = [" ".join(rng.choice(WORDS[:8]) for _ in range(rng.randint(2, 4))) for _ in range(256)]
     return types.SimpleNamespace(base=root / "base", reward_model=root / "base", prompts=prompts)
@@ -187,12 +184,12 @@ def independent_logprobs(policy, prompt_ids, prompt_mask, response_ids, mask):
     return torch.where(mask, predicting.gather(-1, response_ids.unsqueeze(-1)).squeeze(-1), 0.0)
 
 
-def test_minibatch_loss_and_gradient_are_the_clipped_surrogate_over_the_global_token_count(tiny_models):
+def test_minibatch_loss_and_gradient_are_the_clipped_surrogate_over_the_global_token_count(models):
     from accelerate import Accelerator
 
     from harness.modeling import load_causal_lm
 
-    policy = load_causal_lm(tiny_models.base).train()
+    policy = load_causal_lm(models.base).train()
     onpolicy.disable_dropout(policy)
     batch = fixed_batch(policy, torch.Generator().manual_seed(3))
     mask, token_count = batch.mask, batch.mask.sum().float()
@@ -228,8 +225,8 @@ def test_minibatch_loss_and_gradient_are_the_clipped_surrogate_over_the_global_t
 
 
 @pytest.fixture(scope="module")
-def short_run(tiny_models, tmp_path_factory):
-    return run_reinforce_pp(tiny_models, tmp_path_factory.mktemp("reinforce_pp_run"), updates=16)
+def short_run(models, tmp_path_factory):
+    return run_reinforce_pp(models, tmp_path_factory.mktemp("reinforce_pp_run"), updates=16)
 
 
 def test_reward_rises_and_every_update_starts_at_ratio_one(short_run):
@@ -261,9 +258,9 @@ def test_shared_curves_are_logged_every_update(short_run):
     assert set(reinforce_pp.CURVES) | set(reinforce_pp.WATCHED) <= set(logged[0])
 
 
-def test_lora_dropout_is_off_so_every_update_starts_at_ratio_one(tiny_models, tmp_path):
+def test_lora_dropout_is_off_so_every_update_starts_at_ratio_one(models, tmp_path):
     lora = LoraConfig(enabled=True, r=4, alpha=8.0, dropout=0.1, stages=["reinforce_pp"])
-    logged, _ = run_reinforce_pp(tiny_models, tmp_path, updates=2, rollouts=16, lora=lora, learning_rate=3e-3,
+    logged, _ = run_reinforce_pp(models, tmp_path, updates=2, rollouts=16, lora=lora, learning_rate=3e-3,
                                  ppo_epochs=2)
     for metrics in logged:  # update 2 starts from a trained adapter, whose dropout would matter
         assert metrics["reinforce_pp/first_minibatch_ratio_deviation"] <= 1e-5

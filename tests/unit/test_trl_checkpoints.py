@@ -15,25 +15,8 @@ from pathlib import Path
 
 import pytest
 
-WORDS = ["a", "b", "c", "d", "e", "f", "g", "h", "good", "x", "y", "z", "q"]
+from shared_models import WORDS
 
-
-@pytest.fixture(scope="module")
-def tiny_models(tmp_path_factory):
-    import torch
-    from transformers import AutoModelForSequenceClassification
-
-    from harness.config import ModelConfig
-    from harness.modeling import build_tiny_causal_lm, build_word_tokenizer, save_checkpoint
-
-    root = tmp_path_factory.mktemp("trl_models")
-    tokenizer = build_word_tokenizer(WORDS, max_length=64)
-    tiny = ModelConfig(n_embd=32, n_layer=2, n_head=4, max_positions=64)
-    save_checkpoint(build_tiny_causal_lm(tiny, tokenizer, seed=0), tokenizer, root / "base")
-    torch.manual_seed(0)
-    reward_model = AutoModelForSequenceClassification.from_pretrained(root / "base", num_labels=1)
-    save_checkpoint(reward_model, tokenizer, root / "reward_model")
-    return root
 
 
 def train(algorithm: str, config, models: Path, output_dir: Path, prompts_budget: int):

@@ -17,7 +17,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-WORDS = ["a", "b", "c", "d", "e", "f", "g", "h", "good", "x", "y", "z", "q"]
+from shared_models import WORDS
 
 
 def assert_close(actual, expected, atol: float = 1e-6) -> None:
@@ -121,14 +121,8 @@ def test_u15_dpo_hand_values():
 
 
 @pytest.fixture(scope="module")
-def base_model(tmp_path_factory):
-    from harness.config import ModelConfig
-    from harness.modeling import build_tiny_causal_lm, build_word_tokenizer, save_checkpoint
-
-    folder = tmp_path_factory.mktemp("trl_math") / "base"
-    tokenizer = build_word_tokenizer(WORDS, max_length=64)
-    model = build_tiny_causal_lm(ModelConfig(n_embd=32, n_layer=2, n_head=4, max_positions=64), tokenizer, seed=0)
-    return save_checkpoint(model, tokenizer, folder)
+def base_model(tiny_models):
+    return tiny_models / "base"
 
 
 def train(module, config, base_dir, output_dir, prompts, *, pairs=(), reward_function=None, max_new_tokens=6):
