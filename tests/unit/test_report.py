@@ -383,10 +383,14 @@ def test_lora_stages_come_from_the_registry():
 
     from harness.report.markdown import _weights_trained
 
-    cells = pd.DataFrame([{"lora.enabled": "True", "lora.stages": "['sft', 'rloo', 'kto']", "lora.r": "8",
-                           "lora.alpha": "16", "lora.target_modules": "['c_attn']"}])
-    # SFT first, then the registry's order (kto is registered before rloo).
-    assert _weights_trained(cells).startswith("LoRA adapters (rank 8, alpha 16, modules c_attn) in sft, kto, rloo,")
+    lora = {"lora.enabled": "True", "lora.r": "8", "lora.alpha": "16", "lora.target_modules": "['c_attn']"}
+    named = pd.DataFrame([{**lora, "algorithm": arm, "lora.stages": "['sft', 'rloo', 'kto']"}
+                          for arm in ("sft", "rloo@beta=0.1", "kto", "dpo")])
+    # SFT first, then the registry's order (kto is registered before rloo); dpo ran without adapters.
+    assert _weights_trained(named).startswith("LoRA adapters (rank 8, alpha 16, modules c_attn) in sft, kto, rloo,")
+    # "algorithms": every algorithm that trains and ran here; best-of-n trains nothing.
+    every = pd.DataFrame([{**lora, "algorithm": arm, "lora.stages": "['algorithms']"} for arm in ("sft", "ppo", "best_of_n")])
+    assert _weights_trained(every).startswith("LoRA adapters (rank 8, alpha 16, modules c_attn) in ppo,")
 
 
 def test_config_key_is_the_same_across_seeds_and_invocations(cells, growing):
