@@ -155,6 +155,16 @@ class ModelConfig:
 
 EVERY_ALGORITHM = "algorithms"  # in lora.stages: every algorithm that trains the policy
 
+# transformers' SchedulerType values (5.17), written out so that validation needs no transformers import.
+LR_SCHEDULERS = ("linear", "cosine", "cosine_with_restarts", "polynomial", "constant", "constant_with_warmup",
+                 "inverse_sqrt", "reduce_lr_on_plateau", "cosine_with_min_lr", "cosine_warmup_with_min_lr",
+                 "warmup_stable_decay")
+
+
+def require_scheduler(name: str) -> None:
+    """A TRL-backed algorithm's `lr_scheduler`, refused at validation instead of at trainer start."""
+    require(name in LR_SCHEDULERS, "lr_scheduler", f"must be a transformers scheduler: {', '.join(LR_SCHEDULERS)}")
+
 
 def trains_with_adapters(stage: str) -> bool:
     """Whether `lora.stages` may name `stage`: SFT, or a registered algorithm that trains the policy (an
@@ -184,9 +194,10 @@ class LoraConfig:
     def __post_init__(self):
         for stage in self.stages:
             if stage != EVERY_ALGORITHM and not trains_with_adapters(stage):
-                allowed = [EVERY_ALGORITHM, "sft", *(name for name in ALGORITHMS.names() if name != stage)]
-                raise ConfigError(f"'lora.stages' names '{shown(stage)}', which trains no policy weights; must be "
-                                  f"algorithms, sft or an algorithm that trains;{did_you_mean(stage, allowed)}".rstrip(";"))
+                allowed = [EVERY_ALGORITHM, "sft", *(name for name in ALGORITHMS.names() if trains_with_adapters(name))]
+                what = "which trains no policy weights" if stage in ALGORITHMS else "an unknown stage"
+                raise ConfigError(f"'lora.stages' names '{shown(stage)}', {what}; must be algorithms, sft or an "
+                                  f"algorithm that trains;{did_you_mean(stage, allowed)}".rstrip(";"))
         require(self.r > 0, "lora.r", "must be > 0")
         require(self.alpha > 0, "lora.alpha", "must be > 0")
         require(0 <= self.dropout < 1, "lora.dropout", "must be in [0, 1)")
@@ -852,11 +863,17 @@ def _expand_arms(algorithms: dict[str, Any], grid: dict[str, list]) -> dict[str,
         for values in itertools.product(*(grid[key] for key in keys)):
             point = dict(zip(options, values))
             module = ALGORITHMS.get(name)
+            arm = record.arm_name(name, point)
             try:
                 arm_config = build(module.Config, {**dataclasses.asdict(config), **point}, f"algorithms.{name}.")
             except ConfigError as error:
-                raise ConfigError(f"sweep point {record.arm_name(name, point)}: {error}") from None
-            arms[record.arm_name(name, point)] = arm_config
+                raise ConfigError(f"sweep point {arm}: {error}") from None
+            # Values that differ as written but not as options (1 and 1.0, 0.1 and '0.1') would train one
+            # configuration twice, or one point would replace another.
+            twin = next((other for other, other_config in arms.items() if other_config == arm_config), None)
+            if arm in arms or twin is not None:
+                raise ConfigError(f"'sweep' gives {arm} twice (as {twin or arm}): list each value once")
+            arms[arm] = arm_config
     return arms
 
 

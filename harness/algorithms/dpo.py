@@ -34,7 +34,7 @@ from dataclasses import dataclass
 
 from harness import record
 from harness.algorithms.preference_pairs import PAIRS_SOURCES, describe_pairs
-from harness.config import require
+from harness.config import require, require_scheduler
 
 # What the harness reads from an algorithm module (harness/registry.py).
 FAMILY = record.FAMILY_OFFLINE_PREFERENCE
@@ -50,6 +50,11 @@ LABEL_SMOOTHING_LOSSES = ("robust", "exo_pair", "aot", "aot_unpaired")
 
 def describe_data(options: dict) -> str:
     return describe_pairs(options)
+
+
+# DPOTrainer's loss types (TRL 1.16 dpo_trainer `_compute_loss`), refused here rather than at train start.
+TRL_LOSSES = ("sigmoid", "hinge", "ipo", "exo_pair", "nca_pair", "robust", "bco_pair", "sppo_hard", "aot",
+              "aot_unpaired", "apo_zero", "apo_down", "discopop", "sft", "sigmoid_norm")
 
 
 @dataclass
@@ -73,6 +78,8 @@ class Config:
     # by the suite's reward model (the report's params say which)
 
     def __post_init__(self):
+        require(self.loss_type in TRL_LOSSES, "loss_type", f"must be one of TRL 1.16's DPO losses: {', '.join(TRL_LOSSES)}")
+        require_scheduler(self.lr_scheduler)
         require(self.beta > 0, "beta", "must be > 0")
         require(0 <= self.label_smoothing < 0.5, "label_smoothing", "must be in [0, 0.5)")
         require(

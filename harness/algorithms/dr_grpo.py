@@ -29,7 +29,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from harness import record
-from harness.config import require
+from harness.config import require, require_scheduler
 
 # What the harness reads from an algorithm module (harness/registry.py).
 FAMILY = record.FAMILY_ONLINE_POLICY_GRADIENT
@@ -72,6 +72,7 @@ class Config:
     # multiply k3 by the ratio: the gradient of the reverse KL (as grpo.py)
 
     def __post_init__(self):
+        require_scheduler(self.lr_scheduler)
         require(self.beta >= 0, "beta", "must be >= 0")
         require(self.num_generations >= 2, "num_generations", "must be >= 2 (advantages are relative to a group)")
         require(self.prompts_per_step > 0, "prompts_per_step", "must be > 0")

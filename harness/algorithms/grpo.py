@@ -36,7 +36,7 @@ import logging
 from dataclasses import dataclass
 
 from harness import record
-from harness.config import require
+from harness.config import require, require_scheduler
 
 logger = logging.getLogger(__name__)
 
@@ -101,6 +101,7 @@ class Config:
     # reweight by pi_train/pi_vllm to correct vLLM's slightly different sampler (TRL's default, logged)
 
     def __post_init__(self):
+        require_scheduler(self.lr_scheduler)
         require(self.beta >= 0, "beta", "must be >= 0")
         require(self.num_generations >= 2, "num_generations", "must be >= 2 (advantages are relative to a group)")
         require(self.prompts_per_step > 0, "prompts_per_step", "must be > 0")

@@ -49,7 +49,7 @@ from dataclasses import dataclass
 
 from harness import record
 from harness.algorithms.preference_pairs import PAIRS_SOURCES, describe_pairs
-from harness.config import require
+from harness.config import require, require_scheduler
 
 logger = logging.getLogger(__name__)
 
@@ -86,6 +86,7 @@ class Config:
     # by the suite's reward model
 
     def __post_init__(self):
+        require_scheduler(self.lr_scheduler)
         require(self.beta > 0, "beta", "must be > 0")
         require(self.desirable_weight > 0, "desirable_weight", "must be > 0")
         require(self.undesirable_weight > 0, "undesirable_weight", "must be > 0")

@@ -39,7 +39,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from harness import record
-from harness.config import require
+from harness.config import require, require_scheduler
 
 # What the harness reads from an algorithm module (harness/registry.py).
 FAMILY = record.FAMILY_ONLINE_PREFERENCE
@@ -67,6 +67,7 @@ class Config:
     # transformers scheduler name
 
     def __post_init__(self):
+        require_scheduler(self.lr_scheduler)
         require(self.beta > 0, "beta", "must be > 0")
         require(self.prompts_per_step > 0, "prompts_per_step", "must be > 0")
         require(self.learning_rate > 0, "learning_rate", "must be > 0")

@@ -44,7 +44,7 @@ from dataclasses import dataclass
 
 from harness import record
 from harness.algorithms.preference_pairs import PAIRS_SOURCES, describe_pairs
-from harness.config import require
+from harness.config import require, require_scheduler
 
 # What the harness reads from an algorithm module (harness/registry.py).
 FAMILY = record.FAMILY_OFFLINE_PREFERENCE
@@ -77,6 +77,7 @@ class Config:
     # by the suite's reward model
 
     def __post_init__(self):
+        require_scheduler(self.lr_scheduler)
         require(self.beta > 0, "beta", "must be > 0")
         require(self.gamma >= 0, "gamma", "must be >= 0")
         require(self.learning_rate > 0, "learning_rate", "must be > 0")

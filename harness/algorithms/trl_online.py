@@ -7,8 +7,9 @@ Imported only from inside `train` functions, so it may import torch, transformer
 
 Batches (DESIGN.md §9): `prompts_per_step` is global. TRL's `per_device_train_batch_size` counts completions,
 so each of the W processes gets `prompts_per_step * num_generations / W` completions per optimizer step (W
-must divide it; no gradient accumulation): one optimizer step consumes `prompts_per_step` prompts and trains
-on `prompts_per_step * num_generations` completions whatever W. With `steps_per_generation` S > 1 TRL samples
+must divide it; no gradient accumulation): one optimizer step trains on `prompts_per_step` prompts and
+`prompts_per_step * num_generations` completions whatever W; with `num_iterations` k each generated batch is
+trained on k times (k optimizer steps), so the budget's fresh prompts take k times as many steps. With `steps_per_generation` S > 1 TRL samples
 S steps' prompts at once and splits the rollout into S minibatches, one per optimizer step (the policy that
 sampled them is then up to S - 1 steps stale, which is what makes clipping fire). TRL's sampler hands the G
 completions of a prompt to whichever ranks hold them and gathers the rewards before the group advantages; its
@@ -17,6 +18,7 @@ logged statistics are gathered over ranks, so the spend derived from them is glo
 
 from __future__ import annotations
 
+import functools
 import math
 
 from harness import record
@@ -65,7 +67,13 @@ def train_online(context, *, trainer_class, config_class, objective: dict, watch
     prompts = context.task_data.train_prompts
     if not prompts:
         raise ValueError(f"the task produced no training prompts for {name}")
-    steps = steps_for_budget(context.suite.budget, config.prompts_per_step, config.num_generations)
+    # Each generated batch is trained on num_iterations times (TRL repeats it, µ in the GRPO paper), so the budget's
+    # batches of fresh prompts take num_iterations optimizer steps each.
+    iterations = objective.get("num_iterations", 1)
+    batches = steps_for_budget(context.suite.budget, config.prompts_per_step, config.num_generations)
+    steps = batches * iterations
+    if objective.get("mask_truncated_completions"):  # TRL's kl then averages over completions that stopped only
+        sequence_kl = functools.partial(sequence_kl, terminated_only=True)
     completions_per_step = config.prompts_per_step * config.num_generations
 
     arguments = config_class(
@@ -107,11 +115,12 @@ def train_online(context, *, trainer_class, config_class, objective: dict, watch
         callbacks=harness_callbacks(context.log_metrics, context.progress, context, steps, watched=watched,
                                     sequence_kl=sequence_kl),
     )
-    # TRL samples a whole rollout (steps_per_generation steps' worth) at once, the last one even when training
-    # stops before its final minibatch.
-    rollouts = math.ceil(steps / arguments.steps_per_generation)
+    # TRL samples a whole rollout (steps_per_generation batches at once, each trained on num_iterations times),
+    # the last one even when training stops before its final minibatch.
+    per_rollout = arguments.steps_per_generation * iterations
+    rollouts = math.ceil(steps / per_rollout)
     return train_and_save(trainer, context, tokenizer, lambda trained: {  # global: prompts and completions of all ranks
-        "prompts_seen": float(steps * config.prompts_per_step),
+        "prompts_seen": float(batches * config.prompts_per_step),
         "completions_generated": float(rollouts * arguments.steps_per_generation * completions_per_step),
         "tokens_generated": float(completion_tokens(trained)),
     })

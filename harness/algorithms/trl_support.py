@@ -304,14 +304,17 @@ def silence_console_logging(trainer) -> None:
     trainer.remove_callback(ProgressCallback)
 
 
-def grpo_sequence_kl(logs: dict) -> float | None:
-    """Per-sequence KL (nats) from GRPOTrainer's statistics: its `kl` is the token mean of k3 over the step's
-    completions (grpo_trainer: masked mean over all completion tokens), and `completions/mean_length` their
-    mean length, so the product is the k3 sum per completion averaged over completions. None on steps where
-    TRL logged no KL (beta 0: it never computes one)."""
-    if "kl" not in logs or "completions/mean_length" not in logs:
+def grpo_sequence_kl(logs: dict, terminated_only: bool = False) -> float | None:
+    """Per-sequence KL (nats) from GRPOTrainer's (or RLOOTrainer's) statistics: its `kl` is the token mean of the
+    KL estimate over the step's completions (grpo_trainer: masked mean over the completion mask's tokens), and
+    `completions/mean_length` their mean length, so the product is the sum per completion averaged over
+    completions. With `mask_truncated_completions` the mask keeps only completions that stopped, so their mean
+    length (`completions/mean_terminated_length`) is the one that matches (`terminated_only`). None on steps
+    where TRL logged no KL (beta 0: it never computes one)."""
+    length = "completions/mean_terminated_length" if terminated_only else "completions/mean_length"
+    if "kl" not in logs or length not in logs:
         return None
-    return float(logs["kl"]) * float(logs["completions/mean_length"])
+    return float(logs["kl"]) * float(logs[length])
 
 
 def _metric_name(key: str) -> str:

@@ -31,8 +31,11 @@ Decisions, each for a reason:
   an algorithm with more arms and checkpoints to choose from; the figure's line, the front of the seed means,
   can lie slightly below the table's mean.
   An algorithm reaches a level only when every seed's front does (else a dash: the seeds that reach farther
-  would bias the mean). Fewer than two seeds: the value alone, no interval. A seed without its SFT cell has no
-  anchor: its front starts at its smallest KL, and levels below that are dashes too.
+  would bias the mean). Fewer than two seeds: the value alone, no interval. A seed without a complete SFT cell has no
+  anchor and nothing to check its cells' SFT policy and reward model against: its points stay off the frontier.
+- **One SFT chain.** A point joins a front only when its cell's prepared chain and evaluation settings (task,
+  model, SFT, reward model, evaluation) are those of its seed's SFT cell: "current" is decided per arm, and an arm
+  no newer run touched keeps an older configuration, trained from another SFT policy or reward model.
 - **Bounds.** best-of-n has no policy model to measure: its eval/kl is the analytic bound log n − (n−1)/n
   (`record.TAG_KL_IS_BOUND`). Its true point lies at or left of the drawn one, so its front and its matched-KL
   values are conservative (a lower bound on its reward at that KL); the report marks them and says so.
@@ -45,7 +48,14 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from harness import record
-from harness.report.frame import BASELINE_ALGORITHM, EVAL_PREFIX, algorithm_order, complete_cells, split_configurations
+from harness.report.frame import (
+    BASELINE_ALGORITHM,
+    EVAL_PREFIX,
+    algorithm_order,
+    complete_cells,
+    config_params,
+    split_configurations,
+)
 from harness.report.stats import mean_ci, overlaps
 
 if TYPE_CHECKING:
@@ -73,7 +83,7 @@ def checkpoint_points(cells: "pd.DataFrame", histories: "pd.DataFrame | None") -
     import pandas as pd
 
     current, _ = split_configurations(cells)
-    reported = complete_cells(current)
+    reported = _sharing_their_baseline(complete_cells(current))
     identity = reported[["run_id", "algorithm", "seed"]].rename(columns={"algorithm": "arm"})
     identity = identity.assign(
         algorithm=_column(reported, "algorithm_name", reported["algorithm"].map(record.algorithm_of)),
@@ -91,6 +101,21 @@ def checkpoint_points(cells: "pd.DataFrame", histories: "pd.DataFrame | None") -
     baseline = baseline.assign(step=0, **{KL: 0.0})
     frame = pd.concat([baseline, points], ignore_index=True)
     return frame.reindex(columns=POINT_COLUMNS).dropna(subset=[KL]).reset_index(drop=True)
+
+
+def _sharing_their_baseline(cells: "pd.DataFrame") -> "pd.DataFrame":
+    """The cells whose prepared chain and evaluation settings (record.cell_sections of the baseline: task, model,
+    SFT, reward model, evaluation) are those of their seed's SFT cell. "Current" is decided per arm, so an arm no
+    newer run touched (a sweep point since dropped, or one left out when the SFT settings changed) keeps an
+    older configuration as its current one; its points come from another SFT policy or reward model and must not
+    join a front anchored on this SFT point."""
+    def chain(row) -> dict:
+        return config_params(BASELINE_ALGORITHM, {key: value for key, value in row.items() if isinstance(value, str)})
+
+    rows = cells.to_dict("records")
+    baselines = {row["seed"]: chain(row) for row in rows if row["algorithm"] == BASELINE_ALGORITHM}
+    keep = [row["seed"] in baselines and chain(row) == baselines[row["seed"]] for row in rows]
+    return cells[keep]
 
 
 def _column(frame: "pd.DataFrame", name: str, default):

@@ -409,6 +409,7 @@ def test_only_selects_arms_by_algorithm_or_by_point(only, arms):
     ("sweep.algorithms.dpo.beta=[abc]", "sweep point dpo@beta=abc: bad value for 'algorithms.dpo.beta'"),
     ("sweep.algorithms.dpo.pairs_source=[a/b]", "'sweep.algorithms.dpo.pairs_source': value 'a/b' must be a number, a boolean or a plain word"),
     ("sweep=3", "'sweep' must be a mapping"),
+    ("sweep.algorithms.dpo.beta=[1,1.0]", "'sweep' gives dpo@beta=1.0 twice (as dpo@beta=1): list each value once"),
 ])
 def test_a_bad_sweep_is_refused_in_one_line_naming_it(override, message):
     with pytest.raises(ConfigError) as error:
@@ -419,3 +420,19 @@ def test_a_bad_sweep_is_refused_in_one_line_naming_it(override, message):
 def test_only_naming_an_unknown_point_is_refused():
     with pytest.raises(ConfigError, match=r"'only' names 'dpo@beta=9', which suite 'tiny' does not run; .*dpo@beta=0.3"):
         load_config("tiny", ["sweep.algorithms.dpo.beta=[0.03,0.3]", "only=[dpo@beta=9]"])
+
+
+@pytest.mark.parametrize("override, message", [
+    ("algorithms.dpo.loss_type=sigmoidd", "'algorithms.dpo.loss_type' must be one of TRL 1.16's DPO losses"),
+    ("algorithms.dpo.label_smoothing=0.1", "'algorithms.dpo.label_smoothing' is ignored by TRL's 'sigmoid' loss"),
+    ("algorithms.grpo.lr_scheduler=foo", "'algorithms.grpo.lr_scheduler' must be a transformers scheduler"),
+    ("algorithms.kto.lr_scheduler=foo", "'algorithms.kto.lr_scheduler' must be a transformers scheduler"),
+    ("lora.stages=[dpoo]", "'lora.stages' names 'dpoo', an unknown stage; must be algorithms, sft or an algorithm that "
+                           "trains; did you mean 'dpo'?"),
+    ("lora.stages=[best_of_n]", "'lora.stages' names 'best_of_n', which trains no policy weights"),
+    ("algorithms.best_of_n.n=0", "'algorithms.best_of_n.n' must be >= 1"),
+])
+def test_what_trl_would_refuse_mid_run_is_refused_at_validation(override, message):
+    with pytest.raises(ConfigError) as error:
+        load_config("tiny", [override])
+    assert message in str(error.value)

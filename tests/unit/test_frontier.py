@@ -214,6 +214,20 @@ def test_checkpoint_points_read_every_evaluated_step_and_the_final_value_without
     assert len(points) == 4
 
 
+def test_points_trained_from_another_sft_or_reward_model_stay_off_the_front():
+    """An arm no newer run touched keeps an older configuration as its current one: its cells, trained from
+    another SFT policy, must not join a front anchored on this SFT point."""
+    now = {"sft.epochs": "4", "reward_model.epochs": "3", "evaluation.num_prompts": "64"}
+    cells = pd.DataFrame([
+        {**_cell_row("s0", "sft", 0, None, 0.1, 0.0), **now},
+        {**_cell_row("d0", "dpo@beta=0.1", 0, OFFLINE, 0.5, 1.0), **now, "algorithms.dpo.beta": "0.1"},
+        {**_cell_row("old", "dpo@beta=0.3", 0, OFFLINE, 2.0, 0.5), **now, "sft.epochs": "2"},  # another SFT
+        {**_cell_row("s1", "dpo@beta=0.1", 1, OFFLINE, 0.5, 1.0), **now},  # seed 1 has no SFT cell: no anchor
+    ])
+    points = checkpoint_points(cells, None)
+    assert sorted(points["arm"] + "-" + points["seed"].astype(str)) == ["dpo@beta=0.1-0", "sft-0"]
+
+
 def test_training_curves_share_the_budget_fraction_axis():
     from harness.report.plots import _curves_on_budget_axis
 
