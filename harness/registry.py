@@ -75,12 +75,14 @@ class Registry:
 #   train(context)          -> harness.algorithms.context.TrainResult
 #   FAMILY                  one of harness.record.FAMILIES
 #   KL_KNOB                 the Config field that sets how far it may move from the reference (a frontier
-#                           sweeps it); KL_KNOB_RAISES_KL says whether a larger value allows more KL
+#                           sweeps it; the report's matched-KL table names it and the values swept);
+#                           KL_KNOB_RAISES_KL says whether a larger value allows more KL
 #   TRAINS_POLICY           False for inference-time methods: no weights change, `lora.stages` may not name it;
 #                           the evaluator keeps the best of its Config's `n` draws per answer
 #   CURVES                  train/* metric names (without the prefix) the report draws for it, besides the
 #                           shared record.TRAIN_* ones
-#   WATCHED                 logged statistics whose NaN/inf means divergence (trl_support.DivergenceGuard)
+#   WATCHED                 logged statistics whose NaN/inf means divergence (the TRL-backed ones pass it to
+#                           trl_support.DivergenceGuard; PPO and REINFORCE++ check every statistic they log)
 #   describe_data(options)  one sentence for the report: what it learns from, given its options as logged
 #                           ({option: value as a string})
 ALGORITHMS = Registry("algorithm")

@@ -112,6 +112,8 @@ class AlgorithmInfo:
     family: str | None
     curves: tuple[str, ...]  # its own train/* curves (names without the prefix)
     describe_data: "Callable[[dict], str] | None"
+    kl_knob: str | None = None  # the option a frontier sweeps
+    kl_knob_raises_kl: bool = False  # whether a larger value allows more KL
 
 
 _NO_INFO = AlgorithmInfo(family=None, curves=(), describe_data=None)
@@ -136,6 +138,8 @@ def algorithm_info(name: str) -> AlgorithmInfo:
         family=getattr(module, "FAMILY", None),
         curves=tuple(getattr(module, "CURVES", ())),
         describe_data=describe if callable(describe) else None,
+        kl_knob=getattr(module, "KL_KNOB", None),
+        kl_knob_raises_kl=bool(getattr(module, "KL_KNOB_RAISES_KL", False)),
     )
 
 

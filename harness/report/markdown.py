@@ -601,6 +601,26 @@ def _frontier_section(records: SuiteRecords, plot_names: dict) -> str:
     return intro + "\n\n" + _matched_kl_text(chosen)
 
 
+def _knob(algorithm: str, arms) -> str:
+    """The option the algorithm's frontier runs along, the direction of more KL, and the values its arms
+    (sweep points) took: "beta ↓ (0.03, 0.1, 0.3)" reads "less KL as beta grows"."""
+    info = algorithm_info(algorithm)
+    if not info.kl_knob:
+        return "—"
+    arrow = "↑" if info.kl_knob_raises_kl else "↓"
+    values = {point.split("=", 1)[1] for arm in arms
+              for point in record.sweep_point_of(arm).split(",") if point.startswith(info.kl_knob + "=")}
+    return f"{info.kl_knob} {arrow}" + (f" ({', '.join(sorted(values, key=_numbers_first))})" if values else "")
+
+
+def _numbers_first(value: str) -> tuple:
+    """Sort key: numbers by value, then anything else by its text."""
+    try:
+        return (0, float(value), value)
+    except ValueError:
+        return (1, 0.0, value)
+
+
 def _matched_kl_text(chosen: frontier.Frontier) -> str:
     """The matched-KL table (rows: algorithm; columns: KL levels), the bound's footnote, the dominance sentence."""
     import pandas as pd
@@ -612,16 +632,18 @@ def _matched_kl_text(chosen: frontier.Frontier) -> str:
         "linearly at the KL level (a mix of two policies on the front reaches that reward at that KL or less), "
         "then the mean over seeds ± the half-width of the 95% Student-t interval over seeds (the value alone with "
         f"one seed). {MISSING}: not every seed's front reaches the level. Levels: round values up to the largest KL "
-        "two algorithms' fronts both reach."
+        "two algorithms' fronts both reach. *knob*: the option each algorithm's arms sweep (↓: less KL as it grows, "
+        "↑: more) and the values they took."
     )
     if not levels:
         return explanation + "\n\nNo front reaches a KL above 0: nothing to compare at matched KL."
+    arms = chosen.points.groupby("algorithm")["arm"].unique().to_dict()
     rows = {}
     for algorithm, own in table.groupby("algorithm", sort=False):
         first = own.iloc[0]
         name = f"{algorithm} {_BOUND_MARK}" if first["kl_is_bound"] else algorithm
         row = {"family": first["family"] if isinstance(first["family"], str) else "unknown",
-               "seeds": str(int(first["seeds"]))}
+               "seeds": str(int(first["seeds"])), "knob": _knob(algorithm, arms.get(algorithm, ()))}
         for item in own.itertuples():
             row[f"KL {frontier.format_level(item.level)}"] = format_estimate(item.mean, (item.high - item.low) / 2)
         rows[name] = row

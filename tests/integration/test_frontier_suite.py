@@ -121,10 +121,12 @@ def test_the_report_draws_the_frontier_and_its_matched_kl_table_equals_fronts_re
     assert levels, header
     rows = {cells[0]: cells for cells in ([c.strip() for c in line.strip("|").split("|")] for line in lines[2:])}
     assert set(rows) == {"dpo", "best_of_n †"}
+    assert rows["dpo"][header.index("knob")] == "beta ↓ (0.03, 0.3)"  # the module's KL_KNOB and the arms' values
+    assert rows["best_of_n †"][header.index("knob")] == "n ↑ (1, 4, 16)"
     compared = 0
     for algorithm, row in (("dpo", rows["dpo"]), ("best_of_n", rows["best_of_n †"])):
         fronts = [_front(_seed_points(frontier_run, algorithm, seed)) for seed in (0, 1)]
-        for column, level in zip(header[3:], levels):
+        for column, level in zip([name for name in header if name.startswith("KL ")], levels):
             values = [_at(front, level) for front in fronts]
             shown = row[header.index(column)]
             if any(value is None for value in values):

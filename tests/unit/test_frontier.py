@@ -309,12 +309,13 @@ def test_report_has_the_frontier_section_table_and_figure(frontier_store, tmp_pa
     # Reaches: dpo 2.0 (both seeds), best_of_n 0.636294; top 0.636: levels 0.05, 0.1, 0.2, 0.5 in (0.0318, 0.636].
     header = next(line for line in section.splitlines() if line.startswith("| algorithm"))
     assert [cell.strip() for cell in header.strip("|").split("|")] == [
-        "algorithm", "family", "seeds", "KL 0.05", "KL 0.1", "KL 0.2", "KL 0.5"]
+        "algorithm", "family", "seeds", "knob", "KL 0.05", "KL 0.1", "KL 0.2", "KL 0.5"]
     # dpo pools both arms and every checkpoint. Seed 0's front: (0,0) (0.2,0.1) (0.5,0.3) (1,0.4) (2,0.8);
     # seed 1's: (0,0.2) (0.2,0.3) (0.5,0.5) (1,0.6) (2,1.0). At 0.5: 0.3 and 0.5, mean 0.4; at 0.2: 0.1, 0.3,
     # mean 0.2; s = 0.141421, half-width t(1) · s / √2 = 12.706 · 0.1 = 1.271.
     dpo = next(line for line in section.splitlines() if line.startswith("| dpo "))
     assert "offline preference" in dpo and "0.200 ± 1.271" in dpo and "0.400 ± 1.271" in dpo
+    assert "| beta ↓ (0.1, 0.3) |" in dpo  # dpo's KL_KNOB, less KL as it grows, and the values its arms took
     # best_of_n at 0.5, on the segment from its SFT point to (0.636294, gold): seed 0 0.3 · 0.5 / 0.636294 =
     # 0.235741, seed 1 0.2 + 0.3 · 0.5 / 0.636294 = 0.435741: mean 0.336, the same spread as dpo's.
     best = next(line for line in section.splitlines() if line.startswith("| best_of_n †"))
