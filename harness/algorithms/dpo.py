@@ -95,58 +95,14 @@ class Config:
 
 
 def train(context):
-    from datasets import Dataset
     from trl import DPOConfig, DPOTrainer
 
-    from harness.algorithms.trl_support import (
-        check_process_group,
-        common_training_arguments,
-        harness_callbacks,
-        per_device_batch_size,
-        steps_for_budget,
-        train_and_save,
-    )
-    from harness.algorithms.lora import peft_config
-    from harness.algorithms.preference_pairs import training_pairs
-    from harness.modeling import load_tokenizer
+    from harness.algorithms.preference_pairs import train_on_pairs
 
     config: Config = context.config
-    tokenizer = load_tokenizer(context.base_dir)
-    # A pair holds two completions (seen, not generated) for the equal_completions policy.
-    steps = steps_for_budget(context.suite.budget, config.batch_size, completions_per_prompt=2)
-
-    arguments = DPOConfig(
-        **common_training_arguments(
-            context.suite,
-            context.seed,
-            context.output_dir,
-            learning_rate=config.learning_rate,
-            lr_scheduler=config.lr_scheduler,
-            max_steps=steps,
-        ),
-        # The global batch stays config.batch_size whatever the number of processes (module docstring).
-        per_device_train_batch_size=per_device_batch_size(config.batch_size, "algorithms.dpo.batch_size"),
+    return train_on_pairs(context, arguments_class=DPOConfig, trainer_class=DPOTrainer, watched=WATCHED, objective=dict(
         beta=config.beta,
         loss_type=[config.loss_type],
         label_smoothing=config.label_smoothing,
-        disable_dropout=True,
-        max_length=tokenizer.model_max_length,
         precompute_ref_log_probs=False,
-    )
-    # Reading world_size sets up the Trainer's process group now (gloo on the CPU with use_cpu), before any
-    # pairs are sampled across ranks; a launch whose ranks did not join one group is refused.
-    check_process_group(arguments.world_size)
-    pairs, generated = training_pairs(context, config.pairs_source, steps * config.batch_size, "DPO")
-
-    trainer = DPOTrainer(
-        model=str(context.base_dir),  # TRL builds the frozen reference from the same folder
-        args=arguments,
-        train_dataset=Dataset.from_list(pairs),
-        processing_class=tokenizer,
-        peft_config=peft_config(context.suite, "dpo"),
-        callbacks=harness_callbacks(context.log_metrics, context.progress, context, steps, watched=WATCHED),
-    )
-    return train_and_save(trainer, context, tokenizer, lambda _: {  # global: the pairs of all ranks
-        "prompts_seen": float(steps * config.batch_size),  # steps x the global batch
-        **generated,  # completions and tokens sampled for the pairs: 0 with the dataset's pairs
-    })
+    ))

@@ -66,51 +66,13 @@ class Config:
 
 
 def train(context):
-    from datasets import Dataset
     from trl import DPOConfig, DPOTrainer
 
-    from harness.algorithms.lora import peft_config
-    from harness.algorithms.preference_pairs import training_pairs
-    from harness.algorithms.trl_support import (
-        check_process_group,
-        common_training_arguments,
-        harness_callbacks,
-        per_device_batch_size,
-        steps_for_budget,
-        train_and_save,
-    )
-    from harness.modeling import load_tokenizer
+    from harness.algorithms.preference_pairs import train_on_pairs
 
     config: Config = context.config
-    tokenizer = load_tokenizer(context.base_dir)
-    steps = steps_for_budget(context.suite.budget, config.batch_size, completions_per_prompt=2)  # a pair: two
-    arguments = DPOConfig(
-        **common_training_arguments(
-            context.suite,
-            context.seed,
-            context.output_dir,
-            learning_rate=config.learning_rate,
-            lr_scheduler=config.lr_scheduler,
-            max_steps=steps,
-        ),
-        per_device_train_batch_size=per_device_batch_size(config.batch_size, "algorithms.ipo.batch_size"),
+    return train_on_pairs(context, arguments_class=DPOConfig, trainer_class=DPOTrainer, watched=WATCHED, objective=dict(
         beta=config.beta,
         loss_type=["ipo"],
-        disable_dropout=True,
-        max_length=tokenizer.model_max_length,
         precompute_ref_log_probs=False,
-    )
-    check_process_group(arguments.world_size)  # before pairs are sampled across ranks (dpo.py)
-    pairs, generated = training_pairs(context, config.pairs_source, steps * config.batch_size, "IPO")
-    trainer = DPOTrainer(
-        model=str(context.base_dir),  # TRL builds the frozen reference from the same folder
-        args=arguments,
-        train_dataset=Dataset.from_list(pairs),
-        processing_class=tokenizer,
-        peft_config=peft_config(context.suite, "ipo"),
-        callbacks=harness_callbacks(context.log_metrics, context.progress, context, steps, watched=WATCHED),
-    )
-    return train_and_save(trainer, context, tokenizer, lambda _: {
-        "prompts_seen": float(steps * config.batch_size),
-        **generated,
-    })
+    ))

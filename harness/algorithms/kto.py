@@ -96,58 +96,24 @@ class Config:
 
 
 def train(context):
-    from datasets import Dataset
     from trl import KTOConfig, KTOTrainer
 
-    from harness.algorithms.lora import peft_config
-    from harness.algorithms.preference_pairs import training_pairs
-    from harness.algorithms.trl_support import (
-        check_process_group,
-        common_training_arguments,
-        harness_callbacks,
-        per_device_batch_size,
-        steps_for_budget,
-        train_and_save,
-    )
-    from harness.modeling import load_tokenizer
+    from harness.algorithms.preference_pairs import train_on_pairs
 
     config: Config = context.config
-    tokenizer = load_tokenizer(context.base_dir)
-    steps = steps_for_budget(context.suite.budget, config.batch_size, completions_per_prompt=2)  # a pair: two
-    arguments = KTOConfig(
-        **common_training_arguments(
-            context.suite,
-            context.seed,
-            context.output_dir,
-            learning_rate=config.learning_rate,
-            lr_scheduler=config.lr_scheduler,
-            max_steps=steps,
+    return train_on_pairs(
+        context, arguments_class=KTOConfig, trainer_class=KTOTrainer, watched=WATCHED,
+        objective=dict(
+            beta=config.beta,
+            loss_type="kto",
+            desirable_weight=config.desirable_weight,
+            undesirable_weight=config.undesirable_weight,
+            train_sampling_strategy="sequential",  # TRL's rotated KL pairs are built for this order (docstring)
+            precompute_ref_log_probs=False,
         ),
-        per_device_train_batch_size=per_device_batch_size(2 * config.batch_size, "algorithms.kto.batch_size x 2"),
-        beta=config.beta,
-        loss_type="kto",
-        desirable_weight=config.desirable_weight,
-        undesirable_weight=config.undesirable_weight,
-        train_sampling_strategy="sequential",  # TRL's rotated KL pairs are built for this order (docstring)
-        disable_dropout=True,
-        max_length=tokenizer.model_max_length,
-        precompute_ref_log_probs=False,
+        rows_per_pair=2,  # a pair's desirable and undesirable example
+        to_rows=unpaired_examples,
     )
-    check_process_group(arguments.world_size)  # before pairs are sampled across ranks (dpo.py)
-    pairs, generated = training_pairs(context, config.pairs_source, steps * config.batch_size, "KTO")
-    examples = unpaired_examples(pairs, steps * config.batch_size, context.seed)
-    trainer = KTOTrainer(
-        model=str(context.base_dir),  # TRL builds the frozen reference from the same folder
-        args=arguments,
-        train_dataset=Dataset.from_list(examples),
-        processing_class=tokenizer,
-        peft_config=peft_config(context.suite, "kto"),
-        callbacks=harness_callbacks(context.log_metrics, context.progress, context, steps, watched=WATCHED),
-    )
-    return train_and_save(trainer, context, tokenizer, lambda _: {  # a pair's two examples are one prompt, as for DPO
-        "prompts_seen": float(steps * config.batch_size),
-        **generated,
-    })
 
 
 def unpaired_examples(pairs: list[dict], count: int, seed: int) -> list[dict]:

@@ -20,6 +20,63 @@ logger = logging.getLogger(__name__)
 PAIRS_SOURCES = ("dataset", "reward_model")
 
 
+def train_on_pairs(context, *, arguments_class, trainer_class, objective: dict, watched, rows_per_pair: int = 1,
+                   to_rows=None, trainer_arguments: dict | None = None):
+    """Train context.config's policy with TRL's `trainer_class` and its `arguments_class` on the pairs: what
+    dpo, ipo, simpo and kto share, each passing its own objective (the trainer arguments that make it that
+    algorithm), its watched statistics and, for KTO, how pairs become rows (`to_rows(pairs, count, seed)`,
+    `rows_per_pair` rows per pair in a batch).
+
+    context.config must have batch_size (pairs per optimizer step, global over all processes: each gets
+    batch_size / processes), learning_rate, lr_scheduler and pairs_source. Under the `equal_prompts` budget a
+    pair is one prompt and two completions seen, not generated."""
+    from datasets import Dataset
+
+    from harness.algorithms.lora import peft_config
+    from harness.algorithms.trl_support import (
+        check_process_group,
+        common_training_arguments,
+        harness_callbacks,
+        per_device_batch_size,
+        steps_for_budget,
+        train_and_save,
+    )
+    from harness.modeling import load_tokenizer
+
+    config, name = context.config, context.algorithm
+    tokenizer = load_tokenizer(context.base_dir)
+    steps = steps_for_budget(context.suite.budget, config.batch_size, completions_per_prompt=2)
+    count = steps * config.batch_size
+    arguments = arguments_class(
+        **common_training_arguments(context.suite, context.seed, context.output_dir, learning_rate=config.learning_rate,
+                                    lr_scheduler=config.lr_scheduler, max_steps=steps),
+        # The global batch stays config.batch_size pairs whatever the number of processes.
+        per_device_train_batch_size=per_device_batch_size(rows_per_pair * config.batch_size,
+                                                          f"algorithms.{name}.batch_size"),
+        disable_dropout=True,
+        max_length=tokenizer.model_max_length,
+        **objective,
+    )
+    # Reading world_size sets up the Trainer's process group now (gloo on the CPU with use_cpu), before any
+    # pairs are sampled across ranks; a launch whose ranks did not join one group is refused.
+    check_process_group(arguments.world_size)
+    pairs, generated = training_pairs(context, config.pairs_source, count, name)
+    rows = to_rows(pairs, count, context.seed) if to_rows else pairs
+    trainer = trainer_class(
+        model=str(context.base_dir),  # TRL builds the frozen reference from the same folder (SimPO: none)
+        args=arguments,
+        train_dataset=Dataset.from_list(rows),
+        processing_class=tokenizer,
+        peft_config=peft_config(context.suite, name),
+        callbacks=harness_callbacks(context.log_metrics, context.progress, context, steps, watched=watched),
+        **(trainer_arguments or {}),
+    )
+    return train_and_save(trainer, context, tokenizer, lambda _: {  # global: the pairs of all ranks
+        "prompts_seen": float(count),  # steps x the global batch: a pair's two completions are one prompt
+        **generated,  # completions and tokens sampled for the pairs: 0 with the dataset's pairs
+    })
+
+
 def describe_pairs(options: dict) -> str:
     """The report's sentence on the pairs an offline preference algorithm learned from, given its options."""
     if options.get("pairs_source") == "reward_model":

@@ -86,54 +86,16 @@ class Config:
 
 
 def train(context):
-    from datasets import Dataset
     from trl import DPOConfig
 
-    from harness.algorithms.lora import peft_config
-    from harness.algorithms.preference_pairs import training_pairs
-    from harness.algorithms.trl_support import (
-        check_process_group,
-        common_training_arguments,
-        harness_callbacks,
-        per_device_batch_size,
-        steps_for_budget,
-        train_and_save,
-    )
-    from harness.modeling import load_tokenizer
+    from harness.algorithms.preference_pairs import train_on_pairs
 
     config: Config = context.config
-    tokenizer = load_tokenizer(context.base_dir)
-    steps = steps_for_budget(context.suite.budget, config.batch_size, completions_per_prompt=2)  # a pair: two
-    arguments = DPOConfig(
-        **common_training_arguments(
-            context.suite,
-            context.seed,
-            context.output_dir,
-            learning_rate=config.learning_rate,
-            lr_scheduler=config.lr_scheduler,
-            max_steps=steps,
-        ),
-        per_device_train_batch_size=per_device_batch_size(config.batch_size, "algorithms.simpo.batch_size"),
-        beta=config.beta,
-        disable_dropout=True,
-        max_length=tokenizer.model_max_length,
-        precompute_ref_log_probs=True,  # no reference model is built (module docstring)
+    return train_on_pairs(
+        context, arguments_class=DPOConfig, trainer_class=simpo_trainer_class(), watched=WATCHED,
+        objective=dict(beta=config.beta, precompute_ref_log_probs=True),  # no reference model is built (docstring)
+        trainer_arguments=dict(gamma=config.gamma),
     )
-    check_process_group(arguments.world_size)  # before pairs are sampled across ranks (dpo.py)
-    pairs, generated = training_pairs(context, config.pairs_source, steps * config.batch_size, "SimPO")
-    trainer = simpo_trainer_class()(
-        gamma=config.gamma,
-        model=str(context.base_dir),
-        args=arguments,
-        train_dataset=Dataset.from_list(pairs),
-        processing_class=tokenizer,
-        peft_config=peft_config(context.suite, "simpo"),
-        callbacks=harness_callbacks(context.log_metrics, context.progress, context, steps, watched=WATCHED),
-    )
-    return train_and_save(trainer, context, tokenizer, lambda _: {
-        "prompts_seen": float(steps * config.batch_size),
-        **generated,
-    })
 
 
 def simpo_trainer_class():
