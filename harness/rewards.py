@@ -72,6 +72,12 @@ class ProxyRewardModel:
         return scores
 
 
+def with_missing_stop_penalty(scores: list[float], stopped: list[bool], penalty: float) -> list[float]:
+    """PPO.md §2.3: a completion without a stop token loses `penalty`, for every online algorithm alike (and for
+    best-of-n's selection, which maximises the same training reward)."""
+    return [value - (0.0 if did_stop else penalty) for value, did_stop in zip(scores, stopped, strict=True)]
+
+
 def training_reward_function(source: str, missing_stop_penalty: float, task_module, reward_model_dir: Path, device: str):
     """The reward online algorithms optimise: the proxy RM minus the missing-stop penalty, or the gold reward.
 
@@ -85,8 +91,6 @@ def training_reward_function(source: str, missing_stop_penalty: float, task_modu
             return [task_module.gold_reward(p, as_completion(c), s) for p, c, s in zip(prompts, completions, stopped)]
         if not scorers:
             scorers.append(ProxyRewardModel(reward_model_dir, device))
-        proxy = scorers[0].score(prompts, completions, stopped)
-        # PPO.md §2.3: a rollout without a stop token is penalised, for every online algorithm alike.
-        return [value - (0.0 if did_stop else missing_stop_penalty) for value, did_stop in zip(proxy, stopped)]
+        return with_missing_stop_penalty(scorers[0].score(prompts, completions, stopped), stopped, missing_stop_penalty)
 
     return reward

@@ -172,7 +172,9 @@ def _selection_rewards(best_of: BestOf, proxy: list[float], gold: list[float], s
     charges a missing stop)."""
     if best_of.reward_source == "gold":
         return list(gold)
-    return [value - (0.0 if did_stop else best_of.missing_stop_penalty) for value, did_stop in zip(proxy, stopped)]
+    from harness.rewards import with_missing_stop_penalty
+
+    return with_missing_stop_penalty(proxy, stopped, best_of.missing_stop_penalty)
 
 
 def _keep_best(generations, scores: list[float], gold: list[float], n: int) -> tuple[list[int], list[dict]]:
