@@ -194,7 +194,8 @@ def test_same_seed_gives_identical_eval_metrics(tmp_path):
     for name in ("first", "second"):
         cwd = tmp_path / name
         cwd.mkdir()
-        result = run_harness(cwd, *SCALED_DOWN_TINY)
+        # DPO reads a fixed dataset, GRPO samples its own: both sources of nondeterminism (CI time: not PPO too).
+        result = run_harness(cwd, *SCALED_DOWN_TINY, "only=[dpo,grpo]")
         assert result.returncode == 0, result.stderr[-3000:]
         runs = cell_runs(cwd).sort_values("tags.harness.cell")
         eval_columns = sorted(c for c in runs.columns if c.startswith("metrics.eval/"))
@@ -202,5 +203,5 @@ def test_same_seed_gives_identical_eval_metrics(tmp_path):
         rows = runs[["tags.harness.cell", *eval_columns]].to_dict("records")
         metrics.append([{key: value for key, value in row.items() if value == value} for row in rows])
     assert metrics[0] == metrics[1]
-    assert len(metrics[0]) == 4
+    assert len(metrics[0]) == 3
     assert any(value != 0 for row in metrics[0] for key, value in row.items() if key == "metrics.eval/kl")
