@@ -87,6 +87,7 @@ def train(context):
         check_process_group,
         common_training_arguments,
         harness_callbacks,
+        logged_completion_tokens,
         per_device_batch_size,
         steps_for_budget,
         train_and_save,
@@ -144,8 +145,7 @@ def train(context):
     return train_and_save(trainer, context, tokenizer, lambda trained: {  # global: prompts and completions of all ranks
         "prompts_seen": float(steps * config.prompts_per_step),
         "completions_generated": float(steps * completions_per_step),
-        "tokens_generated": sum(entry["completions/mean_length"] * completions_per_step
-                                for entry in trained.state.log_history if "completions/mean_length" in entry),
+        "tokens_generated": logged_completion_tokens(trained, completions_per_step),  # the judge logs it per step
     })
 
 

@@ -54,6 +54,7 @@ def train_online(context, *, trainer_class, config_class, objective: dict, watch
         check_process_group,
         common_training_arguments,
         harness_callbacks,
+        logged_completion_tokens,
         per_device_batch_size,
         steps_for_budget,
         train_and_save,
@@ -122,7 +123,8 @@ def train_online(context, *, trainer_class, config_class, objective: dict, watch
     return train_and_save(trainer, context, tokenizer, lambda trained: {  # global: prompts and completions of all ranks
         "prompts_seen": float(batches * config.prompts_per_step),
         "completions_generated": float(rollouts * arguments.steps_per_generation * completions_per_step),
-        "tokens_generated": float(completion_tokens(trained)),
+        # TRL logs the mean completion length once per rollout, over its global generation batch.
+        "tokens_generated": logged_completion_tokens(trained, trained.args.generation_batch_size),
     })
 
 
@@ -136,11 +138,3 @@ def trl_reward_function(reward_function, eos_token_id: int):
         return reward_function(list(prompts), list(completions), stopped)
 
     return training_reward
-
-
-def completion_tokens(trainer) -> float:
-    """Generated tokens: TRL logs the mean completion length once per rollout, over the completions gathered
-    from all ranks; sum mean x completions per rollout (TRL's global generation_batch_size) over rollouts."""
-    rollout = trainer.args.generation_batch_size
-    return sum(entry["completions/mean_length"] * rollout
-               for entry in trainer.state.log_history if "completions/mean_length" in entry)

@@ -317,6 +317,13 @@ def grpo_sequence_kl(logs: dict, terminated_only: bool = False) -> float | None:
     return float(logs["kl"]) * float(logs[length])
 
 
+def logged_completion_tokens(trainer, completions_per_entry: int) -> float:
+    """Tokens generated, from the trainer's log history (so it survives a resume): each entry with a
+    `completions/mean_length` (gathered over ranks) stands for `completions_per_entry` completions."""
+    return float(sum(entry["completions/mean_length"] * completions_per_entry
+                     for entry in trainer.state.log_history if "completions/mean_length" in entry))
+
+
 def _metric_name(key: str) -> str:
     # MLflow metric names allow "/" but not some characters TRL uses in its keys; keep them readable.
     return key.replace("(", "_").replace(")", "").replace(" ", "_")
