@@ -230,7 +230,7 @@ def _print_leaderboard_link(link, tracking_uri: str, say) -> None:
 def command_leaderboard(args) -> int:
     from rich.table import Table
 
-    from harness.metrics.catalog import METRICS, direction_arrow
+    from harness.metrics.catalog import METRICS, column_label
     from harness.registry import did_you_mean
     from harness.report.frame import load_cell_runs
     from harness.report.tables import leaderboard_frame
@@ -242,7 +242,7 @@ def command_leaderboard(args) -> int:
     table = Table(title=f"harness leaderboard: {config.suite.name} (sorted by {args.sort})")
     table.add_column("algorithm")
     for column in frame.columns:
-        table.add_column(f"{column} {direction_arrow(column)}".strip(), justify="right")
+        table.add_column(column_label(column), justify="right")
     for algorithm, row in frame.iterrows():
         table.add_row(str(algorithm), *[_format_number(value) for value in row])
     _console().print(table)
@@ -259,7 +259,7 @@ def command_list(args) -> int:
         "suites": [(name, read_yaml(suite_path(name)).get("description", "")) for name in suite_names()],
         "algorithms": [(entry.name, entry.summary) for entry in ALGORITHMS.entries()],
         "tasks": [(entry.name, entry.summary) for entry in TASKS.entries()],
-        "metrics": [(info.name, f"[{info.direction}] {info.description}") for info in METRICS.values()],
+        "metrics": _metric_rows(METRICS.values()),
         "generators": [(entry.name, entry.summary) for entry in GENERATORS.entries()],
     }
     for section, rows in sections.items():
@@ -270,6 +270,23 @@ def command_list(args) -> int:
         for name, summary in rows:
             print(f"  {name:<{width}}  {summary}")
     return EXIT_OK
+
+
+def _metric_rows(metrics) -> list[tuple[str, str]]:
+    """Per metric: direction (with its arrow), level, unit in aligned columns, then what it is and where it comes
+    from (the samples.jsonl field it averages, or that it is computed over the whole corpus)."""
+    metrics = list(metrics)
+    unit_width = max((len(metric.unit) for metric in metrics), default=0)
+    rows = []
+    for metric in metrics:
+        scale = "" if metric.field_scale == 1 else f"{metric.field_scale:g} x "
+        source = f"{scale}mean of samples.jsonl `{metric.field}`"
+        if metric.level == "corpus":
+            source = "over all completions"
+        direction = f"{metric.arrow or '·'} {metric.direction}"
+        rows.append((metric.name, f"{direction:<9} {metric.level:<6}  {metric.unit:<{unit_width}}  "
+                                  f"{metric.description} ({source})"))
+    return rows
 
 
 # ---------------------------------------------------------------------------------------------------------

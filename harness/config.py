@@ -335,6 +335,140 @@ class EvaluationConfig:
         require(self.checkpoints >= 0, "evaluation.checkpoints", "must be >= 0")
 
 
+GOLD_SOURCES = ("task", "reward_model")
+
+
+@dataclass
+class GoldConfig:
+    source: str = "task"
+    # what the evaluator calls gold: "task" (the task's own exact reward where it has one: tiny, GSM8K, IMDB)
+    # or "reward_model" (a larger held-out reward model that no algorithm trains on; the report calls it
+    # "held-out RM" and keeps it apart from the proxy)
+    name_or_path: str = ""
+    # source reward_model: a sequence-classifier folder or Hub id (e.g. Skywork/Skywork-Reward-V2-Llama-3.1-8B)
+    score_index: int = 0
+    # which output logit is the reward (0 for a scalar reward model)
+    trust_remote_code: bool = False
+    # never execute code shipped with a checkpoint unless asked
+
+    def __post_init__(self):
+        require(self.source in GOLD_SOURCES, "gold.source", f"must be one of {', '.join(GOLD_SOURCES)};"
+                f"{did_you_mean(self.source, GOLD_SOURCES)}".rstrip(";"))
+        require(self.source == "task" or bool(self.name_or_path), "gold.name_or_path",
+                "is required when gold.source is reward_model")
+        require(self.source == "reward_model" or not self.name_or_path, "gold.name_or_path",
+                "is only read when gold.source is reward_model")
+        if self.name_or_path and _looks_like_path(self.name_or_path):
+            require(_is_file(Path(self.name_or_path) / "config.json"), "gold.name_or_path",
+                    f"'{shown(self.name_or_path, PATH_LIMIT)}' is not a Hugging Face model folder (no config.json)")
+        require(self.score_index >= 0, "gold.score_index", "must be >= 0")
+
+    @property
+    def label(self) -> str:
+        """What the report and the cell's tag call the gold reward."""
+        return "task gold reward" if self.source == "task" else f"held-out RM {self.name_or_path}"
+
+
+JUDGE_KINDS = ("none", "model", "gold", "trained")
+JUDGE_BACKENDS = ("hf", "vllm", "openai")
+JUDGES_DIR = CONFIGS_DIR / "judges"
+
+
+@dataclass
+class JudgeTrainingConfig:
+    """judge.kind trained: a small causal-LM judge the harness trains on the seed's preference pairs
+    (harness/judges/training.py)."""
+
+    epochs: float = 3.0
+    learning_rate: float = 1e-3
+    batch_size: int = 32
+    n_layer: int = 2
+    n_embd: int = 64
+    held_out_pairs: int = 512
+    # pairs from the evaluation prompts, labelled by the gold reward without noise, on which the report
+    # states the trained judge's agreement with gold
+
+    def __post_init__(self):
+        require(self.epochs > 0, "judge.training.epochs", "must be > 0")
+        require(self.learning_rate > 0, "judge.training.learning_rate", "must be > 0")
+        require(self.batch_size > 0, "judge.training.batch_size", "must be > 0")
+        require(self.n_layer > 0, "judge.training.n_layer", "must be > 0")
+        require(self.n_embd > 0, "judge.training.n_embd", "must be > 0")
+        require(self.held_out_pairs > 0, "judge.training.held_out_pairs", "must be > 0")
+
+
+@dataclass
+class JudgeConfig:
+    kind: str = "none"
+    # "none"; "model" (an LLM judge: judge.model through judge.backend); "gold" (the gold reward as the judge:
+    # a sanity check that must reproduce win_rate_vs_sft exactly); "trained" (a small judge the harness trains
+    # on the suite's preference pairs: the embedded suite's stand-in for an LLM judge)
+    model: str = ""
+    # kind model: a local causal-LM folder or Hub id (backends hf, vllm) or the endpoint's model name (openai)
+    backend: str = "hf"
+    # "hf" (transformers forward pass: the two answers' probabilities), "vllm" (one generated token with its
+    # log-probabilities), "openai" (any OpenAI-compatible endpoint: `vllm serve`, a hosted API)
+    base_url: str = ""
+    # backend openai: e.g. http://127.0.0.1:8000/v1
+    api_key_env: str = ""
+    # backend openai: the name of the environment variable that holds the key (the key is never logged)
+    template: str = "generic"
+    # configs/judges/<template>.yaml (generic, tldr, hh) or a path to such a file
+    vs_sft: bool = True
+    # judge each completion against SFT's at the same prompt and sample slot
+    vs_reference: bool = True
+    # judge each completion against the dataset's reference where the task has one
+    batch_size: int = 16
+    # comparisons per forward pass or request batch
+    max_new_tokens: int = 8
+    # text backends: tokens generated for the verdict before it is parsed
+    training: JudgeTrainingConfig = field(default_factory=JudgeTrainingConfig)
+
+    def __post_init__(self):
+        require(self.kind in JUDGE_KINDS, "judge.kind",
+                f"must be one of {', '.join(JUDGE_KINDS)};{did_you_mean(self.kind, JUDGE_KINDS)}".rstrip(";"))
+        require(self.backend in JUDGE_BACKENDS, "judge.backend",
+                f"must be one of {', '.join(JUDGE_BACKENDS)};{did_you_mean(self.backend, JUDGE_BACKENDS)}".rstrip(";"))
+        require(self.kind != "model" or bool(self.model), "judge.model", "is required when judge.kind is model")
+        require(self.kind == "model" or not self.model, "judge.model", "is only read when judge.kind is model")
+        require(self.backend != "openai" or self.kind != "model" or bool(self.base_url), "judge.base_url",
+                "is required with backend openai (e.g. http://127.0.0.1:8000/v1)")
+        if self.base_url:
+            require(self.base_url.startswith(("http://", "https://")), "judge.base_url",
+                    f"must start with http:// or https://, not '{shown(self.base_url)}'")
+        if self.api_key_env:
+            require(self.api_key_env.replace("_", "").isalnum(), "judge.api_key_env",
+                    f"must be the name of an environment variable, not '{shown(self.api_key_env)}' (never the key itself)")
+        if self.kind == "model" and self.backend != "openai" and _looks_like_path(self.model):
+            require(_is_file(Path(self.model) / "config.json"), "judge.model",
+                    f"'{shown(self.model, PATH_LIMIT)}' is not a Hugging Face model folder (no config.json)")
+        known = sorted(p.stem for p in JUDGES_DIR.glob("*.yaml"))
+        require(self.template in known or _is_file(Path(self.template)), "judge.template",
+                f"names unknown template '{shown(self.template)}';{did_you_mean(self.template, known)} "
+                f"known: {', '.join(known)} (or a path to a template file)")
+        require(self.vs_sft or self.vs_reference, "judge.vs_sft", "and judge.vs_reference are both false: the judge would compare nothing")
+        require(self.batch_size > 0, "judge.batch_size", "must be > 0")
+        require(self.max_new_tokens > 0, "judge.max_new_tokens", "must be > 0")
+
+    @property
+    def enabled(self) -> bool:
+        return self.kind != "none"
+
+    @property
+    def label(self) -> str:
+        """Who judges, as the report and the cell's tag say it."""
+        if self.kind == "model":
+            return f"{self.model} via {self.backend}"
+        if self.kind == "trained":
+            return f"a judge trained on the task's preference pairs ({self.training.n_layer} layers x {self.training.n_embd})"
+        return {"none": "none", "gold": "the gold reward as judge"}[self.kind]
+
+
+def _looks_like_path(name: str) -> bool:
+    """A local folder rather than a Hub id: absolute, relative with ./ or ../, or existing here."""
+    return name.startswith(("/", "./", "../", "~")) or Path(name).exists()
+
+
 BUDGET_POLICIES = ("equal_prompts", "equal_completions")
 
 
@@ -512,6 +646,8 @@ class SuiteConfig:
     sampling: SamplingConfig = field(default_factory=SamplingConfig)
     reward: RewardConfig = field(default_factory=RewardConfig)
     evaluation: EvaluationConfig = field(default_factory=EvaluationConfig)
+    gold: GoldConfig = field(default_factory=GoldConfig)
+    judge: JudgeConfig = field(default_factory=JudgeConfig)
     budget: BudgetConfig = field(default_factory=BudgetConfig)
     tracking: TrackingConfig = field(default_factory=TrackingConfig)
     executor: ExecutorConfig = field(default_factory=ExecutorConfig)
@@ -791,8 +927,7 @@ def load_config(suite: str, overrides: list[str] | None = None) -> ResolvedConfi
     suite_config = build(SuiteConfig, raw, "")
 
     task_name, task_config = _build_task(task_raw)
-    if suite_config.reward.source == "gold" and not TASKS.get(task_name).HAS_GOLD_REWARD:
-        raise ConfigError(f"'reward.source' is gold, but task '{task_name}' has no gold reward; use proxy")
+    _check_gold_and_judge(suite_config, task_name)
     algorithms = _build_algorithms(algorithms_raw)
     suite_config.sweep = _sweep_grid(sweep_raw, algorithms)
     arms = _expand_arms(algorithms, suite_config.sweep)
@@ -811,6 +946,23 @@ def load_config(suite: str, overrides: list[str] | None = None) -> ResolvedConfi
     suite_config.task = {"name": task_name}
     suite_config.algorithms = {name: {} for name in algorithms}
     return ResolvedConfig(suite_config, path, task_name, task_config, algorithms, arms)
+
+
+def _check_gold_and_judge(suite: SuiteConfig, task_name: str) -> None:
+    """What gold and judge settings need of the rest of the suite."""
+    task_has_gold = TASKS.get(task_name).HAS_GOLD_REWARD
+    if suite.reward.source == "gold":
+        if suite.gold.source == "reward_model":
+            raise ConfigError("'reward.source' is gold, but gold.source is reward_model: a held-out reward model "
+                              "stays held out (no algorithm may optimise it); use reward.source=proxy")
+        if not task_has_gold:
+            raise ConfigError(f"'reward.source' is gold, but task '{task_name}' has no gold reward; use proxy")
+    if suite.judge.kind == "gold" and not (task_has_gold or suite.gold.source == "reward_model"):
+        raise ConfigError(f"'judge.kind' is gold, but task '{task_name}' has no gold reward; set gold.source=reward_model "
+                          "with gold.name_or_path, or use judge.kind=model")
+    if suite.judge.kind == "trained" and suite.model.source != "build":
+        raise ConfigError("'judge.kind' trained builds a small word-level judge from the task's vocabulary, for suites "
+                          f"whose model is built (model.source=build), not '{suite.model.source}'; use judge.kind=model")
 
 
 # A sweep value becomes part of an arm's name, hence of folder and MLflow run names.

@@ -69,6 +69,7 @@ def executor_label(config: ResolvedConfig) -> str:
 
 
 def run_suite(config: ResolvedConfig, reporter=None) -> RunOutcome:
+    from harness.judges.preflight import check_judge_endpoint
     from harness.runs import SuiteLock, require_writable
     from harness.tracking import Tracker
 
@@ -77,6 +78,7 @@ def run_suite(config: ResolvedConfig, reporter=None) -> RunOutcome:
     tracking_uri = tracking_uri_of(config)
     # Refuse before creating anything: an unwritable folder, then an unreachable tracking store.
     require_writable(plan.root.parent)
+    check_judge_endpoint(config.suite.judge)
     if tracking_uri.startswith("sqlite:///"):
         Path(tracking_uri[len("sqlite:///") :]).parent.mkdir(parents=True, exist_ok=True)
     tracker = Tracker(tracking_uri, config.suite.name, config.suite.tracking.retry_seconds)

@@ -26,10 +26,11 @@ from harness.record import BASELINE, algorithm_of
 from harness.runs import Stage
 
 # Stage kinds, in the order a seed's stages run.
-TASK, BASE, SFT, REWARD_MODEL, TRAIN, EVALUATE, REPORT = "task", "base", "sft", "reward_model", "train", "evaluate", "report"
-PREPARE_KINDS = (TASK, BASE, SFT, REWARD_MODEL)
+TASK, BASE, SFT, REWARD_MODEL, JUDGE, TRAIN, EVALUATE, REPORT = (
+    "task", "base", "sft", "reward_model", "judge", "train", "evaluate", "report")
+PREPARE_KINDS = (TASK, BASE, SFT, REWARD_MODEL, JUDGE)  # JUDGE only with judge.kind trained
 # Kinds that run a model and so ask for a GPU when the suite runs on CUDA.
-MODEL_KINDS = (SFT, REWARD_MODEL, TRAIN, EVALUATE)
+MODEL_KINDS = (SFT, REWARD_MODEL, JUDGE, TRAIN, EVALUATE)
 
 
 @dataclass
@@ -63,7 +64,8 @@ class PlannedStage:
             return f"{self.cell} train"
         if self.kind == EVALUATE:
             return f"{self.cell} evaluate"
-        names = {TASK: "task data", BASE: "base model", SFT: "SFT", REWARD_MODEL: "reward model", REPORT: "report"}
+        names = {TASK: "task data", BASE: "base model", SFT: "SFT", REWARD_MODEL: "reward model", JUDGE: "trained judge",
+                 REPORT: "report"}
         return names[self.kind] + (f" (seed {self.seed})" if self.seed is not None else "")
 
     def to_dict(self) -> dict:
@@ -102,7 +104,18 @@ def prepare_hashes(config: ResolvedConfig, seed: int) -> dict[str, str]:
     base = fingerprint(task, dataclasses.asdict(suite.model))
     sft = fingerprint(base, dataclasses.asdict(suite.sft), suite.precision, *lora_part(suite, "sft"))
     reward_model = fingerprint(sft, dataclasses.asdict(suite.reward_model), suite.precision)
-    return {TASK: task, BASE: base, SFT: sft, REWARD_MODEL: reward_model}
+    hashes = {TASK: task, BASE: base, SFT: sft, REWARD_MODEL: reward_model}
+    if suite.judge.kind == "trained":  # its own branch of the chain: it learns from the task data alone
+        hashes[JUDGE] = fingerprint(task, suite.judge.template, dataclasses.asdict(suite.judge.training), suite.precision)
+    return hashes
+
+
+def evaluator_part(suite) -> list:
+    """The gold and judge settings a cell's hash includes: none while both are the defaults (the task's own gold,
+    no judge), so suites that set neither keep the run folders they had before these settings existed."""
+    if suite.gold.source == "task" and not suite.judge.enabled:
+        return []
+    return [{"gold": dataclasses.asdict(suite.gold), "judge": dataclasses.asdict(suite.judge)}]
 
 
 def cell_hash(config: ResolvedConfig, arm: str, reward_model_hash: str) -> str:
@@ -111,7 +124,7 @@ def cell_hash(config: ResolvedConfig, arm: str, reward_model_hash: str) -> str:
     suite = config.suite
     evaluation = dataclasses.asdict(suite.evaluation)
     if arm == BASELINE:
-        return fingerprint(reward_model_hash, BASELINE, evaluation)
+        return fingerprint(reward_model_hash, BASELINE, evaluation, *evaluator_part(suite))
     return fingerprint(
         reward_model_hash,
         arm,
@@ -122,6 +135,7 @@ def cell_hash(config: ResolvedConfig, arm: str, reward_model_hash: str) -> str:
         evaluation,
         suite.precision,
         *lora_part(suite, algorithm_of(arm)),
+        *evaluator_part(suite),
     )
 
 
@@ -153,10 +167,16 @@ def build_plan(config: ResolvedConfig) -> Plan:
         stages.append(stage(reward_id, REWARD_MODEL, seed, None, hashes[REWARD_MODEL],
                             prepare / f"reward_model-s{seed}-{hashes[REWARD_MODEL]}", [policy]))
 
+        evaluate_waits = [reward_id]
+        if JUDGE in hashes:
+            judge_id = f"judge-s{seed}"
+            stages.append(stage(judge_id, JUDGE, seed, None, hashes[JUDGE], prepare / f"judge-s{seed}-{hashes[JUDGE]}",
+                                [f"task-s{seed}"]))
+            evaluate_waits.append(judge_id)
         baseline_hash = cell_hash(config, BASELINE, hashes[REWARD_MODEL])
         baseline_id = f"{EVALUATE}:{BASELINE}-s{seed}"
         stages.append(stage(baseline_id, EVALUATE, seed, BASELINE, baseline_hash,
-                            root / "cells" / f"{BASELINE}-s{seed}-{baseline_hash}", [reward_id]))
+                            root / "cells" / f"{BASELINE}-s{seed}-{baseline_hash}", evaluate_waits))
         cells.append(baseline_id)
         for algorithm in config.selected_arms:
             the_hash = cell_hash(config, algorithm, hashes[REWARD_MODEL])
@@ -167,7 +187,7 @@ def build_plan(config: ResolvedConfig) -> Plan:
             stages.append(stage(train_id, TRAIN, seed, algorithm, the_hash, folder / "train", [reward_id],
                                 processes=processes))
             stages.append(stage(f"{EVALUATE}:{algorithm}-s{seed}", EVALUATE, seed, algorithm, the_hash, folder,
-                                [train_id], [baseline_id]))
+                                [train_id, *evaluate_waits[1:]], [baseline_id]))
             cells.append(f"{EVALUATE}:{algorithm}-s{seed}")
     stages.append(stage(REPORT, REPORT, None, None, "", "", soft_waits=cells))
     return Plan(suite.name, root, fingerprint(config.to_dict()), stages)

@@ -80,6 +80,8 @@ TAG_SWEEP_POINT = "harness.sweep_point"  # "beta=0.03"; "" when the algorithm is
 TAG_FAMILY = "harness.family"  # the algorithm's FAMILY (one of FAMILIES)
 # "true" on a cell whose eval/kl is an analytic upper bound, not an estimate (best-of-n: log n - (n-1)/n)
 TAG_KL_IS_BOUND = "harness.kl_is_bound"
+TAG_GOLD = "harness.gold"  # what eval/gold_reward is: the task's own reward or "held-out RM <name>" (GoldConfig.label)
+TAG_JUDGE = "harness.judge"  # who judged eval/judge_*: JudgeConfig.label
 TAG_SEED = "harness.seed"
 TAG_CELL = "harness.cell"  # "<algorithm>-s<seed>"
 TAG_CELL_HASH = "harness.cell_hash"
@@ -107,6 +109,8 @@ TRAIN_PREFIX = "train/"  # per optimizer step (or update), logged by the algorit
 EVAL_PREFIX = "eval/"  # the evaluator's summary; intermediate checkpoints at their training step
 COST_PREFIX = "cost/"  # a cell's actual spend
 PREPARE_PREFIX = "prepare/"  # SFT and reward-model training curves (on the invocation) and RM accuracy
+PREPARE_JUDGE_AGREEMENT = "judge_gold_agreement_held_out"  # prepare/<this> on each cell: its seed's trained judge
+# against the gold reward on held-out preference pairs (judge.kind trained)
 SAMPLES_ARTIFACT = "eval/samples.jsonl"
 
 # train/ metrics every training algorithm logs under the same name and unit, so that curves of different
@@ -126,9 +130,9 @@ PREPARE_SECTIONS = {
     "reward_model": ("reward_model", "precision"),
 }
 # The SFT baseline cell: the prepared chain, then how it is evaluated.
-BASELINE_CELL_SECTIONS = ("evaluation",)
+BASELINE_CELL_SECTIONS = ("evaluation", "gold", "judge")
 # A trained cell: the prepared chain, algorithms.<name>, these sections, and lora when the algorithm uses it.
-TRAINED_CELL_SECTIONS = ("sampling", "reward", "budget", "evaluation", "precision")
+TRAINED_CELL_SECTIONS = ("sampling", "reward", "budget", "evaluation", "gold", "judge", "precision")
 
 # The LoRA settings join a hash only where the stage trained adapters (the lora.stages list names it).
 LORA_SECTION = "lora"

@@ -29,7 +29,8 @@ class ProxyRewardModel:
     correct: the policy's tokens are decoded and the classifier re-encodes them (a silent source of bugs when
     ids are passed across tokenizers)."""
 
-    def __init__(self, folder: Path, device: str = "cpu", batch_size: int = 64):
+    def __init__(self, folder: Path | str, device: str = "cpu", batch_size: int = 64, score_index: int | None = None,
+                 trust_remote_code: bool = False):
         import json
 
         from transformers import AutoModelForSequenceClassification
@@ -37,14 +38,19 @@ class ProxyRewardModel:
         from harness.modeling import auto_tokenizer, resolve_device
 
         self.device = resolve_device(device)
-        self.tokenizer = auto_tokenizer(folder)
+        self.tokenizer = auto_tokenizer(folder, trust_remote_code=trust_remote_code)
         if self.tokenizer.pad_token_id is None:
             raise ValueError(f"reward model tokenizer in '{folder}' has no pad token: batches cannot be scored")
-        self.model = AutoModelForSequenceClassification.from_pretrained(folder, use_safetensors=True)
+        self.model = AutoModelForSequenceClassification.from_pretrained(folder, use_safetensors=True,
+                                                                        trust_remote_code=trust_remote_code)
         self.model.to(self.device).eval()
         self.batch_size = batch_size
-        metadata = Path(folder) / REWARD_METADATA
-        self.score_index = json.loads(metadata.read_text())["score_index"] if metadata.is_file() else 0
+        if score_index is None:  # the harness's own reward models say which logit is the reward beside them
+            metadata = Path(folder) / REWARD_METADATA
+            score_index = json.loads(metadata.read_text())["score_index"] if metadata.is_file() else 0
+        if score_index >= self.model.config.num_labels:
+            raise ValueError(f"score_index={score_index} but '{folder}' has {self.model.config.num_labels} output(s)")
+        self.score_index = score_index
 
     def score(self, prompts: list[str], completions: list[str], stopped: list[bool]) -> list[float]:
         import torch
@@ -76,6 +82,26 @@ def with_missing_stop_penalty(scores: list[float], stopped: list[bool], penalty:
     """PPO.md §2.3: a completion without a stop token loses `penalty`, for every online algorithm alike (and for
     best-of-n's selection, which maximises the same training reward)."""
     return [value - (0.0 if did_stop else penalty) for value, did_stop in zip(scores, stopped, strict=True)]
+
+
+def gold_reward_function(gold, task_module, device: str, batch_size: int):
+    """What the evaluator calls gold, as callable(prompts, completions, stopped) -> scores: the task's own exact
+    reward, or (gold.source reward_model) a held-out reward model loaded on the first call, so that a cell whose
+    evaluations are complete loads nothing; None when there is no gold reward."""
+    if gold.source == "task":
+        if not task_module.HAS_GOLD_REWARD:
+            return None
+        return lambda prompts, completions, stopped: [
+            task_module.gold_reward(p, c, s) for p, c, s in zip(prompts, completions, stopped, strict=True)
+        ]
+    scorers: list[ProxyRewardModel] = []
+
+    def held_out_reward(prompts: list[str], completions: list[str], stopped: list[bool]) -> list[float]:
+        if not scorers:
+            scorers.append(ProxyRewardModel(gold.name_or_path, device, batch_size, gold.score_index, gold.trust_remote_code))
+        return scorers[0].score(prompts, completions, stopped)
+
+    return held_out_reward
 
 
 def training_reward_function(source: str, missing_stop_penalty: float, task_module, reward_model_dir: Path, device: str):

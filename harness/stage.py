@@ -35,7 +35,7 @@ from typing import Any
 
 from harness import record
 from harness.config import ConfigError, flatten, load_config
-from harness.plan import BASE, EVALUATE, REWARD_MODEL, SFT, TASK, TRAIN, PlannedStage, build_plan
+from harness.plan import BASE, EVALUATE, JUDGE, REWARD_MODEL, SFT, TASK, TRAIN, PlannedStage, build_plan
 from harness.runs import OutOfSpace, Stage, manifest, read_json, write_json
 from harness.tasks.common import TaskDataError
 from harness.tracking import TrackingError
@@ -227,7 +227,11 @@ class StageRun:
         inputs = self.task_inputs(seed)
         sft_dir = self.prepared_folder(SFT, seed) / "model" if self.suite.sft.enabled else inputs.base_model
         reward_folder = self.prepared_folder(REWARD_MODEL, seed)
-        return Prepared(inputs, sft_dir, reward_folder / "model", read_json(reward_folder / "metrics.json"))
+        judge_stage = self.plan.prepare_stage(JUDGE, seed)
+        judge_folder = Path(judge_stage.folder) if judge_stage else None
+        return Prepared(inputs, sft_dir, reward_folder / "model", read_json(reward_folder / "metrics.json"),
+                        judge_folder / "model" if judge_folder else None,
+                        read_json(judge_folder / "metrics.json") if judge_folder else {})
 
     # -- a cell's MLflow run -------------------------------------------------------------------------------
 
@@ -262,6 +266,8 @@ class StageRun:
                 record.TAG_GENERATOR: self.invocation.generator,
                 record.TAG_TRAINING_REWARD: self.suite.reward.source,
                 record.TAG_PROMPT_FORMAT: prepared.inputs.prompt_format,
+                record.TAG_GOLD: self.suite.gold.label if self._has_gold(prepared) else "none",
+                record.TAG_JUDGE: self.suite.judge.label,
             },
         )
         id_file.write_text(run_id)
@@ -271,8 +277,14 @@ class StageRun:
         tracker.log_params(run_id, flatten(config_dict))
         write_json(folder / "resolved_config.json", config_dict)
         write_json(folder / "manifest.json", manifest(self.stage.hash, prepared.inputs.data_fingerprint))
-        tracker.log_metrics(run_id, {f"{record.PREPARE_PREFIX}reward_model_accuracy": prepared.reward_model_metrics["heldout_accuracy"]})
+        prepare_metrics = {"reward_model_accuracy": prepared.reward_model_metrics["heldout_accuracy"]}
+        if prepared.judge_metrics.get(record.PREPARE_JUDGE_AGREEMENT) is not None:
+            prepare_metrics[record.PREPARE_JUDGE_AGREEMENT] = prepared.judge_metrics[record.PREPARE_JUDGE_AGREEMENT]
+        tracker.log_metrics(run_id, {f"{record.PREPARE_PREFIX}{name}": value for name, value in prepare_metrics.items()})
         return run_id
+
+    def _has_gold(self, prepared: Prepared) -> bool:
+        return self.suite.gold.source == "reward_model" or prepared.inputs.task_module.HAS_GOLD_REWARD
 
     @contextlib.contextmanager
     def cell_attempt(self, run_id: str):
@@ -306,6 +318,8 @@ class Prepared:
     sft_dir: Path
     reward_model_dir: Path
     reward_model_metrics: dict
+    judge_dir: Path | None = None  # judge.kind trained: the seed's trained judge
+    judge_metrics: dict = dataclasses.field(default_factory=dict)
 
 
 def mark_cell_failed(tracker, run_id: str, reason: str) -> None:
@@ -381,6 +395,27 @@ def run_reward_model(run: StageRun) -> dict:
         else:
             _, metrics = load_reward_model(inputs.task_data, suite, stage.folder)
         run.reporter.stage(run.stage.label, "info", f"held-out pair accuracy {metrics['heldout_accuracy']:.3f}")
+    return outcome(run.stage, COMPLETE)
+
+
+def run_judge(run: StageRun) -> dict:
+    """judge.kind trained: train the seed's small pairwise judge on its preference pairs and measure its agreement
+    with the gold reward on held-out pairs (harness/judges/training.py)."""
+    from harness.judges.templates import load_template
+    from harness.judges.training import train_judge
+    from harness.tasks.common import load_task_data
+
+    seed, suite = run.stage.seed, run.suite
+    task_module = _task_module(run.config.task_name)
+    task_data = load_task_data(run.prepared_folder(TASK, seed) / "data.json")  # the task's own text, no chat template
+    gold = task_module.gold_reward if task_module.HAS_GOLD_REWARD else None
+    with run.timed("train") as stage:
+        metrics = train_judge(task_data, load_template(suite.judge.template), suite.judge.training, stage.folder / "model",
+                              seed, suite.device, gold)
+        write_json(stage.folder / "metrics.json", metrics)
+    agreement = metrics.get(record.PREPARE_JUDGE_AGREEMENT)
+    if agreement is not None:
+        run.reporter.stage(run.stage.label, "info", f"agreement with gold on held-out pairs {agreement:.3f}")
     return outcome(run.stage, COMPLETE)
 
 
@@ -503,15 +538,18 @@ def run_evaluate(run: StageRun) -> dict:
                 # It selects by the reward the online algorithms optimise (harness/algorithms/best_of_n.py).
                 reward = run.suite.reward
                 best_of = BestOf(run.config.arms[arm].n, reward.source, reward.missing_stop_penalty)
-        baseline_gold = _baseline_gold(run, prepared) if arm != record.BASELINE else None
+        baseline_samples = _baseline_samples(run) if arm != record.BASELINE else None
+        scorers = _Scorers(run, prepared)
         # Intermediate checkpoints first, each logged as eval/* at its training step; the final one last, at the
         # last step, so it is the value MLflow shows (the latest step) and the one the report tables use.
         final_step = int(cost.get("train_steps", 0))
         for step, snapshot in _snapshots(folder / "train" / "snapshots"):
-            partial = _evaluate(run, f"{run.stage.cell} step {step}", prepared, snapshot, baseline_gold,
+            partial = _evaluate(run, f"{run.stage.cell} step {step}", prepared, snapshot, baseline_samples, scorers,
                                 folder / "eval_snapshots" / f"step-{step}", best_of)
             tracker.log_metrics(run_id, {f"{record.EVAL_PREFIX}{k}": v for k, v in partial["summary"].items()}, step)
-        evaluation = _evaluate(run, run.stage.cell, prepared, checkpoint, baseline_gold, folder / "eval", best_of)
+        evaluation = _evaluate(run, run.stage.cell, prepared, checkpoint, baseline_samples, scorers, folder / "eval",
+                               best_of)
+        scorers.close()
         tags = {record.TAG_BLEU_SIGNATURE: evaluation["bleu_signature"]}
         if best_of:
             # Best-of-n spends at inference: n completions (and n reward-model scores) per answer.
@@ -532,11 +570,11 @@ def run_evaluate(run: StageRun) -> dict:
     return outcome(run.stage, COMPLETE, run_id=run_id, summary=summary)
 
 
-def _evaluate(run: StageRun, name: str, prepared: Prepared, checkpoint: Path, baseline_gold, folder: Path,
-              best_of=None) -> dict:
+def _evaluate(run: StageRun, name: str, prepared: Prepared, checkpoint: Path, baseline_samples, scorers: "_Scorers",
+              folder: Path, best_of=None) -> dict:
     """One checkpoint's evaluation, kept in `folder` (samples.jsonl, summary.json); `best_of`: a
     harness.metrics.evaluator.BestOf for an inference-time arm."""
-    from harness.metrics.evaluator import evaluate_checkpoint
+    from harness.metrics.evaluator import draws_at_train_temperature, evaluate_checkpoint
     from harness.registry import GENERATORS
 
     stage = Stage(folder)
@@ -547,19 +585,25 @@ def _evaluate(run: StageRun, name: str, prepared: Prepared, checkpoint: Path, ba
         stage.begin()
         rows = prepared.inputs.task_data.eval
         count = min(len(rows), suite.evaluation.num_prompts or len(rows))
+        if draws_at_train_temperature(suite.evaluation, suite.sampling.temperature, best_of):
+            count *= 2  # the prompts are sampled again at the training temperature, for kl_train_temperature
         with run.reporter.progress(f"{name} sampling", count) as advance:
             generator = GENERATORS.get(run.invocation.generator).create(suite.device, suite.evaluation.batch_size, advance)
             result = evaluate_checkpoint(
                 checkpoint=checkpoint,
                 reference_dir=prepared.sft_dir,
                 reward_model_dir=prepared.reward_model_dir,
-                task_module=prepared.inputs.task_module,
                 eval_rows=rows,
                 config=suite.evaluation,
                 seed=run.stage.seed,
                 device=suite.device,
                 generator=generator,
-                baseline_gold=baseline_gold,
+                gold_scorer=scorers.gold,
+                baseline_samples=baseline_samples,
+                judge=scorers.judge(),
+                judge_vs_sft=suite.judge.vs_sft,
+                judge_vs_reference=suite.judge.vs_reference,
+                train_temperature=suite.sampling.temperature,
                 best_of=best_of,
             )
         with stage.writing():
@@ -575,15 +619,45 @@ def _evaluate(run: StageRun, name: str, prepared: Prepared, checkpoint: Path, ba
     return read_json(folder / "summary.json")
 
 
-def _baseline_gold(run: StageRun, prepared: Prepared) -> list[float] | None:
-    """The SFT baseline's per-sample gold rewards in (prompt, sample) order, for win rates; None when the task
-    has no gold reward or the baseline did not complete."""
+def _baseline_samples(run: StageRun) -> list[dict] | None:
+    """The SFT baseline's samples (completions, gold rewards) for the win rates against SFT; None when the
+    baseline did not complete."""
     folder = run.plan.cell_folder(record.BASELINE, run.stage.seed)
-    if not prepared.inputs.task_module.HAS_GOLD_REWARD or not Stage(folder).done:
+    if not Stage(folder).done:
         return None
-    samples = [json.loads(line) for line in (folder / "eval" / "samples.jsonl").read_text().splitlines()]
-    samples.sort(key=lambda s: (s["prompt_index"], s["sample_index"]))
-    return [s["gold_reward"] for s in samples]
+    return [json.loads(line) for line in (folder / "eval" / "samples.jsonl").read_text().splitlines()]
+
+
+class _Scorers:
+    """A cell's gold scorer and judge, loaded once for all its checkpoints and only when a checkpoint is
+    actually evaluated (a resumed cell whose evaluations are complete loads nothing)."""
+
+    def __init__(self, run: StageRun, prepared: Prepared):
+        from harness.rewards import gold_reward_function
+
+        self.suite, self.prepared = run.suite, prepared
+        self.gold = gold_reward_function(self.suite.gold, prepared.inputs.task_module, self.suite.device,
+                                         self.suite.evaluation.batch_size)
+        self._judge = None
+
+    def judge(self):
+        settings = self.suite.judge
+        if self._judge is None and settings.enabled:
+            if settings.kind == "gold":
+                from harness.judges.gold import GoldJudge
+
+                self._judge = GoldJudge(self.gold)
+            else:
+                from harness.judges.open import open_judge
+
+                model = self.prepared.judge_dir if settings.kind == "trained" else settings.model
+                self._judge = open_judge(settings, model, self.suite.device)
+        return self._judge
+
+    def close(self) -> None:
+        if self._judge is not None:
+            self._judge.close()
+            self._judge = None
 
 
 RUNNERS = {
@@ -591,6 +665,7 @@ RUNNERS = {
     BASE: run_base,
     SFT: run_sft_stage,
     REWARD_MODEL: run_reward_model,
+    JUDGE: run_judge,
     TRAIN: run_train,
     EVALUATE: run_evaluate,
 }  # the report runs in the driver (harness.pipeline), after every cell
@@ -607,8 +682,9 @@ def one_line(error: BaseException) -> str:
 
 
 def headline(summary: dict) -> str:
-    keys = ("gold_reward", "proxy_reward", "kl", "win_rate_vs_sft")
-    return "  ".join(f"{key}={summary[key]:.3f}" for key in keys if key in summary)
+    from harness.metrics.catalog import headline_metrics
+
+    return "  ".join(f"{key}={summary[key]:.3f}" for key in headline_metrics() if key in summary)
 
 
 def words_of(task_data) -> list[str]:

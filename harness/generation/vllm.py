@@ -138,37 +138,12 @@ class VLLMGenerator:
         }
 
     def _run_worker(self, checkpoint: Path, request: dict, folder: Path) -> dict:
-        request_path, result_path, log_path = folder / "request.json", folder / "result.json", folder / "worker.log"
-        progress_path = result_path.with_suffix(".progress")
-        request_path.write_text(json.dumps(request))
-        command = [sys.executable, "-m", "harness.generation.vllm_worker", str(request_path), str(result_path)]
-        logger.info("vLLM worker for %s (%d prompts x %d samples)", checkpoint, len(request["prompts"]), request["n"])
-        started = time.perf_counter()
-        with open(log_path, "w") as log:
-            # A new session, so that on timeout the whole group (worker + vLLM's engine core) is killed.
-            process = subprocess.Popen(
-                command, stdout=log, stderr=subprocess.STDOUT, env=_worker_environment(), start_new_session=True
-            )
-            try:
-                timed_out = self._wait(process, progress_path, started)
-            except BaseException:  # Ctrl-C or an error in the progress callback: never leave an engine behind
-                _kill_group(process)
-                raise
-        self.last_timings = {"process_s": time.perf_counter() - started}
-        if timed_out:
-            return {"error": f"worker timed out after {self.timeout_s:.0f} s (HARNESS_VLLM_TIMEOUT_S)"}
-        if result_path.is_file():
-            result = json.loads(result_path.read_text())
-            if "error" in result:
-                logger.warning("vLLM worker log tail:\n%s", _tail(log_path))
-                result["error"] = _with_root_cause(result["error"], log_path)
-            else:
-                result["timings"]["process_s"] = time.perf_counter() - started
-            return result
-        # No result file: the worker died before it could report (killed for memory, a native crash).
-        logger.warning("vLLM worker log tail:\n%s", _tail(log_path))
-        cause = _root_cause(log_path) or "no error in the worker log (killed for memory?)"
-        return {"error": f"worker exited with code {process.returncode} without a result: {cause}"}
+        what = f"{checkpoint} ({len(request['prompts'])} prompts x {request['n']} samples)"
+        result, seconds = run_worker(GENERATION_WORKER, request, folder, self._wait, self.timeout_s, what)
+        self.last_timings = {"process_s": seconds}
+        if "error" not in result:
+            result["timings"]["process_s"] = seconds
+        return result
 
     def _wait(self, process: subprocess.Popen, progress_path: Path, started: float) -> bool:
         """Poll until the worker exits, forwarding progress; kill its process group on timeout."""
@@ -282,3 +257,41 @@ def _env_float(name: str) -> float | None:
 def create(device: str, batch_size: int, progress=None) -> VLLMGenerator:
     """Registry entry point (see harness.registry.GENERATORS)."""
     return VLLMGenerator(device, batch_size, progress)
+
+
+GENERATION_WORKER = "harness.generation.vllm_worker"
+
+
+def run_worker(module: str, request: dict, folder: Path, wait, timeout_s: float, what: str) -> tuple[dict, float]:
+    """Run a vLLM worker module (the generator's, or the judge's harness.judges.vllm_worker) on `request` in a
+    process of its own, watched by `wait`; return its result, or {"error": one line} with the root cause from
+    its log, and the seconds it took."""
+    request_path, result_path, log_path = folder / "request.json", folder / "result.json", folder / "worker.log"
+    progress_path = result_path.with_suffix(".progress")
+    request_path.write_text(json.dumps(request))
+    command = [sys.executable, "-m", module, str(request_path), str(result_path)]
+    logger.info("vLLM worker %s for %s", module, what)
+    started = time.perf_counter()
+    with open(log_path, "w") as log:
+        # A new session, so that on timeout the whole group (worker + vLLM's engine core) is killed.
+        process = subprocess.Popen(
+            command, stdout=log, stderr=subprocess.STDOUT, env=_worker_environment(), start_new_session=True
+        )
+        try:
+            timed_out = wait(process, progress_path, started)
+        except BaseException:  # Ctrl-C or an error in the progress callback: never leave an engine behind
+            _kill_group(process)
+            raise
+    seconds = time.perf_counter() - started
+    if timed_out:
+        return {"error": f"worker timed out after {timeout_s:.0f} s (HARNESS_VLLM_TIMEOUT_S)"}, seconds
+    if result_path.is_file():
+        result = json.loads(result_path.read_text())
+        if "error" in result:
+            logger.warning("vLLM worker log tail:\n%s", _tail(log_path))
+            result["error"] = _with_root_cause(result["error"], log_path)
+        return result, seconds
+    # No result file: the worker died before it could report (killed for memory, a native crash).
+    logger.warning("vLLM worker log tail:\n%s", _tail(log_path))
+    cause = _root_cause(log_path) or "no error in the worker log (killed for memory?)"
+    return {"error": f"worker exited with code {process.returncode} without a result: {cause}"}, seconds

@@ -37,14 +37,20 @@ PROGRESS_SUFFIX = ".progress"
 
 
 def main(argv: list[str]) -> int:
+    return serve_request(argv, lambda request, result_path: run_request(
+        request, progress_path=result_path.with_suffix(PROGRESS_SUFFIX)))
+
+
+def serve_request(argv: list[str], handle) -> int:
+    """A worker's life (this module's and harness.judges.vllm_worker's): read the request file argv[0], answer
+    it with handle(request, result_path), write the result (or the failure as one line) to argv[1]."""
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
     request_path, result_path = Path(argv[0]), Path(argv[1])
     try:
-        request = json.loads(request_path.read_text())
-        result = run_request(request, progress_path=result_path.with_suffix(PROGRESS_SUFFIX))
+        result = handle(json.loads(request_path.read_text()), result_path)
         exit_code = 0
     except BaseException as error:  # noqa: BLE001 - every failure must reach the parent as one line
-        logger.exception("vLLM generation failed")
+        logger.exception("vLLM worker failed")
         result = {"error": one_line(error)}
         exit_code = 1
     temporary = result_path.with_suffix(".tmp")

@@ -1,14 +1,26 @@
 """The one evaluator: every checkpoint of every algorithm is sampled and scored the same way (DESIGN §6).
 
-Held-out prompts, N samples per prompt from the generator, then per sample: gold reward (the task's exact
-reward), proxy reward (the reward model the online algorithms optimised), KL to the SFT reference computed
-with transformers forward passes on the sampled token ids (exact over the vocabulary, with the k1 and k3
-sums as cross-checks), ROUGE against the prompt's reference, length and stop; per checkpoint: BLEU with
-sacrebleu's signature, distinct-n, and the win rate against the SFT baseline's samples.
+Held-out prompts, N samples per prompt from the generator, then per sample: gold reward (`gold_scorer`: the
+task's exact reward or a held-out reward model), proxy reward (the reward model the online algorithms
+optimised), KL to the SFT reference computed with transformers forward passes on the sampled token ids (exact
+over the vocabulary, with the k1 and k3 sums as cross-checks), ROUGE against the prompt's reference, length and
+stop; and the pairwise comparisons (harness.metrics.catalog.Comparison): gold points and a judge's verdicts
+against the SFT baseline's completion at the same (prompt, sample slot), and against the prompt's reference.
+The summary is harness.metrics.catalog.summarise: the mean of every registered per-sample field, and the
+corpus-level metrics (BLEU with sacrebleu's signature, distinct-n, the KL at the training temperature).
+
+KL at the training temperature (`train_temperature`, the suite's sampling.temperature): the sequence-level KL
+at temperature T, KL(π_T || π_ref,T), is an expectation over responses drawn from π_T. The evaluation samples
+are drawn at evaluation.temperature, so summing the per-token KL at T along them estimates no sequence KL at
+all (the prefixes come from the wrong distribution); when the two temperatures differ, a second set of
+responses is drawn at T, untruncated (top-k 0, top-p 1, so that they are draws from π_T itself), with the same
+prompts and samples per prompt and the seed `seed + TRAIN_TEMPERATURE_SEED_OFFSET` (a stream of its own, not a
+copy of the evaluation draws), and kl_train_temperature is the mean exact KL at T over them.
 
 Best-of-n (`best_of`, harness/algorithms/best_of_n.py): each sample is instead the best of n draws from the
-checkpoint by the suite's training reward, every metric is computed on the kept samples, and the KL is the
-analytic bound log n - (n-1)/n (there is no policy model to run forward passes on).
+checkpoint by the suite's training reward, every metric (the judge's included) is computed on the kept samples,
+and the KL is the analytic bound log n - (n-1)/n (there is no policy model to run forward passes on, and so
+no KL at the training temperature either).
 """
 
 from __future__ import annotations
@@ -17,10 +29,22 @@ import dataclasses
 import logging
 import math
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from harness.judges.base import gold_agreement
+from harness.metrics.catalog import VS_REFERENCE, VS_SFT, Comparison, Corpus, summarise
+from harness.metrics.win_rate import win_points
+from harness.tasks.common import TASK_PROMPT
+
 logger = logging.getLogger(__name__)
+
+# The training-temperature draws use seed + this: a prime far from any seed a suite lists, so that their stream
+# never coincides with an evaluation's.
+TRAIN_TEMPERATURE_SEED_OFFSET = 1_000_003
+
+GoldScorer = Callable[[list[str], list[str], list[bool]], list[float]]
 
 
 @dataclass
@@ -29,7 +53,11 @@ class Evaluation:
     summary: dict[str, float]
     bleu_signature: str
     seconds: dict[str, float] = field(default_factory=dict)  # "generate" and "score" wall time
-    completions_generated: int = 0  # every completion sampled, best-of-n's candidates included
+    completions_generated: int = 0  # every completion sampled: best-of-n's candidates and the draws at the
+    # training temperature included
+    # The draws at the training temperature behind kl_train_temperature (prompt_index, sample_index, completion,
+    # stopped, kl, kl_k1, kl_k3); empty when none were drawn.
+    train_temperature_samples: list[dict] = field(default_factory=list)
 
 
 @dataclass(frozen=True)
@@ -48,28 +76,46 @@ def best_of_n_kl_bound(n: int) -> float:
     return math.log(n) - (n - 1) / n
 
 
+def draws_at_train_temperature(config, train_temperature: float | None, best_of: BestOf | None) -> bool:
+    """Whether the evaluation draws a second set of samples at the training temperature (module docstring)."""
+    return (train_temperature is not None and best_of is None
+            and not math.isclose(train_temperature, config.temperature))
+
+
 def evaluate_checkpoint(
     *,
     checkpoint: Path,
     reference_dir: Path,
     reward_model_dir: Path,
-    task_module,
     eval_rows: list[dict],
     config,
     seed: int,
     device: str,
     generator,
-    baseline_gold: list[float] | None = None,
+    gold_scorer: GoldScorer | None = None,
+    baseline_samples: list[dict] | None = None,
+    judge=None,
+    judge_vs_sft: bool = True,
+    judge_vs_reference: bool = True,
+    train_temperature: float | None = None,
     best_of: BestOf | None = None,
 ) -> Evaluation:
     """Sample `config.samples_per_prompt` completions per evaluation prompt from `checkpoint` and score them;
-    with `best_of`, each of them is the best of `best_of.n` draws (module docstring)."""
+    with `best_of`, each of them is the best of `best_of.n` draws (module docstring).
+
+    gold_scorer: callable(prompts, completions, stopped) -> scores, or None where there is no gold reward.
+    baseline_samples: the SFT baseline's samples (its eval/samples.jsonl rows) for the comparisons against SFT,
+    aligned by (prompt_index, sample_index); None for the baseline itself. judge: an object with
+    compare(prompts, candidates, others, candidates_stopped, others_stopped) -> list[PairVerdict]
+    (harness.judges.base), asked against SFT (`judge_vs_sft`, where there are baseline samples) and against the
+    references (`judge_vs_reference`, rows with a non-empty reference). train_temperature: the suite's training
+    temperature, for kl_train_temperature.
+    """
     import torch
 
     from harness.generation.base import SamplingSettings
     from harness.metrics.kl import response_kl
-    from harness.metrics.text import bleu, distinct_n, rouge
-    from harness.metrics.win_rate import win_rate
+    from harness.metrics.text import rouge
     from harness.modeling import load_causal_lm, load_tokenizer, resolve_device
     from harness.rewards import ProxyRewardModel, as_completion
 
@@ -77,50 +123,62 @@ def evaluate_checkpoint(
     rows = eval_rows[: config.num_prompts] if config.num_prompts else eval_rows
     if not rows:
         raise ValueError("the task has no evaluation prompts")
+    if best_of and best_of.reward_source == "gold" and gold_scorer is None:
+        raise ValueError("best-of-n selects by the gold reward (reward.source gold) but there is no gold scorer")
     prompts = [row["prompt"] for row in rows]
     sampling = SamplingSettings(config.temperature, config.top_k, config.top_p, config.max_new_tokens)
 
     n = best_of.n if best_of else 1
     started = time.perf_counter()
     generations = generator.generate(checkpoint, prompts, config.samples_per_prompt * n, sampling, seed)
-    generated = time.perf_counter()
+    generate_seconds = time.perf_counter() - started
+    extra_generate_seconds = 0.0  # the draws at the training temperature, taken while scoring
     completions_generated = len(generations)
+    scoring_started = time.perf_counter()
 
     completions = [as_completion(g.text) for g in generations]
     stopped = [g.stopped for g in generations]
     sample_prompts = [prompts[g.prompt_index] for g in generations]
 
-    has_gold = task_module.HAS_GOLD_REWARD
-    nan = float("nan")
-    gold = [task_module.gold_reward(p, c, s) if has_gold else nan for p, c, s in zip(sample_prompts, completions, stopped)]
+    gold = gold_scorer(sample_prompts, completions, stopped) if gold_scorer else None
     proxy = ProxyRewardModel(reward_model_dir, device, config.batch_size).score(sample_prompts, completions, stopped)
     candidates: list[dict] = []
+    train_temperature_samples: list[dict] = []
     if best_of:
         scores = _selection_rewards(best_of, proxy, gold, stopped)
         kept, candidates = _keep_best(generations, scores, gold, n)
         generations = [dataclasses.replace(generations[i], sample_index=generations[i].sample_index // n) for i in kept]
         completions, stopped, sample_prompts = ([values[i] for i in kept] for values in (completions, stopped, sample_prompts))
-        gold, proxy = [gold[i] for i in kept], [proxy[i] for i in kept]
+        proxy = [proxy[i] for i in kept]
+        gold = [gold[i] for i in kept] if gold is not None else None
         # No forward passes: the best-of-n policy has no model; its KL is the bound, the same for every sample.
         kl = {"kl": [best_of_n_kl_bound(n)] * len(kept)}
     else:
         pad_id = load_tokenizer(checkpoint).pad_token_id
         policy, reference = load_causal_lm(checkpoint, device), load_causal_lm(reference_dir, device)
-        with torch.inference_mode():
-            kl = response_kl(
-                policy,
-                reference,
-                [g.prompt_ids for g in generations],
-                [g.completion_ids for g in generations],
-                pad_id=pad_id,
-                temperature=config.temperature,
-                batch_size=config.batch_size,
-            )
-    references = [rows[g.prompt_index]["reference"] for g in generations]
-    hypotheses = [c.strip() for c in completions]
-    reference_texts = [r.strip() for r in references]
-    rouge_scores = rouge(hypotheses, reference_texts)
-    bleu_score, bleu_signature = bleu(hypotheses, reference_texts)
+
+        def kl_of(draws, temperature: float) -> dict[str, list[float]]:
+            with torch.inference_mode():
+                return response_kl(policy, reference, [g.prompt_ids for g in draws], [g.completion_ids for g in draws],
+                                   pad_id=pad_id, temperature=temperature, batch_size=config.batch_size)
+
+        kl = kl_of(generations, config.temperature)
+        if draws_at_train_temperature(config, train_temperature, best_of):
+            # Untruncated: the exact KL at T is the KL of the distribution these responses are drawn from.
+            at_train = SamplingSettings(train_temperature, 0, 1.0, config.max_new_tokens)
+            drawing = time.perf_counter()
+            draws = generator.generate(checkpoint, prompts, config.samples_per_prompt, at_train,
+                                       seed + TRAIN_TEMPERATURE_SEED_OFFSET)
+            extra_generate_seconds = time.perf_counter() - drawing
+            completions_generated += len(draws)
+            train_kl = kl_of(draws, train_temperature)
+            train_temperature_samples = [
+                {"prompt_index": g.prompt_index, "sample_index": g.sample_index, "completion": as_completion(g.text),
+                 "stopped": g.stopped, **{name: values[i] for name, values in train_kl.items()}}
+                for i, g in enumerate(draws)
+            ]
+    references = [as_completion(rows[g.prompt_index]["reference"]) for g in generations]
+    rouge_scores = rouge([c.strip() for c in completions], [r.strip() for r in references])
     # Length in generated tokens without the EOS token, so stopping itself costs no length.
     lengths = [len(g.completion_ids) - (1 if g.stopped else 0) for g in generations]
 
@@ -131,7 +189,7 @@ def evaluate_checkpoint(
             "prompt": sample_prompts[i],
             "completion": completions[i],
             "reference": references[i],
-            "gold_reward": gold[i],
+            **({"gold_reward": gold[i]} if gold is not None else {}),
             "proxy_reward": proxy[i],
             **{name: values[i] for name, values in kl.items()},
             "rouge1": rouge_scores["rouge1"][i],
@@ -139,34 +197,150 @@ def evaluate_checkpoint(
             "rougeL": rouge_scores["rougeL"][i],
             "length": lengths[i],
             "stopped": stopped[i],
-            **(candidates[i] if best_of else {}),
         }
         for i, g in enumerate(generations)
     ]
-    summary = {
-        "gold_reward": _mean(gold),
-        "proxy_reward": _mean(proxy),
-        **{name: _mean(values) for name, values in kl.items()},
-        "bleu": bleu_score,
-        "rouge1": _mean(rouge_scores["rouge1"]),
-        "rouge2": _mean(rouge_scores["rouge2"]),
-        "rougeL": _mean(rouge_scores["rougeL"]),
-        "length": _mean(lengths),
-        "stop_rate": _mean([float(s) for s in stopped]),
-        "distinct_1": distinct_n(hypotheses, 1),
-        "distinct_2": distinct_n(hypotheses, 2),
-    }
-    if not has_gold:
-        del summary["gold_reward"]
-    if baseline_gold is not None and has_gold:
-        # Index-aligned: the same (prompt, sample index) pairs, so the comparison is per prompt.
-        summary["win_rate_vs_sft"] = win_rate(gold, baseline_gold)
-    scored = time.perf_counter()
-    return Evaluation(samples, summary, bleu_signature, {"generate": generated - started, "score": scored - generated},
-                      completions_generated)
+    comparisons = []
+    if baseline_samples is not None:
+        comparisons.append(_against_sft(samples, baseline_samples, gold is not None, judge_vs_sft))
+    comparisons.append(_against_references(samples, gold_scorer if gold is not None else None, judge_vs_reference))
+    # The judge is shown each request as the task wrote it, not in the policy's chat markup.
+    judge_prompts = [rows[sample["prompt_index"]].get(TASK_PROMPT, sample["prompt"]) for sample in samples]
+    _judge_and_record(samples, [c for c in comparisons if c is not None], judge, judge_prompts)
+    for sample, record in zip(samples, candidates):
+        sample.update(record)
+
+    corpus = Corpus(samples, train_temperature_samples or None)
+    summary = summarise(corpus)
+    seconds = {"generate": generate_seconds + extra_generate_seconds,
+               "score": time.perf_counter() - scoring_started - extra_generate_seconds}
+    return Evaluation(samples, summary, corpus.bleu[1], seconds, completions_generated, train_temperature_samples)
 
 
-def _selection_rewards(best_of: BestOf, proxy: list[float], gold: list[float], stopped: list[bool]) -> list[float]:
+# --- pairwise comparisons ---------------------------------------------------------------------------
+
+
+@dataclass
+class _Pairs:
+    """One comparison of the samples at `indices` with `others` (SFT's samples or the references)."""
+
+    comparison: Comparison
+    indices: list[int]
+    others: list[str]
+    others_stopped: list[bool]
+    gold_points: list[float] | None
+    judged: bool
+
+
+def _against_sft(samples: list[dict], baseline_samples: list[dict], has_gold: bool, judged: bool) -> _Pairs:
+    """Each sample against the baseline's sample at the same (prompt, sample slot), with gold points where there
+    is gold (catalog.VS_SFT's fields)."""
+    others = _aligned_baseline(samples, baseline_samples)
+    gold_points = None
+    if has_gold:
+        if any(other.get("gold_reward") is None for other in others):
+            raise ValueError("the SFT baseline's samples have no gold_reward: evaluate the baseline with the same "
+                             "gold scorer before the win rate against it")
+        gold_points = win_points([s["gold_reward"] for s in samples], [o["gold_reward"] for o in others])
+    return _Pairs(VS_SFT, list(range(len(samples))), [o["completion"] for o in others],
+                  [bool(o["stopped"]) for o in others], gold_points, judged)
+
+
+def _aligned_baseline(samples: list[dict], baseline_samples: list[dict]) -> list[dict]:
+    """The baseline's sample at each sample's (prompt_index, sample_index): by key, not by list position, so a
+    file in another order still pairs every completion with its own slot."""
+    by_slot = {(b["prompt_index"], b["sample_index"]): b for b in baseline_samples}
+    others = []
+    for sample in samples:
+        key = (sample["prompt_index"], sample["sample_index"])
+        other = by_slot.get(key)
+        if other is None:
+            raise ValueError(
+                f"the SFT baseline's samples have no completion for prompt {key[0]}, sample {key[1]}: the baseline "
+                "was evaluated with other prompts or samples_per_prompt; evaluate it again with this configuration"
+            )
+        if other["prompt"] != sample["prompt"]:
+            raise ValueError(f"the SFT baseline's prompt {key[0]} is not this evaluation's prompt {key[0]}: the two "
+                             "were evaluated on different prompts")
+        others.append(other)
+    return others
+
+
+def _against_references(samples: list[dict], gold_scorer: GoldScorer | None, judged: bool) -> _Pairs | None:
+    """Each sample whose prompt has a non-empty reference against that reference (scored as a completion that
+    stopped), with gold points where there is gold (catalog.VS_REFERENCE's fields); None when there is nothing
+    to compare or nothing to compare with."""
+    if gold_scorer is None and not judged:
+        return None
+    indices = [i for i, sample in enumerate(samples) if sample["reference"].strip()]
+    if not indices:
+        return None
+    prompts = [samples[i]["prompt"] for i in indices]
+    references = [samples[i]["reference"] for i in indices]
+    gold_points = None
+    if gold_scorer is not None:
+        # Each distinct (prompt, reference) once: a prompt's samples all face the same reference.
+        distinct = list(dict.fromkeys(zip(prompts, references)))
+        scores = dict(zip(distinct, gold_scorer([p for p, _ in distinct], [r for _, r in distinct],
+                                                [True] * len(distinct))))
+        gold_points = win_points([samples[i]["gold_reward"] for i in indices],
+                                  [scores[pair] for pair in zip(prompts, references)])
+    return _Pairs(VS_REFERENCE, indices, references, [True] * len(indices), gold_points, judged)
+
+
+def _judge_and_record(samples: list[dict], comparisons: list[_Pairs], judge, judge_prompts: list[str]) -> None:
+    """Ask the judge every comparison in one call (a vLLM judge starts one engine per call), then write each
+    comparison's fields into the samples."""
+    asked = [pairs for pairs in comparisons if judge is not None and pairs.judged]
+    verdicts: list = []
+    if asked:
+        verdicts = judge.compare(
+            [judge_prompts[i] for pairs in asked for i in pairs.indices],
+            [samples[i]["completion"] for pairs in asked for i in pairs.indices],
+            [other for pairs in asked for other in pairs.others],
+            [samples[i]["stopped"] for pairs in asked for i in pairs.indices],
+            [stopped for pairs in asked for stopped in pairs.others_stopped],
+        )
+        expected = sum(len(pairs.indices) for pairs in asked)
+        if len(verdicts) != expected:
+            raise ValueError(f"the judge returned {len(verdicts)} verdicts for {expected} comparisons")
+    start = 0
+    for pairs in comparisons:
+        own = None
+        if any(pairs is judged for judged in asked):
+            own, start = verdicts[start : start + len(pairs.indices)], start + len(pairs.indices)
+        _record_comparison(samples, pairs.indices, pairs.comparison, pairs.gold_points, own)
+
+
+def _record_comparison(samples: list[dict], indices: list[int], comparison: Comparison,
+                       gold_points: list[float] | None, verdicts: list | None) -> None:
+    """Write one comparison's fields into samples[indices] (null into the other samples, so every row of the
+    file has the same fields): the gold points where there is gold, the judge's verdict where there is a judge,
+    and their agreement where there are both."""
+    position = {index: rank for rank, index in enumerate(indices)}
+    for index, sample in enumerate(samples):
+        rank = position.get(index)
+        if gold_points is not None:
+            sample[comparison.gold_points] = None if rank is None else gold_points[rank]
+        if verdicts is None:
+            continue
+        verdict = None if rank is None else verdicts[rank]
+        sample[comparison.judge_points] = None if verdict is None else verdict.points
+        sample[comparison.judge_probability] = None if verdict is None else verdict.candidate_probability
+        sample[comparison.judge_orders_agree] = None if verdict is None else float(verdict.orders_agree)
+        sample[comparison.judge_unparseable] = None if verdict is None else verdict.unparseable
+        sample[comparison.judge_raw] = (None if verdict is None
+                                        else [verdict.candidate_first.raw, verdict.candidate_second.raw])
+        if gold_points is not None:
+            sample[comparison.judge_gold_agreement] = (None if verdict is None
+                                                       else gold_agreement(verdict.points, gold_points[rank]))
+
+
+# --- best-of-n --------------------------------------------------------------------------------------
+
+
+def _selection_rewards(best_of: BestOf, proxy: list[float], gold: list[float] | None,
+                       stopped: list[bool]) -> list[float]:
     """What best-of-n maximises: the training reward of harness.rewards.training_reward_function, from the
     scores already computed here (the proxy minus the missing-stop penalty, or the gold reward, which already
     charges a missing stop)."""
@@ -177,7 +351,7 @@ def _selection_rewards(best_of: BestOf, proxy: list[float], gold: list[float], s
     return with_missing_stop_penalty(proxy, stopped, best_of.missing_stop_penalty)
 
 
-def _keep_best(generations, scores: list[float], gold: list[float], n: int) -> tuple[list[int], list[dict]]:
+def _keep_best(generations, scores: list[float], gold: list[float] | None, n: int) -> tuple[list[int], list[dict]]:
     """For each (prompt, slot j), the index of the best of draws j*n .. j*n+n-1 by `scores`, the first of them
     on a tie; and per kept sample what the samples file records of its group, in draw order."""
     groups: dict[tuple[int, int], list[int]] = {}
@@ -188,15 +362,8 @@ def _keep_best(generations, scores: list[float], gold: list[float], n: int) -> t
         members = sorted(groups[key], key=lambda index: generations[index].sample_index)
         best = max(range(len(members)), key=lambda position: scores[members[position]])  # max keeps the first of equals
         kept.append(members[best])
-        records.append({
-            "best_of": n,
-            "kept_candidate": best,
-            "candidate_selection_rewards": [scores[index] for index in members],
-            "candidate_gold_rewards": [gold[index] for index in members],
-        })
+        record = {"best_of": n, "kept_candidate": best, "candidate_selection_rewards": [scores[i] for i in members]}
+        if gold is not None:
+            record["candidate_gold_rewards"] = [gold[index] for index in members]
+        records.append(record)
     return kept, records
-
-
-def _mean(values) -> float:
-    values = list(values)
-    return float(sum(values) / len(values)) if values else float("nan")

@@ -1,4 +1,8 @@
-"""Win rate of a candidate against a baseline, pair by pair (docs/DESIGN.md §6)."""
+"""Win points of a candidate against another answer, pair by pair (docs/DESIGN.md §6).
+
+A win rate is the mean of these points over the pairs; the evaluator stores the points per sample
+(eval/samples.jsonl), so that the report can resample them over prompts.
+"""
 
 from __future__ import annotations
 
@@ -6,22 +10,18 @@ import logging
 
 logger = logging.getLogger(__name__)
 
+WIN, TIE, LOSS = 1.0, 0.5, 0.0
 
-def win_rate(candidate: list[float], baseline: list[float]) -> float:
-    """Fraction of index-wise pairs the candidate wins: win 1, tie 1/2, loss 0.
 
-    Index i of both lists must score the same prompt and the same sample index, so that each
-    comparison holds everything but the policy fixed.
+def win_points(candidate: list[float], other: list[float]) -> list[float]:
+    """Per pair: 1 when the candidate's score is higher, 1/2 on a tie, 0 when lower.
+
+    Index i of both lists must score the same prompt (and, against a baseline policy, the same sample slot),
+    so that each comparison holds everything but the answer fixed.
     """
-    if len(candidate) != len(baseline) or not candidate:
+    if len(candidate) != len(other):
         raise ValueError(
-            f"win rate needs two equally long, non-empty score lists; got "
-            f"{len(candidate)} candidate and {len(baseline)} baseline scores"
+            f"win points need two equally long score lists; got {len(candidate)} candidate and "
+            f"{len(other)} other scores"
         )
-    points = 0.0
-    for candidate_score, baseline_score in zip(candidate, baseline):
-        if candidate_score > baseline_score:
-            points += 1.0
-        elif candidate_score == baseline_score:
-            points += 0.5
-    return points / len(candidate)
+    return [WIN if mine > theirs else TIE if mine == theirs else LOSS for mine, theirs in zip(candidate, other)]

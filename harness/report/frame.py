@@ -34,6 +34,7 @@ from harness import record
 from harness.record import (
     COST_PREFIX,
     EVAL_PREFIX,
+    PREPARE_PREFIX,
     experiment_name,
 )
 
@@ -90,6 +91,8 @@ IDENTITY_COLUMNS = [
     "generator",
     "training_reward",
     "prompt_format",
+    "gold_label",  # what eval/gold_reward is (record.TAG_GOLD)
+    "judge_label",  # who judged eval/judge_* (record.TAG_JUDGE)
     "config",
 ]
 
@@ -289,9 +292,11 @@ def _run_row(run, suite: str) -> dict | None:
         "generator": tags.get(record.TAG_GENERATOR),
         "training_reward": tags.get(record.TAG_TRAINING_REWARD),
         "prompt_format": tags.get(record.TAG_PROMPT_FORMAT),
+        "gold_label": tags.get(record.TAG_GOLD),
+        "judge_label": tags.get(record.TAG_JUDGE),
     }
     for key, value in run.data.metrics.items():
-        if key.startswith((EVAL_PREFIX, COST_PREFIX)):
+        if key.startswith((EVAL_PREFIX, COST_PREFIX, PREPARE_PREFIX)):
             row[key] = float(value)
     params = {key: value for key, value in run.data.params.items() if _loaded(key)}
     row.update(params)
@@ -342,10 +347,11 @@ def config_key(algorithm: str, params: dict) -> str:
 def _ordered_columns(df: "pd.DataFrame") -> list[str]:
     eval_columns = [EVAL_PREFIX + name for name in eval_metric_names(df)]
     cost_columns = [COST_PREFIX + name for name in cost_metric_names(df)]
+    prepare_columns = sorted(column for column in df.columns if column.startswith(PREPARE_PREFIX))
     known_params = [key for key in SAMPLING_PARAMS if key in df.columns]
     other_params = sorted(column for column in df.columns if _loaded(column))
     other_params = [column for column in other_params if column not in known_params]
-    return IDENTITY_COLUMNS + eval_columns + cost_columns + known_params + other_params
+    return IDENTITY_COLUMNS + eval_columns + cost_columns + prepare_columns + known_params + other_params
 
 
 def dedupe_cells(df: "pd.DataFrame") -> "pd.DataFrame":

@@ -36,6 +36,7 @@ from typing import TYPE_CHECKING
 from urllib.parse import urlencode
 
 from harness import record
+from harness.metrics.catalog import METRICS, headline_metrics
 from harness.report.frame import (
     complete_cells,
     config_params,
@@ -56,14 +57,12 @@ if TYPE_CHECKING:
 logger = logging.getLogger(__name__)
 
 DEFAULT_UI = "http://127.0.0.1:5000"
-# Headline, then what it cost in divergence, then the head-to-head with the baseline: the columns a reader
-# scans first. Their bounds follow the headline only, to keep the table narrow enough to read.
-_SHOWN_METRICS = ("gold_reward", "proxy_reward", "kl", "win_rate_vs_sft")
+# The registry's headline metrics (rewards, what they cost in divergence, the win rates): the columns a reader
+# scans first, where logged. Their bounds follow the headline only, to keep the table narrow enough to read.
+_SHOWN_METRICS = headline_metrics()
 _SHOWN_COSTS = ("tokens_generated", "wall_time_s")
 _MAX_PARAM_COLUMNS = 6
 _PARAM_BATCH = 100
-# Bounds of a rate are clipped to the range it can take, as the report prints them.
-_RATE_METRICS = ("win_rate_vs_sft", "stop_rate")
 
 
 @dataclass(frozen=True)
@@ -177,8 +176,9 @@ def _row_metrics(summary: "pd.DataFrame", group: "pd.DataFrame") -> dict[str, fl
             continue
         metrics[row.metric] = float(row.mean)
         low, high = float(row.low), float(row.high)
-        if row.metric in _RATE_METRICS:
-            low, high = max(low, 0.0), min(high, 1.0)
+        bounds = METRICS[row.metric].bounds if row.metric in METRICS else None
+        if bounds is not None:  # a rate's bounds are clipped to the range it can take, as the report prints them
+            low, high = max(low, bounds[0]), min(high, bounds[1])
         if math.isfinite(low) and math.isfinite(high):
             metrics[row.metric + record.CI_LOW_SUFFIX] = low
             metrics[row.metric + record.CI_HIGH_SUFFIX] = high

@@ -43,7 +43,9 @@ from harness.report.tables import (
     INTERVAL_OVER_PROMPTS,
     INTERVAL_OVER_SEEDS,
     MISSING,
+    PAIRWISE_METRICS,
     REWARD_AND_KL_METRICS,
+    WIN_RATE_METRICS,
     best_versus_runner_up,
     cost_table,
     format_estimate,
@@ -156,6 +158,7 @@ def render_markdown(records: SuiteRecords, plot_names: dict) -> str:
         _header(records),
         _results_section(records, summary),
         _win_rate_section(records, summary),
+        _judge_section(records, summary),
         _frontier_section(records, plot_names),
         _other_configurations_section(records.cells),
         _failures_section(records.cells),
@@ -198,6 +201,8 @@ def _header(records: SuiteRecords) -> str:
         f"- **Training sampling (online methods):** {_sampling_summary(reported, 'sampling.')}",
         f"- **Budget:** {_budget(reported)}",
         f"- **Training reward:** {_training_reward_sentence(reported)}",
+        f"- **Gold reward:** {_gold_sentence(reported)}",
+        f"- **Judge:** {_judge_sentence(reported)}",
         *_data_lines(reported),
         f"- **Versions:** {_versions(records.manifests)}",
         f"- **Code:** {_code(records.manifests)}",
@@ -205,6 +210,35 @@ def _header(records: SuiteRecords) -> str:
     ]
     lines += [f"- **Note:** {note}" for note in _kl_validity_notes(reported)]
     return "\n".join(lines)
+
+
+def _gold_sentence(cells: "pd.DataFrame") -> str:
+    """What `gold_reward` is in this report: the task's exact reward or a held-out RM, never the proxy."""
+    labels = _tag_labels(cells, "gold_label")
+    if not labels:
+        return "none (the task has no gold reward and no held-out RM was given): the proxy is the only reward here"
+    held_out = [label for label in labels if label.startswith("held-out RM")]
+    text = ", ".join(labels)
+    if held_out:
+        text += (" — a reward model no algorithm trained on, reported as `gold_reward` and kept apart from "
+                 "`proxy_reward` (the RM the algorithms optimised)")
+    return text
+
+
+def _judge_sentence(cells: "pd.DataFrame") -> str:
+    labels = _tag_labels(cells, "judge_label")
+    if not labels:
+        return "none"
+    template = _param(cells, "judge.template") if _param(cells, "judge.kind") != "gold" else None
+    return (f"{', '.join(labels)}{f'; template `{template}`' if template else ''}; every comparison asked in both "
+            "orders (the candidate first, then second), a disagreement counts as a tie")
+
+
+def _tag_labels(cells: "pd.DataFrame", column: str) -> list[str]:
+    """The distinct values of a tag column other than "none" (runs written before the tag existed have none)."""
+    if column not in cells.columns:
+        return []
+    return sorted({label for label in cells[column].dropna() if label != "none"})
 
 
 def _data_lines(reported: "pd.DataFrame") -> list[str]:
@@ -442,24 +476,33 @@ def _parse_number(text) -> float | None:
 
 
 def _kl_validity_notes(cells: "pd.DataFrame") -> list[str]:
-    """The KL estimates are exact only for samples drawn at temperature 1 without truncation (DESIGN §6)."""
-    problems = []
-    for key, is_valid in (
-        ("evaluation.temperature", lambda value: value == 1.0),
-        ("evaluation.top_k", lambda value: value <= 0),
-        ("evaluation.top_p", lambda value: value >= 1.0),
-    ):
+    """When `kl` is not KL(π‖π_ref) of the distribution that was sampled, or not at the temperature the online
+    algorithms trained at, say so (DESIGN §6)."""
+    def values(key: str) -> set[float]:
         if key not in cells.columns:
-            continue
-        values = {_parse_number(value) for value in cells[key].dropna()}
-        if any(value is not None and not is_valid(value) for value in values):
-            problems.append(key.removeprefix(EVALUATION_PARAM_PREFIX))
-    if not problems:
-        return []
-    return [
-        f"samples were drawn with {', '.join(problems)} away from plain sampling; the KL columns are "
-        "estimated from those samples and are not KL(π‖π_ref) of the untruncated policy at temperature 1."
-    ]
+            return set()
+        return {number for number in map(_parse_number, cells[key].dropna()) if number is not None}
+
+    notes = []
+    truncation = [f"top_k={v:g}" for v in values("evaluation.top_k") if v > 0]
+    truncation += [f"top_p={v:g}" for v in values("evaluation.top_p") if v < 1.0]
+    if truncation:
+        notes.append(
+            f"evaluation sampling is truncated ({', '.join(truncation)}): the samples come from the truncated "
+            "distribution, but `kl` sums the exact per-token KL of the untruncated policy along them, so it is not "
+            "the KL of the distribution that was sampled."
+        )
+    evaluation_temperatures = values("evaluation.temperature")
+    if any(t != 1.0 for t in evaluation_temperatures):
+        shown = ", ".join(f"{t:g}" for t in sorted(evaluation_temperatures))
+        notes.append(f"evaluation samples are drawn at temperature {shown}: `kl` is between the policy and the "
+                     "reference both at that temperature, not at 1.")
+    training_temperatures = values("sampling.temperature") - evaluation_temperatures
+    if training_temperatures:
+        shown = ", ".join(f"{t:g}" for t in sorted(training_temperatures))
+        notes.append(f"the online algorithms sampled at temperature {shown} in training: `kl_train_temperature` is "
+                     "the exact KL at that temperature, on separate untruncated draws at that temperature.")
+    return notes
 
 
 # --- results ------------------------------------------------------------------------------------
@@ -475,8 +518,11 @@ def _arrow(metric: str) -> str:
 
 
 def _with_arrows(table: "pd.DataFrame") -> "pd.DataFrame":
+    """Metric columns headed by the registry: name, arrow and unit ("kl ↓ (nats)")."""
+    from harness.metrics.catalog import column_label
+
     metrics = [column for column in table.columns if column not in ("seeds", "interval")]
-    return table.rename(columns={metric: f"{metric} {_arrow(metric)}".rstrip() for metric in metrics})
+    return table.rename(columns={metric: column_label(metric) for metric in metrics})
 
 
 def _markdown_table(table: "pd.DataFrame", index: bool = True, left: tuple[str, ...] = ()) -> str:
@@ -520,7 +566,7 @@ def _results_section(records: SuiteRecords, summary: "pd.DataFrame") -> str:
 def _noise_paragraph(cells: "pd.DataFrame", summary: "pd.DataFrame") -> str:
     """Which best-versus-runner-up differences the intervals settle, in three short lines."""
     findings = best_versus_runner_up(cells, summary=summary)
-    findings = findings[findings["metric"] != WIN_RATE_METRIC]  # the win-rate section judges it
+    findings = findings[~findings["metric"].isin(PAIRWISE_METRICS)]  # the win-rate sections judge them
     if findings.empty:
         return "**Noise:** fewer than two algorithms have results: nothing to rank."
 
@@ -544,11 +590,29 @@ def _noise_paragraph(cells: "pd.DataFrame", summary: "pd.DataFrame") -> str:
 
 
 def _win_rate_section(records: SuiteRecords, summary: "pd.DataFrame") -> str:
-    title = f"## Win rate against {BASELINE_ALGORITHM}"
-    table = win_rate_table(records.cells, summary=summary)
+    """The gold win rate against SFT (always a section: it says so when nothing was logged), then every other
+    win rate that was logged: gold against the reference, the judge against SFT and against the reference."""
+    sections = [_one_win_rate_section(records, summary, WIN_RATE_METRIC)]
+    for metric in WIN_RATE_METRICS:
+        if metric != WIN_RATE_METRIC and metric in set(summary["metric"]):
+            sections.append(_one_win_rate_section(records, summary, metric))
+    return "\n\n".join(sections)
+
+
+def _one_win_rate_section(records: SuiteRecords, summary: "pd.DataFrame", metric: str) -> str:
+    from harness.metrics.catalog import METRICS
+
+    info = METRICS[metric]
+    if metric == WIN_RATE_METRIC:
+        title = f"## Win rate against {BASELINE_ALGORITHM}"
+        what = (f"Each completion's gold reward against the {BASELINE_ALGORITHM} baseline's completion for the "
+                "same prompt and sample slot (same seed): win 1, tie 1/2, loss 0.")
+    else:
+        title = f"## {info.label[0].upper()}{info.label[1:]} (`{metric}`)"
+        what = f"Per completion: {info.description}."
+    table = win_rate_table(records.cells, summary=summary, metric=metric)
     intro = (
-        f"{title}\n\nEach completion's gold reward against the {BASELINE_ALGORITHM} baseline's completion for the "
-        "same prompt and sample slot (same seed): win 1, tie 1/2, loss 0. With several seeds, the 95% t interval "
+        f"{title}\n\n{what} With several seeds, the 95% t interval "
         "over the per-seed win rates; with one seed, a bootstrap over prompts of the per-pair points "
         f"({BOOTSTRAP_RESAMPLES} resamples, seed {BOOTSTRAP_SEED}); bounds are clipped to [0, 1], the range a "
         "win rate can take. The verdict compares the interval with 1/2."
@@ -563,6 +627,42 @@ def _win_rate_section(records: SuiteRecords, summary: "pd.DataFrame") -> str:
     shown = shown[["algorithm", "win_rate", "interval_95", "over", "verdict"]]
     shown.columns = ["algorithm", "win rate", "95% interval", "interval over", "verdict"]
     return intro + "\n\n" + _markdown_table(shown, index=False, left=("algorithm", "interval over", "verdict"))
+
+
+def _judge_section(records: SuiteRecords, summary: "pd.DataFrame") -> str:
+    """How far the judge's verdicts can be trusted: its order agreement, unparseable answers, agreement with gold
+    where the suite has gold, and (judge.kind trained) its agreement with gold on held-out preference pairs."""
+    present = set(summary["metric"])
+    diagnostics = [metric for metric in PAIRWISE_METRICS if metric not in WIN_RATE_METRICS and metric in present]
+    held_out = _held_out_judge_agreement(_reported(records.cells))
+    if not diagnostics and not held_out:
+        return ""
+    lines = [
+        "## Judge diagnostics",
+        "",
+        "*Order agreement*: the fraction of comparisons whose two orders picked the same answer (a judge that "
+        "always answers with one position scores 0; a disagreement counts as a tie in the win rates). "
+        "*Unparseable rate*: the fraction of judge calls with no usable answer (such a comparison is a tie). "
+        "*Agreement with gold*: over the comparisons gold does not tie, 1 when the judge picks gold's winner, 1/2 "
+        "when it ties, 0 when it picks gold's loser.",
+    ]
+    if held_out:
+        lines += ["", held_out]
+    if diagnostics:
+        table = _with_arrows(main_table(records.cells, summary=summary, metrics=diagnostics))
+        lines += ["", _markdown_table(table, left=("interval",))]
+    return "\n".join(lines)
+
+
+def _held_out_judge_agreement(cells: "pd.DataFrame") -> str:
+    """The trained judge's agreement with gold on held-out pairs, per seed, from prepare/<PREPARE_JUDGE_AGREEMENT>."""
+    column = record.PREPARE_PREFIX + record.PREPARE_JUDGE_AGREEMENT
+    if column not in cells.columns or cells[column].dropna().empty:
+        return ""
+    per_seed = cells.dropna(subset=[column]).groupby("seed")[column].first()
+    shown = ", ".join(f"seed {seed} {value:.3f}" for seed, value in per_seed.items())
+    return (f"**Trained judge against gold on held-out preference pairs** (never trained on, relabelled by the gold "
+            f"reward without noise): {shown}; mean {per_seed.mean():.3f}.")
 
 
 def _bracket(low: float, high: float) -> str:

@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from harness import record
+from harness.metrics.catalog import axis_label, names_in
 from harness.report.frame import (
     BASELINE_ALGORITHM,
     COST_PREFIX,
@@ -41,16 +42,14 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger(__name__)
 
-KL_AXIS_LABEL = "KL(π‖π_ref) per response (nats)"
-SQRT_KL_AXIS_LABEL = "√KL(π‖π_ref) per response (√nats)"
+KL_AXIS_LABEL = axis_label("kl")
+SQRT_KL_AXIS_LABEL = axis_label("kl", sqrt=True)
 DPI = 120
 _MARKERS = ("o", "s", "^", "D", "v", "P", "X", "<", ">", "h")
 _SEED_LINESTYLES = ("-", "--", ":", "-.")
 _BASELINE_STYLE = {"color": "black", "marker": "*", "s": 180}
-_REWARDS = (
-    ("gold_reward", "gold reward: the suite's judge (judge units)", "gold reward"),
-    ("proxy_reward", "proxy reward: the reward model (RM units)", "proxy reward"),
-)
+# (metric, y-axis label, panel title)
+_REWARDS = tuple((name, axis_label(name), name.replace("_", " ")) for name in names_in("reward"))
 _COSTS = (
     ("tokens_generated", "tokens generated during training", "against tokens generated"),
     ("wall_time_s", "training wall time (s)", "against training wall time"),
@@ -228,7 +227,7 @@ def _draw_frontier(ax, frontier, colours: dict) -> None:
     from harness.report.frontier import KL, mean_points
 
     ax.set_xlabel(KL_AXIS_LABEL)
-    ax.set_ylabel(next(y_label for name, y_label, _ in _REWARDS if name == frontier.metric))
+    ax.set_ylabel(axis_label(frontier.metric))
     ax.set_title(f"{frontier.metric.replace('_', ' ')}: seed means (faint) and Pareto fronts (lines)")
     ax.grid(True, alpha=0.3)
     points = frontier.points
@@ -367,7 +366,7 @@ def plot_reward_vs_cost(df: "pd.DataFrame", out_path: str | Path, title: str | N
 
 def _draw_cost_panel(ax, cells, reward_column: str, cost_column: str, x_label: str, title: str, styles) -> None:
     ax.set_xlabel(x_label)
-    ax.set_ylabel("gold reward (judge units)")
+    ax.set_ylabel(axis_label("gold_reward"))
     ax.set_title(f"gold reward {title}")
     ax.grid(True, alpha=0.3)
     if reward_column not in cells or cost_column not in cells:

@@ -1,14 +1,17 @@
-"""Per-sample values behind the eval metrics, for the bootstrap over prompts and the paired win rate.
+"""Per-sample values behind the eval metrics, for the bootstrap over prompts.
 
 eval/samples.jsonl has one row per (prompt_index, sample_index) with the scores of that completion. The
-metrics that are plain means over completions can be resampled from it; corpus-level ones (BLEU, distinct-n)
-cannot, and get no per-sample values here.
+sample-level metrics of the registry (harness.metrics.catalog) are means of one of its fields, so they can be
+resampled from it; corpus-level ones (BLEU, distinct-n, the KL at the training temperature) cannot, and get no
+per-sample values here.
 """
 
 from __future__ import annotations
 
 import logging
 from typing import TYPE_CHECKING
+
+from harness.metrics.catalog import METRICS, VS_SFT, sample_fields
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -17,46 +20,36 @@ logger = logging.getLogger(__name__)
 
 PROMPT_KEY = "prompt_index"
 PAIR_KEYS = ["prompt_index", "sample_index"]
-WIN_RATE_METRIC = "win_rate_vs_sft"
-WIN_SCORE = "gold_reward"
-
-# eval metric -> the samples.jsonl field whose mean over completions it is.
-PER_SAMPLE_FIELDS = {
-    "gold_reward": "gold_reward",
-    "proxy_reward": "proxy_reward",
-    "kl": "kl",
-    "kl_k1": "kl_k1",
-    "kl_k3": "kl_k3",
-    "rouge1": "rouge1",
-    "rouge2": "rouge2",
-    "rougeL": "rougeL",
-    "length": "length",
-    "stop_rate": "stopped",
-}
+WIN_RATE_METRIC = VS_SFT.gold_win_rate
+# eval metric -> the samples.jsonl field whose mean over completions it is (the samples schema).
+PER_SAMPLE_FIELDS = sample_fields()
+_GOLD = "gold_reward"
 
 
-def per_sample_values(samples: "pd.DataFrame | None", metric: str) -> "pd.DataFrame | None":
-    """(prompt_index, value) per completion for a mean-over-completions metric; None when not available."""
-    field = PER_SAMPLE_FIELDS.get(metric)
-    if samples is None or field is None or field not in samples or PROMPT_KEY not in samples:
-        return None
-    values = samples[[PROMPT_KEY, field]].rename(columns={field: "value"})
-    return values.astype({"value": float})
+def per_sample_values(samples: "pd.DataFrame | None", metric: str,
+                      baseline: "pd.DataFrame | None" = None) -> "pd.DataFrame | None":
+    """(prompt_index, value) per completion for a sample-level metric (value: the field times its scale; null
+    fields left out); None when not available.
 
-
-def win_points(candidate: "pd.DataFrame | None", baseline: "pd.DataFrame | None") -> "pd.DataFrame | None":
-    """(prompt_index, value) per aligned completion pair: 1 when the candidate's gold reward is higher,
-    1/2 on a tie, 0 when lower; None when either side lacks gold rewards.
-
-    Pairs are aligned on (prompt_index, sample_index), as the evaluator aligns them, so that each comparison
-    holds the prompt and the sample slot fixed and only the policy changes.
+    `baseline`: the SFT baseline's samples of the same seed, read only for samples files written before the
+    evaluator stored win_vs_sft, whose gold win points are then paired here.
     """
+    field = PER_SAMPLE_FIELDS.get(metric)
+    if samples is None or field is None or PROMPT_KEY not in samples:
+        return None
+    if field not in samples:
+        return _gold_win_points(samples, baseline) if metric == WIN_RATE_METRIC else None
+    values = samples[[PROMPT_KEY, field]].rename(columns={field: "value"}).dropna(subset=["value"])
+    return values.astype({"value": float}).assign(value=lambda frame: frame["value"] * METRICS[metric].field_scale)
+
+
+def _gold_win_points(candidate: "pd.DataFrame", baseline: "pd.DataFrame | None") -> "pd.DataFrame | None":
+    """The gold win points of a samples file from before win_vs_sft: each completion's gold reward against the
+    baseline's at the same (prompt_index, sample_index), 1 / 1/2 / 0; None when either side lacks gold."""
     import numpy as np
 
-    if candidate is None or baseline is None:
-        return None
-    needed = PAIR_KEYS + [WIN_SCORE]
-    if any(column not in frame for frame in (candidate, baseline) for column in needed):
+    needed = PAIR_KEYS + [_GOLD]
+    if baseline is None or any(column not in frame for frame in (candidate, baseline) for column in needed):
         return None
     pairs = candidate[needed].merge(baseline[needed], on=PAIR_KEYS, suffixes=("_candidate", "_baseline"))
     unmatched = len(candidate) - len(pairs)
@@ -64,6 +57,6 @@ def win_points(candidate: "pd.DataFrame | None", baseline: "pd.DataFrame | None"
         logger.warning("%d candidate completions have no baseline completion at the same (prompt, sample)", unmatched)
     if pairs.empty:
         return None
-    difference = pairs[f"{WIN_SCORE}_candidate"].to_numpy(float) - pairs[f"{WIN_SCORE}_baseline"].to_numpy(float)
+    difference = pairs[f"{_GOLD}_candidate"].to_numpy(float) - pairs[f"{_GOLD}_baseline"].to_numpy(float)
     points = np.where(difference > 0, 1.0, np.where(difference == 0, 0.5, 0.0))
     return pairs[[PROMPT_KEY]].assign(value=points)

@@ -30,7 +30,8 @@ from harness.report.frame import (
     metric_direction,
     split_configurations,
 )
-from harness.report.samples import WIN_RATE_METRIC, per_sample_values, win_points
+from harness.metrics.catalog import COMPARISONS, METRICS, names_in
+from harness.report.samples import WIN_RATE_METRIC, per_sample_values
 from harness.report.stats import ConfidenceInterval, bootstrap_mean_ci, mean_ci, overlaps
 
 if TYPE_CHECKING:
@@ -48,7 +49,12 @@ INTERVAL_OVER_SEEDS = "t over seeds"
 INTERVAL_OVER_PROMPTS = "bootstrap over prompts"
 NO_INTERVAL = "none"
 # The metrics of the first results table: what the algorithms were after and what it cost in divergence.
-REWARD_AND_KL_METRICS = ("gold_reward", "proxy_reward", "kl", "kl_k1", "kl_k3")
+REWARD_AND_KL_METRICS = names_in("reward", "kl")
+# Win rates and judge statistics: tables of their own (`win_rate_table`), not columns of the main one.
+PAIRWISE_METRICS = names_in("pairwise")
+# The pairwise metrics that are win rates (1/2 is a coin flip), gold's and the judge's, against SFT and the reference.
+WIN_RATE_METRICS = tuple(name for comparison in COMPARISONS
+                         for name in (comparison.gold_win_rate, comparison.judge_win_rate))
 SUMMARY_COLUMNS = ["algorithm", "metric", "direction", "mean", "low", "high", "half_width", "n", "seeds", "interval"]
 
 
@@ -61,12 +67,9 @@ def _current_complete(df: "pd.DataFrame") -> "pd.DataFrame":
 
 
 def _single_seed_interval(cell: dict, metric: str, samples: dict, baseline_run_id, confidence: float):
-    """Bootstrap over prompts for a one-seed cell; the logged metric stays the point estimate."""
-    cell_samples = samples.get(cell["run_id"])
-    if metric == WIN_RATE_METRIC:
-        values = win_points(cell_samples, samples.get(baseline_run_id))
-    else:
-        values = per_sample_values(cell_samples, metric)
+    """Bootstrap over prompts of the metric's per-sample field (catalog) for a one-seed cell; the logged metric
+    stays the point estimate."""
+    values = per_sample_values(samples.get(cell["run_id"]), metric, samples.get(baseline_run_id))
     logged = float(cell[EVAL_PREFIX + metric])
     if values is None or values.empty:
         return ConfidenceInterval(logged, math.nan, math.nan, 1), NO_INTERVAL
@@ -183,7 +186,8 @@ def _best_algorithms(metric_rows: "pd.DataFrame", digits: int = DIGITS) -> set[s
 def _contenders(metric_rows: "pd.DataFrame") -> "pd.DataFrame":
     """Rows that can be best: for KL metrics not the baseline, which is the reference itself (KL 0 by
     construction, not an achievement)."""
-    if metric_rows["metric"].iloc[0].startswith("kl"):
+    metric = METRICS.get(metric_rows["metric"].iloc[0])
+    if metric is not None and metric.group == "kl":
         return metric_rows[metric_rows["algorithm"] != BASELINE]
     return metric_rows
 
@@ -203,13 +207,15 @@ def main_table(
     """The comparison table: index algorithm (baseline first), "seeds", "interval" (which interval the row
     uses), then one column per eval metric in catalog order (`metrics` picks some) holding "mean ± half-width"
     (t over seeds) or "mean [low, high]" (bootstrap over prompts); the best per non-neutral metric in **bold**.
-    The win rate has its own table (`win_rate_table`) and is left out unless `metrics` names it.
+    The pairwise metrics (win rates, judge statistics) have their own table (`win_rate_table`) and are left out
+    unless `metrics` names them.
     `summary`: `summarise(df, samples, confidence)` when the caller already has it (it is the costly part).
     """
     import pandas as pd
 
     summary = summarise(df, samples, confidence) if summary is None else summary
-    wanted = metrics if metrics is not None else [m for m in dict.fromkeys(summary["metric"]) if m != WIN_RATE_METRIC]
+    pairwise = set(PAIRWISE_METRICS)
+    wanted = metrics if metrics is not None else [m for m in dict.fromkeys(summary["metric"]) if m not in pairwise]
     summary = summary[summary["metric"].isin(wanted)]
     algorithms = algorithm_order(_current_complete(df)["algorithm"])
     table = pd.DataFrame(index=pd.Index(algorithms, name="algorithm"))
@@ -238,31 +244,43 @@ def _row_interval_label(summary: "pd.DataFrame", algorithm: str) -> str:
 # --- win rate -----------------------------------------------------------------------------------
 
 
+# What a win rate's verdict calls the other side, by the registry's `versus`.
+_OPPONENT_NAMES = {"sft": BASELINE, "reference": "the reference"}
+
+
 def win_rate_table(
-    df: "pd.DataFrame", samples: dict | None = None, confidence: float = 0.95, *, summary: "pd.DataFrame | None" = None
+    df: "pd.DataFrame", samples: dict | None = None, confidence: float = 0.95, *, summary: "pd.DataFrame | None" = None,
+    metric: str = WIN_RATE_METRIC,
 ) -> "pd.DataFrame":
-    """Win rate of each trained algorithm against the SFT baseline (gold reward, ties 1/2), with its interval.
+    """A win rate (`metric`: by default the gold reward against the SFT baseline; also win_rate_vs_reference
+    and the judge's judge_win_rate_vs_*; ties 1/2) of each algorithm, with its interval.
 
     Columns: algorithm, win_rate, low, high, n, seeds, interval, verdict. The verdict compares the interval
-    with 1/2 (a coin flip): "beats sft", "loses to sft", "inside the noise", or "no interval".
-    `summary` as in `main_table`.
+    with 1/2 (a coin flip): "beats sft", "loses to sft" (against the reference: "beats the reference", ...),
+    "inside the noise", or "no interval". The baseline has a row only against the reference: against itself
+    it is no comparison. `summary` as in `main_table`.
     """
+    if metric not in WIN_RATE_METRICS:
+        raise ValueError(f"'{metric}' is not a win rate; win rates: {', '.join(WIN_RATE_METRICS)}")
+    versus = METRICS[metric].versus
     summary = summarise(df, samples, confidence) if summary is None else summary
-    # The baseline against itself is no comparison; summarise gives it an empty row for the column.
-    rows = summary[(summary["metric"] == WIN_RATE_METRIC) & (summary["algorithm"] != BASELINE)].dropna(subset=["mean"])
-    rows = rows.rename(columns={"mean": "win_rate"})
-    rows = rows.assign(verdict=[_verdict(low, high) for low, high in zip(rows["low"], rows["high"])])
+    rows = summary[summary["metric"] == metric]
+    if versus == "sft":
+        rows = rows[rows["algorithm"] != BASELINE]
+    rows = rows.dropna(subset=["mean"]).rename(columns={"mean": "win_rate"})
+    opponent = _OPPONENT_NAMES[versus]
+    rows = rows.assign(verdict=[_verdict(low, high, opponent) for low, high in zip(rows["low"], rows["high"])])
     columns = ["algorithm", "win_rate", "low", "high", "n", "seeds", "interval", "verdict"]
     return rows[columns].reset_index(drop=True)
 
 
-def _verdict(low: float, high: float) -> str:
+def _verdict(low: float, high: float, opponent: str) -> str:
     if math.isnan(low) or math.isnan(high):
         return "no interval"
     if low > 0.5:
-        return f"beats {BASELINE}"
+        return f"beats {opponent}"
     if high < 0.5:
-        return f"loses to {BASELINE}"
+        return f"loses to {opponent}"
     return "inside the noise"
 
 

@@ -13,7 +13,7 @@ from __future__ import annotations
 import dataclasses
 import re
 
-from harness.tasks.common import TaskData
+from harness.tasks.common import TASK_PROMPT, TaskData
 from harness.tasks.hh import ROLE_MARKERS
 
 # The HH transcript's turn markers (the ones harness.tasks.hh.render_transcript writes), and their roles.
@@ -80,7 +80,8 @@ def apply_chat_template(task_data: TaskData, tokenizer, system_prompt: str = "")
         preferences=rows(task_data.preferences),
         heldout_preferences=rows(task_data.heldout_preferences),
         train_prompts=[render(prompt) for prompt in task_data.train_prompts],
-        eval=rows(task_data.eval),
+        # A judge reads the request as the task wrote it, not wrapped in the policy's chat markup.
+        eval=[{**row, "prompt": render(row["prompt"]), TASK_PROMPT: row["prompt"]} for row in task_data.eval],
     )
 
 

@@ -23,7 +23,11 @@ class TaskData:
     train_prompts: list[str]
     # prompts for online algorithms
     eval: list[dict]
-    # {"prompt": str, "reference": str}; prompts no training split uses
+    # {"prompt": str, "reference": str}; prompts no training split uses. Once rendered in the policy's chat
+    # template, a row also keeps the prompt as the task wrote it under TASK_PROMPT (what a judge is shown).
+
+
+TASK_PROMPT = "task_prompt"
 
 
 def save_task_data(data: TaskData, path: Path) -> None:

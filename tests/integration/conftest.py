@@ -10,6 +10,8 @@ SCALED_DOWN_TINY = [
     # The three algorithms every end-to-end test was written for (a later only= in a test's overrides wins);
     # test_tiny_suite.py runs all of them.
     "only=[dpo,grpo,ppo]",
+    # tiny trains a judge per seed; the end-to-end tests of everything else skip it (test_judged_tiny.py runs it)
+    "judge.kind=none",
     "seeds=[0]",
     "task.num_sft_examples=400",
     "task.num_preference_pairs=200",

@@ -171,6 +171,19 @@ CASES: list[tuple[str, list[str], str]] = [
     ("misspelled launcher key", [*RUN, "launcher.num_process=2"], "unknown key 'launcher.num_process'; did you mean 'num_processes'?"),
     ("zero processes", [*RUN, "launcher.num_processes=0"], "'launcher.num_processes' must be >= 1"),
     ("launcher given a preset name", [*RUN, "launcher=ddp"], "'launcher' must be a mapping"),
+    ("unreachable judge endpoint", [*RUN, "judge.kind=model", "judge.model=m", "judge.backend=openai",
+                                    "judge.base_url=http://127.0.0.1:9/v1", "output_dir=<<tmp>>/out-judge"],
+     "judge endpoint http://127.0.0.1:9/v1/models is unreachable"),
+    ("judge key variable unset", [*RUN, "judge.kind=model", "judge.model=m", "judge.backend=openai",
+                                  "judge.base_url=http://127.0.0.1:9/v1", "judge.api_key_env=HARNESS_NO_SUCH_KEY_VAR"],
+     "'judge.api_key_env' names HARNESS_NO_SUCH_KEY_VAR, which is not set"),
+    ("an API key where its variable's name belongs", [*RUN, "judge.api_key_env=sk-live-123"],
+     "'judge.api_key_env' must be the name of an environment variable"),
+    ("unknown judge template", [*RUN, "judge.kind=gold", "judge.template=tl;dr"], "'judge.template' names unknown template"),
+    ("held-out RM folder missing", [*RUN, "gold.source=reward_model", "gold.name_or_path=<<tmp>>/no-rm"],
+     "is not a Hugging Face model folder"),
+    ("optimising the held-out RM", [*RUN, "gold.source=reward_model", "gold.name_or_path=org/rm", "reward.source=gold"],
+     "a held-out reward model stays held out"),
 ]
 
 # One line stays a line: ConfigError cuts a message at 1000 characters, whatever deeper layer wrote it; a huge

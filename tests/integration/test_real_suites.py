@@ -10,10 +10,16 @@ every training (gsm8k, hh), and the instruct model's chat template (gsm8k: a Cha
 from __future__ import annotations
 
 import json
+import sys
+import threading
 from pathlib import Path
 
 import pytest
 from conftest import run_harness
+from test_judge_backends import ChatServer
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # tests/judge_models.py
+from judge_models import build_held_out_reward_model, build_varied_judge  # noqa: E402
 
 pytestmark = pytest.mark.slow
 
@@ -56,11 +62,45 @@ STAND_INS = [
 ]
 
 
+# The suites' held-out gold reward models and judges, replaced by local stand-ins of the same kind: a tiny
+# sequence classifier as the held-out RM; tldr's OpenAI judge by this test's own OpenAI-compatible server on
+# loopback (the key in an environment variable), the vLLM judges of hh and ultrafeedback by a tiny causal LM with
+# a chat template through transformers.
+JUDGED_SUITES = ("tldr-pythia-1b", "hh-qwen2.5-0.5b", "ultrafeedback-qwen2.5-0.5b")
+KEY_VARIABLE, KEY = "HARNESS_TEST_REAL_SUITE_JUDGE_KEY", "sk-real-suite-5d1e"
+
+
+@pytest.fixture(scope="module")
+def stand_ins(tmp_path_factory):
+    root = tmp_path_factory.mktemp("stand_ins")
+    judge = build_varied_judge(root / "judge")
+    server = ChatServer(judge)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    yield {"judge": judge, "gold": build_held_out_reward_model(root / "gold"), "server": server}
+    server.shutdown()
+    server.server_close()
+
+
+def _evaluator_stand_ins(suite: str, stand_ins, monkeypatch) -> list[str]:
+    if suite not in JUDGED_SUITES:
+        return []
+    overrides = [f"gold.name_or_path={stand_ins['gold']}"]
+    if suite == "tldr-pythia-1b":
+        monkeypatch.setenv(KEY_VARIABLE, KEY)
+        monkeypatch.setenv("NO_PROXY", "127.0.0.1")
+        server = stand_ins["server"]
+        return overrides + [f"judge.base_url=http://127.0.0.1:{server.server_address[1]}/v1",
+                            f"judge.api_key_env={KEY_VARIABLE}"]
+    return overrides + ["judge.backend=hf", f"judge.model={stand_ins['judge']}"]
+
+
 @pytest.mark.parametrize("suite", sorted(DATA))
-def test_real_suite_pipeline_runs_end_to_end_with_local_stand_ins(suite, tmp_path):
+def test_real_suite_pipeline_runs_end_to_end_with_local_stand_ins(suite, tmp_path, stand_ins, monkeypatch):
     import mlflow
 
-    result = run_harness(tmp_path, *STAND_INS, *DATA[suite], suite=suite)
+    evaluator = _evaluator_stand_ins(suite, stand_ins, monkeypatch)
+    result = run_harness(tmp_path, *STAND_INS, *DATA[suite], *evaluator, suite=suite)
     assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-3000:]
     client = mlflow.MlflowClient(f"sqlite:///{tmp_path / 'runs' / 'mlflow.db'}")
     experiment = client.get_experiment_by_name(f"harness/{suite}")
@@ -68,9 +108,26 @@ def test_real_suite_pipeline_runs_end_to_end_with_local_stand_ins(suite, tmp_pat
     assert sorted(r.data.tags["harness.algorithm"] for r in cells) == ["dpo", "grpo", "ppo", "sft"]
     assert all(r.info.status == "FINISHED" for r in cells)
     assert all("eval/proxy_reward" in r.data.metrics and "eval/kl" in r.data.metrics for r in cells)
-    has_gold = suite.startswith("gsm8k")
+    judged = suite in JUDGED_SUITES
+    has_gold = suite.startswith("gsm8k") or judged  # the verifier, or the held-out RM stand-in
     assert all(("eval/gold_reward" in r.data.metrics) == has_gold for r in cells)
     assert (tmp_path / "reports" / f"{suite}.md").is_file()
+    if judged:
+        # Every cell judged against the references (the TL;DR anchor's number); the trained ones also against SFT.
+        assert all(0 <= r.data.metrics["eval/judge_win_rate_vs_reference"] <= 1 for r in cells)
+        assert all(("eval/judge_win_rate_vs_sft" in r.data.metrics) == (r.data.tags["harness.algorithm"] != "sft")
+                   for r in cells)
+        assert all(r.data.tags["harness.gold"] == f"held-out RM {stand_ins['gold']}" for r in cells)
+        report = (tmp_path / "reports" / f"{suite}.md").read_text()
+        assert f"**Gold reward:** held-out RM {stand_ins['gold']} — a reward model no algorithm trained on" in report
+        assert "## Win rate against reference (judge) (`judge_win_rate_vs_reference`)" in report
+    if suite == "tldr-pythia-1b":
+        # The key went to the endpoint in its header and nowhere else: not in params, tags, logs or the report.
+        assert any(request["authorization"] == f"Bearer {KEY}" for request in stand_ins["server"].requests)
+        everything = json.dumps([(r.data.params, r.data.tags) for r in cells]) + result.stdout + result.stderr
+        everything += (tmp_path / "reports" / f"{suite}.md").read_text()
+        everything += "".join(path.read_text(errors="replace") for path in tmp_path.rglob("*.log"))
+        assert KEY not in everything
 
     suite_folder = tmp_path / "runs" / suite
     architecture = next(item.split("=")[1] for item in DATA[suite] if item.startswith("model.architecture="))

@@ -68,6 +68,7 @@ class Policy:
     def evaluate(self, generator_name: str, seed: int) -> list[dict]:
         from harness.metrics.evaluator import evaluate_checkpoint
         from harness.registry import GENERATORS
+        from harness.rewards import gold_reward_function
 
         evaluation = self.config.suite.evaluation
         generator = GENERATORS.get(generator_name).create("cpu", evaluation.batch_size)
@@ -75,7 +76,7 @@ class Policy:
             checkpoint=self.checkpoint,
             reference_dir=self.checkpoint,
             reward_model_dir=self.reward_model,
-            task_module=self.task_module,
+            gold_scorer=gold_reward_function(self.config.suite.gold, self.task_module, "cpu", evaluation.batch_size),
             eval_rows=self.task_data.eval,
             config=evaluation,
             seed=seed,

@@ -19,7 +19,9 @@ from harness.config import load_config
 pytestmark = pytest.mark.slow
 
 ALGORITHMS = list(load_config("tiny").algorithms)
-LEARNING_TINY = ["seeds=[0]"]  # tiny itself, one seed of three: every algorithm at its full budget
+# tiny itself, one seed of three: every algorithm at its full budget, judged by the gold reward (the check that the
+# judging path pairs, orders and combines answers right; test_judged_tiny.py covers the trained judge)
+LEARNING_TINY = ["seeds=[0]", "judge.kind=gold"]
 # Gold-reward gain over the SFT baseline each algorithm must clear, with KL > MIN_KL and a win rate above
 # MIN_WIN_RATE (seed 0, 64 prompts x 8 samples). Measured on seed 0 (gain / KL nats / win rate): dpo +0.233 /
 # 0.23 / 0.597, ipo +0.216 / 0.46 / 0.594, simpo +0.200 / 0.42 / 0.572, kto +0.148 / 0.24 / 0.572, online_dpo
@@ -77,6 +79,24 @@ def test_every_algorithm_beats_sft_on_gold_reward_at_positive_kl(default_run):
         assert kl[algorithm] > MIN_KL, (algorithm, kl.to_dict())
         assert win[algorithm] > MIN_WIN_RATE[algorithm], (algorithm, win.to_dict())
     assert kl["sft"] == 0.0  # the baseline is its own reference
+
+
+def test_the_gold_reward_as_judge_reproduces_the_gold_win_rates_exactly(default_run):
+    """judge.kind gold asks both orders of every comparison like any judge and compares gold rewards: its win
+    rates must equal the evaluator's gold win rates to the last digit, for every algorithm and against both SFT
+    and the references, and its two orders can never disagree."""
+    cwd, _ = default_run
+    runs = cell_runs(cwd).set_index("tags.harness.algorithm")
+    for versus in ("sft", "reference"):
+        judged = runs[f"metrics.eval/judge_win_rate_vs_{versus}"].dropna()
+        gold = runs[f"metrics.eval/win_rate_vs_{versus}"].dropna()
+        assert set(judged.index) == ({*ALGORITHMS} if versus == "sft" else {"sft", *ALGORITHMS})
+        assert judged.to_dict() == gold.to_dict()
+        assert (runs[f"metrics.eval/judge_order_agreement_vs_{versus}"].dropna() == 1.0).all()
+        assert (runs[f"metrics.eval/judge_gold_agreement_vs_{versus}"].dropna() == 1.0).all()
+        assert (runs[f"metrics.eval/judge_unparseable_rate_vs_{versus}"].dropna() == 0.0).all()
+    # Not a vacuous equality: the win rates differ between algorithms and from 1/2.
+    assert runs["metrics.eval/win_rate_vs_sft"].dropna().nunique() > 5
 
 
 def test_mlflow_structure(default_run):

@@ -36,6 +36,11 @@ def gold_reward(prompt: str, completion: str, stopped: bool) -> float:
 
 
 TASK = types.SimpleNamespace(HAS_GOLD_REWARD=True, gold_reward=gold_reward)
+
+
+def gold_scorer(prompts: list[str], completions: list[str], stopped: list[bool]) -> list[float]:
+    """What the stage hands the evaluator (harness.rewards.gold_reward_function of the task above)."""
+    return [gold_reward(p, c, s) for p, c, s in zip(prompts, completions, stopped)]
 EVAL_ROWS = [{"prompt": prompt, "reference": "good a b"} for prompt in PROMPTS]
 
 
@@ -52,7 +57,7 @@ def evaluation_config(samples_per_prompt: int):
                             batch_size=64)
 
 
-def evaluate(models: Path, samples_per_prompt: int = SAMPLES_PER_PROMPT, best_of=None, baseline_gold=None):
+def evaluate(models: Path, samples_per_prompt: int = SAMPLES_PER_PROMPT, best_of=None, baseline_samples=None):
     from harness.generation.hf import HFGenerator
     from harness.metrics.evaluator import evaluate_checkpoint
 
@@ -60,13 +65,13 @@ def evaluate(models: Path, samples_per_prompt: int = SAMPLES_PER_PROMPT, best_of
         checkpoint=models / "base",
         reference_dir=models / "base",
         reward_model_dir=models / "reward_model",
-        task_module=TASK,
         eval_rows=EVAL_ROWS,
         config=evaluation_config(samples_per_prompt),
         seed=SEED,
         device="cpu",
         generator=HFGenerator("cpu", 64),
-        baseline_gold=baseline_gold,
+        gold_scorer=gold_scorer,
+        baseline_samples=baseline_samples,
         best_of=best_of,
     )
 
@@ -90,10 +95,15 @@ def draws(models) -> dict[tuple[int, int], dict]:
 
 
 @pytest.fixture(scope="module")
-def sft_gold(models) -> list[float]:
-    """The SFT baseline's gold rewards in (prompt, sample) order, as harness.stage hands them on."""
-    samples = sorted(evaluate(models).samples, key=lambda s: (s["prompt_index"], s["sample_index"]))
-    return [s["gold_reward"] for s in samples]
+def sft_samples(models) -> list[dict]:
+    """The SFT baseline's samples, as harness.stage hands them on."""
+    return evaluate(models).samples
+
+
+@pytest.fixture(scope="module")
+def sft_gold(sft_samples) -> list[float]:
+    """The SFT baseline's gold rewards in (prompt, sample) order: the oracle's side of the win rate."""
+    return [s["gold_reward"] for s in sorted(sft_samples, key=lambda s: (s["prompt_index"], s["sample_index"]))]
 
 
 SELECTIONS = {
@@ -105,12 +115,12 @@ SELECTIONS = {
 
 
 @pytest.mark.parametrize("selection", list(SELECTIONS))
-def test_each_kept_sample_is_the_first_best_of_its_own_group_of_draws(models, draws, sft_gold, selection):
+def test_each_kept_sample_is_the_first_best_of_its_own_group_of_draws(models, draws, sft_samples, sft_gold, selection):
     from harness.metrics.evaluator import BestOf
 
     source, penalty, score = SELECTIONS[selection]
     n = 4
-    result = evaluate(models, best_of=BestOf(n, source, penalty), baseline_gold=sft_gold)
+    result = evaluate(models, best_of=BestOf(n, source, penalty), baseline_samples=sft_samples)
     kept = by_slot(result.samples)
     assert sorted(kept) == [(p, j) for p in range(len(PROMPTS)) for j in range(SAMPLES_PER_PROMPT)]
 
@@ -156,12 +166,12 @@ def test_kl_is_the_analytic_bound_and_no_sampled_token_estimate_is_reported(mode
     assert not any("kl_k1" in sample or "kl_k3" in sample for sample in result.samples)
 
 
-def test_best_of_one_is_the_sft_policy_own_evaluation(models, sft_gold):
+def test_best_of_one_is_the_sft_policy_own_evaluation(models, sft_samples):
     """Same draws, same scores, same metrics; the bound at n = 1 (0) is the exact KL the plain path measures."""
     from harness.metrics.evaluator import BestOf
 
-    plain = evaluate(models, baseline_gold=sft_gold)
-    best_of_one = evaluate(models, best_of=BestOf(1, "proxy", 1.0), baseline_gold=sft_gold)
+    plain = evaluate(models, baseline_samples=sft_samples)
+    best_of_one = evaluate(models, best_of=BestOf(1, "proxy", 1.0), baseline_samples=sft_samples)
     assert plain.summary["kl"] == plain.summary["kl_k1"] == plain.summary["kl_k3"] == 0.0
     estimates_only = {"kl_k1", "kl_k3"}
     assert {k: v for k, v in plain.summary.items() if k not in estimates_only} == best_of_one.summary

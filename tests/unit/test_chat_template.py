@@ -79,7 +79,8 @@ def test_every_prompt_of_the_task_data_is_rendered_and_completions_are_kept(chat
     assert chat.preferences == [{"prompt": wrap("2 + 2 = ?"), "chosen": " 4", "rejected": " 5", "score_chosen": 9.0}]
     assert chat.heldout_preferences[0]["prompt"] == wrap("how are you")
     assert chat.train_prompts == [wrap("2 + 2 = ?"), wrap("how are you")]
-    assert chat.eval == [{"prompt": wrap("how are you"), "reference": " fine"}]
+    # The evaluation rows keep the prompt as the task wrote it: that is what a judge is shown.
+    assert chat.eval == [{"prompt": wrap("how are you"), "reference": " fine", "task_prompt": "how are you"}]
     assert data.sft[0]["prompt"] == "2 + 2 = ?"  # the original is left as it was
 
 

@@ -102,6 +102,21 @@ def test_model_preset_sits_under_suite_values():
         (["precision=fp16"], "'precision' must be fp32 or bf16"),
         (["noequals"], "override 'noequals' is not of the form key=value"),
         (["model=3"], "'model' must be a mapping"),
+        (["judge.kind=golld"], "'judge.kind' must be one of none, model, gold, trained; did you mean 'gold'?"),
+        (["judge.kind=model"], "'judge.model' is required when judge.kind is model"),
+        (["judge.model=x"], "'judge.model' is only read when judge.kind is model"),
+        (["judge.kind=model", "judge.model=m", "judge.backend=openai"], "'judge.base_url' is required with backend openai"),
+        (["judge.kind=model", "judge.model=./missing-judge"], "'judge.model' './missing-judge' is not a Hugging Face model folder"),
+        (["judge.backend=tgi"], "'judge.backend' must be one of hf, vllm, openai"),
+        (["judge.base_url=127.0.0.1:8000"], "'judge.base_url' must start with http:// or https://"),
+        (["judge.api_key_env=sk-abc123"], "'judge.api_key_env' must be the name of an environment variable"),
+        (["judge.template=tldrr"], "'judge.template' names unknown template 'tldrr'; did you mean 'tldr'?"),
+        (["judge.vs_sft=false", "judge.vs_reference=false"], "the judge would compare nothing"),
+        (["judge.training.epochs=0"], "'judge.training.epochs' must be > 0"),
+        (["gold.source=rm"], "'gold.source' must be one of task, reward_model"),
+        (["gold.source=reward_model"], "'gold.name_or_path' is required when gold.source is reward_model"),
+        (["gold.source=reward_model", "gold.name_or_path=/no/such/rm"], "'gold.name_or_path' '/no/such/rm' is not a Hugging Face model folder"),
+        (["gold.source=reward_model", "gold.name_or_path=org/rm", "reward.source=gold"], "a held-out reward model stays held out"),
     ],
 )
 def test_bad_overrides_are_refused_in_one_line(overrides, expected):
@@ -436,3 +451,33 @@ def test_what_trl_would_refuse_mid_run_is_refused_at_validation(override, messag
     with pytest.raises(ConfigError) as error:
         load_config("tiny", [override])
     assert message in str(error.value)
+
+
+def test_a_judge_or_a_gold_model_on_a_task_without_gold_is_refused_or_allowed_as_it_should_be():
+    with pytest.raises(ConfigError, match="'judge.kind' is gold, but task 'imdb' has no gold reward"):
+        load_config("imdb-gpt2", ["judge.kind=gold"])
+    with pytest.raises(ConfigError, match="'judge.kind' trained builds a small word-level judge"):
+        load_config("imdb-gpt2", ["judge.kind=trained"])
+    # A held-out RM makes the gold judge possible on a task without gold.
+    load_config("imdb-gpt2", ["judge.kind=gold", "gold.source=reward_model", "gold.name_or_path=org/held-out-rm"])
+
+
+def test_gold_and_judge_settings_join_cell_hashes_only_when_set_and_a_trained_judge_is_its_own_stage():
+    from harness.plan import build_plan
+
+    def hashes(overrides):
+        plan = build_plan(load_config("tiny", ["seeds=[0]", "only=[dpo]", *overrides]))
+        return {stage.id: stage.hash for stage in plan.stages}, plan
+
+    plain, _ = hashes([])
+    gold_judge, _ = hashes(["judge.kind=gold"])
+    trained, plan = hashes(["judge.kind=trained"])
+    assert plain["train:dpo-s0"] != gold_judge["train:dpo-s0"] != trained["train:dpo-s0"]
+    assert plain["sft-s0"] == gold_judge["sft-s0"] == trained["sft-s0"]  # the prepared chain is untouched
+    assert "judge-s0" not in plain and "judge-s0" in trained
+    evaluations = [stage for stage in plan.stages if stage.kind == "evaluate"]
+    assert all("judge-s0" in stage.waits_on for stage in evaluations)
+    assert not any("judge-s0" in stage.waits_on for stage in plan.stages if stage.kind == "train")
+    # The judge learns from the task data alone: another SFT setting leaves it as it was.
+    other_sft, _ = hashes(["judge.kind=trained", "sft.epochs=1"])
+    assert other_sft["judge-s0"] == trained["judge-s0"] and other_sft["sft-s0"] != trained["sft-s0"]

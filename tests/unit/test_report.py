@@ -17,7 +17,7 @@ import numpy as np
 import pytest
 
 from harness import record
-from harness.metrics.win_rate import win_rate
+from harness.metrics.win_rate import win_points
 from harness.report.frame import (
     ReportError,
     load_cell_runs,
@@ -181,15 +181,29 @@ def _random_samples(rng, n_prompts: int, per_prompt: int, gold_shift: float, kl_
     return rows
 
 
+def _add_win_points(samples: list[dict], baseline: list[dict] | None) -> None:
+    """The evaluator's per-sample win points: gold against the baseline's sample at the same slot (not for the
+    baseline itself), and against a reference whose gold reward is 0 (none for prompt 0: it has no reference)."""
+    if baseline is not None:
+        points = win_points([row["gold_reward"] for row in samples], [row["gold_reward"] for row in baseline])
+        for row, point in zip(samples, points):
+            row["win_vs_sft"] = point
+    for row, point in zip(samples, win_points([row["gold_reward"] for row in samples], [0.0] * len(samples))):
+        row["win_vs_reference"] = None if row["prompt_index"] == 0 else point
+
+
 def _eval_summary(samples: list[dict], baseline: list[dict] | None) -> dict:
-    """What the evaluator logs: per-sample means, corpus-level numbers, and the paired win rate."""
+    """What the evaluator logs: per-sample means, corpus-level numbers, and the paired win rates (their per-sample
+    points are added to `samples`, as the evaluator writes them)."""
+    _add_win_points(samples, baseline)
     summary = {name: float(np.mean([row[name] for row in samples])) for name in PER_SAMPLE_FIELDS}
     summary["stop_rate"] = float(np.mean([row["stopped"] for row in samples]))
     summary["bleu"] = 0.25
     summary["distinct_1"] = 0.5
     if baseline is not None:
-        summary["win_rate_vs_sft"] = win_rate([row["gold_reward"] for row in samples],
-                                              [row["gold_reward"] for row in baseline])
+        summary["win_rate_vs_sft"] = float(np.mean([row["win_vs_sft"] for row in samples]))
+    summary["win_rate_vs_reference"] = float(np.mean([row["win_vs_reference"] for row in samples
+                                                      if row["win_vs_reference"] is not None]))
     return summary
 
 
@@ -709,6 +723,46 @@ def test_one_seed_win_rate_is_a_bootstrap_of_paired_points(one_seed, growing):
     assert grpo["low"] <= grpo["win_rate"] <= grpo["high"]
 
 
+def test_win_rate_against_the_reference_has_a_baseline_row_and_skips_prompts_without_one(one_seed, growing):
+    rows = [row for row in growing["samples"][("sft", 0)] if row["win_vs_reference"] is not None]
+    points, prompts = [row["win_vs_reference"] for row in rows], [row["prompt_index"] for row in rows]
+    assert 0 not in prompts and len(points) == (GROWING_PROMPTS - 1) * GROWING_PER_PROMPT
+    low, high = _numpy_bootstrap(points, prompts)
+
+    table = win_rate_table(one_seed.cells, one_seed.samples, metric="win_rate_vs_reference").set_index("algorithm")
+    assert list(table.index) == ["sft", "dpo", "grpo"]  # SFT against the reference is a comparison, unlike vs SFT
+    sft = table.loc["sft"]
+    assert sft["win_rate"] == pytest.approx(np.mean(points))
+    assert (sft["low"], sft["high"]) == pytest.approx((low, high), abs=1e-12)
+    assert sft["n"] == GROWING_PROMPTS - 1
+    assert set(table["verdict"]) <= {"beats the reference", "loses to the reference", "inside the noise"}
+    # Pairwise metrics have tables of their own, not columns of the main one.
+    assert "win_rate_vs_reference" not in main_table(one_seed.cells, one_seed.samples).columns
+    with pytest.raises(ValueError, match="'kl' is not a win rate"):
+        win_rate_table(one_seed.cells, one_seed.samples, metric="kl")
+
+
+def test_per_sample_values_read_the_registered_field_and_old_files_fall_back_to_gold():
+    import pandas as pd
+
+    from harness.report.samples import per_sample_values
+
+    keys = {"prompt_index": [0, 0, 1, 1], "sample_index": [0, 1, 0, 1]}
+    baseline = pd.DataFrame({**keys, "gold_reward": [1.0, 1.0, 1.0, 1.0]})
+    # The field is what the report resamples, even where the gold rewards would say otherwise.
+    new = pd.DataFrame({**keys, "gold_reward": [2.0, 0.0, 1.0, 1.0], "win_vs_sft": [0.0, 1.0, None, 0.5],
+                        "judge_vs_sft_unparseable": [0, 1, 2, 0]})
+    values = per_sample_values(new, "win_rate_vs_sft", baseline)
+    assert list(values["value"]) == [0.0, 1.0, 0.5] and list(values["prompt_index"]) == [0, 0, 1]  # null skipped
+    # Scaled as the registry says: unparseable orders out of two.
+    assert list(per_sample_values(new, "judge_unparseable_rate_vs_sft")["value"]) == [0.0, 0.5, 1.0, 0.0]
+    # A samples file from before win_vs_sft: the points come from the gold rewards, paired by (prompt, sample).
+    old = pd.DataFrame({**keys, "gold_reward": [2.0, 0.0, 1.0, 1.0]}).iloc[::-1]
+    assert sorted(per_sample_values(old, "win_rate_vs_sft", baseline)["value"]) == [0.0, 0.5, 0.5, 1.0]
+    assert per_sample_values(old, "win_rate_vs_sft") is None  # no baseline: nothing to pair with
+    assert per_sample_values(new, "bleu") is None  # corpus level: no per-sample values
+
+
 def test_adding_a_seed_switches_to_t_intervals_over_seeds(one_seed, two_seeds, growing):
     before = summarise(one_seed.cells, one_seed.samples).set_index(["algorithm", "metric"])
     after = summarise(two_seeds.cells, two_seeds.samples).set_index(["algorithm", "metric"])
@@ -809,7 +863,8 @@ def test_write_report_tables(report):
         assert column in header
     grpo_row = next(line for line in text.splitlines() if line.startswith("| grpo") and "0.650" in line)
     assert "**0.650 ± 0.248**" in grpo_row and "t over 3 seeds" in grpo_row
-    assert "### Text against the references" in text and " length |" in text
+    assert "### Text against the references" in text
+    assert " length |" in text or " length (tokens) |" in text  # headed by name, or by name and the registry's unit
     win_row = next(line for line in text.splitlines() if line.startswith("| grpo") and "beats sft" in line)
     # The t interval 0.552 .. 1.048 is shown within the range a win rate can take.
     assert "[0.552, 1.000]" in win_row and "3 seeds" in win_row
@@ -869,3 +924,19 @@ def test_report_grows_with_a_second_seed_and_names_the_other_config(growing, one
     note = next(line for line in changed.splitlines() if line.startswith("- `dpo` config"))
     assert "(seeds 0, 1; 2 complete, 0 failed): `algorithms.dpo.beta=0.1 (current 0.3)`" in note
     assert "- **Seeds:** 0, 1 (seeds per algorithm: sft 2, dpo 1, grpo 2)" in changed
+
+
+def test_kl_notes_say_when_kl_is_not_of_the_sampled_distribution_or_not_at_the_training_temperature():
+    import pandas as pd
+
+    from harness.report.markdown import _kl_validity_notes
+
+    plain = pd.DataFrame({"evaluation.temperature": ["1.0"], "evaluation.top_k": ["0"], "evaluation.top_p": ["1.0"],
+                          "sampling.temperature": ["1.0"]})
+    assert _kl_validity_notes(plain) == []
+    tldr_like = plain.assign(**{"sampling.temperature": ["0.7"]})
+    (note,) = _kl_validity_notes(tldr_like)
+    assert "sampled at temperature 0.7 in training: `kl_train_temperature`" in note
+    truncated = plain.assign(**{"evaluation.top_k": ["50"], "evaluation.top_p": ["0.9"]})
+    (note,) = _kl_validity_notes(truncated)
+    assert "truncated (top_k=50, top_p=0.9)" in note and "not the KL of the distribution that was sampled" in note

@@ -1,0 +1,55 @@
+"""A scaled-down `tiny` judged by a judge the harness trains (judge.kind trained), end to end through the CLI:
+the plan's judge stage trains it on the seed's preference pairs and measures it against gold on held-out pairs,
+every cell is judged against SFT and the references through the hf backend, MLflow holds the judge's numbers
+beside the gold ones, and the report prints the judge's held-out agreement and its diagnostics.
+(test_tiny_suite.py checks the gold reward as judge against the gold win rates on the full-budget run.)"""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from conftest import SCALED_DOWN_TINY, run_harness
+
+pytestmark = pytest.mark.slow
+
+JUDGED = [*SCALED_DOWN_TINY, "only=[ppo]", "judge.kind=trained", "judge.training.epochs=1"]
+
+
+def test_a_trained_judge_judges_every_cell_and_the_report_says_how_far_it_agrees_with_gold(tmp_path):
+    import mlflow
+
+    result = run_harness(tmp_path, *JUDGED)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    suite = tmp_path / "runs" / "tiny"
+    (judge_stage,) = suite.glob("prepare/judge-s0-*")
+    metrics = json.loads((judge_stage / "metrics.json").read_text())
+    agreement = metrics["judge_gold_agreement_held_out"]
+    assert 0.0 <= agreement <= 1.0
+    assert (judge_stage / "model" / "config.json").is_file()
+
+    client = mlflow.MlflowClient(f"sqlite:///{suite.parent / 'mlflow.db'}")
+    experiment = client.get_experiment_by_name("harness/tiny")
+    cells = {r.data.tags["harness.algorithm"]: r for r in client.search_runs([experiment.experiment_id])
+             if r.data.tags.get("harness.kind") == "cell"}
+    assert set(cells) == {"sft", "ppo"}
+    for name, run in cells.items():
+        assert run.data.metrics["prepare/judge_gold_agreement_held_out"] == agreement
+        assert run.data.tags["harness.judge"].startswith("a judge trained on the task's preference pairs")
+        for versus in ("reference",) + (("sft",) if name == "ppo" else ()):
+            assert 0.0 <= run.data.metrics[f"eval/judge_win_rate_vs_{versus}"] <= 1.0
+            assert run.data.metrics[f"eval/judge_unparseable_rate_vs_{versus}"] == 0.0  # hf reads probabilities
+            assert f"eval/judge_gold_agreement_vs_{versus}" in run.data.metrics
+    assert "eval/judge_win_rate_vs_sft" not in cells["sft"].data.metrics  # SFT is not judged against itself
+
+    # Per sample: both orders' raw answers, the verdict and its agreement with gold.
+    samples = [json.loads(line) for line in next(suite.glob("cells/ppo-s0-*/eval/samples.jsonl")).read_text().splitlines()]
+    assert all(len(s["judge_vs_sft_raw"]) == 2 and s["judge_vs_sft"] in (0.0, 0.5, 1.0) for s in samples)
+    points = sum(s["judge_vs_sft"] for s in samples) / len(samples)
+    assert points == pytest.approx(cells["ppo"].data.metrics["eval/judge_win_rate_vs_sft"])
+
+    report = (tmp_path / "reports" / "tiny.md").read_text()
+    assert "**Judge:** a judge trained on the task's preference pairs" in report
+    assert f"**Trained judge against gold on held-out preference pairs**" in report
+    assert f"seed 0 {agreement:.3f}" in report
+    assert "## Judge diagnostics" in report and "judge_gold_agreement_vs_sft" in report
