@@ -39,7 +39,7 @@ FINAL_LOSS_STEPS = 50  # the reported final loss is the mean of the last steps':
 LENGTH_GROUP_BATCHES = 50  # batches sorted by length together (transformers' group_by_length uses 50 too)
 HELD_OUT_BATCH_SIZE = 64  # held-out comparisons per forward pass while measuring agreement
 POSITION_HEADROOM = 2  # the judge's positions: this many times the longest comparison in the task's data
-TOKENIZER_LENGTH_UNTIL_MEASURED = 1_000_000  # replaced by the longest rendered comparison once it is known
+TOKENIZER_LENGTH_UNTIL_MEASURED = 1_000_000  # replaced by the judge's positions once the longest comparison is known
 
 
 @dataclass(frozen=True)
