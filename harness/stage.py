@@ -37,7 +37,7 @@ from harness import record
 from harness.config import ConfigError, flatten, load_config
 from harness.plan import BASE, EVALUATE, JUDGE, REWARD_MODEL, SFT, TASK, TRAIN, PlannedStage, build_plan
 from harness.runs import OutOfSpace, Stage, manifest, read_json, write_json
-from harness.tasks.common import TaskDataError
+from harness.tasks.common import TaskDataError, words_of
 from harness.tracking import TrackingError
 
 logger = logging.getLogger(__name__)
@@ -685,18 +685,6 @@ def headline(summary: dict) -> str:
     from harness.metrics.catalog import headline_metrics
 
     return "  ".join(f"{key}={summary[key]:.3f}" for key in headline_metrics() if key in summary)
-
-
-def words_of(task_data) -> list[str]:
-    """Every whitespace-separated word in a task's texts, sorted: a word-level vocabulary for a stand-in model."""
-    texts = [*task_data.train_prompts]
-    for row in task_data.sft:
-        texts += [row["prompt"], row["completion"]]
-    for row in task_data.preferences + task_data.heldout_preferences:
-        texts += [row["prompt"], row["chosen"], row["rejected"]]
-    for row in task_data.eval:
-        texts += [row["prompt"], row["reference"]]
-    return sorted({word for text in texts for word in text.split()})
 
 
 def _task_module(name: str):

@@ -56,7 +56,7 @@ class _Example:
 def _judge_vocabulary(task_data, template) -> list[str]:
     """The task's words, the template's words (rendered with empty answers) and the two answer labels, so that
     nothing the judge is shown during training is an unknown word and each label is one token."""
-    from harness.stage import words_of
+    from harness.tasks.common import words_of
 
     template_text = " ".join(message["content"] for message in template.messages("", "", ""))
     return sorted(set(words_of(task_data)) | set(template_text.split()) | set(template.answers))

@@ -36,3 +36,15 @@ def save_task_data(data: TaskData, path: Path) -> None:
 
 def load_task_data(path: Path) -> TaskData:
     return TaskData(**json.loads(path.read_text()))
+
+
+def words_of(task_data) -> list[str]:
+    """Every whitespace-separated word in a task's texts, sorted: a word-level vocabulary for a stand-in model."""
+    texts = [*task_data.train_prompts]
+    for row in task_data.sft:
+        texts += [row["prompt"], row["completion"]]
+    for row in task_data.preferences + task_data.heldout_preferences:
+        texts += [row["prompt"], row["chosen"], row["rejected"]]
+    for row in task_data.eval:
+        texts += [row["prompt"], row["reference"]]
+    return sorted({word for text in texts for word in text.split()})
