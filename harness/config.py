@@ -963,9 +963,6 @@ def _check_gold_and_judge(suite: SuiteConfig, task_name: str) -> None:
     if suite.judge.kind == "gold" and not (task_has_gold or suite.gold.source == "reward_model"):
         raise ConfigError(f"'judge.kind' is gold, but task '{task_name}' has no gold reward; set gold.source=reward_model "
                           "with gold.name_or_path, or use judge.kind=model")
-    if suite.judge.kind == "trained" and suite.model.source != "build":
-        raise ConfigError("'judge.kind' trained builds a small word-level judge from the task's vocabulary, for suites "
-                          f"whose model is built (model.source=build), not '{suite.model.source}'; use judge.kind=model")
 
 
 # A sweep value becomes part of an arm's name, hence of folder and MLflow run names.
