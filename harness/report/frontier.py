@@ -10,18 +10,16 @@ point (0, its reward): it is the reference, and the step-0 policy of every algor
 Decisions, each for a reason:
 
 - **Anchoring.** Each algorithm's front is computed over its own points *and* the SFT point at KL 0: every
-  algorithm starts from the SFT policy, and keeping it means a front reaches every KL from 0 up to its largest
-  non-dominated KL. A dash ("does not reach") is therefore only ever above a front's largest KL. A point below
-  the SFT reward is dominated by the SFT point and leaves the front; an algorithm that never beats SFT has the
-  SFT point for its whole front and reaches no KL above 0.
-- **Interpolation.** Piecewise linear between front points. It is not optimistic: a mixture that answers
-  with policy A with probability λ and policy B otherwise has reward λ·r_A + (1-λ)·r_B and, KL being convex,
-  KL at most λ·KL_A + (1-λ)·KL_B; so the interpolated reward is reached at the level or below it.
-- **Levels.** Round values of the 1-2-5 series (…, 0.1, 0.2, 0.5, 1, 2, 5, …) in (top/20, top], where top is
-  the second-largest reach among the algorithms (the largest with one algorithm): the highest level at which
-  two algorithms can still be compared, and three or four levels spanning a factor of 20 below it. When an
-  algorithm's reach ends below the lowest of them, the largest series value within its reach is added, so that
-  every algorithm that moved off KL 0 has a column it reaches (at most five levels).
+  algorithm starts from the SFT policy, so a front covers every KL from 0 on.
+- **The front is the upper concave hull** of those points, rising to the point of highest reward and flat
+  after it. A mixture that answers with policy A with probability λ and policy B otherwise has reward
+  λ·r_A + (1-λ)·r_B and, KL being convex in the policy, KL at most λ·KL_A + (1-λ)·KL_B: every chord between two
+  evaluated points is reachable at its KL or less, and so is every point's reward at any larger KL. The value
+  at level L is therefore the best reward reachable with KL at most L, the hull at L (or its top past its last
+  point). Two consequences the matched-KL table relies on: adding a point (another checkpoint, another arm)
+  never lowers a value, and no value disappears; an algorithm with many evaluated checkpoints is not
+  penalised against one with few. Where an algorithm's own points stop short of L (the value is its best
+  reward at a smaller KL, held flat), the table marks it.
 - **Intervals over seeds.** A seed is a replicate of the whole procedure: its own SFT and reward model, its
   cell of every arm. So each seed gets its own front (its cells' checkpoints and its own SFT point), interpolated
   at the level; the table shows the mean over seeds of those values and the Student-t interval over them
@@ -30,15 +28,17 @@ Decisions, each for a reason:
   taking the best of each seed's own (noisy) checkpoints lifts every per-seed front a little, a little more for
   an algorithm with more arms and checkpoints to choose from; the figure's line, the front of the seed means,
   can lie slightly below the table's mean.
-  An algorithm reaches a level only when every seed's front does (else a dash: the seeds that reach farther
-  would bias the mean). Fewer than two seeds: the value alone, no interval. A seed without a complete SFT cell has no
+  Fewer than two seeds: the value alone, no interval. A seed without a complete SFT cell has no
   anchor and nothing to check its cells' SFT policy and reward model against: its points stay off the frontier.
 - **One SFT chain.** A point joins a front only when its cell's prepared chain and evaluation settings (task,
   model, SFT, reward model, evaluation) are those of its seed's SFT cell: "current" is decided per arm, and an arm
   no newer run touched keeps an older configuration, trained from another SFT policy or reward model.
-- **Bounds.** best-of-n has no policy model to measure: its eval/kl is the analytic bound log n − (n−1)/n
-  (`record.TAG_KL_IS_BOUND`). Its true point lies at or left of the drawn one, so its front and its matched-KL
-  values are conservative (a lower bound on its reward at that KL); the report marks them and says so.
+- **Bounds and estimates.** best-of-n has no policy model to measure: its eval/kl is the analytic bound
+  log n − (n−1)/n (`record.TAG_KL_IS_BOUND`). Where the cell logged `BEST_OF_N_KL_ESTIMATE` (KL(best-of-n ‖ SFT)
+  estimated from the candidates it drew), the point sits at that estimate and is an estimate like every other
+  point; without it, the point sits at the bound, its values are lower bounds on its reward at that KL, the
+  report marks them, and no comparison is made with it (a lead over a point whose KL is only a bound shows
+  nothing).
 """
 
 from __future__ import annotations
@@ -56,7 +56,7 @@ from harness.report.frame import (
     config_params,
     split_configurations,
 )
-from harness.report.stats import mean_ci, overlaps
+from harness.report.stats import mean_ci
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -71,6 +71,8 @@ FINAL_ONLY_STEP = -1
 LEVEL_SPAN = 20.0
 SERIES = (1, 2, 5)
 POINT_COLUMNS = ["algorithm", "arm", "family", "kl_is_bound", "seed", "step", KL, GOLD, PROXY]
+# best-of-n's KL(best-of-n || SFT) estimated from its drawn candidates (harness/metrics/catalog.py); eval/kl is the bound.
+BEST_OF_N_KL_ESTIMATE = "best_of_n_kl_estimate"
 
 
 # --- points ------------------------------------------------------------------------------------
@@ -96,6 +98,7 @@ def checkpoint_points(cells: "pd.DataFrame", histories: "pd.DataFrame | None") -
     # A cell whose eval/ history MLflow does not hold (or holds without KL) still has its final values.
     unlogged = reported[reported["run_id"].isin(trained_runs - set(logged["run_id"]))]
     points = trained.merge(pd.concat([logged, _final_points(unlogged)], ignore_index=True), on="run_id")
+    points = _estimated_kl_where_logged(points, reported)
     baseline = identity[identity["algorithm"] == BASELINE_ALGORITHM].merge(_final_points(reported), on="run_id")
     # The reference against itself: KL 0 by construction, whatever an estimator's noise says.
     baseline = baseline.assign(step=0, **{KL: 0.0})
@@ -142,6 +145,18 @@ def _history_points(histories, run_ids: set) -> "pd.DataFrame":
     return wide.reindex(columns=["run_id", "step", KL, *REWARDS]).dropna(subset=[KL])
 
 
+def _estimated_kl_where_logged(points: "pd.DataFrame", cells: "pd.DataFrame") -> "pd.DataFrame":
+    """A cell whose KL is a bound but which logged an estimate (best-of-n: BEST_OF_N_KL_ESTIMATE, one final
+    checkpoint) sits at the estimate, and its KL is no longer only a bound."""
+    column = EVAL_PREFIX + BEST_OF_N_KL_ESTIMATE
+    if column not in cells:
+        return points
+    estimates = points["run_id"].map(cells.set_index("run_id")[column].astype(float))
+    estimated = points["kl_is_bound"] & estimates.notna()
+    return points.assign(**{KL: points[KL].where(~estimated, estimates)},
+                         kl_is_bound=points["kl_is_bound"] & ~estimated)
+
+
 def _final_points(cells: "pd.DataFrame") -> "pd.DataFrame":
     """Each cell's final eval/ values, at FINAL_ONLY_STEP."""
     frame = cells[["run_id"]].assign(step=FINAL_ONLY_STEP)
@@ -163,36 +178,52 @@ def mean_points(points: "pd.DataFrame") -> "pd.DataFrame":
 # --- the front ---------------------------------------------------------------------------------
 
 
-def pareto_front(kl, reward) -> list[int]:
-    """Positions of the upper-left Pareto front, by increasing KL: the points that no other point dominates
-    (no other has KL <= and reward >= with one of them strict). Of identical points one is kept; NaNs never are.
-    """
+def achievable_front(kl, reward) -> list[int]:
+    """Positions of the vertices of the upper concave hull of the points, by increasing KL, from the smallest KL
+    up to the highest reward (module docstring): the points whose reward no mixture of the others beats at their
+    KL or less. Of identical points one is kept; points on a chord between two vertices are not vertices; NaNs
+    never are."""
     import numpy as np
 
     kl, reward = np.asarray(kl, dtype=float), np.asarray(reward, dtype=float)
     finite = np.flatnonzero(np.isfinite(kl) & np.isfinite(reward))
-    # Smallest KL first, the highest reward first among equal KLs: a point is on the front exactly when its
-    # reward beats every point before it in this order (those are all the points that could dominate it).
+    # Smallest KL first, the highest reward first among equal KLs; a point that does not beat every point before
+    # it is dominated (less or equal reward at more or equal KL) and never a vertex of the rising hull.
     order = finite[np.lexsort((-reward[finite], kl[finite]))]
-    front, best = [], -math.inf
+    rising, best = [], -math.inf
     for index in order:
         if reward[index] > best:
-            front.append(int(index))
+            rising.append(int(index))
             best = reward[index]
-    return front
+    hull: list[int] = []
+    for index in rising:
+        # Drop the last vertex while it lies on or below the chord from the one before it to this point.
+        while len(hull) >= 2 and _on_or_below_chord(kl, reward, hull[-2], hull[-1], index):
+            hull.pop()
+        hull.append(index)
+    return hull
 
 
-def interpolate(front_kl, front_reward, level: float) -> float:
-    """The piecewise-linear front at KL `level`; NaN outside [its smallest KL, its largest KL]."""
+def _on_or_below_chord(kl, reward, left: int, middle: int, right: int) -> bool:
+    cross = ((kl[middle] - kl[left]) * (reward[right] - reward[left])
+             - (reward[middle] - reward[left]) * (kl[right] - kl[left]))
+    return cross >= 0
+
+
+def reward_at(front_kl, front_reward, level: float) -> float:
+    """The best reward reachable with KL at most `level` on a front (`achievable_front`): the hull at the level,
+    its highest reward past its last point; NaN below its smallest KL or for an empty front."""
     import numpy as np
 
-    if len(front_kl) == 0 or not front_kl[0] <= level <= front_kl[-1]:
+    if len(front_kl) == 0 or level < front_kl[0]:
         return math.nan
+    if level >= front_kl[-1]:
+        return float(front_reward[-1])
     return float(np.interp(level, front_kl, front_reward))
 
 
 def _front_of(candidates: "pd.DataFrame", metric: str) -> "pd.DataFrame":
-    positions = pareto_front(candidates[KL], candidates[metric])
+    positions = achievable_front(candidates[KL], candidates[metric])
     return candidates.iloc[positions].reset_index(drop=True)
 
 
@@ -236,11 +267,12 @@ def seed_fronts(points: "pd.DataFrame", metric: str) -> dict[str, dict[int, "pd.
     return fronts
 
 
-def reach(fronts_by_seed: dict[int, "pd.DataFrame"]) -> float:
-    """The largest KL every seed's front reaches."""
-    if not fronts_by_seed:
-        return math.nan
-    return min(float(front[KL].max()) if not front.empty else 0.0 for front in fronts_by_seed.values())
+def reaches(points: "pd.DataFrame") -> dict[str, float]:
+    """Per trained algorithm, the largest KL its own points reach in every seed (the smallest over seeds of each
+    seed's largest KL): how far it was seen to go, whatever the reward there."""
+    trained = points[points["algorithm"] != BASELINE_ALGORITHM]
+    per_seed = trained.groupby(["algorithm", "seed"])[KL].max()
+    return {algorithm: float(per_seed[algorithm].min()) for algorithm in _trained_algorithms(points)}
 
 
 def kl_levels(reaches) -> list[float]:
@@ -273,97 +305,68 @@ class Frontier:
     fronts: dict  # mean_fronts: algorithm -> its front of seed-mean points (with the SFT point)
     levels: list[float]
     table: "pd.DataFrame"  # matched_kl_table
+    seed_values: "pd.DataFrame"  # matched_kl_values: what the table's means and the paired comparisons are over
 
     @property
     def has_bound(self) -> bool:
         return bool(self.points["kl_is_bound"].any())
 
 
-TABLE_COLUMNS = ["algorithm", "family", "kl_is_bound", "level", "mean", "low", "high", "n", "seeds"]
+SEED_VALUE_COLUMNS = ["algorithm", "family", "kl_is_bound", "level", "seed", "value", "short"]
+TABLE_COLUMNS = ["algorithm", "family", "kl_is_bound", "level", "mean", "low", "high", "n", "seeds", "short"]
+
+
+def matched_kl_values(points: "pd.DataFrame", metric: str, levels: list[float]) -> "pd.DataFrame":
+    """One row per (trained algorithm, level, seed): value, the best reward that seed's front reaches with KL at
+    most the level; short, whether that seed's own points all have less KL than the level (the value is held
+    flat from a smaller KL)."""
+    import pandas as pd
+
+    rows = []
+    for algorithm, by_seed in seed_fronts(points, metric).items():
+        own = points[points["algorithm"] == algorithm]
+        family = own["family"].dropna().iloc[0] if own["family"].notna().any() else None
+        bound = bool(own["kl_is_bound"].any())
+        for level in levels:
+            for seed, front in by_seed.items():
+                furthest = float(own.loc[own["seed"] == seed, KL].max())
+                rows.append({"algorithm": algorithm, "family": family, "kl_is_bound": bound, "level": level,
+                             "seed": seed, "value": reward_at(front[KL].to_numpy(), front[metric].to_numpy(), level),
+                             "short": furthest < level})
+    return pd.DataFrame(rows, columns=SEED_VALUE_COLUMNS)
 
 
 def matched_kl_table(points: "pd.DataFrame", metric: str, levels: list[float] | None = None,
-                     confidence: float = 0.95) -> tuple[list[float], "pd.DataFrame"]:
-    """(levels, one row per (trained algorithm, level)): the mean over seeds of each seed's front interpolated
-    at the level, its t interval (NaN bounds with one seed), n (seeds whose front reaches it: all of them, or
-    the mean is NaN: a dash) and seeds (the algorithm's seed count). `levels`: `kl_levels` of the reaches
-    unless given."""
+                     confidence: float = 0.95) -> tuple[list[float], "pd.DataFrame", "pd.DataFrame"]:
+    """(levels, table, seed values): one table row per (trained algorithm, level) with the mean over seeds of
+    `matched_kl_values`, its t interval (NaN bounds with one seed), n (seeds with a value), seeds (the
+    algorithm's seed count) and short (some seed's points stop short of the level). `levels`: `kl_levels` of
+    the algorithms' reaches unless given."""
     import pandas as pd
 
-    fronts = seed_fronts(points, metric)
     if levels is None:
-        levels = kl_levels(reach(by_seed) for by_seed in fronts.values())
+        levels = kl_levels(reaches(points).values())
+    values = matched_kl_values(points, metric, levels)
     rows = []
-    for algorithm, by_seed in fronts.items():
-        own = points[points["algorithm"] == algorithm]
-        family = own["family"].dropna().iloc[0] if own["family"].notna().any() else None
-        for level in levels:
-            values = [interpolate(front[KL].to_numpy(), front[metric].to_numpy(), level) for front in by_seed.values()]
-            reached = [value for value in values if math.isfinite(value)]
-            # Every seed's front must reach the level: the seeds that reach farther would bias the mean.
-            mean, low, high, _ = mean_ci(values if len(reached) == len(values) else [], confidence)
-            rows.append({"algorithm": algorithm, "family": family, "kl_is_bound": bool(own["kl_is_bound"].any()),
-                         "level": level, "mean": mean, "low": low, "high": high, "n": len(reached),
-                         "seeds": len(values)})
-    return levels, pd.DataFrame(rows, columns=TABLE_COLUMNS)
+    for (algorithm, level), group in values.groupby(["algorithm", "level"], sort=False):
+        mean, low, high, n = mean_ci(group["value"].to_numpy(float), confidence)
+        first = group.iloc[0]
+        rows.append({"algorithm": algorithm, "family": first["family"], "kl_is_bound": first["kl_is_bound"],
+                     "level": level, "mean": mean, "low": low, "high": high, "n": n, "seeds": len(group),
+                     "short": bool(group["short"].any())})
+    return levels, pd.DataFrame(rows, columns=TABLE_COLUMNS), values
 
 
 def build_frontier(cells: "pd.DataFrame", histories: "pd.DataFrame | None", metric: str = GOLD,
                    confidence: float = 0.95) -> Frontier:
     points = checkpoint_points(cells, histories)
     points = points.dropna(subset=[metric])
-    levels, table = matched_kl_table(points, metric, confidence=confidence)
-    return Frontier(metric, points, mean_fronts(points, metric), levels, table)
+    levels, table, values = matched_kl_table(points, metric, confidence=confidence)
+    return Frontier(metric, points, mean_fronts(points, metric), levels, table, values)
 
 
-# --- which family leads ------------------------------------------------------------------------
+# --- labels ------------------------------------------------------------------------------------
 
 
 def format_level(level: float) -> str:
     return f"{level:g}"
-
-
-def family_label(row) -> str:
-    return row["family"] if isinstance(row["family"], str) and row["family"] else f"{row['algorithm']} (family unknown)"
-
-
-def dominance_sentence(table: "pd.DataFrame", digits: int = 3) -> str:
-    """Which family has the highest interpolated reward at each level: its best algorithm against the best of
-    the runner-up family, "no clear winner" when their intervals overlap (or either has none: one seed)."""
-    parts = []
-    for level in dict.fromkeys(table["level"]):
-        rows = table[(table["level"] == level)].dropna(subset=["mean"])
-        rows = rows.assign(_family=[family_label(row) for _, row in rows.iterrows()])
-        best_per_family = rows.sort_values("mean", ascending=False, kind="mergesort").drop_duplicates("_family")
-        at = f"at KL {format_level(level)}:"
-        if best_per_family.empty:
-            continue
-        leader = best_per_family.iloc[0]
-        if len(best_per_family) == 1:
-            parts.append(f"{at} only {leader['_family']} reaches it ({_named(leader, digits)})")
-            continue
-        runner_up = best_per_family.iloc[1]
-        pair = f"{leader['_family']} ({_named(leader, digits)}) and {runner_up['_family']} ({_named(runner_up, digits)})"
-        leader_interval = (leader["mean"], leader["low"], leader["high"], leader["n"])
-        runner_interval = (runner_up["mean"], runner_up["low"], runner_up["high"], runner_up["n"])
-        if overlaps(leader_interval, runner_interval):
-            no_interval = any(math.isnan(row["low"]) for row in (leader, runner_up))
-            why = "one seed: no interval" if no_interval else "their intervals overlap"
-            parts.append(f"{at} no clear winner between {pair} ({why})")
-        else:
-            parts.append(f"{at} {leader['_family']} leads ({_named(leader, digits)}, clear of {runner_up['_family']}: "
-                         f"{_named(runner_up, digits)})")
-    if not parts:
-        return "No two algorithms' fronts reach a shared KL above 0: nothing to compare at matched KL."
-    bound = table[table["kl_is_bound"]]["algorithm"].drop_duplicates().tolist()
-    caveat = (f" The KL of {', '.join(bound)} is an upper bound, so its values are lower bounds on its reward at "
-              "that KL." if bound else "")
-    text = "; ".join(parts)
-    return text[0].upper() + text[1:] + "." + caveat
-
-
-def _named(row, digits: int) -> str:
-    text = f"{row['mean']:.{digits}f}"
-    if not math.isnan(row["low"]):
-        text += f" ± {(row['high'] - row['low']) / 2:.{digits}f}"
-    return f"{row['algorithm']} {text}"

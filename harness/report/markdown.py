@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING
 
 from harness import record
 from harness.record import experiment_name
-from harness.report import frontier
+from harness.report import claims, frontier
 from harness.report.frame import (
     BASELINE_ALGORITHM,
     COMPLETE,
@@ -33,8 +33,11 @@ from harness.report.plots import (
     plot_frontier,
     plot_reward_vs_cost,
     plot_reward_vs_kl,
+    plot_training_comparison,
     plot_training_curves,
 )
+from harness.report.leaderboard_runs import headline_metric
+from harness.report.stats import MAX_SEEDS_NEEDED
 from harness.report.records import REPORT_ARTIFACT_PATH, SuiteRecords, load_suite_records, log_report_files
 from harness.report.samples import WIN_RATE_METRIC
 from harness.report.tables import (
@@ -87,23 +90,32 @@ _SAMPLING_ORDER = ("temperature", "top_k", "top_p", "max_new_tokens")
 # The figures, in the order the report shows them: file suffix, section title, alt text.
 PLOTS = (
     ("frontier", "Reward vs KL frontier", "Gold and proxy reward against KL, each algorithm's Pareto front"),
+    ("training_comparison", "Training: every algorithm on shared axes",
+     "Training reward and KL per sequence of every algorithm against the fraction of the training budget"),
     ("reward_vs_kl", "Reward against KL", "Gold and proxy reward against KL and √KL, one point per seed"),
-    ("training_curves", "Training curves",
-     "KL per sequence and each algorithm's own curves against the fraction of the training budget"),
+    ("training_curves", "Training diagnostics per family",
+     "Each algorithm's own training curves, grouped per family, against the fraction of the training budget"),
     ("reward_vs_cost", "Reward against cost", "Gold reward against tokens generated and wall time"),
 )
 # Figures shown inside a section of their own rather than among the figures at the end.
 _OWN_SECTION_PLOTS = ("frontier",)
 # What a reader needs to read a figure, above it.
 _PLOT_CAPTIONS = {
-    "training_curves": (
+    "training_comparison": (
         f"x: the {CURVE_X_LABEL} (`{record.TRAIN_PREFIX}{record.TRAIN_BUDGET_FRACTION}`; step / last step for runs "
-        "that did not log it), the same for every algorithm. The shared KL panel is "
-        f"`{record.TRAIN_PREFIX}{record.TRAIN_KL_PER_SEQUENCE}`, in nats per sequence for every algorithm that "
-        "logged it; then each algorithm's own curves, a panel each, in that algorithm's own units."
+        "that did not log it), the same for every algorithm; one line per algorithm (mean over seeds), colour by "
+        f"algorithm, marker by family. KL is `{record.TRAIN_PREFIX}{record.TRAIN_KL_PER_SEQUENCE}` in nats per "
+        f"sequence; reward is `{record.TRAIN_PREFIX}reward`, the score of the sampled completions (online "
+        "algorithms). A panel whose top line is more than twice the next is clipped above the runner-up, and its "
+        "title names the line and its peak."
+    ),
+    "training_curves": (
+        "Each algorithm's own curves in its own units, a panel per family and curve (line style: seed)."
     ),
 }
 _BOUND_MARK = "†"
+_SHORT_MARK = "‡"
+_DIGITS = 3
 
 
 def write_report(tracking_uri: str, suite: str, out_dir: str | Path, *, records: SuiteRecords | None = None) -> Path:
@@ -139,12 +151,14 @@ def draw_plots(records: SuiteRecords, out_dir: Path, plot_names: dict) -> list[P
         plot_frontier(cells, records.histories, out_dir / plot_names["frontier"],
                       title=f"{suite}: reward against KL, each algorithm's Pareto front over its sweep points and "
                             "checkpoints"),
+        plot_training_comparison(cells, records.histories, out_dir / plot_names["training_comparison"],
+                                 title=f"{suite}: every algorithm while it trains (mean over seeds; marker: family)"),
         plot_reward_vs_kl(cells, out_dir / plot_names["reward_vs_kl"],
                           title=f"{suite}: reward against KL to the reference policy (one point per seed; "
                                 "lines through intermediate checkpoints)",
                           histories=records.histories),
         plot_training_curves(cells, records.histories, out_dir / plot_names["training_curves"],
-                             title=f"{suite}: training curves per algorithm and seed"),
+                             title=f"{suite}: each algorithm's own training curves, per family (line style: seed)"),
         plot_reward_vs_cost(cells, out_dir / plot_names["reward_vs_cost"],
                             title=f"{suite}: gold reward against training cost (one point per seed)"),
     ]
@@ -154,12 +168,14 @@ def render_markdown(records: SuiteRecords, plot_names: dict) -> str:
     """The whole report as text, from what `load_suite_records` read."""
     # Every table reads the same intervals; the bootstraps are computed once.
     summary = summarise(records.cells, records.samples)
+    chosen = _chosen_frontier(records)
+    book = _claims(records, summary, chosen)
     sections = [
         _header(records),
-        _results_section(records, summary),
-        _win_rate_section(records, summary),
+        _results_section(records, summary, book),
+        _win_rate_section(records, summary, book),
         _judge_section(records, summary),
-        _frontier_section(records, plot_names),
+        _frontier_section(chosen, plot_names, book),
         _other_configurations_section(records.cells),
         _failures_section(records.cells),
         _cost_section(records.cells),
@@ -167,6 +183,20 @@ def render_markdown(records: SuiteRecords, plot_names: dict) -> str:
         _runs_section(records),
     ]
     return "\n\n".join(section.rstrip("\n") for section in sections if section) + "\n"
+
+
+def _chosen_frontier(records: SuiteRecords) -> frontier.Frontier:
+    """Gold where the task has a judge, else the proxy: the matched-KL table compares one reward."""
+    gold = frontier.build_frontier(records.cells, records.histories, frontier.GOLD)
+    return gold if not gold.points.empty else frontier.build_frontier(records.cells, records.histories, frontier.PROXY)
+
+
+def _claims(records: SuiteRecords, summary: "pd.DataFrame", chosen: frontier.Frontier) -> claims.ClaimBook:
+    present = list(dict.fromkeys(summary.dropna(subset=["mean"])["metric"]))
+    compared = [metric for metric in present if metric not in PAIRWISE_METRICS]
+    win_rates = [metric for metric in WIN_RATE_METRICS if metric in present]
+    return claims.report_claims(records.cells, compared, headline_metric(records.cells), win_rates,
+                                chosen.seed_values, chosen.metric)
 
 
 # --- header -------------------------------------------------------------------------------------
@@ -229,9 +259,14 @@ def _judge_sentence(cells: "pd.DataFrame") -> str:
     labels = _tag_labels(cells, "judge_label")
     if not labels:
         return "none"
-    template = _param(cells, "judge.template") if _param(cells, "judge.kind") != "gold" else None
-    return (f"{', '.join(labels)}{f'; template `{template}`' if template else ''}; every comparison asked in both "
+    kind = _param(cells, "judge.kind")
+    template = _param(cells, "judge.template") if kind != "gold" else None
+    text = (f"{', '.join(labels)}{f'; template `{template}`' if template else ''}; every comparison asked in both "
             "orders (the candidate first, then second), a disagreement counts as a tie")
+    if kind == "trained":
+        text += ("; the trained judge learns from the same Bradley-Terry-noisy preference pairs as the reward model "
+                 "and the offline losses, so its win rates are a second proxy, not an independent judge")
+    return text
 
 
 def _tag_labels(cells: "pd.DataFrame", column: str) -> list[str]:
@@ -532,17 +567,18 @@ def _markdown_table(table: "pd.DataFrame", index: bool = True, left: tuple[str, 
     return table.fillna(MISSING).to_markdown(index=index, disable_numparse=True, colalign=alignment)
 
 
-def _results_section(records: SuiteRecords, summary: "pd.DataFrame") -> str:
+def _results_section(records: SuiteRecords, summary: "pd.DataFrame", book: claims.ClaimBook) -> str:
     cells = records.cells
     intro = (
         "## Results\n\n"
         "One row per algorithm, over the seeds of its current configuration; the `interval` column names the "
-        "row's 95% interval. *t over k seeds*: mean ± half-width of the Student-t interval over seeds. "
-        "*bootstrap over n prompts* (one seed): mean [low, high], percentiles of "
-        f"{BOOTSTRAP_RESAMPLES} resamples of the evaluation prompts (seed {BOOTSTRAP_SEED}); this is prompt "
-        "noise only, not seed-to-seed variation, and corpus-level metrics (BLEU, distinct-n) get none. "
-        f"**Bold**: best per metric (on KL among trained algorithms only: {BASELINE_ALGORITHM} is the "
-        "reference). ↑ higher is better, ↓ lower is better."
+        "row's 95% interval. *t over k seeds*: mean ± half-width of the Student-t interval over seeds (a value "
+        "marked *(n seeds)* is over the n seeds that logged it). *bootstrap over n prompts* (one seed): mean "
+        f"[low, high], percentiles of {BOOTSTRAP_RESAMPLES} resamples of the evaluation prompts (seed "
+        f"{BOOTSTRAP_SEED}); this is prompt noise only, not seed-to-seed variation, and corpus-level metrics "
+        f"(BLEU, distinct-n) get none. **Bold**: best mean per metric (on KL among trained algorithms only: "
+        f"{BASELINE_ALGORITHM} is the reference); whether a difference is real is the paired comparisons' "
+        "verdict below, not the bold. ↑ higher is better, ↓ lower is better."
     )
     full = main_table(cells, summary=summary)
     if full.empty:
@@ -559,47 +595,142 @@ def _results_section(records: SuiteRecords, summary: "pd.DataFrame") -> str:
         table = _with_arrows(full[text_metrics])
         intro_text = "### Text against the references\n\nSame rows and intervals as above."
         parts.append(intro_text + "\n\n" + _markdown_table(table))
-    parts.append(_noise_paragraph(cells, summary))
-    return "\n\n".join(parts)
+    parts.append(_statistics_paragraph(book))
+    parts.append(_headline_differences(book, cells, headline_metric(cells)))
+    parts.append(_noise_paragraph(book))
+    return "\n\n".join(part for part in parts if part)
 
 
-def _noise_paragraph(cells: "pd.DataFrame", summary: "pd.DataFrame") -> str:
-    """Which best-versus-runner-up differences the intervals settle, in three short lines."""
-    findings = best_versus_runner_up(cells, summary=summary)
-    findings = findings[~findings["metric"].isin(PAIRWISE_METRICS)]  # the win-rate sections judge them
-    if findings.empty:
-        return "**Noise:** fewer than two algorithms have results: nothing to rank."
+def _statistics_paragraph(book: claims.ClaimBook) -> str:
+    return (
+        "**How claims are made.** Seeds share task data, SFT policy and reward model, so every comparison below is "
+        "paired: the per-seed difference, its mean over the seeds both sides have and the 95% paired-t interval "
+        f"of that mean. The report makes {book.tested} such comparisons; a difference is called **real** only when "
+        f"its Holm-corrected p-value (over all {book.tested}) is below {claims.ALPHA:g}, so the chance that any "
+        f"claim here is a fluke is at most {claims.ALPHA:g}. Beside a difference that is not real, *seeds needed* "
+        f"estimates how many seeds would make it real at its observed mean and spread (paired t at level "
+        f"{claims.ALPHA:g} / {max(book.tested, 1)}, power {claims.POWER:g}); an estimate, not a promise. "
+        "Numbers that depend on sampling (PPO, the GRPO family, RLOO, REINFORCE++, online DPO, best-of-n) differ "
+        "from one CPU to another at the same commit and seed, because float reductions are ordered differently: "
+        "compare runs made on one machine, and read the seed spread, not the digits."
+    )
 
-    def pair(row, verb: str) -> str:
-        return f"{row.metric} {_arrow(row.metric)} ({row.best} {verb} {row.runner_up})".replace("  ", " ")
 
-    inside = [pair(row, "vs") for row in findings.itertuples() if row.has_interval and row.overlaps]
-    clear = [pair(row, "over") for row in findings.itertuples() if row.has_interval and not row.overlaps]
-    untested = [f"{row.metric}" for row in findings.itertuples() if not row.has_interval]
+def _difference_text(comparison: claims.Comparison) -> str:
+    difference = comparison.difference
+    if math.isnan(difference.mean):
+        return MISSING
+    mean = difference.mean - comparison.null
+    if math.isnan(difference.low):
+        return f"{mean:+.{_DIGITS}f} (1 seed)"
+    return f"{mean:+.{_DIGITS}f} ± {(difference.high - difference.low) / 2:.{_DIGITS}f}"
+
+
+def _holm_text(comparison: claims.Comparison) -> str:
+    return MISSING if math.isnan(comparison.holm_p) else f"{comparison.holm_p:.3g}"
+
+
+def _verdict_text(comparison: claims.Comparison, better: str | None = None, worse: str | None = None) -> str:
+    if math.isnan(comparison.holm_p):
+        return "no test (1 seed)"
+    if not comparison.real:
+        return "not real"
+    if better is not None:
+        return better if comparison.favours_first else worse
+    return f"real: {comparison.winner} better"
+
+
+def _seeds_needed_text(comparison: claims.Comparison) -> str:
+    needed = comparison.seeds_needed
+    if comparison.real or math.isnan(comparison.holm_p):
+        return ""
+    if math.isnan(needed):
+        return MISSING
+    if math.isinf(needed):
+        return f"> {MAX_SEEDS_NEEDED}" if comparison.difference.mean != comparison.null else "never (no difference)"
+    return f"≈ {needed:.0f}"
+
+
+def _pairs_table(comparisons: list[claims.Comparison]) -> str:
+    import pandas as pd
+
+    rows = [{"comparison": f"{c.first} − {c.second}", "difference": _difference_text(c),
+             "seeds": str(c.difference.n), "Holm p": _holm_text(c), "verdict": _verdict_text(c),
+             "seeds needed": _seeds_needed_text(c)} for c in comparisons]
+    return _markdown_table(pd.DataFrame(rows), index=False, left=("comparison", "verdict"))
+
+
+def _leader_sentence(comparisons: list[claims.Comparison], means: dict[str, float], where: str) -> str:
+    contenders = [name for name, value in means.items() if math.isfinite(value)]
+    if len(contenders) < 2:
+        return ""
+    tested = [c for c in comparisons if not math.isnan(c.holm_p)]
+    if not tested:
+        return f"{where}: one seed, so no paired comparison: no algorithm can be said to lead."
+    top, tied = claims.leader(comparisons, contenders, means)
+    if top is not None:
+        return f"{where}: **{top} leads**: its paired difference to each of the other {len(contenders) - 1} is real."
+    return f"{where}: no clear winner among {', '.join(tied)} (none's lead over the others is real)."
+
+
+def _headline_differences(book: claims.ClaimBook, cells: "pd.DataFrame", headline: str) -> str:
+    comparisons = book.of(claims.HEADLINE, headline)
+    if not comparisons:
+        return ""
+    means = claims.seed_table(cells, headline).mean().to_dict()
+    real = sum(c.real for c in comparisons)
+    return (
+        f"### Paired differences on {headline} {_arrow(headline)}\n\n"
+        + _leader_sentence(comparisons, means, f"On {headline}") + "\n\n"
+        + f"{real} of the {len(comparisons)} differences are real.\n\n"
+        + f"<details><summary>Every pair on {headline}: first − second</summary>\n\n"
+        + _pairs_table(comparisons) + "\n\n</details>"
+    ).replace("  ", " ")
+
+
+def _noise_paragraph(book: claims.ClaimBook) -> str:
+    """The best against the runner-up on every other metric, paired and corrected like every claim."""
     lines = []
-    if inside:
-        lines.append("- **Inside the noise** (the best's 95% interval overlaps the runner-up's): " + "; ".join(inside))
-    if clear:
-        lines.append("- **Clear of the noise** (intervals apart): " + "; ".join(clear))
-    if untested:
-        lines.append("- **No interval** (one seed and no per-prompt values, e.g. corpus-level metrics): " + ", ".join(untested))
-    return "\n".join(lines)
+    for comparison in book.of(claims.BEST_VERSUS_RUNNER_UP):
+        metric = comparison.metric
+        verdict = _verdict_text(comparison, better=f"{comparison.first} better", worse=f"{comparison.second} better")
+        needed = _seeds_needed_text(comparison)
+        lines.append(f"- {metric} {_arrow(metric)}: {comparison.first} − {comparison.second} "
+                     f"{_difference_text(comparison)}, Holm p {_holm_text(comparison)}: {verdict}"
+                     + (f" (seeds needed {needed})" if needed else ""))
+    if not lines:
+        return ""
+    return "**Best against runner-up on the other metrics** (by mean; paired, Holm-corrected):\n\n" + "\n".join(lines)
 
 
 # --- win rate -----------------------------------------------------------------------------------
 
 
-def _win_rate_section(records: SuiteRecords, summary: "pd.DataFrame") -> str:
+def _win_rate_section(records: SuiteRecords, summary: "pd.DataFrame", book: claims.ClaimBook) -> str:
     """The gold win rate against SFT (always a section: it says so when nothing was logged), then every other
     win rate that was logged: gold against the reference, the judge against SFT and against the reference."""
-    sections = [_one_win_rate_section(records, summary, WIN_RATE_METRIC)]
+    sections = [_one_win_rate_section(records, summary, WIN_RATE_METRIC, book)]
     for metric in WIN_RATE_METRICS:
         if metric != WIN_RATE_METRIC and metric in set(summary["metric"]):
-            sections.append(_one_win_rate_section(records, summary, metric))
+            sections.append(_one_win_rate_section(records, summary, metric, book))
     return "\n\n".join(sections)
 
 
-def _one_win_rate_section(records: SuiteRecords, summary: "pd.DataFrame", metric: str) -> str:
+def _win_rate_verdict(row, comparisons: dict, opponent: str) -> str:
+    """Over seeds: the verdict of the corrected test against 1/2. With one seed (a bootstrap over prompts): the
+    interval against 1/2, prompt noise only and outside the correction, and said so."""
+    comparison = comparisons.get(row.algorithm)
+    if row.interval == INTERVAL_OVER_SEEDS and comparison is not None:
+        verdict = _verdict_text(comparison, better=f"beats {opponent}", worse=f"loses to {opponent}")
+        needed = _seeds_needed_text(comparison)
+        return "inside the noise" + (f" (seeds needed {needed})" if needed else "") if verdict == "not real" else verdict
+    if row.verdict in ("no interval", "inside the noise"):
+        return row.verdict
+    return f"{row.verdict} (1 seed: prompt noise only, uncorrected)"
+
+
+def _one_win_rate_section(records: SuiteRecords, summary: "pd.DataFrame", metric: str,
+                          book: claims.ClaimBook) -> str:
     from harness.metrics.catalog import METRICS
 
     info = METRICS[metric]
@@ -615,11 +746,16 @@ def _one_win_rate_section(records: SuiteRecords, summary: "pd.DataFrame", metric
         f"{title}\n\n{what} With several seeds, the 95% t interval "
         "over the per-seed win rates; with one seed, a bootstrap over prompts of the per-pair points "
         f"({BOOTSTRAP_RESAMPLES} resamples, seed {BOOTSTRAP_SEED}); bounds are clipped to [0, 1], the range a "
-        "win rate can take. The verdict compares the interval with 1/2."
+        "win rate can take. The verdict over seeds is the t test of the per-seed win rates against 1/2, "
+        "Holm-corrected with every other comparison of the report; with one seed, the bootstrap interval "
+        "against 1/2."
     )
     if table.empty:
         return f"{title}\n\nNo win rate was logged (the task has no gold reward, or no trained algorithm completed)."
+    comparisons = {c.first: c for c in book.of(claims.WIN_RATE, metric)}
+    opponent = "the reference" if info.versus == "reference" else BASELINE_ALGORITHM
     shown = table.assign(
+        verdict=[_win_rate_verdict(row, comparisons, opponent) for row in table.itertuples()],
         win_rate=[f"{value:.3f}" for value in table["win_rate"]],
         interval_95=[_bracket(low, high) for low, high in zip(table["low"], table["high"])],
         over=[_interval_basis(row) for row in table.itertuples()],
@@ -683,22 +819,20 @@ def _interval_basis(row) -> str:
 # --- reward vs KL frontier ---------------------------------------------------------------------
 
 
-def _frontier_section(records: SuiteRecords, plot_names: dict) -> str:
-    gold = frontier.build_frontier(records.cells, records.histories, frontier.GOLD)
-    # Gold where the task has a judge, else the proxy: the table compares one reward.
-    chosen = gold if not gold.points.empty else frontier.build_frontier(records.cells, records.histories, frontier.PROXY)
+def _frontier_section(chosen: frontier.Frontier, plot_names: dict, book: claims.ClaimBook) -> str:
     _, title, alt = next(plot for plot in PLOTS if plot[0] == "frontier")
     intro = (
         f"## {title}\n\n"
         "Every evaluated checkpoint of every arm (sweep point) of an algorithm, as the mean over seeds, faint; each "
-        "algorithm's upper-left Pareto front (no other of its points has less KL and more reward) as a line from "
-        f"the {BASELINE_ALGORITHM} point at KL 0, where every algorithm starts. KL is `eval/kl`: KL(π‖π_ref) "
-        "summed over the response, in **nats per sequence**, on the evaluation samples.\n\n"
+        "algorithm's achievable front as a line from the "
+        f"{BASELINE_ALGORITHM} point at KL 0, where every algorithm starts: the upper concave hull of its points, "
+        "since a mixture of two policies reaches the reward of the chord between them at that KL or less. KL is "
+        "`eval/kl`: KL(π‖π_ref) summed over the response, in **nats per sequence**, on the evaluation samples.\n\n"
         f"![{alt}]({plot_names['frontier']})"
     )
     if not chosen.fronts:
         return intro + "\n\nNo trained algorithm logged KL and reward: there is no frontier to compare."
-    return intro + "\n\n" + _matched_kl_text(chosen)
+    return intro + "\n\n" + _matched_kl_text(chosen, book)
 
 
 def _knob(algorithm: str, arms) -> str:
@@ -721,22 +855,22 @@ def _numbers_first(value: str) -> tuple:
         return (1, 0.0, value)
 
 
-def _matched_kl_text(chosen: frontier.Frontier) -> str:
-    """The matched-KL table (rows: algorithm; columns: KL levels), the bound's footnote, the dominance sentence."""
+def _matched_kl_text(chosen: frontier.Frontier, book: claims.ClaimBook) -> str:
+    """The matched-KL table (rows: algorithm; columns: KL levels), its marks, and per level who leads."""
     import pandas as pd
 
     metric, table, levels = chosen.metric, chosen.table, chosen.levels
     explanation = (
         f"### {metric} at matched KL\n\n"
-        f"Each seed's front (its checkpoints of every arm and its own {BASELINE_ALGORITHM} point) interpolated "
-        "linearly at the KL level (a mix of two policies on the front reaches that reward at that KL or less), "
-        "then the mean over seeds ± the half-width of the 95% Student-t interval over seeds (the value alone with "
-        f"one seed). {MISSING}: not every seed's front reaches the level. Levels: round values up to the largest KL "
-        "two algorithms' fronts both reach. *knob*: the option each algorithm's arms sweep (↓: less KL as it grows, "
-        "↑: more) and the values they took."
+        f"The best {metric} each seed's front (its checkpoints of every arm and its own {BASELINE_ALGORITHM} "
+        "point) reaches with KL at most the level, then the mean over seeds ± the half-width of the 95% Student-t "
+        "interval over seeds (the value alone with one seed). Adding a checkpoint or an arm can only raise a value. "
+        f"{_SHORT_MARK}: some seed's points all have less KL than the level, so its value is the best it reached "
+        "at a smaller KL. Levels: round values up to the largest KL two algorithms were both seen to reach. "
+        "*knob*: the option each algorithm's arms sweep (↓: less KL as it grows, ↑: more) and the values they took."
     )
     if not levels:
-        return explanation + "\n\nNo front reaches a KL above 0: nothing to compare at matched KL."
+        return explanation + "\n\nNo algorithm moved off KL 0: nothing to compare at matched KL."
     arms = chosen.points.groupby("algorithm")["arm"].unique().to_dict()
     rows = {}
     for algorithm, own in table.groupby("algorithm", sort=False):
@@ -745,14 +879,38 @@ def _matched_kl_text(chosen: frontier.Frontier) -> str:
         row = {"family": first["family"] if isinstance(first["family"], str) else "unknown",
                "seeds": str(int(first["seeds"])), "knob": _knob(algorithm, arms.get(algorithm, ()))}
         for item in own.itertuples():
-            row[f"KL {frontier.format_level(item.level)}"] = format_estimate(item.mean, (item.high - item.low) / 2)
+            value = format_estimate(item.mean, (item.high - item.low) / 2)
+            row[f"KL {frontier.format_level(item.level)}"] = f"{value} {_SHORT_MARK}" if item.short else value
         rows[name] = row
     shown = pd.DataFrame.from_dict(rows, orient="index").rename_axis("algorithm")
     text = explanation + "\n\n" + _markdown_table(shown, left=("family",))
-    if chosen.has_bound:
+    bound = table[table["kl_is_bound"].astype(bool)]["algorithm"].drop_duplicates().tolist()
+    if bound:
         text += (f"\n\n{_BOUND_MARK} KL is an upper bound (best-of-n: log n − (n−1)/n), not an estimate: the true "
-                 "point lies at or left of it, so these values are lower bounds on its reward at that KL.")
-    return text + "\n\n**Which family leads:** " + frontier.dominance_sentence(table)
+                 "point lies at or left of it, so these values are lower bounds on its reward at that KL, and "
+                 f"{', '.join(bound)} take part in no comparison below.")
+    return text + "\n\n" + _matched_kl_verdicts(chosen, book)
+
+
+def _matched_kl_verdicts(chosen: frontier.Frontier, book: claims.ClaimBook) -> str:
+    """Per level: who leads (a real paired difference against every other algorithm there), else who cannot be
+    told apart; then every pair's difference, folded."""
+    table = chosen.table[~chosen.table["kl_is_bound"].astype(bool)]
+    sentences, folded = [], []
+    for level in chosen.levels:
+        at_level = table[table["level"] == level]
+        means = dict(zip(at_level["algorithm"], at_level["mean"]))
+        comparisons = book.of(claims.MATCHED_KL, chosen.metric, level)
+        sentence = _leader_sentence(comparisons, means, f"at KL {frontier.format_level(level)}")
+        if sentence:
+            sentences.append(f"- {sentence[0].upper()}{sentence[1:]}")
+        if comparisons:
+            folded.append(f"<details><summary>Every pair at KL {frontier.format_level(level)}: first − second"
+                          f"</summary>\n\n{_pairs_table(comparisons)}\n\n</details>")
+    if not sentences:
+        return "**Who leads at matched KL:** fewer than two algorithms with a measured KL: nothing to compare."
+    return "**Who leads at matched KL** (paired over seeds, Holm-corrected):\n\n" + "\n".join(sentences) + (
+        "\n\n" + "\n\n".join(folded) if folded else "")
 
 
 # --- other configurations, failures, cost, figures, runs ----------------------------------------

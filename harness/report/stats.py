@@ -4,9 +4,14 @@ With two or more seeds the interval is over seeds (what a rerun with a new seed 
 there is no seed-to-seed spread to measure, and a bootstrap over the evaluation prompts says at least how
 much the numbers depend on which prompts were drawn.
 
-No scipy: the two-sided t quantiles for the confidence levels the report uses are tabulated below for
-1..30 degrees of freedom (three decimals, as in printed tables); beyond 30 the normal quantile stands in,
-which narrows a 95% interval by at most 4% (t at 31 df is 2.040 against 1.960).
+The intervals of single algorithms use two-sided t quantiles tabulated below for 1..30 degrees of freedom
+(three decimals, as in printed tables); beyond 30 the normal quantile stands in, which narrows a 95% interval
+by at most 4% (t at 31 df is 2.040 against 1.960).
+
+Comparisons are paired (`paired_difference`): seeds share task data, SFT policy and reward model, so the unit
+of a comparison is the per-seed difference, and a difference is called real only after Holm's correction over
+every comparison the report makes (`holm`). Their p-values and the power calculation (`seeds_needed`) need the
+t distribution's tails and the noncentral t, from scipy.
 """
 
 from __future__ import annotations
@@ -154,3 +159,102 @@ def _bounds(interval: Sequence[float]) -> tuple[float, float]:
     else:
         raise ValueError(f"expected (low, high) or (mean, low, high, n), got {interval!r}")
     return float(low), float(high)
+
+
+# --- paired comparisons -------------------------------------------------------------------------
+
+
+class PairedDifference(NamedTuple):
+    """The mean over seeds of a per-seed difference, its paired-t interval and two-sided p-value against 0.
+
+    `sd`: the standard deviation of the per-seed differences (n-1 in the denominator). With one seed the
+    bounds, sd and p are NaN; with differences that are all equal the interval has no width and p is 0 (any
+    nonzero mean) or 1 (a zero mean).
+    """
+
+    mean: float
+    low: float
+    high: float
+    n: int
+    sd: float
+    p_value: float
+
+
+def paired_difference(differences: Sequence[float], confidence: float = 0.95,
+                      null: float = 0.0) -> PairedDifference:
+    """Paired t over the per-seed differences (NaNs dropped): mean ± t_{n-1}·sd/√n and the two-sided p-value of
+    mean = `null`. `null` lets a one-sample comparison (a win rate against 1/2) use the same test."""
+    from scipy import stats as scipy_stats
+
+    finite = _finite(differences)
+    n = int(finite.size)
+    if n == 0:
+        return PairedDifference(math.nan, math.nan, math.nan, 0, math.nan, math.nan)
+    mean = float(finite.mean())
+    if n == 1:
+        return PairedDifference(mean, math.nan, math.nan, 1, math.nan, math.nan)
+    sd = float(finite.std(ddof=1))
+    half_width = t_quantile(n - 1, confidence) * sd / math.sqrt(n)
+    if sd == 0.0:
+        p_value = 1.0 if mean == null else 0.0
+    else:
+        statistic = (mean - null) / (sd / math.sqrt(n))
+        p_value = float(2 * scipy_stats.t.sf(abs(statistic), n - 1))
+    return PairedDifference(mean, mean - half_width, mean + half_width, n, sd, p_value)
+
+
+def holm(p_values: Sequence[float]) -> list[float]:
+    """Holm's step-down adjusted p-values (family-wise error over all of them; NaN stays NaN and does not count
+    as a test): sort ascending, multiply the k-th smallest by (m - k + 1), make the sequence non-decreasing,
+    cap at 1. A comparison is real at level alpha when its adjusted p-value is below alpha."""
+    indexed = [(value, position) for position, value in enumerate(p_values) if not math.isnan(value)]
+    indexed.sort()
+    m = len(indexed)
+    adjusted = [math.nan] * len(p_values)
+    running = 0.0
+    for rank, (value, position) in enumerate(indexed):
+        running = max(running, min(1.0, (m - rank) * value))
+        adjusted[position] = running
+    return adjusted
+
+
+# Seeds beyond this are reported as "more than" it: a difference that small is not worth the compute to settle.
+MAX_SEEDS_NEEDED = 1000
+
+
+def seeds_needed(mean: float, sd: float, alpha: float, power: float = 0.8) -> float:
+    """The smallest number of seeds at which a two-sided paired t-test at level `alpha` detects a true mean
+    difference `mean` with per-seed standard deviation `sd` with probability `power` (noncentral t). An
+    estimate: it takes the observed mean and spread as the truth. inf when the mean is 0 or the answer exceeds
+    MAX_SEEDS_NEEDED; NaN when there is no spread to go on (sd NaN)."""
+    from scipy import stats as scipy_stats
+
+    if math.isnan(mean) or math.isnan(sd):
+        return math.nan
+    if mean == 0.0:
+        return math.inf
+    if sd == 0.0:
+        return 2.0
+    effect = abs(mean) / sd
+
+    def enough(n: int) -> bool:
+        df = n - 1
+        critical = scipy_stats.t.isf(alpha / 2, df)
+        noncentrality = effect * math.sqrt(n)
+        achieved = scipy_stats.nct.sf(critical, df, noncentrality) + scipy_stats.nct.cdf(-critical, df, noncentrality)
+        if math.isnan(achieved):
+            # scipy's noncentral t fails far in its tail (a large noncentrality); the normal limit is exact there.
+            achieved = scipy_stats.norm.sf(critical - noncentrality)
+        return achieved >= power
+
+    if not enough(MAX_SEEDS_NEEDED):
+        return math.inf
+    # Power grows with n: bisect for the first n that is enough.
+    low, high = 1, MAX_SEEDS_NEEDED  # enough(high) holds; low is below any answer (n >= 2)
+    while high - low > 1:
+        middle = (low + high) // 2
+        if middle >= 2 and enough(middle):
+            high = middle
+        else:
+            low = middle
+    return float(high)

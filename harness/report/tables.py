@@ -227,7 +227,11 @@ def main_table(
         cells = {}
         for row in metric_rows.itertuples():
             text = format_interval(row.mean, row.low, row.high, row.interval)
-            cells[row.algorithm] = f"**{text}**" if row.algorithm in best else text
+            text = f"**{text}**" if row.algorithm in best else text
+            # A metric some seeds did not log: its interval is over fewer seeds than the row's label says.
+            if row.seeds >= 2 and row.n < row.seeds and not math.isnan(row.mean):
+                text += f" *({row.n} seed{'s' if row.n != 1 else ''})*"
+            cells[row.algorithm] = text
         table[metric] = pd.Series(cells, dtype=object).reindex(algorithms)
     return table
 
