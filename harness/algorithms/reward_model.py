@@ -25,6 +25,7 @@ def train_reward_model(sft_dir: Path, task_data, suite, seed: int, output_dir: P
     from harness.algorithms.trl_support import (
         common_training_arguments,
         harness_callbacks,
+        save_trained_classifier,
         silence_console_logging,
         train_resuming,
     )
@@ -55,9 +56,7 @@ def train_reward_model(sft_dir: Path, task_data, suite, seed: int, output_dir: P
     )
     silence_console_logging(trainer)
     train_resuming(trainer, output_dir)
-    checkpoint = output_dir / "model"
-    trainer.save_model(str(checkpoint))
-    tokenizer.save_pretrained(checkpoint)
+    checkpoint = save_trained_classifier(trainer, tokenizer, output_dir)  # no pickle (training_args.bin) beside it
 
     metrics = {"heldout_accuracy": heldout_accuracy(checkpoint, task_data.heldout_preferences, suite.device)}
     (output_dir / "metrics.json").write_text(json.dumps(metrics, indent=2))

@@ -291,8 +291,38 @@ def save_trained_policy(trainer, base_dir, tokenizer, output_dir):
     if trainer.is_world_process_zero():  # written once
         save_policy(trainer.accelerator.unwrap_model(trainer.model), base_dir, checkpoint, state_dict=state_dict)
         tokenizer.save_pretrained(checkpoint)
+        discard_resume_checkpoints(output_dir)
     trainer.accelerator.wait_for_everyone()  # complete on disk before train() returns on any rank
     return checkpoint
+
+
+def save_trained_classifier(trainer, tokenizer, output_dir):
+    """Write a trained sequence classifier (the reward model) to output_dir/model with `save_pretrained`:
+    `Trainer.save_model` would also pickle the TrainingArguments into the folder as training_args.bin."""
+    checkpoint = output_dir / "model"
+    trainer.accelerator.wait_for_everyone()
+    state_dict = gathered_state_dict(trainer)  # every rank: a collective where the weights are sharded
+    if trainer.is_world_process_zero():  # written once
+        model = trainer.accelerator.unwrap_model(trainer.model)
+        model.save_pretrained(checkpoint, state_dict=state_dict, safe_serialization=True)
+        tokenizer.save_pretrained(checkpoint)
+        discard_resume_checkpoints(output_dir)
+    trainer.accelerator.wait_for_everyone()
+    return checkpoint
+
+
+def discard_resume_checkpoints(output_dir) -> None:
+    """Delete the Trainer's resume checkpoints (output_dir/trainer) once the final model is saved.
+
+    They exist only to resume an interrupted attempt, and transformers writes their optimizer, scheduler and RNG
+    states with torch.save (optimizer.pt, scheduler.pt, rng_state.pth: pickles) in a format we cannot change
+    without re-implementing its resume. After the final save the stage no longer needs them (a rerun of a
+    complete stage skips it), so no pickle outlives the stage; a kill between this and the completion marker
+    costs that stage a restart from step 0, nothing worse."""
+    import shutil
+    from pathlib import Path
+
+    shutil.rmtree(Path(output_dir) / "trainer", ignore_errors=True)
 
 
 def silence_console_logging(trainer) -> None:

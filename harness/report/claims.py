@@ -26,6 +26,9 @@ from harness.report.stats import PairedDifference, holm, paired_difference, seed
 if TYPE_CHECKING:
     import pandas as pd
 
+    from harness.report.frontier import Frontier
+    from harness.report.records import SuiteRecords
+
 ALPHA = 0.05
 POWER = 0.8
 # What the report's sections call each kind of comparison.
@@ -219,3 +222,44 @@ def report_claims(cells: "pd.DataFrame", metrics: list[str], headline: str, win_
     if matched_kl is not None and not matched_kl.empty:
         matched_kl_comparisons(book, matched_kl_metric, matched_kl)
     return book.settle()
+
+
+def chosen_frontier(records: "SuiteRecords") -> "Frontier":
+    """Gold's frontier where the task has gold, else the proxy's: the matched-KL table compares one reward."""
+    from harness.report import frontier
+
+    gold = frontier.build_frontier(records.cells, records.histories, frontier.GOLD)
+    return gold if not gold.points.empty else frontier.build_frontier(records.cells, records.histories, frontier.PROXY)
+
+
+def suite_claims(records: "SuiteRecords", summary: "pd.DataFrame", chosen: "Frontier | None" = None) -> ClaimBook:
+    """The report's comparisons of a suite (what `harness report` and `harness leaderboard` both state), from
+    what `records.load_suite_records` read and `tables.summarise` computed."""
+    from harness.report.leaderboard_runs import headline_metric
+    from harness.report.tables import PAIRWISE_METRICS, WIN_RATE_METRICS
+
+    chosen = chosen if chosen is not None else chosen_frontier(records)
+    present = list(dict.fromkeys(summary.dropna(subset=["mean"])["metric"]))
+    compared = [metric for metric in present if metric not in PAIRWISE_METRICS]
+    win_rates = [metric for metric in WIN_RATE_METRICS if metric in present]
+    return report_claims(records.cells, compared, headline_metric(records.cells), win_rates,
+                         chosen.seed_values, chosen.metric)
+
+
+def verdicts_against_baseline(book: ClaimBook, headline: str) -> dict[str, str]:
+    """Per algorithm, its paired headline comparison with SFT in a few words: "beats sft", "below sft",
+    "not real (≈ k seeds)", or "1 seed"."""
+    verdicts = {}
+    for comparison in book.of(HEADLINE, headline):
+        if BASELINE_ALGORITHM not in (comparison.first, comparison.second):
+            continue
+        algorithm = comparison.second if comparison.first == BASELINE_ALGORITHM else comparison.first
+        if math.isnan(comparison.holm_p):
+            verdicts[algorithm] = "1 seed"
+        elif comparison.real:
+            verdicts[algorithm] = f"{'beats' if comparison.winner == algorithm else 'below'} {BASELINE_ALGORITHM}"
+        elif math.isfinite(comparison.seeds_needed):
+            verdicts[algorithm] = f"not real (≈ {comparison.seeds_needed:.0f} seeds)"
+        else:
+            verdicts[algorithm] = "not real"
+    return verdicts

@@ -168,8 +168,8 @@ def render_markdown(records: SuiteRecords, plot_names: dict) -> str:
     """The whole report as text, from what `load_suite_records` read."""
     # Every table reads the same intervals; the bootstraps are computed once.
     summary = summarise(records.cells, records.samples)
-    chosen = _chosen_frontier(records)
-    book = _claims(records, summary, chosen)
+    chosen = claims.chosen_frontier(records)
+    book = claims.suite_claims(records, summary, chosen)
     sections = [
         _header(records),
         _results_section(records, summary, book),
@@ -183,20 +183,6 @@ def render_markdown(records: SuiteRecords, plot_names: dict) -> str:
         _runs_section(records),
     ]
     return "\n\n".join(section.rstrip("\n") for section in sections if section) + "\n"
-
-
-def _chosen_frontier(records: SuiteRecords) -> frontier.Frontier:
-    """Gold where the task has a judge, else the proxy: the matched-KL table compares one reward."""
-    gold = frontier.build_frontier(records.cells, records.histories, frontier.GOLD)
-    return gold if not gold.points.empty else frontier.build_frontier(records.cells, records.histories, frontier.PROXY)
-
-
-def _claims(records: SuiteRecords, summary: "pd.DataFrame", chosen: frontier.Frontier) -> claims.ClaimBook:
-    present = list(dict.fromkeys(summary.dropna(subset=["mean"])["metric"]))
-    compared = [metric for metric in present if metric not in PAIRWISE_METRICS]
-    win_rates = [metric for metric in WIN_RATE_METRICS if metric in present]
-    return claims.report_claims(records.cells, compared, headline_metric(records.cells), win_rates,
-                                chosen.seed_values, chosen.metric)
 
 
 # --- header -------------------------------------------------------------------------------------

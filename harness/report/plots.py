@@ -6,15 +6,19 @@
 - the reward-versus-KL frontier (`harness.report.frontier`): every arm's checkpoints (seed means) faint, each
   algorithm's upper-left Pareto front as a line; colour by algorithm, marker by family, hollow where the KL
   is an upper bound (best-of-n);
-- training curves comparable across algorithms: x is the fraction of the training budget
-  (record.TRAIN_BUDGET_FRACTION), KL is record.TRAIN_KL_PER_SEQUENCE in nats per sequence for every algorithm;
-  then each algorithm's own CURVES (its module declares them), one panel per algorithm and curve, since two
-  algorithms' statistics of one name need not share a unit (PPO's and GRPO's train/kl do not);
+- the training comparison, first: every algorithm's training reward and KL per sequence (record.
+  TRAIN_KL_PER_SEQUENCE, nats) against the fraction of the training budget (record.TRAIN_BUDGET_FRACTION), on
+  shared axes, an axis clipped (and said so) when one algorithm's line is more than twice the next;
+- each algorithm's own CURVES (its module declares them) in a second figure, grouped per family, one panel per
+  family and curve, since two families' statistics of one name need not share a unit (PPO's and GRPO's train/kl
+  do not);
 - gold reward against what training cost (tokens generated, wall time).
 
 Figures are drawn on matplotlib's Agg canvas directly (no pyplot), so a report never opens a window,
 never changes the caller's backend and leaves no global figure state behind. Every figure shows the
-complete cells of each algorithm's current configuration, one point per seed.
+complete cells of each algorithm's current configuration, one point per seed. In every figure an algorithm
+has its own colour (ten distinct hues, then their light shades) and its family's marker, so thirteen and more
+stay apart; at DPI 100 a figure is at most about 1200 pixels wide and well under 1 MB.
 """
 
 from __future__ import annotations
@@ -44,8 +48,7 @@ logger = logging.getLogger(__name__)
 
 KL_AXIS_LABEL = axis_label("kl")
 SQRT_KL_AXIS_LABEL = axis_label("kl", sqrt=True)
-DPI = 120
-_MARKERS = ("o", "s", "^", "D", "v", "P", "X", "<", ">", "h")
+DPI = 100  # a 12-inch figure is 1200 pixels wide: a laptop screen's width, and well under 1 MB
 _SEED_LINESTYLES = ("-", "--", ":", "-.")
 _BASELINE_STYLE = {"color": "black", "marker": "*", "s": 180}
 # (metric, y-axis label, panel title)
@@ -54,11 +57,15 @@ _COSTS = (
     ("tokens_generated", "tokens generated during training", "against tokens generated"),
     ("wall_time_s", "training wall time (s)", "against training wall time"),
 )
-# y-axis label of the shared training curves; an algorithm's own curves are labelled by their logged name.
-_SHARED_CURVE_LABELS = {
-    record.TRAIN_KL_PER_SEQUENCE: ("KL to the reference per sequence (nats)", "training KL, every algorithm"),
-}
 CURVE_X_LABEL = "fraction of the training budget"
+# The comparison figure's panels: (train/ name, y-axis label, panel title).
+_COMPARED_CURVES = (
+    ("reward", "reward of the sampled completions", "training reward, online algorithms"),
+    (record.TRAIN_KL_PER_SEQUENCE, "KL to the reference per sequence (nats)", "training KL, every algorithm"),
+)
+# One line more than this many times the next highest sets no scale: the axis is clipped above the runner-up.
+OUTLIER_RATIO = 2.0
+_CLIP_MARGIN = 1.3
 _CURVE_X_FALLBACK = " (step / last step where it was not logged)"
 _CURVE_COLUMNS = 4
 # A marker per family (record.FAMILIES), in the frontier figure; an algorithm of no known family gets X.
@@ -72,18 +79,39 @@ def _reported_cells(df: "pd.DataFrame") -> "pd.DataFrame":
     return complete_cells(current)
 
 
-def _algorithm_styles(algorithms: list[str]) -> dict[str, dict]:
-    """A fixed colour and marker per algorithm, assigned in report order so reruns draw the same figure."""
-    import matplotlib
-
-    # The baseline comes first so it heads the legend; the others keep one colour each (twenty before they
-    # repeat, for suites with many algorithms or arms).
+def _algorithm_styles(algorithms: list[str], families: dict | None = None) -> dict[str, dict]:
+    """A fixed colour and marker per algorithm, assigned in report order so reruns draw the same figure: the
+    colour tells algorithms apart, the marker is the family's (`families`: algorithm -> family)."""
+    # The baseline comes first so it heads the legend; the others keep one colour each.
     styles = {BASELINE_ALGORITHM: dict(_BASELINE_STYLE)} if BASELINE_ALGORITHM in algorithms else {}
     others = [name for name in algorithms if name != BASELINE_ALGORITHM]
-    palette = matplotlib.colormaps["tab10" if len(others) <= 10 else "tab20"]
+    palette = _distinct_colours(len(others))
+    families = families or {}
     for index, name in enumerate(others):
-        styles[name] = {"color": palette(index % palette.N), "marker": _MARKERS[index % len(_MARKERS)], "s": 50}
+        marker = _FAMILY_MARKERS.get(families.get(name), _UNKNOWN_FAMILY_MARKER)
+        styles[name] = {"color": palette[index], "marker": marker, "s": 50}
     return styles
+
+
+def _distinct_colours(count: int) -> list:
+    """`count` colours, the ten hues of tab20 in their dark shade first, then their light shades: tab20 in its
+    own order pairs each dark shade with its light one, so neighbours in the legend (DPO and Dr. GRPO, IPO and
+    KTO) looked alike. Past twenty, a perceptually even colormap."""
+    import matplotlib
+
+    if count > 20:
+        return [matplotlib.colormaps["turbo"](index / max(count - 1, 1)) for index in range(count)]
+    tab20 = matplotlib.colormaps["tab20"]
+    order = list(range(0, 20, 2)) + list(range(1, 20, 2))
+    return [tab20(order[index]) for index in range(count)]
+
+
+def _families_of(cells: "pd.DataFrame") -> dict:
+    """algorithm (arm) -> its family, from the cells' family column (a tag, else the algorithm's module)."""
+    if "family" not in cells:
+        return {}
+    known = cells.dropna(subset=["family"])
+    return dict(zip(known["algorithm"], known["family"]))
 
 
 def _new_figure(width: float, height: float):
@@ -187,7 +215,7 @@ def plot_reward_vs_kl(df: "pd.DataFrame", out_path: str | Path, title: str | Non
     (algorithm, seed) cell, and a line through its intermediate checkpoints when `histories` (run_id, metric,
     step, value) has eval/* at several steps. Writes a PNG at 120 dpi to `out_path` and returns its path."""
     cells = _reported_cells(df)
-    styles = _algorithm_styles(algorithm_order(cells["algorithm"]))
+    styles = _algorithm_styles(algorithm_order(cells["algorithm"]), _families_of(cells))
     figure = _new_figure(11, 8.5)
     axes = figure.subplots(len(_REWARDS), 2, squeeze=False)
     for row, reward in enumerate(_REWARDS):
@@ -214,7 +242,10 @@ def plot_frontier(df: "pd.DataFrame", histories: "pd.DataFrame | None", out_path
     figure = _new_figure(6.2 * len(shown) + 0.6, 5.4)
     axes = figure.subplots(1, len(shown), squeeze=False)[0]
     algorithms = algorithm_order(set().union(*(frontier.points["algorithm"] for frontier in shown)))
-    colours = _algorithm_styles(algorithms)
+    families = {}
+    for frontier in shown:
+        families.update(_families_of(frontier.points))
+    colours = _algorithm_styles(algorithms, families)
     for ax, frontier in zip(axes, shown):
         _draw_frontier(ax, frontier, colours)
     _legend_below(figure, axes, columns=3)  # its labels are long: the algorithm, its family, the bound
@@ -258,20 +289,83 @@ def _draw_frontier(ax, frontier, colours: dict) -> None:
 # --- training curves ----------------------------------------------------------------------------
 
 
+def plot_training_comparison(df: "pd.DataFrame", histories: "pd.DataFrame", out_path: str | Path,
+                             title: str | None = None) -> Path:
+    """The figure that compares algorithms while they train: KL per sequence (record.TRAIN_KL_PER_SEQUENCE, nats,
+    every algorithm that logs it) and the training reward (train/reward: the reward of the sampled completions,
+    online algorithms) against the fraction of the budget, one line per algorithm (its seeds' mean), colour by
+    algorithm, marker by family, on shared axes. One algorithm far above the others would flatten the rest, so
+    a y-axis is clipped above the runner-up when the top line is more than twice as high, and its title says so."""
+    cells = _reported_cells(df)
+    styles = _algorithm_styles(algorithm_order(cells["algorithm"]), _families_of(cells))
+    curves, fell_back = _curves_on_budget_axis(cells, histories)
+    figure = _new_figure(12, 5.2)
+    axes = figure.subplots(1, len(_COMPARED_CURVES), squeeze=False, sharex=True)[0]
+    for ax, (name, y_label, panel_title) in zip(axes, _COMPARED_CURVES):
+        rows = curves[curves["metric"] == record.TRAIN_PREFIX + name]
+        _draw_compared_curve(ax, rows, f"{panel_title} ({record.TRAIN_PREFIX}{name})", y_label, styles, fell_back)
+    _legend_below(figure, axes, columns=7)
+    suites = ", ".join(sorted(set(df["suite"].dropna()))) or "harness"
+    figure.suptitle(title or f"{suites}: every algorithm while it trains (mean over seeds; marker: family)")
+    return _save(figure, out_path)
+
+
+def _draw_compared_curve(ax, rows: "pd.DataFrame", title: str, y_label: str, styles: dict, fell_back: bool) -> None:
+    ax.set_xlim(0, 1.02)
+    ax.set_xlabel(CURVE_X_LABEL + (_CURVE_X_FALLBACK if fell_back else ""), fontsize="small")
+    ax.set_ylabel(y_label)
+    ax.grid(True, alpha=0.3)
+    means = _seed_means(rows)
+    if means.empty:
+        ax.set_title(title, fontsize="medium")
+        _say_empty(ax, "no algorithm logged it")
+        return
+    for arm, style in styles.items():
+        line = means[means["arm"] == arm]
+        if not line.empty:
+            ax.plot(line["x"], line["value"], color=style["color"], marker=style["marker"], markersize=5,
+                    markevery=max(1, len(line) // 8), linewidth=1.5, label=_label(arm))
+    clipped = _clip_one_outlier(ax, means)
+    ax.set_title(title + (f"\ny clipped at {clipped[0]:.3g}: {clipped[1]} reaches {clipped[2]:.3g}" if clipped else ""),
+                 fontsize="medium")
+
+
+def _seed_means(rows: "pd.DataFrame") -> "pd.DataFrame":
+    """arm, x, value: the mean over seeds at each budget fraction (seeds log the same steps)."""
+    if rows.empty:
+        return rows.reindex(columns=["arm", "x", "value"])
+    means = rows.groupby(["arm", "x"], as_index=False)["value"].mean()
+    return means.sort_values(["arm", "x"], kind="mergesort")
+
+
+def _clip_one_outlier(ax, means: "pd.DataFrame") -> tuple[float, str, float] | None:
+    """Clip the y-axis above the runner-up when one algorithm's peak is more than OUTLIER_RATIO times the next
+    highest (both positive): (the limit, the algorithm, its peak), or None when nothing was clipped."""
+    peaks = means.groupby("arm")["value"].max().sort_values(ascending=False)
+    if len(peaks) < 2 or not (peaks.iloc[1] > 0 and peaks.iloc[0] > OUTLIER_RATIO * peaks.iloc[1]):
+        return None
+    limit = _CLIP_MARGIN * float(peaks.iloc[1])
+    low = min(float(means["value"].min()), 0.0)
+    ax.set_ylim(low - 0.02 * (limit - low), limit)
+    return limit, str(peaks.index[0]), float(peaks.iloc[0])
+
+
 def plot_training_curves(df: "pd.DataFrame", histories: "pd.DataFrame", out_path: str | Path,
                          title: str | None = None) -> Path:
-    """Training curves on one x-axis, the fraction of the budget (record.TRAIN_BUDGET_FRACTION; step / last
-    step for a run that did not log it): first the shared curves (KL per sequence in nats, for every algorithm
-    that logged it), then one panel per algorithm and curve its module declares (CURVES; every train/ metric
-    it logged when it declares none). A line per (arm, seed): colour by arm, line style by seed. Only the
-    algorithms that logged a curve appear in its panel. `histories` is run_id, metric, step, value."""
+    """Each algorithm's own diagnostics (the CURVES its module declares; every train/ metric it logged when it
+    declares none) grouped per family: one panel per (family, curve), a line per (arm, seed) of that family,
+    colour by arm, line style by seed, x the fraction of the budget. Algorithms of one family share a trainer
+    and so the unit of a curve's name; across families they need not (PPO's and GRPO's train/kl do not), so
+    families never share a panel. The shared curves are in `plot_training_comparison`.
+    `histories` is run_id, metric, step, value."""
     cells = _reported_cells(df)
-    styles = _algorithm_styles(algorithm_order(cells["algorithm"]))
+    families = _families_of(cells)
+    styles = _algorithm_styles(algorithm_order(cells["algorithm"]), families)
     curves, fell_back = _curves_on_budget_axis(cells, histories)
-    panels = _curve_panels(curves)
+    panels = _family_panels(curves, families)
     columns = min(max(len(panels), 1), _CURVE_COLUMNS)
     rows = max(1, -(-len(panels) // columns))
-    figure = _new_figure(4.6 * columns + 0.6, 3.6 * rows + 0.8)
+    figure = _new_figure(3.3 * columns + 0.6, 2.7 * rows + 1.2)
     axes = figure.subplots(rows, columns, squeeze=False).ravel()
     if not panels:
         _say_empty(axes[0], "no training curves logged")
@@ -279,9 +373,9 @@ def plot_training_curves(df: "pd.DataFrame", histories: "pd.DataFrame", out_path
         _draw_curves(ax, panel, title_text, y_label, styles, fell_back)
     for ax in axes[len(panels):] if panels else axes:
         ax.set_axis_off()
-    _legend_below(figure, axes[: len(panels)])
+    _legend_below(figure, axes[: len(panels)], columns=7)
     suites = ", ".join(sorted(set(df["suite"].dropna()))) or "harness"
-    figure.suptitle(title or f"{suites}: training curves per arm (line style: seed)")
+    figure.suptitle(title or f"{suites}: each algorithm's own training curves, per family (line style: seed)")
     return _save(figure, out_path)
 
 
@@ -309,23 +403,31 @@ def _curves_on_budget_axis(cells: "pd.DataFrame", histories: "pd.DataFrame") -> 
     return train.dropna(subset=["x"])[columns], bool(fallback.any())
 
 
-def _curve_panels(curves: "pd.DataFrame") -> list[tuple[str, str, "pd.DataFrame"]]:
-    """(title, y label, rows) per panel: the shared curves, then each algorithm's own."""
-    panels = []
-    for name in SHARED_CURVES:
-        rows = curves[curves["metric"] == record.TRAIN_PREFIX + name]
-        if not rows.empty:
-            y_label, title = _SHARED_CURVE_LABELS.get(name, (name, name))
-            panels.append((f"{title} ({record.TRAIN_PREFIX}{name})", y_label, rows))
+def _family_panels(curves: "pd.DataFrame", families: dict) -> list[tuple[str, str, "pd.DataFrame"]]:
+    """(title, y label, rows) per panel: per family (record.FAMILIES order, then unknown), each curve its
+    algorithms declare, in the order they declare them; the shared curves are left to the comparison figure."""
     shared = {record.TRAIN_PREFIX + name for name in SHARED_CURVES}
-    for algorithm in algorithm_order(curves["algorithm"]):
-        own = curves[(curves["algorithm"] == algorithm) & ~curves["metric"].isin(shared)]
-        declared = [record.TRAIN_PREFIX + name for name in algorithm_info(algorithm).curves]
-        for metric in declared or sorted(set(own["metric"])):
-            rows = own[own["metric"] == metric]
-            if not rows.empty:
-                panels.append((f"{algorithm}: {metric}", metric.removeprefix(record.TRAIN_PREFIX), rows))
+    own = curves[~curves["metric"].isin(shared)]
+    by_family: dict = {}
+    for arm in algorithm_order(own["arm"]):
+        by_family.setdefault(families.get(arm), []).append(arm)
+    panels = []
+    for family in sorted(by_family, key=lambda name: (name not in record.FAMILIES, _family_rank(name))):
+        arms = by_family[family]
+        rows = own[own["arm"].isin(arms)]
+        metrics = []
+        for algorithm in algorithm_order(rows["algorithm"]):
+            declared = [record.TRAIN_PREFIX + name for name in algorithm_info(algorithm).curves]
+            logged = set(rows[rows["algorithm"] == algorithm]["metric"])
+            metrics += [metric for metric in declared or sorted(logged) if metric in logged]
+        for metric in dict.fromkeys(metrics):
+            name = metric.removeprefix(record.TRAIN_PREFIX)
+            panels.append((f"{family or 'family unknown'}: {name}", name, rows[rows["metric"] == metric]))
     return panels
+
+
+def _family_rank(family) -> int:
+    return record.FAMILIES.index(family) if family in record.FAMILIES else len(record.FAMILIES)
 
 
 def _draw_curves(ax, curves: "pd.DataFrame", title: str, y_label: str, styles: dict, fell_back: bool) -> None:
@@ -336,12 +438,13 @@ def _draw_curves(ax, curves: "pd.DataFrame", title: str, y_label: str, styles: d
             if line.empty:
                 continue
             # Markers keep short runs (a handful of logged steps) readable as points, not a bare polyline.
-            ax.plot(line["x"], line["value"], color=style["color"], linewidth=1.4, marker=".", markersize=5,
-                    linestyle=_SEED_LINESTYLES[seed_index % len(_SEED_LINESTYLES)], label=arm)
+            ax.plot(line["x"], line["value"], color=style["color"], linewidth=1.2, marker=style["marker"],
+                    markersize=4, markevery=max(1, len(line) // 6),
+                    linestyle=_SEED_LINESTYLES[seed_index % len(_SEED_LINESTYLES)], label=_label(arm))
     ax.set_xlim(0, 1.02)
     ax.set_xlabel(CURVE_X_LABEL + (_CURVE_X_FALLBACK if fell_back else ""), fontsize="small")
     ax.set_ylabel(y_label)
-    ax.set_title(title, fontsize="medium")
+    ax.set_title(title, fontsize="small")
     ax.grid(True, alpha=0.3)
 
 
@@ -352,7 +455,7 @@ def plot_reward_vs_cost(df: "pd.DataFrame", out_path: str | Path, title: str | N
     """Gold reward against tokens generated (left) and wall time (right) of training, one point per complete
     (algorithm, seed) cell; the baseline trains nothing and is drawn as its mean reward. Writes a PNG."""
     cells = _reported_cells(df)
-    styles = _algorithm_styles(algorithm_order(cells["algorithm"]))
+    styles = _algorithm_styles(algorithm_order(cells["algorithm"]), _families_of(cells))
     figure = _new_figure(11, 4.8)
     axes = figure.subplots(1, len(_COSTS), squeeze=False)[0]
     reward_column = EVAL_PREFIX + "gold_reward"

@@ -611,6 +611,19 @@ def test_main_table_cells_and_bold_best(cells):
     assert not any("**" in cell for cell in table["length"])
 
 
+def test_a_metric_some_seeds_did_not_log_says_over_how_many_seeds(cells):
+    """The row reads "t over 3 seeds"; a metric with 2 values must say its interval is over 2."""
+    import numpy as np
+
+    missing = cells.copy()
+    missing.loc[(missing["cell"] == "grpo-s2") & (missing["status"] == "complete"), "eval/length"] = np.nan
+    table = main_table(missing)
+    assert table.loc["grpo", "interval"] == "t over 3 seeds"
+    # grpo's length on seeds 0 and 1: 20, 21; mean 20.5, s = 0.70711, half-width 12.706 · 0.70711 / √2 = 6.353.
+    assert table.loc["grpo", "length"] == "20.500 ± 6.353 *(2 seeds)*"
+    assert table.loc["dpo", "length"] == "15.000 ± 2.484"
+
+
 def test_main_table_excludes_failed_and_superseded_cells(cells):
     summary = summarise(cells).set_index(["algorithm", "metric"])
     assert "ppo" not in summary.index.get_level_values("algorithm")
