@@ -441,7 +441,8 @@ class JudgeConfig:
                     f"must start with http:// or https://, not '{shown(self.base_url)}'")
         if self.api_key_env:
             require(self.api_key_env.replace("_", "").isalnum(), "judge.api_key_env",
-                    f"must be the name of an environment variable, not '{shown(self.api_key_env)}' (never the key itself)")
+                    "must be the name of an environment variable (letters, digits, _), never the key itself: "
+                    f"the value given ({len(self.api_key_env)} characters) is not repeated here")
         if self.kind == "model" and self.backend != "openai" and _looks_like_path(self.model):
             require(_is_file(Path(self.model) / "config.json"), "judge.model",
                     f"'{shown(self.model, PATH_LIMIT)}' is not a Hugging Face model folder (no config.json)")
@@ -932,20 +933,25 @@ def load_config(suite: str, overrides: list[str] | None = None) -> ResolvedConfi
     task_name, task_config = _build_task(task_raw)
     _check_gold_and_judge(suite_config, task_name)
     algorithms = _build_algorithms(algorithms_raw)
-    suite_config.sweep = _sweep_grid(sweep_raw, algorithms)
-    arms = _expand_arms(algorithms, suite_config.sweep)
+    grid = _sweep_grid(sweep_raw, algorithms)
+    arms = _expand_arms(algorithms, grid)
+    # The validated values, not their spelling: `1e-1` in a suite file and `0.1` on the command line are one
+    # configuration, so one resolved config and one hash.
+    suite_config.sweep = _typed_grid(grid, arms)
     if "only" in raw and not suite_config.only:  # given, and empty: not the same as leaving it out (= all)
         raise ConfigError(
             f"'only' is empty: name at least one algorithm of suite '{suite_config.name}' "
             f"({', '.join(algorithms)}), or leave it out to run them all"
         )
-    for name in suite_config.only:
-        if name not in algorithms and name not in arms:
+    canonical_only = [_canonical_arm(name, algorithms) for name in suite_config.only]
+    for name, canonical in zip(suite_config.only, canonical_only):
+        if canonical not in algorithms and canonical not in arms:
             names = [*algorithms, *(arm for arm in arms if arm not in algorithms)]
             raise ConfigError(
                 f"'only' names '{shown(name)}', which suite '{suite_config.name}' does not run;"
                 f"{did_you_mean(name, names)} the suite runs: {', '.join(names)}"
             )
+    suite_config.only = canonical_only
     suite_config.task = {"name": task_name}
     suite_config.algorithms = {name: {} for name in algorithms}
     return ResolvedConfig(suite_config, path, task_name, task_config, algorithms, arms)
@@ -1008,25 +1014,61 @@ def _expand_arms(algorithms: dict[str, Any], grid: dict[str, list]) -> dict[str,
     point validated like the algorithm's own options (the error names the sweep)."""
     import itertools
 
-    arms = {}
+    arms, written_as = {}, {}
     for name, config in algorithms.items():
         keys = [key for key in grid if key.split(".")[1] == name]
         options = [key.split(".")[2] for key in keys]
         for values in itertools.product(*(grid[key] for key in keys)):
             point = dict(zip(options, values))
             module = ALGORITHMS.get(name)
-            arm = record.arm_name(name, point)
+            written = record.arm_name(name, point)
             try:
                 arm_config = build(module.Config, {**dataclasses.asdict(config), **point}, f"algorithms.{name}.")
             except ConfigError as error:
-                raise ConfigError(f"sweep point {arm}: {error}") from None
+                raise ConfigError(f"sweep point {written}: {error}") from None
+            arm = _arm_of(name, arm_config, options)
             # Values that differ as written but not as options (1 and 1.0, 0.1 and '0.1') would train one
             # configuration twice, or one point would replace another.
-            twin = next((other for other, other_config in arms.items() if other_config == arm_config), None)
-            if arm in arms or twin is not None:
-                raise ConfigError(f"'sweep' gives {arm} twice (as {twin or arm}): list each value once")
-            arms[arm] = arm_config
+            if arm in arms:
+                raise ConfigError(f"'sweep' gives {arm} twice (written {written_as[arm]} and {written}): "
+                                  "list each value once")
+            arms[arm], written_as[arm] = arm_config, written
     return arms
+
+
+def _arm_of(algorithm: str, config: Any, options: list[str]) -> str:
+    """The arm's name from its validated options: a float reads as Python writes it (0.1, 1.0, 0.0001), so a
+    point's name, folders and cell hash do not depend on how the value was spelled (1e-1, 0.10, 1.0e-1)."""
+    return record.arm_name(algorithm, {option: getattr(config, option) for option in options})
+
+
+def _typed_grid(grid: dict[str, list], arms: dict[str, Any]) -> dict[str, list]:
+    """The sweep grid with each value as its arms validated it (the string "1e-1" of a suite file becomes 0.1),
+    in the order listed. `_expand_arms` refused two spellings of one value, so no value is lost."""
+    typed = {}
+    for key in grid:
+        _, name, option = key.split(".")
+        values = [getattr(config, option) for arm, config in arms.items() if record.algorithm_of(arm) == name]
+        typed[key] = list(dict.fromkeys(values))
+    return typed
+
+
+def _canonical_arm(name: Any, algorithms: dict[str, Any]) -> Any:
+    """An `only` entry that names a sweep point ("dpo@beta=1e-1") as `_arm_of` names it ("dpo@beta=0.1"); an
+    algorithm's name, or an entry that does not parse as a valid point, is left as written for the `only` check
+    to name."""
+    if not isinstance(name, str) or record.ARM_SEPARATOR not in name:
+        return name
+    algorithm, point_text = name.split(record.ARM_SEPARATOR, 1)
+    pairs = [item.split("=", 1) for item in point_text.split(",")]
+    if algorithm not in algorithms or any(len(pair) != 2 for pair in pairs):
+        return name
+    point = dict(pairs)
+    try:
+        config = build(ALGORITHMS.get(algorithm).Config, {**dataclasses.asdict(algorithms[algorithm]), **point}, "")
+    except ConfigError:
+        return name
+    return _arm_of(algorithm, config, list(point))
 
 
 def _short_forms(overrides: list[str]) -> list[str]:

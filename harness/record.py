@@ -96,6 +96,9 @@ TAG_FAILED_CELLS = "harness.failed_cells"  # on the invocation: how many of its 
 TAG_CELL_RUNS = "harness.cell_runs"  # on the invocation: comma-separated run ids of the cells it used
 TAG_EXECUTOR = "harness.executor"  # on the invocation: local, local x<N> or ray
 TAG_OWNER = "harness.owner"  # host:pid of the process writing the run; a live owner's run is never closed as stale
+# Seconds since the epoch when the process writing the run last said it is alive (refreshed every
+# tracking.HEARTBEAT_SECONDS): a run whose beat is fresh is live whichever host looks, and is never closed as stale.
+TAG_HEARTBEAT = "harness.heartbeat"
 PARENT_RUN_TAG = "mlflow.parentRunId"  # MLflow's own: nests a cell under its invocation in the UI
 
 STATUS_RUNNING = "running"
@@ -168,7 +171,7 @@ def in_section(key: str, section: str) -> bool:
 # -- leaderboard runs: one per (algorithm, configuration), means over seeds, in their own experiment --------
 
 TAG_CONFIG = "harness.config"  # the seed-free configuration key the report groups seeds by
-TAG_LEADERBOARD_KEY = "harness.leaderboard_key"  # "<algorithm>:<config>": the row a re-aggregation replaces
+TAG_LEADERBOARD_KEY = "harness.leaderboard_key"  # "<algorithm>:<config>": the row a re-aggregation updates in place
 TAG_CURRENT = "harness.current"  # "true" for the configuration the report shows, "false" for older ones
 TAG_INTERVAL = "harness.interval"  # how the row's bounds were obtained: "t over 3 seeds", ...
 TAG_REPORTED_PREFIX = "report."  # + metric: "mean ± half-width" as reports/<suite>.md prints it

@@ -1,4 +1,4 @@
-"""Reward against KL frontiers: where each algorithm's checkpoints land in (KL, reward), its upper-left Pareto
+"""Reward against KL frontiers: where each algorithm's checkpoints land in (KL, reward), its achievable
 front, and its reward at matched KL with intervals over seeds (issue 12).
 
 One point per evaluated checkpoint: every arm of an algorithm (its sweep points, each in its current

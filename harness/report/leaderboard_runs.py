@@ -6,9 +6,14 @@ the digit): a t interval over seeds with two or more seeds, a bootstrap over pro
 configuration with complete cells gets a row (`harness.current` says which one the report shows); seeds of one
 configuration are pooled, configurations never are.
 
-Re-publishing replaces the rows: the new runs are written first, then every older leaderboard run of the
-experiment is deleted, so a reader never sees an empty board and a crash in between is undone by the next
-publish. Cell runs are never touched.
+Each row has an identity, its key (`harness.leaderboard_key` = "<algorithm>:<config>"), and re-publishing updates
+the key's run in place: new numbers, texts and name over the old ones, a metric the row no longer has set to NaN.
+Then the runs of keys no longer published are deleted, and of several runs of one key all but the oldest (start
+time, then run id). No lock is taken (a tracking server may be shared by hosts); instead every interleaving of
+publishers with the same cells converges on one run per key: a publisher that creates a key's run searches the
+key again and writes into the oldest run it finds, and the oldest run of a key is never deleted, while every
+younger one is seen beside it by whoever created the later of the two. A reader never sees an empty board, and
+a crash in between is undone by the next publish. Cell runs are never touched.
 
 The printed link opens the runs table (``workflowType=machine_learning``: MLflow 3.17.2's UI otherwise opens
 its GenAI pages) with the view saved in the experiment tag ``mlflow.sharedViewState.leaderboard``: sorted by
@@ -37,6 +42,7 @@ from urllib.parse import urlencode
 
 from harness import record
 from harness.metrics.catalog import METRICS, headline_metrics
+from harness.report.tables import clipped_bounds, reported_text
 from harness.report.frame import (
     complete_cells,
     config_params,
@@ -131,7 +137,7 @@ def leaderboard_rows(records: "SuiteRecords", confidence: float = 0.95) -> list[
     import pandas as pd
 
     from harness.report.frame import algorithm_order
-    from harness.report.tables import INTERVAL_OVER_PROMPTS, format_interval, interval_label, summarise
+    from harness.report.tables import INTERVAL_OVER_PROMPTS, summarise
 
     cells = complete_cells(records.cells)
     if cells.empty:
@@ -155,11 +161,11 @@ def leaderboard_rows(records: "SuiteRecords", confidence: float = 0.95) -> list[
                 current=current.get(algorithm) == config,
                 cell_runs=list(group.sort_values("seed")["run_id"]),
                 seeds=sorted(int(seed) for seed in group["seed"]),
-                interval=interval_label(len(group), set(summary["interval"]), prompts),
+                interval=_interval_basis(summary, len(group), prompts),
                 metrics=_row_metrics(summary, group),
                 params={"algorithm": algorithm, "config": config, **params},
                 texts={
-                    row.metric: format_interval(row.mean, row.low, row.high, row.interval)
+                    row.metric: reported_text(row.metric, row.mean, row.low, row.high, row.interval)
                     for row in summary.itertuples()
                     if math.isfinite(row.mean)
                 },
@@ -169,16 +175,26 @@ def leaderboard_rows(records: "SuiteRecords", confidence: float = 0.95) -> list[
     return sorted(rows, key=lambda row: (not row.current, order[row.algorithm], row.config))
 
 
+def _interval_basis(summary: "pd.DataFrame", seeds: int, prompts: int) -> str:
+    """What the row's intervals are over: "t over 3 seeds", and where a metric has fewer finite values than the
+    row has seeds (a cell that did not log it), how many that metric has: "t over 3 seeds (gold_reward: 2)"."""
+    from harness.report.tables import interval_label
+
+    label = interval_label(seeds, set(summary["interval"]), prompts)
+    if seeds < 2:
+        return label  # one cell: a bootstrap over its prompts, per metric, or no interval
+    fewer = [f"{row.metric}: {row.n}" + ("" if row.n >= 2 else ", no interval")
+             for row in summary.itertuples() if 0 < row.n < seeds]
+    return f"{label} ({'; '.join(fewer)})" if fewer else label
+
+
 def _row_metrics(summary: "pd.DataFrame", group: "pd.DataFrame") -> dict[str, float]:
     metrics = {record.SEEDS_METRIC: float(len(group))}
     for row in summary.itertuples():
         if not math.isfinite(row.mean):
             continue
         metrics[row.metric] = float(row.mean)
-        low, high = float(row.low), float(row.high)
-        bounds = METRICS[row.metric].bounds if row.metric in METRICS else None
-        if bounds is not None:  # a rate's bounds are clipped to the range it can take, as the report prints them
-            low, high = max(low, bounds[0]), min(high, bounds[1])
+        low, high = clipped_bounds(row.metric, row.low, row.high)
         if math.isfinite(low) and math.isfinite(high):
             metrics[row.metric + record.CI_LOW_SUFFIX] = low
             metrics[row.metric + record.CI_HIGH_SUFFIX] = high
@@ -270,7 +286,8 @@ def view_tag_value(state: dict, name: str, now_ms: int) -> str:
 
 
 def publish_leaderboard(tracking_uri: str, suite: str, *, records: "SuiteRecords | None" = None) -> LeaderboardLink:
-    """Aggregate the suite's cell runs into leaderboard runs, replacing the previous ones, and return the link
+    """Aggregate the suite's cell runs into leaderboard runs, one per row key, updating the previous ones in place
+    (module docstring: concurrent publishers converge on one run per key), and return the link
     that opens them sorted by the headline metric. `records`: what `load_suite_records` read, when the caller
     (the report) already has it. Raises frame.ReportError when the suite has no finished cells."""
     from harness.report.records import load_suite_records
@@ -284,24 +301,22 @@ def publish_leaderboard(tracking_uri: str, suite: str, *, records: "SuiteRecords
     experiment_id = _leaderboard_experiment(client, tracking_uri, suite)
     with tempfile.TemporaryDirectory(prefix="harness-leaderboard-") as scratch:
         figures = _figures(client, records, Path(scratch))
-        run_ids = [
-            _write_run(client, experiment_id, suite, suite_experiment.experiment_id, row, figures) for row in rows
-        ]
-    _delete_older_runs(client, experiment_id, keep=set(run_ids))
+        run_ids = write_rows(client, experiment_id, suite, suite_experiment.experiment_id, rows, figures)
+    delete_stale_runs(client, experiment_id, {row.key for row in rows})
     now_ms = int(time.time() * 1000)
     state = view_state(rows, headline)
-    client.set_experiment_tag(
-        experiment_id, record.SHARED_VIEW_TAG_PREFIX + record.LEADERBOARD_VIEW_KEY,
-        view_tag_value(state, f"{suite} leaderboard by {headline}", now_ms),
-    )
-    client.set_experiment_tag(
-        suite_experiment.experiment_id, record.SHARED_VIEW_TAG_PREFIX + record.CELLS_VIEW_KEY,
-        view_tag_value(cells_view_state(records.cells, headline), f"{suite} cells by {headline}", now_ms),
-    )
-    client.set_experiment_tag(experiment_id, record.TAG_HEADLINE, headline)
-    client.set_experiment_tag(experiment_id, record.NOTE_TAG, _experiment_note(suite, headline))
-    for experiment in (experiment_id, suite_experiment.experiment_id):
-        client.set_experiment_tag(experiment, record.EXPERIMENT_KIND_TAG, record.EXPERIMENT_KIND_TRAINING)
+    experiment_tags = [
+        (experiment_id, record.SHARED_VIEW_TAG_PREFIX + record.LEADERBOARD_VIEW_KEY,
+         view_tag_value(state, f"{suite} leaderboard by {headline}", now_ms)),
+        (suite_experiment.experiment_id, record.SHARED_VIEW_TAG_PREFIX + record.CELLS_VIEW_KEY,
+         view_tag_value(cells_view_state(records.cells, headline), f"{suite} cells by {headline}", now_ms)),
+        (experiment_id, record.TAG_HEADLINE, headline),
+        (experiment_id, record.NOTE_TAG, _experiment_note(suite, headline)),
+        *((experiment, record.EXPERIMENT_KIND_TAG, record.EXPERIMENT_KIND_TRAINING)
+          for experiment in (experiment_id, suite_experiment.experiment_id)),
+    ]
+    for experiment, name, value in experiment_tags:
+        _idempotently(client.set_experiment_tag, experiment, name, value)
     logger.info("published %d leaderboard runs of %s in %.1fs", len(run_ids), suite, time.perf_counter() - started)
     return LeaderboardLink(
         experiment_id=experiment_id,
@@ -323,7 +338,15 @@ def _leaderboard_experiment(client, tracking_uri: str, suite: str) -> str:
             client.restore_experiment(found.experiment_id)
         return found.experiment_id
     # Beside the suite's own artifacts, never relative to the current directory.
-    return client.create_experiment(name, artifact_location=artifact_location(tracking_uri, f"{suite}/leaderboard"))
+    try:
+        return client.create_experiment(name, artifact_location=artifact_location(tracking_uri, f"{suite}/leaderboard"))
+    except Exception as error:  # another publisher created it a moment ago: publish into that one
+        from harness.tracking_retry import error_code
+
+        created = client.get_experiment_by_name(name) if error_code(error) == "RESOURCE_ALREADY_EXISTS" else None
+        if created is None:
+            raise
+        return created.experiment_id
 
 
 def _figures(client, records: "SuiteRecords", folder: Path) -> list[Path]:
@@ -359,11 +382,108 @@ def write_report_and_leaderboard(tracking_uri: str, suite: str, out_dir: str | P
     return report, publish_leaderboard(tracking_uri, suite, records=records)
 
 
-def _write_run(client, experiment_id: str, suite: str, suite_experiment_id: str, row: LeaderboardRow,
-               figures: list[Path]) -> str:
-    from mlflow.entities import Metric, Param
+# --- one run per key, whoever publishes ------------------------------------------------------------
 
-    tags = {
+
+def _idempotently(write, *args, **kwargs):
+    """A write that another publisher may make at the same moment. MLflow's SQL store looks for a tag or param
+    before inserting it, so the second of two concurrent first writes fails on the table's unique key (measured:
+    "UNIQUE constraint failed: experiment_tags.key"); the write sets a value, so once more finds the row and
+    updates it."""
+    from mlflow.exceptions import MlflowException
+
+    try:
+        return write(*args, **kwargs)
+    except MlflowException:
+        return write(*args, **kwargs)
+
+
+def _canonical_order(run) -> tuple[int, str]:
+    """The oldest run of a key is its run: every publisher orders a key's runs the same way, whatever it saw."""
+    return run.info.start_time, run.info.run_id
+
+
+def _leaderboard_runs_by_key(client, experiment_id: str, key: str | None = None) -> dict[str, list]:
+    """Active leaderboard runs by their key (one key's when `key` is given), oldest first; a run without a key
+    (written before keys existed) is under ""."""
+    filter_string = kind_filter(record.KIND_LEADERBOARD)
+    if key is not None:
+        filter_string += f" and tags.`{record.TAG_LEADERBOARD_KEY}` = '{key}'"
+    by_key: dict[str, list] = {}
+    for run in search_all_runs(client, experiment_id, filter_string):
+        by_key.setdefault(run.data.tags.get(record.TAG_LEADERBOARD_KEY, ""), []).append(run)
+    return {found: sorted(runs, key=_canonical_order) for found, runs in by_key.items()}
+
+
+def write_rows(client, experiment_id: str, suite: str, suite_experiment_id: str, rows: list[LeaderboardRow],
+               figures: list[Path]) -> list[str]:
+    """The first phase of a publish: each row written into its key's run (updated in place), created where the
+    key has none. Returns the run ids, in the rows' order."""
+    existing = _leaderboard_runs_by_key(client, experiment_id)
+    run_ids = []
+    for row in rows:
+        runs = existing.get(row.key) or _created_run(client, experiment_id, suite, row)
+        _write_row(client, runs[0], suite, suite_experiment_id, row, figures)
+        run_ids.append(runs[0].info.run_id)
+    return run_ids
+
+
+def _created_run(client, experiment_id: str, suite: str, row: LeaderboardRow) -> list:
+    """A new run for the row's key, then the key's runs as the store holds them now, oldest first: another
+    publisher may have created one at the same time, and whichever is older is the one both write into. This
+    search, after the create, is what lets `delete_stale_runs` leave exactly one (see the module docstring)."""
+    tags = {record.TAG_KIND: record.KIND_LEADERBOARD, record.TAG_SUITE: suite, record.TAG_LEADERBOARD_KEY: row.key}
+    created = client.create_run(experiment_id, run_name=row.run_name, tags=tags)
+    return _leaderboard_runs_by_key(client, experiment_id, row.key).get(row.key) or [created]
+
+
+def delete_stale_runs(client, experiment_id: str, keys: set[str]) -> None:
+    """The second phase of a publish: delete the leaderboard runs whose key is not in `keys` (configurations no
+    longer published, runs without a key) and every run of a key but its oldest."""
+    for key, runs in _leaderboard_runs_by_key(client, experiment_id).items():
+        for run in runs if key not in keys else runs[1:]:
+            client.delete_run(run.info.run_id)
+
+
+def _write_row(client, run, suite: str, suite_experiment_id: str, row: LeaderboardRow, figures: list[Path]) -> None:
+    """The row into `run`, over what an earlier publish wrote there: tags and the name replaced, metrics logged
+    anew (the newest value is the one shown), a metric or text the row no longer has set to NaN or removed.
+    Params never change for a key (they are the configuration it hashes), so only missing ones are logged."""
+    from mlflow.entities import Metric, Param, RunTag
+
+    run_id = run.info.run_id
+    tags = _row_tags(row, suite, suite_experiment_id)
+    for name in run.data.tags:
+        if name.startswith(record.TAG_REPORTED_PREFIX) and name not in tags:
+            _delete_tag(client, run_id, name)
+    if run.info.run_name != row.run_name:
+        client.update_run(run_id, name=row.run_name)
+    timestamp = int(time.time() * 1000)
+    values = {**{name: math.nan for name in run.data.metrics}, **row.metrics}
+    metrics = [Metric(name, value, timestamp, 0) for name, value in values.items()]
+    params = [Param(key, _param_value(value)) for key, value in row.params.items() if key not in run.data.params]
+    tag_list = [RunTag(name, value) for name, value in tags.items()]
+    for start in range(0, max(len(metrics), len(params), len(tag_list)), _PARAM_BATCH):
+        _idempotently(client.log_batch, run_id, metrics=metrics[start : start + _PARAM_BATCH],
+                      params=params[start : start + _PARAM_BATCH], tags=tag_list[start : start + _PARAM_BATCH])
+    for figure in figures:
+        client.log_artifact(run_id, str(figure), record.LEADERBOARD_FIGURES_ARTIFACT_PATH)
+    client.set_terminated(run_id, status="FINISHED")
+
+
+def _delete_tag(client, run_id: str, name: str) -> None:
+    """Remove a text the row no longer has; another publisher may have removed it first."""
+    from mlflow.exceptions import MlflowException
+
+    try:
+        client.delete_tag(run_id, name)
+    except MlflowException:
+        if name in client.get_run(run_id).data.tags:
+            raise
+
+
+def _row_tags(row: LeaderboardRow, suite: str, suite_experiment_id: str) -> dict[str, str]:
+    return {
         record.TAG_KIND: record.KIND_LEADERBOARD,
         record.TAG_SUITE: suite,
         record.TAG_ALGORITHM: row.algorithm,
@@ -375,17 +495,6 @@ def _write_run(client, experiment_id: str, suite: str, suite_experiment_id: str,
         record.NOTE_TAG: _run_note(row, suite_experiment_id),
         **{record.TAG_REPORTED_PREFIX + metric: text for metric, text in row.texts.items()},
     }
-    run_id = client.create_run(experiment_id, run_name=row.run_name, tags=tags).info.run_id
-    timestamp = int(time.time() * 1000)
-    metrics = [Metric(name, value, timestamp, 0) for name, value in row.metrics.items()]
-    params = [Param(key, _param_value(value)) for key, value in row.params.items()]
-    client.log_batch(run_id, metrics=metrics)
-    for start in range(0, len(params), _PARAM_BATCH):
-        client.log_batch(run_id, params=params[start : start + _PARAM_BATCH])
-    for figure in figures:
-        client.log_artifact(run_id, str(figure), record.LEADERBOARD_FIGURES_ARTIFACT_PATH)
-    client.set_terminated(run_id, status="FINISHED")
-    return run_id
 
 
 def _param_value(value) -> str:
@@ -393,12 +502,6 @@ def _param_value(value) -> str:
 
     text = str(value)
     return text if len(text) <= PARAM_VALUE_LIMIT else text[: PARAM_VALUE_LIMIT - 3] + "..."
-
-
-def _delete_older_runs(client, experiment_id: str, keep: set[str]) -> None:
-    for run in search_all_runs(client, experiment_id, kind_filter(record.KIND_LEADERBOARD)):
-        if run.info.run_id not in keep:
-            client.delete_run(run.info.run_id)
 
 
 def _run_note(row: LeaderboardRow, suite_experiment_id: str) -> str:

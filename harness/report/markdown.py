@@ -49,7 +49,7 @@ from harness.report.tables import (
     PAIRWISE_METRICS,
     REWARD_AND_KL_METRICS,
     WIN_RATE_METRICS,
-    best_versus_runner_up,
+    clipped_bounds,
     cost_table,
     format_estimate,
     main_table,
@@ -89,7 +89,7 @@ _BUILT_MODEL_SHAPE = (("n_layer", "{} layers"), ("n_head", "{} heads"), ("n_embd
 _SAMPLING_ORDER = ("temperature", "top_k", "top_p", "max_new_tokens")
 # The figures, in the order the report shows them: file suffix, section title, alt text.
 PLOTS = (
-    ("frontier", "Reward vs KL frontier", "Gold and proxy reward against KL, each algorithm's Pareto front"),
+    ("frontier", "Reward vs KL frontier", "Gold and proxy reward against KL, each algorithm's achievable front (upper concave hull)"),
     ("training_comparison", "Training: every algorithm on shared axes",
      "Training reward and KL per sequence of every algorithm against the fraction of the training budget"),
     ("reward_vs_kl", "Reward against KL", "Gold and proxy reward against KL and √KL, one point per seed"),
@@ -149,7 +149,7 @@ def draw_plots(records: SuiteRecords, out_dir: Path, plot_names: dict) -> list[P
     suite, cells = records.suite, records.cells
     return [
         plot_frontier(cells, records.histories, out_dir / plot_names["frontier"],
-                      title=f"{suite}: reward against KL, each algorithm's Pareto front over its sweep points and "
+                      title=f"{suite}: reward against KL, each algorithm's achievable front over its sweep points and "
                             "checkpoints"),
         plot_training_comparison(cells, records.histories, out_dir / plot_names["training_comparison"],
                                  title=f"{suite}: every algorithm while it trains (mean over seeds; marker: family)"),
@@ -743,7 +743,7 @@ def _one_win_rate_section(records: SuiteRecords, summary: "pd.DataFrame", metric
     shown = table.assign(
         verdict=[_win_rate_verdict(row, comparisons, opponent) for row in table.itertuples()],
         win_rate=[f"{value:.3f}" for value in table["win_rate"]],
-        interval_95=[_bracket(low, high) for low, high in zip(table["low"], table["high"])],
+        interval_95=[_bracket(metric, low, high) for low, high in zip(table["low"], table["high"])],
         over=[_interval_basis(row) for row in table.itertuples()],
     )
     shown = shown[["algorithm", "win_rate", "interval_95", "over", "verdict"]]
@@ -787,11 +787,12 @@ def _held_out_judge_agreement(cells: "pd.DataFrame") -> str:
             f"reward without noise): {shown}; mean {per_seed.mean():.3f}.")
 
 
-def _bracket(low: float, high: float) -> str:
+def _bracket(metric: str, low: float, high: float) -> str:
     if math.isnan(low) or math.isnan(high):
         return MISSING
     # A t interval over few seeds can reach past 1 or below 0; no win rate lies there.
-    return f"[{max(low, 0.0):.3f}, {min(high, 1.0):.3f}]"
+    low, high = clipped_bounds(metric, low, high)
+    return f"[{low:.3f}, {high:.3f}]"
 
 
 def _interval_basis(row) -> str:

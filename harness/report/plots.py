@@ -4,7 +4,7 @@
   (KL, reward), not at equal beta (the betas of PPO, GRPO and DPO are different knobs); Gao et al. (2022)
   plot reward against d = √KL, where over-optimisation curves are close to their functional form;
 - the reward-versus-KL frontier (`harness.report.frontier`): every arm's checkpoints (seed means) faint, each
-  algorithm's upper-left Pareto front as a line; colour by algorithm, marker by family, hollow where the KL
+  algorithm's achievable front (upper concave hull) as a line; colour by algorithm, marker by family, hollow where the KL
   is an upper bound (best-of-n);
 - the training comparison, first: every algorithm's training reward and KL per sequence (record.
   TRAIN_KL_PER_SEQUENCE, nats) against the fraction of the training budget (record.TRAIN_BUDGET_FRACTION), on
@@ -233,7 +233,7 @@ def plot_reward_vs_kl(df: "pd.DataFrame", out_path: str | Path, title: str | Non
 def plot_frontier(df: "pd.DataFrame", histories: "pd.DataFrame | None", out_path: str | Path,
                   title: str | None = None) -> Path:
     """Gold reward (and proxy reward, where logged) against KL: the seed-mean point of every arm's every
-    evaluated checkpoint, faint; each algorithm's upper-left Pareto front as a line from the SFT point (see
+    evaluated checkpoint, faint; each algorithm's achievable front (the upper concave hull of its points) as a line from the SFT point (see
     `frontier`). Writes a PNG and returns its path."""
     from harness.report.frontier import REWARDS, build_frontier
 
@@ -250,7 +250,7 @@ def plot_frontier(df: "pd.DataFrame", histories: "pd.DataFrame | None", out_path
         _draw_frontier(ax, frontier, colours)
     _legend_below(figure, axes, columns=3)  # its labels are long: the algorithm, its family, the bound
     suites = ", ".join(sorted(set(df["suite"].dropna()))) or "harness"
-    figure.suptitle(title or f"{suites}: reward against KL, each algorithm's Pareto front over its sweep and checkpoints")
+    figure.suptitle(title or f"{suites}: reward against KL, each algorithm's achievable front over its sweep and checkpoints")
     return _save(figure, out_path)
 
 
@@ -259,7 +259,7 @@ def _draw_frontier(ax, frontier, colours: dict) -> None:
 
     ax.set_xlabel(KL_AXIS_LABEL)
     ax.set_ylabel(axis_label(frontier.metric))
-    ax.set_title(f"{frontier.metric.replace('_', ' ')}: seed means (faint) and Pareto fronts (lines)")
+    ax.set_title(f"{frontier.metric.replace('_', ' ')}: seed means (faint) and achievable fronts (lines)")
     ax.grid(True, alpha=0.3)
     points = frontier.points
     if points.empty:

@@ -138,29 +138,6 @@ def bootstrap_mean_ci(
     return ConfidenceInterval(mean, float(low), float(high), int(n_groups))
 
 
-def overlaps(ci_a: Sequence[float], ci_b: Sequence[float]) -> bool:
-    """Whether two intervals share a point; accepts ConfidenceInterval / (mean, low, high, n) or (low, high).
-
-    An interval with an unknown bound (one seed) counts as overlapping: nothing can be told apart
-    from it, so any difference is reported as inside the noise rather than as a win.
-    """
-    low_a, high_a = _bounds(ci_a)
-    low_b, high_b = _bounds(ci_b)
-    if any(math.isnan(bound) for bound in (low_a, high_a, low_b, high_b)):
-        return True
-    return low_a <= high_b and low_b <= high_a
-
-
-def _bounds(interval: Sequence[float]) -> tuple[float, float]:
-    if len(interval) == 2:
-        low, high = interval
-    elif len(interval) == 4:
-        _, low, high, _ = interval
-    else:
-        raise ValueError(f"expected (low, high) or (mean, low, high, n), got {interval!r}")
-    return float(low), float(high)
-
-
 # --- paired comparisons -------------------------------------------------------------------------
 
 

@@ -1,6 +1,6 @@
 """Tables built from the cell frame of `frame.load_cell_runs`: the main comparison, the win rate against the
-SFT baseline, the terminal leaderboard, the cost per cell, the other configurations, and which
-best-versus-runner-up differences are inside the noise.
+SFT baseline, the terminal leaderboard, the cost per cell and the other configurations. Which differences are
+real is for harness/report/claims.py (paired over seeds, corrected over the report).
 
 Only complete cells of each algorithm's current configuration enter the statistics; failed cells are
 listed by the report, not averaged, and other configurations are named, not pooled as seeds.
@@ -32,7 +32,7 @@ from harness.report.frame import (
 )
 from harness.metrics.catalog import COMPARISONS, METRICS, names_in
 from harness.report.samples import WIN_RATE_METRIC, per_sample_values
-from harness.report.stats import ConfidenceInterval, bootstrap_mean_ci, mean_ci, overlaps
+from harness.report.stats import ConfidenceInterval, bootstrap_mean_ci, mean_ci
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -166,6 +166,26 @@ def interval_label(seeds: int, methods: set[str], prompts: int) -> str:
     return "none (1 seed)"
 
 
+def clipped_bounds(metric: str, low: float, high: float) -> tuple[float, float]:
+    """A rate's bounds clipped to the range it can take (the catalog's `Metric.bounds`): a t interval over few
+    seeds can reach past 1 where no win rate lies."""
+    bounds = METRICS[metric].bounds if metric in METRICS else None
+    if bounds is None:
+        return float(low), float(high)
+    return max(float(low), bounds[0]), min(float(high), bounds[1])
+
+
+def reported_text(metric: str, mean: float, low: float, high: float, method: str) -> str:
+    """A metric's value as the report prints it: "mean ± half-width" for a t interval, "mean [low, high]" for a
+    bootstrap, and "mean [low, high]" with the clipped bounds where clipping made a t interval lopsided
+    ("0.950 [0.850, 1.000]", never "0.950 ± 0.100")."""
+    clipped_low, clipped_high = clipped_bounds(metric, low, high)
+    if (clipped_low, clipped_high) != (low, high) and math.isfinite(clipped_low) and math.isfinite(clipped_high):
+        # format_interval writes "mean [low, high]" for an interval that need not be symmetric (a bootstrap's)
+        return format_interval(mean, clipped_low, clipped_high, INTERVAL_OVER_PROMPTS)
+    return format_interval(mean, low, high, method)
+
+
 # --- main table ---------------------------------------------------------------------------------
 
 
@@ -226,7 +246,7 @@ def main_table(
         best = _best_algorithms(metric_rows)
         cells = {}
         for row in metric_rows.itertuples():
-            text = format_interval(row.mean, row.low, row.high, row.interval)
+            text = reported_text(metric, row.mean, row.low, row.high, row.interval)
             text = f"**{text}**" if row.algorithm in best else text
             # A metric some seeds did not log: its interval is over fewer seeds than the row's label says.
             if row.seeds >= 2 and row.n < row.seeds and not math.isnan(row.mean):
@@ -380,51 +400,3 @@ def other_configurations(df: "pd.DataFrame") -> "pd.DataFrame":
     rank = {name: index for index, name in enumerate(algorithm_order(table["algorithm"]))}
     table = table.assign(_rank=table["algorithm"].map(rank)).sort_values(["_rank", "config"], kind="mergesort")
     return table.drop(columns="_rank").reset_index(drop=True)
-
-
-# --- noise --------------------------------------------------------------------------------------
-
-
-def best_versus_runner_up(
-    df: "pd.DataFrame", samples: dict | None = None, confidence: float = 0.95, *, summary: "pd.DataFrame | None" = None
-) -> "pd.DataFrame":
-    """For every non-neutral metric with two or more contenders: the best and the runner-up by mean, their
-    intervals, and whether the intervals overlap (the difference is then inside the noise). The baseline
-    does not contend on KL metrics (see `_contenders`). `summary` as in `main_table`."""
-    import pandas as pd
-
-    summary = summarise(df, samples, confidence) if summary is None else summary
-    summary = summary.dropna(subset=["mean"])
-    rows = []
-    for metric, metric_rows in summary.groupby("metric", sort=False):
-        direction = metric_rows["direction"].iloc[0]
-        contenders = _contenders(metric_rows)
-        if direction == "neutral" or len(contenders) < 2:
-            continue
-        ranked = contenders.sort_values("mean", ascending=direction == "lower", kind="mergesort")
-        best, runner_up = _interval_of(ranked.iloc[0]), _interval_of(ranked.iloc[1])
-        rows.append(
-            {
-                "metric": metric,
-                "direction": direction,
-                "best": ranked.iloc[0]["algorithm"],
-                "best_mean": best.mean,
-                "best_low": best.low,
-                "best_high": best.high,
-                "best_n": best.n,
-                "runner_up": ranked.iloc[1]["algorithm"],
-                "runner_up_mean": runner_up.mean,
-                "runner_up_low": runner_up.low,
-                "runner_up_high": runner_up.high,
-                "runner_up_n": runner_up.n,
-                "interval": ranked.iloc[0]["interval"],
-                "has_interval": not (math.isnan(best.half_width) or math.isnan(runner_up.half_width)),
-                "overlaps": overlaps(best, runner_up),
-            }
-        )
-    columns = [
-        "metric", "direction", "best", "best_mean", "best_low", "best_high", "best_n",
-        "runner_up", "runner_up_mean", "runner_up_low", "runner_up_high", "runner_up_n",
-        "interval", "has_interval", "overlaps",
-    ]
-    return pd.DataFrame(rows, columns=columns)

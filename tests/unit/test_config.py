@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import json
 
 import pytest
 
@@ -424,12 +425,59 @@ def test_only_selects_arms_by_algorithm_or_by_point(only, arms):
     ("sweep.algorithms.dpo.beta=[abc]", "sweep point dpo@beta=abc: bad value for 'algorithms.dpo.beta'"),
     ("sweep.algorithms.dpo.pairs_source=[a/b]", "'sweep.algorithms.dpo.pairs_source': value 'a/b' must be a number, a boolean or a plain word"),
     ("sweep=3", "'sweep' must be a mapping"),
-    ("sweep.algorithms.dpo.beta=[1,1.0]", "'sweep' gives dpo@beta=1.0 twice (as dpo@beta=1): list each value once"),
+    ("sweep.algorithms.dpo.beta=[1,1.0]", "'sweep' gives dpo@beta=1.0 twice (written dpo@beta=1 and dpo@beta=1.0): "
+                                          "list each value once"),
 ])
 def test_a_bad_sweep_is_refused_in_one_line_naming_it(override, message):
     with pytest.raises(ConfigError) as error:
         load_config("tiny", [override])
     assert message in str(error.value) and "\n" not in str(error.value)
+
+
+def _evaluate_hashes(config) -> dict[str, str]:
+    from harness.plan import build_plan
+
+    return {stage.algorithm: stage.hash for stage in build_plan(config).stages if stage.kind == "evaluate"}
+
+
+def test_a_sweep_value_spelled_three_ways_in_a_file_or_on_the_command_line_is_one_arm_with_one_hash(tmp_path):
+    """PyYAML reads `1e-1` (no dot) as the string "1e-1", `1.0e-1` and `0.1` as the float 0.1; OmegaConf reads
+    all three as 0.1 on the command line. The arm is named from the validated float, so all five are one arm,
+    one cell hash, one resolved config."""
+    configs = []
+    for spelling in ("1e-1", "1.0e-1", "0.1"):
+        suite = tmp_path / spelling / "frontier.yaml"  # one suite name: the name is part of the resolved config
+        suite.parent.mkdir()
+        suite.write_text(f"task: {{name: synthetic_reviews}}\nalgorithms: {{dpo: {{}}}}\n"
+                         f"sweep:\n  algorithms.dpo.beta: [{spelling}, 0.3]\n")
+        configs.append(load_config(str(suite)))
+    configs += [load_config(str(suite), [f"sweep.algorithms.dpo.beta=[{spelling},0.3]"]) for spelling in ("1e-1", "1.0e-1")]
+    for config in configs:
+        assert config.selected_arms == ["dpo@beta=0.1", "dpo@beta=0.3"]
+        assert config.arms["dpo@beta=0.1"].beta == 0.1
+        assert config.suite.sweep == {"algorithms.dpo.beta": [0.1, 0.3]}  # the typed values, not their spelling
+    assert len({json.dumps(_evaluate_hashes(config), sort_keys=True) for config in configs}) == 1
+    assert len({fingerprint(config.to_dict()) for config in configs}) == 1
+
+
+def test_an_arm_is_named_by_the_validated_value_and_canonical_names_keep_their_hash():
+    """A float option written as an integer reads as a float (1 -> 1.0: that arm's name and hash change from
+    the integer spelling's); a value already written as Python writes it keeps its name, so tiny-frontier's arms
+    keep their run folders."""
+    swept = load_config("tiny", ["sweep.algorithms.dpo.beta=[1,0.3]", "sweep.algorithms.ppo.kl_coef=[1e-4]",
+                                 "only=[dpo,ppo]"])
+    assert swept.selected_arms == ["dpo@beta=1.0", "dpo@beta=0.3", "ppo@kl_coef=0.0001"]
+    frontier = load_config("tiny-frontier")
+    for key, values in frontier.suite.sweep.items():
+        algorithm, option = key.split(".")[1:]
+        written = read_yaml(frontier.suite_file)["sweep"][key]
+        assert [f"{algorithm}@{option}={value}" for value in written] == [
+            arm for arm in frontier.arms if arm.startswith(algorithm + "@")]
+
+
+def test_only_naming_a_point_in_another_spelling_selects_its_arm():
+    config = load_config("tiny", ["sweep.algorithms.dpo.beta=[0.1,0.3]", "only=['dpo@beta=1e-1',grpo]"])
+    assert config.selected_arms == ["dpo@beta=0.1", "grpo"]
 
 
 def test_only_naming_an_unknown_point_is_refused():

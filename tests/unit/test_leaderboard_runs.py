@@ -158,19 +158,20 @@ def test_saved_view_sorts_by_the_headline_and_shows_the_leaderboard_columns(suit
                                 "?workflowType=machine_learning&viewStateShareKey=cells")
 
 
-def test_republishing_replaces_the_runs_and_leaves_the_cells_alone(suite_store, published):
+def test_republishing_updates_the_same_runs_in_place_and_leaves_the_cells_alone(suite_store, published):
+    """A row's identity is its key: publishing again writes into the key's run (same run id, same numbers), so a
+    reader never sees the board change size and no second publisher can delete what the first wrote."""
     client = _client(suite_store["uri"])
     first_link, first_runs = published
     cells_before = {run_id: client.get_run(run_id).data for run_id in suite_store["run_ids"].values()}
     second = publish_leaderboard(suite_store["uri"], SUITE)
     runs = _active_leaderboard_runs(suite_store["uri"])
     assert len(runs) == 3 and sorted(run.info.run_name for run in runs) == ["dpo", "grpo", "sft"]
-    assert set(second.run_ids).isdisjoint(first_link.run_ids)
+    assert second.run_ids == first_link.run_ids
+    same = {run.info.run_name: run.data for run in runs}
     for run in first_runs:
-        assert client.get_run(run.info.run_id).info.lifecycle_stage == "deleted"
-    same = {run.info.run_name: run.data.metrics for run in runs}
-    for run in first_runs:
-        assert same[run.info.run_name] == run.data.metrics  # the same numbers, rewritten
+        assert same[run.info.run_name].metrics == run.data.metrics  # the same numbers, rewritten
+        assert same[run.info.run_name].tags == run.data.tags
     for run_id, data in cells_before.items():
         after = client.get_run(run_id)
         assert after.info.lifecycle_stage == "active"
@@ -222,3 +223,140 @@ def test_without_a_gold_reward_the_headline_is_the_proxy(empty_database, tmp_pat
     state = json.loads(json.loads(client.get_experiment(link.experiment_id).tags[
         "mlflow.sharedViewState.leaderboard"])["state"])
     assert state["orderByKey"] == "metrics.`proxy_reward`"
+
+
+# --- concurrent publishers: one run per key, whatever the interleaving ---------------------------
+
+
+def _one_seed_store(empty_database, root):  # noqa: F811
+    """sft and dpo at seed 0: two leaderboard keys, an empty leaderboard experiment."""
+    from harness.report.leaderboard_runs import _leaderboard_experiment, leaderboard_rows
+    from harness.report.records import load_suite_records
+
+    uri, _, client, experiment_id = _new_store(empty_database, root)
+    parent = _start_invocation(client, experiment_id, 0)
+    for offset, (algorithm, value) in enumerate((("sft", 0.5), ("dpo", 0.9))):
+        _log_cell(client, experiment_id, parent, root / "runs", algorithm=algorithm, seed=0,
+                  start_minute=1 + offset, eval_values={"gold_reward": value, "kl": 0.1 * offset})
+    rows = leaderboard_rows(load_suite_records(uri, SUITE))
+    return uri, client, experiment_id, _leaderboard_experiment(client, uri, SUITE), rows
+
+
+def _active_by_key(client, leaderboard_id) -> dict[str, list]:
+    runs = client.search_runs([leaderboard_id], filter_string=f"tags.`{record.TAG_KIND}` = 'leaderboard'")
+    by_key = {}
+    for run in runs:
+        by_key.setdefault(run.data.tags.get(record.TAG_LEADERBOARD_KEY), []).append(run)
+    return by_key
+
+
+def test_two_publishers_writing_then_deleting_in_turn_leave_one_run_per_configuration(empty_database, tmp_path):  # noqa: F811
+    """The order that emptied the board: A writes, B writes, A deletes what it did not write, B likewise. Each
+    phase is the real function a publish runs; with keys, B writes into A's runs and neither deletes them."""
+    from harness.report.leaderboard_runs import delete_stale_runs, write_rows
+
+    _, client, experiment_id, leaderboard_id, rows = _one_seed_store(empty_database, tmp_path)
+    keys = {row.key for row in rows}
+    written_by_a = write_rows(client, leaderboard_id, SUITE, experiment_id, rows, [])
+    written_by_b = write_rows(client, leaderboard_id, SUITE, experiment_id, rows, [])
+    delete_stale_runs(client, leaderboard_id, keys)
+    delete_stale_runs(client, leaderboard_id, keys)
+    by_key = _active_by_key(client, leaderboard_id)
+    assert set(by_key) == keys == {"sft:" + rows[0].config, "dpo:" + rows[1].config}
+    assert all(len(runs) == 1 for runs in by_key.values()), by_key
+    assert written_by_a == written_by_b
+    for row in rows:
+        assert by_key[row.key][0].data.metrics["gold_reward"] == {"sft": 0.5, "dpo": 0.9}[row.algorithm]
+
+
+def test_two_publishers_creating_one_key_at_once_converge_on_its_oldest_run(empty_database, tmp_path):  # noqa: F811
+    """Both found no run for a key and both create one: each searches the key again after creating and writes
+    into the oldest run it sees; the deletes then leave that oldest run, holding the row. A run without a key
+    (an older publish's) and a run of a key no longer published go too."""
+    from harness.report.leaderboard_runs import _created_run, _write_row, delete_stale_runs
+
+    _, client, experiment_id, leaderboard_id, rows = _one_seed_store(empty_database, tmp_path)
+    client.create_run(leaderboard_id, tags={record.TAG_KIND: record.KIND_LEADERBOARD})
+    client.create_run(leaderboard_id, tags={record.TAG_KIND: record.KIND_LEADERBOARD,
+                                            record.TAG_LEADERBOARD_KEY: "dpo:no-longer-published"})
+    dpo = next(row for row in rows if row.algorithm == "dpo")
+    seen_by_a = _created_run(client, leaderboard_id, SUITE, dpo)
+    seen_by_b = _created_run(client, leaderboard_id, SUITE, dpo)
+    assert len(seen_by_a) == 1 and len(seen_by_b) == 2  # B's search sees A's run beside its own
+    oldest = min(seen_by_b, key=lambda run: (run.info.start_time, run.info.run_id)).info.run_id
+    assert seen_by_b[0].info.run_id == oldest
+    _write_row(client, seen_by_a[0], SUITE, experiment_id, dpo, [])
+    _write_row(client, seen_by_b[0], SUITE, experiment_id, dpo, [])
+    delete_stale_runs(client, leaderboard_id, {row.key for row in rows})
+    delete_stale_runs(client, leaderboard_id, {row.key for row in rows})
+    by_key = _active_by_key(client, leaderboard_id)
+    assert set(by_key) == {dpo.key}
+    assert [run.info.run_id for run in by_key[dpo.key]] == [oldest]
+    assert by_key[dpo.key][0].data.metrics["gold_reward"] == 0.9
+    assert by_key[dpo.key][0].info.run_name == "dpo" and by_key[dpo.key][0].info.status == "FINISHED"
+
+
+# --- labels: the report's clipped interval, the interval's basis per metric ----------------------
+
+# Two-sided 95% Student-t quantile at 2 degrees of freedom (three seeds), from a printed table.
+T_95_DF2 = 4.303
+
+
+def test_a_win_rate_reads_as_its_clipped_interval_and_a_missing_value_shows_in_the_basis(empty_database, tmp_path):  # noqa: F811
+    """dpo's win rates 0.9, 0.95, 1.0 over three seeds: 0.95 ± 4.303 · 0.05 / √3 = ± 0.124 reaches 1.074, so the
+    text reads "0.950 [0.826, 1.000]" as the report's win-rate table prints it. dpo's seed 2 logged no gold
+    reward: the row says its gold reward is over 2 values, not 3."""
+    from harness.report.markdown import write_report
+
+    uri, _, client, experiment_id = _new_store(empty_database, tmp_path)
+    parent = _start_invocation(client, experiment_id, 0)
+    minute = 1
+    for seed in range(3):
+        for algorithm in ("sft", "dpo"):
+            values = {"gold_reward": 0.1 * seed, "kl": 0.0} if algorithm == "sft" else {
+                "kl": 1.0 + seed, "win_rate_vs_sft": (0.9, 0.95, 1.0)[seed]}
+            if algorithm == "dpo" and seed < 2:
+                values["gold_reward"] = (0.5, 0.7)[seed]
+            _log_cell(client, experiment_id, parent, tmp_path / "runs", algorithm=algorithm, seed=seed,
+                      start_minute=minute, eval_values=values)
+            minute += 1
+    client.set_terminated(parent, status="FINISHED")
+    publish_leaderboard(uri, SUITE)
+    runs = {run.data.tags[record.TAG_ALGORITHM]: run for run in _active_leaderboard_runs(uri)}
+    half = T_95_DF2 * 0.05 / math.sqrt(3)
+    assert 0.95 + half > 1.0
+    text = f"0.950 [{0.95 - half:.3f}, 1.000]"
+    assert text == "0.950 [0.826, 1.000]"
+    dpo = runs["dpo"].data
+    assert dpo.tags["report.win_rate_vs_sft"] == text
+    assert dpo.metrics["win_rate_vs_sft_ci_high"] == 1.0
+    assert dpo.metrics["win_rate_vs_sft_ci_low"] == pytest.approx(0.95 - half, abs=1e-9)
+    report = write_report(uri, SUITE, tmp_path).read_text(encoding="utf-8")
+    assert "[0.826, 1.000]" in report
+    # Gold over dpo's two values: 0.6 ± 12.706 · 0.1414 / √2; the basis names the metric with fewer values.
+    assert dpo.tags["report.gold_reward"] == f"0.600 ± {T_95_DF1 * math.sqrt(0.02) / math.sqrt(2):.3f}"
+    assert dpo.tags[record.TAG_INTERVAL] == "t over 3 seeds (gold_reward: 2)"
+    assert runs["sft"].data.tags[record.TAG_INTERVAL] == "t over 3 seeds"
+
+
+def test_a_row_written_over_an_older_one_drops_what_it_no_longer_has(empty_database, tmp_path):  # noqa: F811
+    """Updating in place must not leave an older publish's numbers behind: a metric the row no longer has reads
+    NaN (MLflow cannot delete a metric) and its text is removed; the name follows the row."""
+    import dataclasses
+
+    from harness.report.leaderboard_runs import _write_row, write_rows
+
+    _, client, experiment_id, leaderboard_id, rows = _one_seed_store(empty_database, tmp_path)
+    dpo = next(row for row in rows if row.algorithm == "dpo")
+    [run_id] = write_rows(client, leaderboard_id, SUITE, experiment_id, [dpo], [])
+    assert "kl" in client.get_run(run_id).data.metrics and "report.kl" in client.get_run(run_id).data.tags
+    narrower = dataclasses.replace(
+        dpo, current=False, metrics={name: value for name, value in dpo.metrics.items() if name != "kl"},
+        texts={name: text for name, text in dpo.texts.items() if name != "kl"},
+    )
+    _write_row(client, client.get_run(run_id), SUITE, experiment_id, narrower, [])
+    after = client.get_run(run_id)
+    assert math.isnan(after.data.metrics["kl"]) and after.data.metrics["gold_reward"] == 0.9
+    assert "report.kl" not in after.data.tags and after.data.tags["report.gold_reward"] == dpo.texts["gold_reward"]
+    assert after.info.run_name == narrower.run_name != dpo.run_name
+    assert after.data.tags[record.TAG_CURRENT] == "false"

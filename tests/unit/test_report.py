@@ -27,9 +27,8 @@ from harness.report.frame import (
 from harness.report.markdown import write_report
 from harness.report.plots import plot_training_curves
 from harness.report.records import load_suite_records
-from harness.report.stats import bootstrap_mean_ci, mean_ci, overlaps, t_quantile
+from harness.report.stats import bootstrap_mean_ci, mean_ci, t_quantile
 from harness.report.tables import (
-    best_versus_runner_up,
     cost_table,
     leaderboard_frame,
     main_table,
@@ -579,18 +578,6 @@ def test_bootstrap_resamples_prompts_not_samples():
     assert bootstrap_mean_ci(values, groups) == by_prompt  # same seed, same interval
 
 
-def test_overlaps():
-    assert overlaps((0.0, 1.0), (0.5, 2.0))
-    assert overlaps((0.0, 1.0), (1.0, 2.0))
-    assert not overlaps((0.0, 1.0), (1.1, 2.0))
-    assert overlaps(mean_ci([1.0, 2.0, 3.0]), mean_ci([4.0, 5.0, 6.0]))
-    assert not overlaps(mean_ci([1.0, 1.1, 0.9]), mean_ci([5.0, 5.1, 4.9]))
-    assert overlaps(mean_ci([1.0]), mean_ci([5.0, 5.1, 4.9]))  # one seed: no interval, no claim
-
-
-# --- tables over seeds --------------------------------------------------------------------------
-
-
 def test_main_table_cells_and_bold_best(cells):
     table = main_table(cells)
     assert list(table.index) == ["sft", "dpo", "grpo"]
@@ -665,15 +652,20 @@ def test_cost_table_has_every_spend_column_and_failed_cells(cells):
     assert by_cell.loc["sft-s0", ["prompts_seen", "wall_time_s"]].isna().all()  # the baseline trains nothing
 
 
-def test_best_versus_runner_up_flags_overlap(cells):
-    findings = best_versus_runner_up(cells).set_index("metric")
-    assert "length" not in findings.index  # neutral
-    assert (findings.loc["gold_reward", "best"], findings.loc["gold_reward", "runner_up"]) == ("grpo", "dpo")
-    assert findings.loc["gold_reward", "overlaps"]
-    # The baseline does not contend on KL: dpo (3 ± 2.484) against grpo (6 ± 2.484), which overlap.
-    assert (findings.loc["kl", "best"], findings.loc["kl", "runner_up"]) == ("dpo", "grpo")
-    assert findings.loc["kl", "overlaps"]
-    assert not findings.loc["proxy_reward", "overlaps"]
+def test_best_against_runner_up_is_paired_per_metric(cells):
+    from harness.report import claims
+
+    book = claims.ClaimBook()
+    for metric in ("gold_reward", "kl", "length"):
+        claims.best_against_runner_up(book, metric, claims.seed_table(cells, metric))
+    found = {comparison.metric: comparison for comparison in book.settle().comparisons}
+    assert "length" not in found  # neutral: no best
+    # gold: grpo 0.55, 0.65, 0.75 against dpo 0.5, 0.6, 0.7: the difference 0.05 on every seed.
+    assert (found["gold_reward"].first, found["gold_reward"].second) == ("grpo", "dpo")
+    assert found["gold_reward"].difference.mean == pytest.approx(0.05)
+    # KL: the baseline does not contend; dpo 2, 3, 4 against grpo 5, 6, 7: -3 on every seed, lower is better.
+    assert (found["kl"].first, found["kl"].second, found["kl"].winner) == ("dpo", "grpo", "dpo")
+    assert found["kl"].difference.mean == pytest.approx(-3.0)
 
 
 def test_win_rate_table_over_seeds_by_hand(cells):
@@ -830,7 +822,8 @@ def growing_report(growing, tmp_path_factory):
 
 
 def test_plots_are_pngs(growing_report, two_seeds, tmp_path):
-    for name in ("tiny_frontier.png", "tiny_reward_vs_kl.png", "tiny_training_curves.png", "tiny_reward_vs_cost.png"):
+    for name in ("tiny_frontier.png", "tiny_training_comparison.png", "tiny_reward_vs_kl.png", "tiny_training_curves.png",
+                 "tiny_reward_vs_cost.png"):
         _assert_png(growing_report.with_name(name))
     # Nothing logged at all still gives a figure that says so, not an exception.
     empty = two_seeds.histories.iloc[0:0]
@@ -848,7 +841,8 @@ def report(store, tmp_path_factory):
 def test_write_report_files_and_header(report):
     assert report.name == "tiny.md"
     text = report.read_text(encoding="utf-8")
-    for name in ("tiny_frontier.png", "tiny_reward_vs_kl.png", "tiny_training_curves.png", "tiny_reward_vs_cost.png"):
+    for name in ("tiny_frontier.png", "tiny_training_comparison.png", "tiny_reward_vs_kl.png", "tiny_training_curves.png",
+                 "tiny_reward_vs_cost.png"):
         assert report.with_name(name).read_bytes().startswith(PNG_SIGNATURE)
         assert f"]({name})" in text
 
@@ -909,7 +903,8 @@ def test_regenerating_from_a_copy_of_the_database_alone_is_byte_identical(store,
     shutil.copyfile(store["database"], copy)
     again = write_report(f"sqlite:///{copy}", SUITE, tmp_path / "out")
     assert again.read_bytes() == report.read_bytes()
-    for name in ("tiny_frontier.png", "tiny_reward_vs_kl.png", "tiny_training_curves.png", "tiny_reward_vs_cost.png"):
+    for name in ("tiny_frontier.png", "tiny_training_comparison.png", "tiny_reward_vs_kl.png", "tiny_training_curves.png",
+                 "tiny_reward_vs_cost.png"):
         assert (tmp_path / "out" / name).read_bytes() == report.with_name(name).read_bytes()
 
 
@@ -919,8 +914,8 @@ def test_report_and_plots_are_logged_on_the_newest_invocation(growing, growing_r
     client = mlflow.MlflowClient(tracking_uri=growing["two_seeds"])
     newest, older = growing["parents"][1], growing["parents"][0]
     logged = {artifact.path for artifact in client.list_artifacts(newest, "report")}
-    assert logged == {"report/tiny.md", "report/tiny_frontier.png", "report/tiny_reward_vs_kl.png",
-                      "report/tiny_training_curves.png", "report/tiny_reward_vs_cost.png"}
+    assert logged == {"report/tiny.md", "report/tiny_frontier.png", "report/tiny_training_comparison.png",
+                      "report/tiny_reward_vs_kl.png", "report/tiny_training_curves.png", "report/tiny_reward_vs_cost.png"}
     downloaded = client.download_artifacts(newest, "report/tiny_reward_vs_kl.png", str(tmp_path / "dl"))
     assert open(downloaded, "rb").read() == growing_report.with_name("tiny_reward_vs_kl.png").read_bytes()
     assert not client.list_artifacts(older, "report")
