@@ -5,10 +5,11 @@ feedback", arXiv:2009.01325; Gao et al. 2022, "Scaling laws for reward model ove
 arXiv:2210.10760, whose best-of-n curves are a reference point for reward against KL). Its KL to the
 reference is reported as the analytic bound log n - (n-1)/n (Beirami et al. 2024, "Theoretical guarantees on
 the best-of-n alignment policy", arXiv:2401.01879, Theorem 3.1; the earlier papers used it as the exact
-value): there is no policy model to run forward passes on.
+value): there is no policy model to run forward passes on. Beside it, eval/best_of_n_kl_estimate estimates the
+KL from the candidates already drawn (below).
 
 What is implemented: for every evaluation sample (prompt, sample slot), `n` independent completions of the
-prompt are drawn from the SFT checkpoint with the evaluator's own sampling settings and seed, each is scored,
+prompt are drawn from the SFT checkpoint with the evaluator's own sampling settings, each is scored,
 and the one with the highest training reward is kept; every other metric (gold reward, proxy reward, length,
 stop rate, BLEU, ROUGE, distinct-n, win rate against SFT) is computed on the kept completions exactly as for
 any checkpoint. The selection happens in the evaluator (harness.metrics.evaluator, `BestOf`); `train` trains
@@ -32,11 +33,20 @@ Choices and departures, each a decision of ours:
   frontier sit at or to the right of where they belong. eval/kl_k1 and eval/kl_k3, sampled-token estimates,
   are not reported: the best-of-n policy's log-probabilities are not available. n = 1 is the SFT policy
   itself, KL exactly 0.
+- KL estimate: eval/best_of_n_kl_estimate (harness.metrics.evaluator.best_of_n_kl_estimate) takes the
+  empirical distribution F of a prompt's candidates' selection rewards (all of its sample slots' candidates)
+  for the SFT policy's: best-of-n keeps a reward value v with probability F(v)^n - F(v-)^n against SFT's
+  F(v) - F(v-), which gives KL(best-of-n || SFT) exactly for that distribution, ties included (they make it
+  smaller than the bound); the mean over prompts is the metric. It is biased low where a prompt has few
+  candidates (m distinct rewards give at most what a policy of m outcomes could), and it is the KL of the
+  selection alone: best-of-n changes nothing but which reward values it keeps. eval/kl stays the bound.
 - Samples: the n candidates of slot j of a prompt are the evaluator's draws j*n .. j*n+n-1 of that prompt
-  (one `generate` call of samples_per_prompt x n per prompt, the evaluation seed). So n = 1 reproduces the SFT
-  baseline's own evaluation exactly, and with the vLLM backend (one random stream per (seed, prompt, draw))
-  slot 0's candidates include the baseline's own sample 0, a common-random-numbers pairing in the win rate
-  like every other checkpoint's.
+  (one `generate` call of samples_per_prompt x n per prompt) under the seed evaluation seed +
+  harness.metrics.evaluator.BEST_OF_N_SEED_OFFSET: a stream disjoint from the SFT baseline's samples (the
+  evaluation seed). With the evaluation seed itself, the vLLM backend (one random stream per (seed, prompt,
+  draw)) made slot 0's candidates include the baseline's own sample 0, and a selection that knows its opponent
+  beats it more often than the n/(n+1) of independent draws (0.875 instead of 0.800 at n = 4 when selecting
+  by gold). So n = 1 is an independent evaluation of the SFT policy, not a copy of the baseline's.
 - Cost: no training spend (zeros, no optimizer steps); the inference-time spend is logged at evaluation as
   cost/completions_per_answer = n and cost/eval_completions_generated (every candidate drawn), where n reward
   model scores per answer are the price of the method.

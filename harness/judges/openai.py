@@ -1,11 +1,12 @@
 """judge.backend openai: any OpenAI-compatible chat endpoint (`vllm serve`, a hosted API), stdlib only.
 
-Each judge prompt is one POST {base_url}/chat/completions at temperature 0 asking for the first token's top
-log-probabilities; the verdict is the two labels' renormalised probabilities when both are among them, else
-the reply's text, parsed. Up to judge.batch_size requests are in flight at once. Rate limits and server
-errors (429, 5xx) and timeouts are retried with backoff (honouring Retry-After); an endpoint that refuses
-log-probabilities (400 naming them) is asked again without. Anything else is a one-line JudgeError naming
-the URL and the HTTP status.
+Each judge prompt is one POST {base_url}/chat/completions at temperature 0 asking for every generated token's
+top log-probabilities; the verdict is the two labels' renormalised probabilities at the reply's answer token
+(the first label token where the reply so far parses as that label: the "B" of "**B**") when both labels are
+among its alternatives, else the reply's text, parsed (harness.judges.pairwise.reply_verdict). Up to
+judge.batch_size requests are in flight at once. Rate limits and server errors (429, 5xx) and timeouts are
+retried with backoff (honouring Retry-After); an endpoint that refuses log-probabilities (400 naming them) is
+asked again without. Anything else is a one-line JudgeError naming the URL and the HTTP status.
 
 The API key comes from the environment variable that judge.api_key_env names and travels only in the
 Authorization header: it is never logged, and it is cut out of any error text an endpoint sends back.
@@ -24,7 +25,7 @@ import urllib.request
 from concurrent.futures import ThreadPoolExecutor
 
 from harness.judges.base import OrderVerdict
-from harness.judges.pairwise import JudgeError, PairwiseJudge, label_logprobs, probability_verdict, text_verdict
+from harness.judges.pairwise import JudgeError, PairwiseJudge, reply_verdict
 from harness.judges.templates import JudgeTemplate
 
 logger = logging.getLogger(__name__)
@@ -71,16 +72,10 @@ class OpenAIJudge(PairwiseJudge):
             text = (choice["message"].get("content") or "").strip()
         except (KeyError, IndexError, TypeError, AttributeError):
             raise JudgeEndpointError(f"judge endpoint {self.url} sent no chat completion choice") from None
-        first_token = ((choice.get("logprobs") or {}).get("content") or [{}])[0] or {}
-        top = [(str(entry.get("token") or ""), float(entry["logprob"]))
-               for entry in first_token.get("top_logprobs") or []
-               if isinstance(entry, dict) and isinstance(entry.get("logprob"), int | float)]
-        logprobs = label_logprobs(top, self.template.answers)
-        if logprobs is not None:
-            verdict = probability_verdict(*logprobs, self.template.answers, text)
-            if verdict is not None:
-                return verdict
-        return text_verdict(text, self.template.answers)
+        generated = [entry for entry in (choice.get("logprobs") or {}).get("content") or []
+                     if isinstance(entry, dict)]
+        tokens = [str(entry.get("token") or "") for entry in generated]
+        return reply_verdict(tokens, [_alternatives(entry) for entry in generated], text, self.template.answers)
 
     def _chat(self, messages: list[dict]) -> dict:
         body = {"model": self.model, "messages": messages, "temperature": 0, "max_tokens": self.max_new_tokens}
@@ -129,6 +124,12 @@ class OpenAIJudge(PairwiseJudge):
         if self._api_key:
             text = text.replace(self._api_key, "***")
         return text[:ERROR_TEXT_LIMIT] + ("…" if len(text) > ERROR_TEXT_LIMIT else "")
+
+
+def _alternatives(entry: dict) -> list[tuple[str, float]]:
+    """One generated token's top log-probabilities as (token text, log-probability) pairs."""
+    return [(str(top.get("token") or ""), float(top["logprob"])) for top in entry.get("top_logprobs") or []
+            if isinstance(top, dict) and isinstance(top.get("logprob"), int | float)]
 
 
 def _api_key(api_key_env: str) -> str:

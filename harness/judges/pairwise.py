@@ -5,6 +5,10 @@ asks each comparison twice, candidate first then candidate second, and pairs the
 PairVerdict (harness/judges/base.py combines them). An answer is read from the probabilities of the two
 labels where the backend has them (P(first label) renormalised over the two), else from the judge's text by
 one rule, `parse_answer`, for every backend.
+
+A backend that generates (vllm, openai) reads the probabilities where the reply gives its answer
+(`reply_verdict`): at the first generated token that is a label and at which the reply so far parses as that
+label ("**B**": the token "B", not the "**" before it, whose alternatives say nothing about the verdict).
 """
 
 from __future__ import annotations
@@ -24,6 +28,9 @@ class JudgeError(RuntimeError):
 
 class PairwiseJudge:
     """The evaluator's judge: `compare` and `close`. Subclasses implement `judge_orders`."""
+
+    # A model judge is shown each request as the task wrote it, not in the policy's chat markup.
+    reads_task_prompt = True
 
     def compare(self, prompts: list[str], candidates: list[str], others: list[str],
                 candidates_stopped: list[bool], others_stopped: list[bool]) -> list[PairVerdict]:
@@ -88,18 +95,56 @@ def parse_answer(text: str, labels: tuple[str, str]) -> int | None:
     return None
 
 
+def reply_verdict(tokens: list[str], top_logprobs: list[list[tuple[str, float]]], text: str,
+                  labels: tuple[str, str]) -> OrderVerdict:
+    """One order's verdict from a generated reply: `tokens` are its generated tokens as text, `top_logprobs`
+    the (token text, log-probability) alternatives at each of them. The labels' renormalised probabilities at
+    the reply's answer token (`answer_position`) when both labels are among its alternatives; else the text,
+    parsed (first_better None when it names neither label: unparseable, never scored)."""
+    position = answer_position(tokens, labels)
+    if position is not None and position < len(top_logprobs):
+        logprobs = label_logprobs(top_logprobs[position], labels)
+        if logprobs is not None:
+            verdict = probability_verdict(*logprobs, labels, text)
+            if verdict is not None:
+                return verdict
+    return text_verdict(text, labels)
+
+
+def answer_position(tokens: list[str], labels: tuple[str, str]) -> int | None:
+    """The index of the token where the reply gives its answer: the first token that is a label (`token_label`)
+    and at which the reply so far parses (`parse_answer`) as that label; None when there is none. A label
+    inside a sentence ("I cannot decide between A and B") is no answer."""
+    reply = ""
+    for index, token in enumerate(tokens):
+        reply += token
+        label = token_label(token, labels)
+        if label is not None and parse_answer(reply, labels) == label:
+            return index
+    return None
+
+
+def token_label(token: str, labels: tuple[str, str]) -> int | None:
+    """Which label a token stands for: 0 or 1 when, without spaces and markdown decoration, it is that label or
+    the start of it and not of the other one ("A", " A", "**A" for label A); else None ("**", "Answer")."""
+    piece = _DECORATION.sub("", token).strip()
+    if not piece:
+        return None
+    starts = [label.startswith(piece) for label in labels]
+    if starts[0] == starts[1]:
+        return None
+    return 0 if starts[0] else 1
+
+
 def label_logprobs(top_logprobs: list[tuple[str, float]], labels: tuple[str, str]) -> tuple[float, float] | None:
-    """Each label's log-probability among a text API's top tokens for the first generated token, or None when
-    either label is missing. A token counts for a label when, without surrounding spaces, it is the label or
-    the start of it and not of the other one ("A" or " A" for label A); several such tokens add up."""
+    """Each label's log-probability among the top tokens at one generated position, or None when either label
+    is missing. Every token that stands for a label (`token_label`: "A" or " A" for label A) counts for it;
+    several such tokens add up."""
     found: list[list[float]] = [[], []]
     for token, logprob in top_logprobs:
-        piece = token.strip()
-        if not piece:
-            continue
-        starts = [label.startswith(piece) for label in labels]
-        if starts[0] != starts[1]:
-            found[0 if starts[0] else 1].append(logprob)
+        label = token_label(token, labels)
+        if label is not None:
+            found[label].append(logprob)
     if not found[0] or not found[1]:
         return None
     return _logsumexp(found[0]), _logsumexp(found[1])

@@ -3,9 +3,11 @@
 The engine settings (HARNESS_VLLM_* environment variables), the watched worker process and its one-line
 errors are the vLLM generator's (harness/generation/vllm.py); the worker is harness.judges.vllm_worker. The
 parent renders and tokenizes the prompts with the judge's transformers tokenizer, as the hf backend does, so
-both backends judge the same token ids. Each prompt is answered greedily; the verdict is the two labels'
-renormalised probabilities where both are among the first generated token's top log-probabilities, else
-the generated text, parsed (unparseable when it names neither label).
+both backends judge the same token ids. Each prompt is answered greedily with every generated token's top
+log-probabilities; the verdict is the two labels' renormalised probabilities at the reply's answer token (the
+first label token where the reply so far parses as that label: the "B" of "**B**", not the "**" before it)
+when both are among its alternatives, else the generated text, parsed (unparseable when it names neither
+label; harness.judges.pairwise.reply_verdict).
 """
 
 from __future__ import annotations
@@ -15,7 +17,7 @@ import tempfile
 from pathlib import Path
 
 from harness.judges.base import OrderVerdict
-from harness.judges.pairwise import JudgeError, PairwiseJudge, answer_token_ids, probability_verdict, text_verdict
+from harness.judges.pairwise import JudgeError, PairwiseJudge, answer_token_ids, reply_verdict
 from harness.judges.templates import JudgeTemplate, prompt_token_ids
 
 logger = logging.getLogger(__name__)
@@ -31,7 +33,8 @@ class VLLMJudge(PairwiseJudge):
 
         self.model, self.template, self.max_new_tokens = str(model), template, max_new_tokens
         self.tokenizer = auto_tokenizer(self.model)
-        self.answer_ids = answer_token_ids(self.tokenizer, template.answers, f"judge model '{self.model}'")
+        # Labels the tokenizer cannot tell apart are refused here, as the hf backend refuses them.
+        answer_token_ids(self.tokenizer, template.answers, f"judge model '{self.model}'")
         self.engine = VLLMGenerator(device, batch_size)  # its settings and its worker watch, not its generate()
         self.last_timings: dict[str, float] = {}
 
@@ -55,18 +58,20 @@ class VLLMJudge(PairwiseJudge):
         return [self._verdict(output) for output in result["outputs"]]
 
     def _verdict(self, output: dict) -> OrderVerdict:
-        """The labels' probabilities when both are among the top log-probabilities, else the parsed text."""
+        """The labels' probabilities at the reply's answer token when both are among its top log-probabilities,
+        else the parsed text (harness.judges.pairwise.reply_verdict). Every token, generated or an alternative,
+        is read as the text the tokenizer decodes it to, as the openai backend reads an API's tokens."""
         from harness.generation.hf import truncate_after_eos
 
         token_ids, _ = truncate_after_eos(output["token_ids"], self.tokenizer.eos_token_id)
         text = self.tokenizer.decode(token_ids, skip_special_tokens=True).strip()
-        top = output["top_logprobs"]
-        first, second = (top.get(str(token)) for token in self.answer_ids)
-        if first is not None and second is not None:
-            verdict = probability_verdict(first, second, self.template.answers, text)
-            if verdict is not None:
-                return verdict
-        return text_verdict(text, self.template.answers)
+        tokens = [self._token_text(token) for token in token_ids]
+        alternatives = [[(self._token_text(int(token)), logprob) for token, logprob in position.items()]
+                        for position in output["top_logprobs"][: len(token_ids)]]
+        return reply_verdict(tokens, alternatives, text, self.template.answers)
+
+    def _token_text(self, token_id: int) -> str:
+        return self.tokenizer.decode([token_id], skip_special_tokens=True)
 
     def _run_worker(self, request: dict, folder: Path) -> dict:
         from harness.generation.vllm import _memory_hint, run_worker

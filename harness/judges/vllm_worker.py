@@ -3,10 +3,10 @@
 Run as `python -m harness.judges.vllm_worker REQUEST.json RESULT.json`, like harness.generation.vllm_worker
 (whose checks and engine start it reuses). The request holds token ids already rendered by the parent with
 the judge's transformers tokenizer, so vLLM judges exactly the ids the hf backend would read. Each judge prompt
-is generated greedily for `max_tokens` tokens, with the top `top_logprobs` log-probabilities of the first
+is generated greedily for `max_tokens` tokens, with the top `top_logprobs` log-probabilities of every
 generated token (vLLM's raw log-probabilities: the model's log-softmax, as the hf backend computes it). The
-result is `{"outputs": [{"token_ids": [...], "top_logprobs": {"<token id>": logprob, ...}}, ...]}` in request
-order, or `{"error": "<one line>"}`.
+result is `{"outputs": [{"token_ids": [...], "top_logprobs": [{"<token id>": logprob, ...}, ...]}, ...]}`, one
+dict per generated token, in request order, or `{"error": "<one line>"}`.
 """
 
 from __future__ import annotations
@@ -68,10 +68,11 @@ def judge_request(request: dict) -> dict:
         chunk = [{"prompt_token_ids": ids} for ids in prompts[start : start + chunk_size]]
         for output in llm.generate(chunk, settings, use_tqdm=False):
             (completion,) = output.outputs
-            first = completion.logprobs[0] if completion.logprobs else {}
+            # Every generated position's alternatives: the answer may come after markdown ("**B**").
             outputs.append({
                 "token_ids": list(completion.token_ids),
-                "top_logprobs": {str(token): entry.logprob for token, entry in first.items()},
+                "top_logprobs": [{str(token): entry.logprob for token, entry in position.items()}
+                                 for position in completion.logprobs or []],
             })
     return {
         "outputs": outputs,

@@ -220,6 +220,8 @@ def _registry(*metrics: Metric) -> dict[str, Metric]:
 
 
 _KL_SUM = "summed over the response at the evaluation temperature (nats per sequence)"
+# The samples field (and metric) of best-of-n's estimated KL (harness.metrics.evaluator.best_of_n_kl_estimate).
+BEST_OF_N_KL_ESTIMATE = "best_of_n_kl_estimate"
 
 METRICS: dict[str, Metric] = _registry(
     Metric("gold_reward", "higher", GOLD_UNITS, "sample", "reward",
@@ -232,6 +234,11 @@ METRICS: dict[str, Metric] = _registry(
            f"exact KL(policy||reference) over the vocabulary, {_KL_SUM}; for best-of-n the analytic upper bound "
            "log n - (n-1)/n (tag harness.kl_is_bound)", field="kl", label="KL(π‖π_ref) per response",
            headline=True),
+    Metric(BEST_OF_N_KL_ESTIMATE, "lower", NATS, "sample", "kl",
+           "best-of-n only: KL(best-of-n||the policy it samples) in nats per sequence, estimated per prompt from "
+           "the selection rewards of all its candidates (their empirical distribution), averaged over prompts; "
+           "at or below the bound eval/kl, biased low when a prompt has few candidates",
+           field=BEST_OF_N_KL_ESTIMATE, label="estimated KL(best-of-n‖π_ref) per response"),
     Metric("kl_k1", "lower", NATS, "sample", "kl",
            f"k1 estimate Σ(log p − log q) at the sampled tokens, {_KL_SUM}", field="kl_k1",
            label="k1 KL estimate per response"),

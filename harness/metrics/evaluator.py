@@ -20,7 +20,12 @@ copy of the evaluation draws), and kl_train_temperature is the mean exact KL at 
 Best-of-n (`best_of`, harness/algorithms/best_of_n.py): each sample is instead the best of n draws from the
 checkpoint by the suite's training reward, every metric (the judge's included) is computed on the kept samples,
 and the KL is the analytic bound log n - (n-1)/n (there is no policy model to run forward passes on, and so
-no KL at the training temperature either).
+no KL at the training temperature either), with an estimate beside it from the candidates' selection rewards
+(`best_of_n_kl_estimate`). The candidates are drawn with the seed `seed + BEST_OF_N_SEED_OFFSET`, a stream
+disjoint from the SFT baseline's evaluation samples (seed `seed`) and its draws at the training temperature:
+with the evaluation seed itself, slot 0's candidates would include the baseline's own slot-0 sample (the vLLM
+generator's streams are per (seed, prompt, draw)), and a selection knowing its opponent beats it more often
+than the n/(n+1) of independent draws.
 """
 
 from __future__ import annotations
@@ -34,7 +39,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from harness.judges.base import gold_agreement
-from harness.metrics.catalog import VS_REFERENCE, VS_SFT, Comparison, Corpus, summarise
+from harness.metrics.catalog import BEST_OF_N_KL_ESTIMATE, VS_REFERENCE, VS_SFT, Comparison, Corpus, summarise
 from harness.metrics.win_rate import win_points
 from harness.tasks.common import TASK_PROMPT
 
@@ -43,6 +48,9 @@ logger = logging.getLogger(__name__)
 # The training-temperature draws use seed + this: a prime far from any seed a suite lists, so that their stream
 # never coincides with an evaluation's.
 TRAIN_TEMPERATURE_SEED_OFFSET = 1_000_003
+# Best-of-n's candidates use seed + this: another such prime, so that they share no draw with the SFT baseline's
+# evaluation samples (seed), its draws at the training temperature (seed + the offset above) or another seed's.
+BEST_OF_N_SEED_OFFSET = 2_000_003
 
 GoldScorer = Callable[[list[str], list[str], list[bool]], list[float]]
 
@@ -74,6 +82,31 @@ def best_of_n_kl_bound(n: int) -> float:
     """log n - (n-1)/n nats: an upper bound on KL(best-of-n || the policy it samples from) for every prompt
     (Beirami et al. 2024, arXiv:2401.01879, Theorem 3.1); exactly 0 for n = 1."""
     return math.log(n) - (n - 1) / n
+
+
+def best_of_n_kl_estimate(rewards: list[float], n: int) -> float:
+    """KL(best-of-n || the policy) in nats per sequence for one prompt, estimated from `rewards`: the selection
+    rewards of candidates the policy drew for it (all of the prompt's candidates, every sample slot's), whose
+    empirical distribution F stands for the policy's distribution of the selection reward.
+
+    Best-of-n keeps a candidate of the highest reward among n draws, and among candidates of equal reward any
+    of them alike (the draws are exchangeable), so it changes the policy only through the reward: a value v of
+    probability p(v) = F(v) - F(v-) is kept with probability q(v) = F(v)^n - F(v-)^n, every response of reward v
+    by the ratio q(v) / p(v), and KL = sum over the distinct values v of q(v) log(q(v) / p(v)). Ties make it
+    smaller than the bound log n - (n-1)/n, which it approaches as the values become many and distinct; from
+    few candidates it is biased low (m distinct values give at most what a policy of m outcomes could)."""
+    from collections import Counter
+
+    if n < 1 or not rewards:
+        raise ValueError(f"best_of_n_kl_estimate needs n >= 1 and some rewards, got n={n} and {len(rewards)}")
+    total, below, kl = len(rewards), 0, 0.0
+    for value, count in sorted(Counter(rewards).items()):
+        sft = count / total
+        best_of = ((below + count) / total) ** n - (below / total) ** n
+        if best_of > 0.0:
+            kl += best_of * math.log(best_of / sft)
+        below += count
+    return max(kl, 0.0)  # a sum of terms that is >= 0 exactly, rounding aside
 
 
 def draws_at_train_temperature(config, train_temperature: float | None, best_of: BestOf | None) -> bool:
@@ -130,7 +163,8 @@ def evaluate_checkpoint(
 
     n = best_of.n if best_of else 1
     started = time.perf_counter()
-    generations = generator.generate(checkpoint, prompts, config.samples_per_prompt * n, sampling, seed)
+    draw_seed = seed + BEST_OF_N_SEED_OFFSET if best_of else seed  # disjoint from the baseline (docstring)
+    generations = generator.generate(checkpoint, prompts, config.samples_per_prompt * n, sampling, draw_seed)
     generate_seconds = time.perf_counter() - started
     extra_generate_seconds = 0.0  # the draws at the training temperature, taken while scoring
     completions_generated = len(generations)
@@ -146,13 +180,16 @@ def evaluate_checkpoint(
     train_temperature_samples: list[dict] = []
     if best_of:
         scores = _selection_rewards(best_of, proxy, gold, stopped)
+        kl_estimates = _kl_estimates_by_prompt(generations, scores, n)
         kept, candidates = _keep_best(generations, scores, gold, n)
         generations = [dataclasses.replace(generations[i], sample_index=generations[i].sample_index // n) for i in kept]
         completions, stopped, sample_prompts = ([values[i] for i in kept] for values in (completions, stopped, sample_prompts))
         proxy = [proxy[i] for i in kept]
         gold = [gold[i] for i in kept] if gold is not None else None
-        # No forward passes: the best-of-n policy has no model; its KL is the bound, the same for every sample.
-        kl = {"kl": [best_of_n_kl_bound(n)] * len(kept)}
+        # No forward passes: the best-of-n policy has no model; its KL is the bound, the same for every sample,
+        # and beside it each sample carries its prompt's estimate.
+        kl = {"kl": [best_of_n_kl_bound(n)] * len(kept),
+              BEST_OF_N_KL_ESTIMATE: [kl_estimates[g.prompt_index] for g in generations]}
     else:
         pad_id = load_tokenizer(checkpoint).pad_token_id
         policy, reference = load_causal_lm(checkpoint, device), load_causal_lm(reference_dir, device)
@@ -204,9 +241,7 @@ def evaluate_checkpoint(
     if baseline_samples is not None:
         comparisons.append(_against_sft(samples, baseline_samples, gold is not None, judge_vs_sft))
     comparisons.append(_against_references(samples, gold_scorer if gold is not None else None, judge_vs_reference))
-    # The judge is shown each request as the task wrote it, not in the policy's chat markup.
-    judge_prompts = [rows[sample["prompt_index"]].get(TASK_PROMPT, sample["prompt"]) for sample in samples]
-    _judge_and_record(samples, [c for c in comparisons if c is not None], judge, judge_prompts)
+    _judge_and_record(samples, [c for c in comparisons if c is not None], judge, _judge_prompts(rows, samples, judge))
     for sample, record in zip(samples, candidates):
         sample.update(record)
 
@@ -288,6 +323,16 @@ def _against_references(samples: list[dict], gold_scorer: GoldScorer | None, jud
     return _Pairs(VS_REFERENCE, indices, references, [True] * len(indices), gold_points, judged)
 
 
+def _judge_prompts(rows: list[dict], samples: list[dict], judge) -> list[str]:
+    """Each sample's request as the judge is shown it: a model judge reads it as the task wrote it, not in the
+    policy's chat markup; the gold judge (reads_task_prompt False) the prompt the policy answered, which is the
+    key the gold scorer scores by, as for the gold win rates (a chat-templated gsm8k knows only that one in a
+    process that did not build the task data)."""
+    if not getattr(judge, "reads_task_prompt", True):
+        return [sample["prompt"] for sample in samples]
+    return [rows[sample["prompt_index"]].get(TASK_PROMPT, sample["prompt"]) for sample in samples]
+
+
 def _judge_and_record(samples: list[dict], comparisons: list[_Pairs], judge, judge_prompts: list[str]) -> None:
     """Ask the judge every comparison in one call (a vLLM judge starts one engine per call), then write each
     comparison's fields into the samples."""
@@ -349,6 +394,14 @@ def _selection_rewards(best_of: BestOf, proxy: list[float], gold: list[float] | 
     from harness.rewards import with_missing_stop_penalty
 
     return with_missing_stop_penalty(proxy, stopped, best_of.missing_stop_penalty)
+
+
+def _kl_estimates_by_prompt(generations, scores: list[float], n: int) -> dict[int, float]:
+    """best_of_n_kl_estimate of each prompt from the selection rewards of all its candidates."""
+    pools: dict[int, list[float]] = {}
+    for g, score in zip(generations, scores, strict=True):
+        pools.setdefault(g.prompt_index, []).append(score)
+    return {prompt: best_of_n_kl_estimate(pool, n) for prompt, pool in pools.items()}
 
 
 def _keep_best(generations, scores: list[float], gold: list[float] | None, n: int) -> tuple[list[int], list[dict]]:

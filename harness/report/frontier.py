@@ -20,6 +20,11 @@ Decisions, each for a reason:
   never lowers a value, and no value disappears; an algorithm with many evaluated checkpoints is not
   penalised against one with few. Where an algorithm's own points stop short of L (the value is its best
   reward at a smaller KL, held flat), the table marks it.
+- **Levels.** Round values of the 1-2-5 series (…, 0.1, 0.2, 0.5, 1, 2, 5, …) in (top/20, top], where top is the
+  largest KL an algorithm's points reach in every seed: since every value is defined at every level (held flat
+  past an algorithm's last point, and marked), the table spans what the farthest-reaching algorithm explored.
+  When an algorithm's reach ends below the lowest of them, the largest series value within its reach is added,
+  so that every algorithm that moved off KL 0 has a column inside its own reach (at most five levels).
 - **Intervals over seeds.** A seed is a replicate of the whole procedure: its own SFT and reward model, its
   cell of every arm. So each seed gets its own front (its cells' checkpoints and its own SFT point), interpolated
   at the level; the table shows the mean over seeds of those values and the Student-t interval over them
@@ -277,11 +282,11 @@ def reaches(points: "pd.DataFrame") -> dict[str, float]:
 
 def kl_levels(reaches) -> list[float]:
     """Shared KL levels for the matched-KL table (module docstring): round 1-2-5 values in (top/20, top], top the
-    second-largest reach, and the largest one within the smallest reach when that ends below them."""
+    largest reach, and the largest one within the smallest reach when that ends below them."""
     positive = sorted((value for value in reaches if math.isfinite(value) and value > 0), reverse=True)
     if not positive:
         return []
-    top = positive[1] if len(positive) > 1 else positive[0]
+    top = positive[0]
     # Never empty: the largest series value up to `top` is above top / 2.5.
     levels = [value for value in _series_up_to(top) if value > top / LEVEL_SPAN]
     if positive[-1] < levels[0]:

@@ -853,7 +853,7 @@ def _matched_kl_text(chosen: frontier.Frontier, book: claims.ClaimBook) -> str:
         "point) reaches with KL at most the level, then the mean over seeds ± the half-width of the 95% Student-t "
         "interval over seeds (the value alone with one seed). Adding a checkpoint or an arm can only raise a value. "
         f"{_SHORT_MARK}: some seed's points all have less KL than the level, so its value is the best it reached "
-        "at a smaller KL. Levels: round values up to the largest KL two algorithms were both seen to reach. "
+        "at a smaller KL. Levels: round values up to the largest KL an algorithm reached in every seed. "
         "*knob*: the option each algorithm's arms sweep (↓: less KL as it grows, ↑: more) and the values they took."
     )
     if not levels:

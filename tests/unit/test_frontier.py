@@ -104,10 +104,10 @@ def test_adding_any_point_never_lowers_a_value_nor_turns_it_into_a_dash():
         assert table_after["mean"].notna().all()
 
 
-def test_kl_levels_are_round_values_up_to_the_second_largest_reach():
-    # Reaches 7.3, 3.0, 0.02: top = 3.0 (the second largest); 1-2-5 values in (3.0/20, 3.0] = (0.15, 3.0] are
-    # 0.2, 0.5, 1, 2; the smallest reach 0.02 ends below 0.2, so the largest series value within it, 0.02, joins.
-    assert kl_levels([7.3, 3.0, 0.02]) == [0.02, 0.2, 0.5, 1.0, 2.0]
+def test_kl_levels_are_round_values_up_to_the_largest_reach():
+    # Reaches 7.3, 3.0, 0.02: top = 7.3 (the largest); 1-2-5 values in (7.3/20, 7.3] = (0.365, 7.3] are
+    # 0.5, 1, 2, 5; the smallest reach 0.02 ends below 0.5, so the largest series value within it, 0.02, joins.
+    assert kl_levels([7.3, 3.0, 0.02]) == [0.02, 0.5, 1.0, 2.0, 5.0]
     # One algorithm: its own reach is the top; (0.05, 1] holds 0.1, 0.2, 0.5, 1.
     assert kl_levels([1.0]) == [0.1, 0.2, 0.5, 1.0]
     # Nothing moved off KL 0: no level.
@@ -148,8 +148,8 @@ def test_matched_kl_reads_each_seeds_hull_then_a_t_interval_over_seeds():
     points = _points(SFT_POINTS + A_POINTS + B_POINTS + C_POINTS)
     levels, table, values = matched_kl_table(points, "gold_reward")
     # Reaches (the largest KL of its own points in every seed): a min(2.0, 2.0, 1.5) = 1.5, b 4.0,
-    # c min(2.0, 0.8) = 0.8. top = 1.5, the second largest: 1-2-5 values in (0.075, 1.5] are 0.1, 0.2, 0.5, 1.
-    assert levels == [0.1, 0.2, 0.5, 1.0]
+    # c min(2.0, 0.8) = 0.8. top = 4.0, the largest: 1-2-5 values in (0.2, 4.0] are 0.5, 1, 2.
+    assert levels == [0.5, 1.0, 2.0]
 
     # a at KL 1, per seed (each hull starts at that seed's SFT point (0, 0)):
     #   seed 0: (0,0) (0.5,0.4) (2,1.0); (0.5,0.4) is above the chord (0.25):   0.4 + 0.6 · (0.5 / 1.5) = 0.6
@@ -332,23 +332,27 @@ def test_report_has_the_frontier_section_table_and_figure(frontier_store, tmp_pa
     assert figure.read_bytes().startswith(PNG_SIGNATURE)
     section = text[text.index("## Reward vs KL frontier"):text.index("## Failed cells")]
     assert "](tiny-frontier_frontier.png)" in section and "nats per sequence" in section
-    # Reaches: dpo 2.0 (both seeds), best_of_n 0.636294; top 0.636: levels 0.05, 0.1, 0.2, 0.5 in (0.0318, 0.636].
+    # Reaches: dpo 2.0 (both seeds), best_of_n 0.636294; top 2.0: levels 0.2, 0.5, 1, 2 in (0.1, 2.0].
     header = next(line for line in section.splitlines() if line.startswith("| algorithm"))
     assert [cell.strip() for cell in header.strip("|").split("|")] == [
-        "algorithm", "family", "seeds", "knob", "KL 0.05", "KL 0.1", "KL 0.2", "KL 0.5"]
+        "algorithm", "family", "seeds", "knob", "KL 0.2", "KL 0.5", "KL 1", "KL 2"]
     # dpo pools both arms and every checkpoint. Seed 0's front: (0,0) (0.2,0.1) (0.5,0.3) (1,0.4) (2,0.8);
     # seed 1's: (0,0.2) (0.2,0.3) (0.5,0.5) (1,0.6) (2,1.0). At 0.5: 0.3 and 0.5, mean 0.4; at 0.2: 0.1, 0.3,
     # mean 0.2; s = 0.141421, half-width t(1) · s / √2 = 12.706 · 0.1 = 1.271.
     # Each seed's hull drops (0.2, ·) and (1, ·), which lie below its chords: seed 0 (0,0) (0.5,0.3) (2,0.8),
     # seed 1 (0,0.2) (0.5,0.5) (2,1.0). At 0.2: 0.12 and 0.32, mean 0.22; at 0.5: 0.3 and 0.5, mean 0.4;
     # s = 0.141421 at both, half-width t(1) · s / √2 = 12.706 · 0.1 = 1.271.
+    # At 1: seed 0 0.3 + 0.5 · 0.5 / 1.5 = 0.46667, seed 1 0.66667, mean 0.567; at 2: 0.8 and 1.0, mean 0.9.
     dpo = next(line for line in section.splitlines() if line.startswith("| dpo "))
     assert "offline preference" in dpo and "0.220 ± 1.271" in dpo and "0.400 ± 1.271" in dpo
+    assert "0.567 ± 1.271" in dpo and "0.900 ± 1.271" in dpo and "‡" not in dpo
     assert "| beta ↓ (0.1, 0.3) |" in dpo  # dpo's KL_KNOB, less KL as it grows, and the values its arms took
     # best_of_n at 0.5, on the segment from its SFT point to (0.636294, gold): seed 0 0.3 · 0.5 / 0.636294 =
     # 0.235741, seed 1 0.2 + 0.3 · 0.5 / 0.636294 = 0.435741: mean 0.336, the same spread as dpo's.
     best = next(line for line in section.splitlines() if line.startswith("| best_of_n †"))
     assert "inference-time" in best and "0.336 ± 1.271" in best
+    # Past its bound (0.636) its points stop: at 1 and 2 its best reward, 0.3 and 0.5 (mean 0.4), held flat, marked.
+    assert best.count("0.400 ± 1.271 ‡") == 2
     assert "† KL is an upper bound" in section and "best_of_n take part in no comparison" in section
     # dpo is the only algorithm with a measured KL: no one can be said to lead.
     assert "**Who leads at matched KL:** fewer than two algorithms with a measured KL" in section

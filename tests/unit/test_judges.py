@@ -304,17 +304,73 @@ def test_open_judge_picks_the_backend(judges, monkeypatch):
 
 def test_vllm_verdicts_from_worker_outputs(judges):
     """The vllm backend's reading of what its worker returns (the engine itself: integration tests): both
-    labels among the top log-probabilities -> their probabilities; otherwise the generated text."""
+    labels among the answer token's top log-probabilities -> their probabilities; otherwise the generated
+    text."""
     from harness.judges.vllm import VLLMJudge
 
     judge = VLLMJudge(str(judges["always_a"]), load_template("generic"), 16, 8, "cpu")
     tokenizer = judge.tokenizer
     a, b = tokenizer.convert_tokens_to_ids(["A", "B"])
     eos = tokenizer.eos_token_id
-    both = judge._verdict({"token_ids": [b, eos], "top_logprobs": {str(a): math.log(0.2), str(b): math.log(0.6)}})
+    both = judge._verdict({"token_ids": [b, eos],
+                           "top_logprobs": [{str(a): math.log(0.2), str(b): math.log(0.6)}, {str(eos): 0.0}]})
     assert both.first_better == pytest.approx(0.25) and both.raw.endswith("| B")
-    only_b = judge._verdict({"token_ids": [b, a], "top_logprobs": {str(b): -0.1}})
+    only_b = judge._verdict({"token_ids": [b, a], "top_logprobs": [{str(b): -0.1}, {str(a): -0.1}]})
     assert only_b == OrderVerdict(0.0, "B A")
     unknown = tokenizer.convert_tokens_to_ids("cat")
-    neither = judge._verdict({"token_ids": [unknown, eos, a], "top_logprobs": {str(unknown): -0.1}})
+    neither = judge._verdict({"token_ids": [unknown, eos, a], "top_logprobs": [{str(unknown): -0.1}] * 3})
     assert neither == OrderVerdict(None, "cat")
+
+
+def test_vllm_reads_the_label_probabilities_at_the_answer_token_not_the_first_token(judges):
+    """Issue 20, finding 3: the reply "**B**" whose first token's top log-probabilities are {"**": -0.05,
+    "A": -3.2, "B": -4.1} was scored from that first token, as preferring A (0.711). The answer is the "B":
+    at its position, B -0.02 against A -4.0 gives P(A) = 1 / (1 + e^3.98) by hand."""
+    from harness.judges.vllm import VLLMJudge
+
+    judge = VLLMJudge(str(judges["always_a"]), load_template("generic"), 16, 8, "cpu")
+    stars, a, b = judge.tokenizer.convert_tokens_to_ids(["**", "A", "B"])
+    eos = judge.tokenizer.eos_token_id
+    output = {"token_ids": [stars, b, stars, eos],
+              "top_logprobs": [{str(stars): -0.05, str(a): -3.2, str(b): -4.1},
+                               {str(b): -0.02, str(a): -4.0},
+                               {str(stars): -0.01},
+                               {str(eos): -0.001}]}
+    verdict = judge._verdict(output)
+    assert verdict.first_better == pytest.approx(1 / (1 + math.exp(3.98)))
+    assert verdict.first_better < 0.5 and verdict.raw.endswith("| ** B **")
+    # The answer token's alternatives lack A: the text decides, B.
+    output["top_logprobs"][1] = {str(b): -0.02}
+    assert judge._verdict(output) == OrderVerdict(0.0, "** B **")
+    # No label anywhere in the reply: unparseable, whatever the first token's alternatives say.
+    cat = judge.tokenizer.convert_tokens_to_ids("cat")
+    nothing = judge._verdict({"token_ids": [stars, cat, eos],
+                              "top_logprobs": [{str(stars): -0.05, str(a): -3.2, str(b): -4.1},
+                                               {str(cat): -0.1, str(a): -3.0, str(b): -3.5}, {str(eos): 0.0}]})
+    assert nothing.first_better is None
+
+
+@pytest.mark.parametrize("tokens, position", [
+    (["**", "B", "**"], 1),
+    (["A"], 0),
+    (["Answer", ":", " A"], 2),
+    (["I", " cannot", " decide", " between", " A", " and", " B"], None),  # labels, but no answer
+    (["**", "cat", "**"], None),
+    ([" **B", "**"], 0),
+])
+def test_answer_position(tokens, position):
+    from harness.judges.pairwise import answer_position
+
+    assert answer_position(tokens, ("A", "B")) == position
+
+
+def test_reply_verdict_reads_the_answer_tokens_alternatives():
+    from harness.judges.pairwise import reply_verdict
+
+    first = [("**", -0.05), ("A", -3.2), ("B", -4.1)]
+    answer = [("B", -0.1), (" A", math.log(0.1)), ("A", math.log(0.2))]  # " A" and "A" both stand for A
+    verdict = reply_verdict(["**", "B", "**"], [first, answer, []], "**B**", ("A", "B"))
+    assert verdict.first_better == pytest.approx(0.3 / (0.3 + math.exp(-0.1)))
+    assert reply_verdict(["I", " cannot", " decide"], [first, first, first], "I cannot decide",
+                         ("A", "B")) == OrderVerdict(None, "I cannot decide")
+    assert reply_verdict([], [], "B", ("A", "B")) == OrderVerdict(0.0, "B")  # no log-probabilities: the text

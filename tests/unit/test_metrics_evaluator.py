@@ -10,10 +10,14 @@ evaluation well under a second.
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 
 import pytest
 from shared_models import WORDS
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # tests/judge_models.py, shared with integration
+from judge_models import InvertedJudge, RandomJudge, build_constant_judge, judge_problems  # noqa: E402
 
 PROMPTS = ["a b", "c d e", "f", "g h a"]
 REFERENCES = ["good a b", "", "a a x", "b good"]  # prompt 1 has none: no comparison with a reference there
@@ -155,10 +159,11 @@ def evaluate(tiny_models: Path, checkpoint: Path, sft_model: Path, eval_rows=EVA
     from harness.generation.hf import HFGenerator
     from harness.metrics.evaluator import evaluate_checkpoint
 
+    options.setdefault("gold_scorer", gold)
     return evaluate_checkpoint(checkpoint=checkpoint, reference_dir=sft_model,
                                reward_model_dir=tiny_models / "reward_model", eval_rows=eval_rows,
                                config=evaluation_config(), seed=SEED, device="cpu", generator=HFGenerator("cpu", 64),
-                               gold_scorer=gold, **options)
+                               **options)
 
 
 @pytest.fixture(scope="module")
@@ -315,6 +320,37 @@ def test_the_gold_judge_reproduces_the_gold_win_rates_exactly(tiny_models, sft_m
         assert result.summary[f"judge_gold_agreement_vs_{versus}"] == 1.0
 
 
+def test_the_gold_judge_scores_the_rendered_prompt_that_gold_scores_on_a_chat_templated_task(tiny_models, sft_model):
+    """Issue 20, finding 4: on a chat-templated task every judge was shown the task's raw prompt, and a gold
+    scorer that knows only the rendered prompts (gsm8k in an evaluate process that did not build the task data:
+    a resumed run, max_parallel > 1, Ray) raised UnknownPromptError. Here the gold scorer knows exactly the
+    rendered prompts, as such a process does; the gold judge must reproduce the gold win rates exactly."""
+    from harness.judges.gold import GoldJudge
+    from harness.modeling import build_word_tokenizer
+    from harness.tasks.chat import render_prompt
+    from harness.tasks.common import TASK_PROMPT
+    from harness.tasks.gsm8k import UnknownPromptError
+
+    chatml = build_word_tokenizer(WORDS, max_length=64, chatml=True)
+    rows = [{**row, "prompt": render_prompt(row["prompt"], chatml), TASK_PROMPT: row["prompt"]} for row in EVAL_ROWS]
+    known = {row["prompt"] for row in rows}
+
+    def gold_of_rendered_prompts(prompts, completions, stopped):
+        unknown = [prompt for prompt in prompts if prompt not in known]
+        if unknown:
+            raise UnknownPromptError(f"no gold answer known for prompt {unknown[0]!r}")
+        return gold(prompts, completions, stopped)
+
+    sft = evaluate(tiny_models, sft_model, sft_model, eval_rows=rows, gold_scorer=gold_of_rendered_prompts)
+    result = evaluate(tiny_models, tiny_models / "base", sft_model, eval_rows=rows, baseline_samples=sft.samples,
+                      gold_scorer=gold_of_rendered_prompts, judge=GoldJudge(gold_of_rendered_prompts))
+    summary = result.summary
+    assert len({s["win_vs_sft"] for s in result.samples}) > 1  # wins and losses: equality is no coincidence
+    assert summary["judge_win_rate_vs_sft"] == summary["win_rate_vs_sft"]
+    assert summary["judge_win_rate_vs_reference"] == summary["win_rate_vs_reference"]
+    assert [s["judge_vs_sft"] for s in result.samples] == [s["win_vs_sft"] for s in result.samples]
+
+
 def test_the_judge_reads_the_request_as_the_task_wrote_it_not_the_policys_chat_rendering(tiny_models, sft_model):
     """Rows rendered in a chat template keep the task's prompt (harness.tasks.common.TASK_PROMPT); the policy
     samples from the rendered prompt, the judge is shown the task's."""
@@ -326,3 +362,49 @@ def test_the_judge_reads_the_request_as_the_task_wrote_it_not_the_policys_chat_r
     with_reference = [s for s in result.samples if REFERENCES[s["prompt_index"]]]
     assert judge.calls[0]["prompts"] == [f"as written {s['prompt_index']}" for s in with_reference]
     assert [s["prompt"] for s in result.samples] == [PROMPTS[s["prompt_index"]] for s in result.samples]
+
+
+# --- the check test_judged_tiny.py applies to a real run catches the judges it must (issue 20, finding 9) -------
+
+# 48 prompts x 2 samples: enough comparisons that a random judge's agreement with gold cannot pass for a real one.
+JUDGED_ROWS = [{"prompt": f"{first} {second}", "reference": ""} for first in WORDS[:8] for second in WORDS[8:]]
+
+
+@pytest.fixture(scope="module")
+def judged_sft(tiny_models, sft_model):
+    return evaluate(tiny_models, sft_model, sft_model, eval_rows=JUDGED_ROWS)
+
+
+def judged_samples(tiny_models, sft_model, judged_sft, judge) -> list[dict]:
+    """SFT's best of 4 by gold against SFT: gold prefers it clearly, so a judge has a side of 1/2 to find."""
+    from harness.metrics.evaluator import BestOf
+
+    return evaluate(tiny_models, sft_model, sft_model, eval_rows=JUDGED_ROWS, judge=judge,
+                    baseline_samples=judged_sft.samples, judge_vs_reference=False,
+                    best_of=BestOf(4, "gold", 1.0)).samples
+
+
+def test_the_judge_check_passes_gold_and_catches_an_always_a_an_inverted_and_a_random_judge(
+        tiny_models, sft_model, judged_sft, tmp_path):
+    from harness.config import JudgeConfig
+    from harness.judges.gold import GoldJudge
+    from harness.judges.open import open_judge
+    from harness.metrics.catalog import VS_SFT
+
+    gold_samples = judged_samples(tiny_models, sft_model, judged_sft, GoldJudge(gold))
+    gold_win_rate = mean(s["win_vs_sft"] for s in gold_samples)
+    assert gold_win_rate > 0.6  # a side of 1/2 for the inverted judge to miss
+    assert judge_problems(gold_samples, VS_SFT) == []
+
+    always_a = build_constant_judge(tmp_path / "always_a", "A")  # a real model judge, read by the hf backend
+    hf_always_a = open_judge(JudgeConfig(kind="model", model=str(always_a), backend="hf"), always_a, "cpu")
+    problems = judge_problems(judged_samples(tiny_models, sft_model, judged_sft, hf_always_a), VS_SFT)
+    # Every tie: agreement exactly 1/2, orders that never agree, a win rate of exactly 1/2.
+    assert [problem.split(" ")[0] for problem in problems] == ["agreement", "order", "the"], problems
+
+    problems = judge_problems(judged_samples(tiny_models, sft_model, judged_sft, InvertedJudge(GoldJudge(gold))),
+                              VS_SFT)
+    assert [problem.split(" ")[0] for problem in problems] == ["agreement", "the"], problems
+
+    problems = judge_problems(judged_samples(tiny_models, sft_model, judged_sft, RandomJudge(seed=0)), VS_SFT)
+    assert problems and problems[0].startswith("agreement"), problems
