@@ -11,6 +11,9 @@ import contextlib
 import logging
 import sys
 
+from harness.report.terminal import add_leaderboard_options  # stdlib imports only: the CLI still answers at once
+from harness.secrets import redact
+
 EXIT_OK = 0
 EXIT_BAD_INPUT = 2
 EXIT_INTERRUPTED = 130
@@ -49,9 +52,9 @@ def build_parser() -> argparse.ArgumentParser:
     report = commands.add_parser("report", help="write reports/<suite>.md from the MLflow store")
     report.add_argument("items", nargs="*", metavar="suite=NAME|key=value", help=overrides_help)
 
-    leaderboard = commands.add_parser("leaderboard", help="print the comparison table in the terminal")
-    leaderboard.add_argument("items", nargs="*", metavar="suite=NAME|key=value", help=overrides_help)
-    leaderboard.add_argument("--sort", default="gold_reward", help="metric to sort by (default gold_reward)")
+    leaderboard = commands.add_parser(
+        "leaderboard", help="print the comparison table in the terminal (fitted to its width; --format markdown|csv|json)")
+    add_leaderboard_options(leaderboard)
 
     listing = commands.add_parser("list", help="list suites, algorithms, tasks, metrics or generators")
     listing.add_argument(
@@ -129,7 +132,11 @@ def command_validate(args) -> int:
     from harness.config import fingerprint
 
     config = _load(args.items)
-    print(config.to_yaml(), end="")
+    if config.suite.executor.name == "ray":  # a malformed cluster address is bad input like a wrong key
+        from harness.executors.ray_cluster import head_of
+
+        head_of(config.suite.ray.address)
+    print(redact(config.to_yaml()), end="")  # a pasted key or a URI's password is not shown back
     print(f"# valid: suite '{config.suite.name}', config hash {fingerprint(config.to_dict())}")
     return EXIT_OK
 
@@ -137,7 +144,7 @@ def command_validate(args) -> int:
 def command_run(args) -> int:
     import signal
 
-    from harness.pipeline import run_suite
+    from harness.pipeline import ready_to_run, run_suite
 
     # SIGTERM (a scheduler's cancel, `kill`) ends the run like Ctrl-C: runs marked KILLED, stages kept.
     signal.signal(signal.SIGTERM, _raise_keyboard_interrupt)
@@ -148,27 +155,35 @@ def command_run(args) -> int:
 
     transformers_logging.disable_progress_bar()
     console = _console()
-    from harness.pipeline import executor_label
-
-    console.print(
-        f"[bold]harness run[/bold] suite=[cyan]{config.suite.name}[/cyan] seeds={config.suite.seeds} "
-        f"algorithms={config.selected_arms} (+ sft baseline) executor={executor_label(config)}"
-    )
-    reporter = RichReporter(console)
-    outcome = run_suite(config, reporter)
+    # Everything that can refuse the run (output folder, judge endpoint, cluster, tracking store) answers
+    # before the banner: a refused run prints its one error line and nothing else.
+    with ready_to_run(config) as tracker:
+        console.print(redact(_banner(config)), soft_wrap=not console.is_terminal, markup=False)
+        outcome = run_suite(config, RichReporter(console), tracker)
 
     console.print()
     for cell in outcome.cells:
         mark = {"complete": "[green]done[/green]", "skipped": "[dim]kept[/dim]", "failed": "[red]FAILED[/red]"}[cell.status]
-        console.print(f"  {mark} {cell.name}  {cell.failure}")
+        console.print(f"  {mark} {cell.name}  {redact(cell.failure)}")
     if outcome.report_path:
         console.print(f"report: [bold]{outcome.report_path}[/bold]", soft_wrap=True)
-    console.print(f"MLflow experiment '{outcome.experiment}' at {outcome.tracking_uri}", soft_wrap=True)
+    console.print(f"MLflow experiment '{outcome.experiment}' at {redact(outcome.tracking_uri)}", soft_wrap=True, markup=False)
     _print_leaderboard_link(outcome.leaderboard, outcome.tracking_uri, lambda line: console.print(line, soft_wrap=True, markup=False))
     if outcome.failed:
         names = ", ".join(cell.name for cell in outcome.failed)
         return _fail(f"{len(outcome.failed)} cell(s) failed: {names} (reasons above and in MLflow)")
     return EXIT_OK
+
+
+def _banner(config) -> str:
+    """One line: the algorithms as a count ("13 algorithms"), named only when there are a few; wrapped by the
+    terminal where there is one, never by us in a log."""
+    from harness.pipeline import executor_label
+
+    arms = config.selected_arms
+    algorithms = ", ".join(arms) if len(arms) <= 3 else f"{len(arms)} algorithms"
+    return (f"harness run suite={config.suite.name} seeds={config.suite.seeds} {algorithms} (+ sft baseline) "
+            f"executor={executor_label(config)}")
 
 
 def _tracking_uri(config) -> str:
@@ -219,6 +234,7 @@ def _print_leaderboard_link(link, tracking_uri: str, say) -> None:
     leaderboard, sorted by the headline metric, its columns shown), the per-seed cells, and how to serve them."""
     if link is None:
         return
+    say = _redacting(say)  # a tracking server's URL may carry user:password@
     server = tracking_uri.startswith(("http://", "https://"))  # a tracking server serves its own UI
     base = tracking_uri if server else "http://127.0.0.1:5000"
     say(f"leaderboard: {link.url(base)}")
@@ -227,26 +243,14 @@ def _print_leaderboard_link(link, tracking_uri: str, say) -> None:
         say(f"open it with: mlflow ui --backend-store-uri {tracking_uri}")
 
 
+def _redacting(say):
+    return lambda line: say(redact(line))
+
+
 def command_leaderboard(args) -> int:
-    from rich.table import Table
+    from harness.report.terminal import command_leaderboard as print_leaderboard
 
-    from harness.metrics.catalog import METRICS, column_label
-    from harness.registry import did_you_mean
-    from harness.report.frame import load_cell_runs
-    from harness.report.tables import leaderboard_frame
-
-    config = _load(args.items)
-    if args.sort not in METRICS:
-        return _fail(f"unknown metric '{args.sort}' for --sort;{did_you_mean(args.sort, METRICS)}")
-    frame = leaderboard_frame(load_cell_runs(_tracking_uri(config), config.suite.name), sort_by=args.sort)
-    table = Table(title=f"harness leaderboard: {config.suite.name} (sorted by {args.sort})")
-    table.add_column("algorithm")
-    for column in frame.columns:
-        table.add_column(column_label(column), justify="right")
-    for algorithm, row in frame.iterrows():
-        table.add_row(str(algorithm), *[_format_number(value) for value in row])
-    _console().print(table)
-    return EXIT_OK
+    return print_leaderboard(args)
 
 
 def command_list(args) -> int:
@@ -303,6 +307,7 @@ class RichReporter:
 
     def stage(self, label: str, state: str, detail: str = "") -> None:
         style = self.STYLES.get(state, "white")
+        detail = redact(detail)  # a failure's reason may quote a URI or a setting
         self.console.print(f"[{style}]{self.WORDS.get(state, '-')} {label}[/{style}] {detail}".rstrip(), soft_wrap=True)
 
     @contextlib.contextmanager
@@ -355,13 +360,6 @@ def _console():
     return Console(highlight=False)
 
 
-def _format_number(value) -> str:
-    try:
-        return f"{float(value):.3f}"
-    except (TypeError, ValueError):
-        return str(value)
-
-
 def _configure_logging(verbose: bool) -> None:
     import os
 
@@ -371,6 +369,10 @@ def _configure_logging(verbose: bool) -> None:
     logging.basicConfig(
         level=logging.DEBUG if verbose else logging.WARNING, format="%(levelname)s %(name)s: %(message)s"
     )
+    from harness.secrets import RedactingFilter
+
+    for handler in logging.getLogger().handlers:  # every log line, ours and the libraries', without secrets
+        handler.addFilter(RedactingFilter())
     # Libraries that talk a lot at INFO: keep their warnings only.
     for noisy in ("mlflow", "alembic", "urllib3", "httpx", "datasets"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
@@ -382,7 +384,7 @@ def _configure_logging(verbose: bool) -> None:
 
 
 def _err(message: str) -> None:
-    print(f"harness: {message}", file=sys.stderr)
+    print(f"harness: {redact(message)}", file=sys.stderr)  # an error never repeats a key or a password
 
 
 def _fail(message: str) -> int:

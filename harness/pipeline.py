@@ -11,6 +11,7 @@ one line once the stages that could still run have run.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 from dataclasses import dataclass, field
@@ -20,7 +21,7 @@ from harness import record
 from harness.config import ResolvedConfig, flatten
 from harness.plan import EVALUATE, PREPARE_KINDS, REPORT, TRAIN, Plan, build_plan
 from harness.runs import write_json
-from harness.stage import BLOCKED, FAILED, Invocation, SilentReporter, stage_file
+from harness.stage import BLOCKED, FAILED, Invocation, stage_file
 from harness.tasks.common import TaskDataError
 from harness.tracking import default_tracking_uri
 
@@ -68,24 +69,39 @@ def executor_label(config: ResolvedConfig) -> str:
     return "local" if executor.max_parallel == 1 else f"local x{executor.max_parallel}"
 
 
-def run_suite(config: ResolvedConfig, reporter=None) -> RunOutcome:
+@contextlib.contextmanager
+def ready_to_run(config: ResolvedConfig):
+    """Everything that can refuse a run, checked before anything of it is made (no run folder, no MLflow run) and
+    before the CLI prints its banner: the output folder, the judge's endpoint, the Ray cluster, the tracking
+    store. Yields the Tracker the run writes with; the cluster (when executor=ray) stays joined for the block."""
     from harness.judges.preflight import check_judge_endpoint
-    from harness.runs import SuiteLock, require_writable
+    from harness.runs import require_writable
     from harness.tracking import Tracker
 
-    reporter = reporter or SilentReporter()
     plan = build_plan(config)
     tracking_uri = tracking_uri_of(config)
-    # Refuse before creating anything: an unwritable folder, then an unreachable tracking store.
     require_writable(plan.root.parent)
     check_judge_endpoint(config.suite.judge)
-    if tracking_uri.startswith("sqlite:///"):
-        Path(tracking_uri[len("sqlite:///") :]).parent.mkdir(parents=True, exist_ok=True)
-    tracker = Tracker(tracking_uri, config.suite.name, config.suite.tracking.retry_seconds)
+    with contextlib.ExitStack() as cluster:
+        if config.suite.executor.name == "ray":
+            from harness.executors.ray_cluster import joined_cluster
+
+            cluster.enter_context(joined_cluster(config.suite, tracking_uri))
+        if tracking_uri.startswith("sqlite:///"):
+            Path(tracking_uri[len("sqlite:///") :]).parent.mkdir(parents=True, exist_ok=True)
+        yield Tracker(tracking_uri, config.suite.name, config.suite.tracking.retry_seconds)
+
+
+def run_suite(config: ResolvedConfig, reporter, tracker) -> RunOutcome:
+    """The run, inside `ready_to_run` (the CLI checks first, then prints its banner); `tracker` is the one it yielded."""
+    from harness.runs import SuiteLock
+
+    plan = build_plan(config)
     plan.root.mkdir(parents=True, exist_ok=True)
     with SuiteLock(plan.root):
-        # Holding the suite's lock, no other harness process works on this suite: any of its runs still
-        # RUNNING was left by a process that died (SIGKILL, power loss) and is marked KILLED, never left open.
+        # Holding the suite's lock, no other harness process of this output folder works on this suite: a run
+        # still RUNNING whose heartbeat has stopped was left by a process that died (SIGKILL, power loss) and is
+        # marked KILLED; one another command (any host) still beats for is left alone.
         tracker.kill_stale_runs(config.suite.name)
         return _run_locked(config, plan, tracker, reporter)
 
@@ -110,6 +126,18 @@ def _run_locked(config: ResolvedConfig, plan: Plan, tracker, reporter) -> RunOut
     )
     stages = [stage for stage in plan.stages if stage.kind != REPORT]
     files = {stage.id: stage_file(invocation, stage) for stage in stages}
+    with tracker.heartbeat(parent_run_id, lambda: _open_cell_run_ids(plan)):
+        return _execute_and_report(config, plan, tracker, reporter, parent_run_id, stages, files)
+
+
+def _open_cell_run_ids(plan: Plan) -> list[str]:
+    """The MLflow run id of every cell of the plan that has one yet (a stage process writes it when it opens the run)."""
+    found = (_cell_run_id(Path(stage.folder)) for stage in plan.stages if stage.kind == EVALUATE)
+    return [run_id for run_id in found if run_id]
+
+
+def _execute_and_report(config, plan, tracker, reporter, parent_run_id, stages, files) -> RunOutcome:
+    suite = config.suite
     outcomes: dict[str, dict] = {}
     status = "FAILED"
     try:
@@ -184,7 +212,13 @@ def _cell_run_id(folder: Path) -> str | None:
 
 def write_report(config: ResolvedConfig, tracking_uri: str):
     """The Markdown report, and the leaderboard runs that make the MLflow UI's runs table the leaderboard
-    (one run per algorithm and configuration, replaced on every call); returns (report path, link)."""
-    from harness.report.leaderboard_runs import write_report_and_leaderboard
+    (one run per algorithm and configuration, replaced on every call); returns (report path, link).
 
-    return write_report_and_leaderboard(tracking_uri, config.suite.name, Path(config.suite.reports_dir))
+    Its reads ride out a store outage like the run's writes: once the store has answered this command, a
+    transient failure anywhere in it retries the whole report (reading again, then replacing the leaderboard runs
+    and the file: nothing doubles) until the store is back or `tracking.retry_seconds` have passed."""
+    from harness.report.leaderboard_runs import write_report_and_leaderboard
+    from harness.tracking_retry import call_retried
+
+    return call_retried(tracking_uri, config.suite.tracking.retry_seconds, "the report", write_report_and_leaderboard,
+                        tracking_uri, config.suite.name, Path(config.suite.reports_dir))

@@ -37,6 +37,7 @@ from harness import record
 from harness.config import ConfigError, flatten, load_config
 from harness.plan import BASE, EVALUATE, JUDGE, REWARD_MODEL, SFT, TASK, TRAIN, PlannedStage, build_plan
 from harness.runs import OutOfSpace, Stage, manifest, read_json, write_json
+from harness.secrets import RedactingFilter
 from harness.tasks.common import TaskDataError, words_of
 from harness.tracking import TrackingError
 
@@ -789,6 +790,7 @@ def _log_to(path: Path):
     handler = logging.FileHandler(path)
     handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
     handler.setLevel(logging.INFO)
+    handler.addFilter(RedactingFilter())  # a stage's log is read by people too: no key or password in it
     root = logging.getLogger()
     root.addHandler(handler)
     try:
@@ -818,6 +820,11 @@ def main(argv: list[str] | None = None) -> int:
     signal.signal(signal.SIGTERM, _raise_keyboard_interrupt)
     try:
         if "--rank" in args:
+            from harness.processes import die_with_parent
+
+            # torch starts each rank in a session of its own: a launcher SIGKILLed with its stage (a Ray worker
+            # killed) would leave the ranks training; the kernel ends them with it instead.
+            die_with_parent(expected_parent="accelerate")
             run = StageRun(read_json(path), SilentReporter(), path)
             prepared = run.prepared(run.stage.seed)
             run_id = (run.cell_folder() / "mlflow_run_id").read_text().strip()

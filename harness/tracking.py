@@ -13,18 +13,26 @@ run) is waited for, up to `tracking.retry_seconds`, and then `TrackingError` nam
 
 from __future__ import annotations
 
+import contextlib
 import logging
 from pathlib import Path
 
 from harness import record
 from harness.record import experiment_name
-from harness.tracking_retry import DEFAULT_RETRY_SECONDS, RetryingClient
+from harness.secrets import redact
+from harness.tracking_retry import DEFAULT_RETRY_SECONDS, RetryingClient, first_line
 
 __all__ = ["PARAM_VALUE_LIMIT", "Tracker", "TrackingError", "artifact_location", "default_tracking_uri", "experiment_name"]
 
 logger = logging.getLogger(__name__)
 
 PARAM_VALUE_LIMIT = 6000  # MLflow refuses longer param values (ENVIRONMENT.md)
+# A live command refreshes record.TAG_HEARTBEAT on its runs every HEARTBEAT_SECONDS; a RUNNING run whose beat
+# comes from another host and is older than STALE_AFTER_SECONDS (by the reader's clock: hosts' clocks must agree
+# within about a minute, as NTP keeps them) was left by a process that died, and the next command of its suite
+# closes it. A beat from this host is checked exactly: its process is alive or not.
+HEARTBEAT_SECONDS = 10.0
+STALE_AFTER_SECONDS = 90.0
 
 
 class TrackingError(RuntimeError):
@@ -71,13 +79,13 @@ class Tracker:
         except TrackingError:  # the store answered, then stayed away for the whole window: already one line
             raise
         except Exception as error:  # any store failure: say which URI, in one line
-            raise TrackingError(f"cannot use MLflow tracking URI '{uri}': {str(error).splitlines()[0]}") from None
+            raise TrackingError(f"cannot use MLflow tracking URI '{redact(uri)}': {redact(first_line(error))}") from None
 
     def start_invocation(self, suite: str, tags: dict[str, str]) -> str:
         run = self.client.create_run(
             self.experiment_id,
             run_name=f"{suite}-invocation",
-            tags={record.TAG_KIND: record.KIND_INVOCATION, record.TAG_SUITE: suite, record.TAG_OWNER: _owner(), **tags},
+            tags={record.TAG_KIND: record.KIND_INVOCATION, record.TAG_SUITE: suite, **_alive_tags(), **tags},
         )
         return run.info.run_id
 
@@ -87,7 +95,7 @@ class Tracker:
             run_name=name,
             tags={
                 record.TAG_KIND: record.KIND_CELL, record.TAG_CELL: name, record.PARENT_RUN_TAG: parent_run_id,
-                record.TAG_OWNER: _owner(), **tags,
+                **_alive_tags(), **tags,
             },
         )
         return run.info.run_id
@@ -105,15 +113,16 @@ class Tracker:
         return run.info.experiment_id == self.experiment_id and run.info.lifecycle_stage == "active"
 
     def kill_stale_runs(self, suite: str) -> list[str]:
-        """Mark KILLED every run of this suite still RUNNING: called while holding the suite's lock, so they
-        belong to processes that died without closing them (SIGKILL, a crash of the machine). Runs that a live
-        process of this machine writes are another command's (the same suite in another output_dir) and are
-        left alone; a run from another machine cannot be checked and is closed as before."""
+        """Mark KILLED every run of this suite still RUNNING whose writer is gone: called while holding the
+        suite's lock, so they belong to processes that died without closing them (SIGKILL, a crash of the
+        machine). A run another command still writes (the same suite in another output_dir, on this host or
+        any other) has a fresh heartbeat, or its invocation has, and is left alone."""
         running = self.client.search_runs(
             [self.experiment_id],
             filter_string=f"attributes.status = 'RUNNING' and tags.`{record.TAG_SUITE}` = '{suite}'",
         )
-        stale = [run for run in running if not _written_by_another_live_process(run.data.tags.get(record.TAG_OWNER))]
+        beats = {run.info.run_id: run.data.tags.get(record.TAG_HEARTBEAT) for run in running}  # invocations' too
+        stale = [run for run in running if not _alive(run, beats)]
         for run in stale:
             if run.data.tags.get(record.TAG_KIND) == record.KIND_CELL:
                 self.client.set_tag(run.info.run_id, record.TAG_STATUS, record.STATUS_KILLED)
@@ -122,14 +131,41 @@ class Tracker:
 
     def reopen(self, run_id: str) -> None:
         self.client.update_run(run_id, status="RUNNING")
-        self.client.set_tag(run_id, record.TAG_OWNER, _owner())
+        self.set_tags(run_id, _alive_tags())
+
+    @contextlib.contextmanager
+    def heartbeat(self, run_id: str, cell_runs=lambda: []):
+        """While the block runs, refresh the heartbeat of the invocation's run and of its cells' runs
+        (`cell_runs()`: their ids as the cell folders hold them now; a stage process may have opened one since
+        the last beat) every HEARTBEAT_SECONDS from a background thread, so a command on any host can tell that
+        they are live. A beat is one attempt: during an outage it is skipped (a retrying beat would compete with
+        the run's own calls for the retry window)."""
+        import threading
+
+        stopped = threading.Event()
+
+        def beat() -> None:
+            while not stopped.wait(HEARTBEAT_SECONDS):
+                try:
+                    for beating in [run_id, *cell_runs()]:
+                        self.client.raw.set_tag(beating, record.TAG_HEARTBEAT, _beat())
+                except Exception as error:  # the store is away: the next beat tries again
+                    logger.debug("heartbeat of MLflow run %s not sent: %s", run_id, error)
+
+        thread = threading.Thread(target=beat, name=f"heartbeat-{run_id}", daemon=True)
+        thread.start()
+        try:
+            yield
+        finally:
+            stopped.set()
+            thread.join(timeout=HEARTBEAT_SECONDS)
 
     def log_params(self, run_id: str, params: dict) -> None:
         from mlflow.entities import Param
 
         existing = self.client.get_run(run_id).data.params
         fresh = [
-            Param(key, _param_value(value))
+            Param(key, _param_value(redact(value)))  # a pasted key or a URI's password is never stored
             for key, value in params.items()
             if key not in existing  # params are write-once; a resumed run already has them
         ]
@@ -149,7 +185,7 @@ class Tracker:
 
     def set_tags(self, run_id: str, tags: dict[str, str]) -> None:
         for key, value in tags.items():
-            self.client.set_tag(run_id, key, str(value))
+            self.client.set_tag(run_id, key, redact(str(value)))  # failure reasons quote URIs and settings
 
     def log_artifact(self, run_id: str, path: Path, artifact_path: str | None = None) -> None:
         self.client.log_artifact(run_id, str(path), artifact_path)
@@ -163,6 +199,43 @@ def _owner() -> str:
     import socket
 
     return f"{socket.gethostname()}:{os.getpid()}"
+
+
+def _beat() -> str:
+    """A heartbeat's value: when (seconds since the epoch) and who (host:pid) beat."""
+    import time
+
+    return f"{time.time():.0f} {_owner()}"
+
+
+def _alive_tags() -> dict[str, str]:
+    """What a run's writer says about itself: who it is (host:pid) and that it is alive now."""
+    return {record.TAG_OWNER: _owner(), record.TAG_HEARTBEAT: _beat()}
+
+
+def _alive(run, beats: dict[str, str | None]) -> bool:
+    """Whether another live command writes `run`, judged by its heartbeat or, while that invocation is RUNNING,
+    its invocation's (the invocation beats for its cells, whose stage processes come and go). A run from before
+    heartbeats falls back to its owner's process on this host."""
+    found = [beat for beat in (beats.get(run.info.run_id), beats.get(run.data.tags.get(record.PARENT_RUN_TAG, ""))) if beat]
+    if not found:
+        return _written_by_another_live_process(run.data.tags.get(record.TAG_OWNER))
+    return any(_beater_alive(beat) for beat in found)
+
+
+def _beater_alive(beat: str) -> bool:
+    """A beater on this host is alive when its process is (exact, no clock involved); one on another host when
+    its beat is younger than STALE_AFTER_SECONDS."""
+    import socket
+    import time
+
+    when, _, beater = beat.partition(" ")
+    if beater.rpartition(":")[0] == socket.gethostname():
+        return _written_by_another_live_process(beater)
+    try:
+        return time.time() - float(when) < STALE_AFTER_SECONDS
+    except ValueError:  # not a beat this version wrote: nothing says it is alive
+        return False
 
 
 def _written_by_another_live_process(owner: str | None) -> bool:

@@ -32,6 +32,8 @@ import threading
 import time
 from pathlib import Path
 
+from harness.secrets import redact
+
 logger = logging.getLogger(__name__)
 
 DEFAULT_RETRY_SECONDS = 300.0
@@ -140,9 +142,9 @@ class RetryingClient:
             _mark_answered(uri)  # the file is there with its tables: a later "locked" is worth waiting for
 
     @property
-    def answered(self) -> bool:
-        """No retries before the store has answered this command once: a wrong URI is refused at once."""
-        return os.environ.get(ANSWERED_ENV) == self.uri
+    def raw(self):
+        """The MlflowClient itself: one attempt per call, for calls whose failure is harmless (a heartbeat)."""
+        return self._client
 
     # -- the calls ---------------------------------------------------------------------------------------------
 
@@ -201,44 +203,51 @@ class RetryingClient:
 
     def call(self, what: str, function, *args, **kwargs):
         """`function(*args, **kwargs)`, retried while the store is away, for at most the retry window."""
-        down_since = None
-        wait = FIRST_WAIT_SECONDS
-        while True:
-            try:
-                result = function(*args, **kwargs)
-            except Exception as error:
-                if not (self.answered and is_transient(error)):
-                    raise
-                now = time.monotonic()
-                with _lock:
-                    gave_up_earlier = self.uri in _given_up
-                if down_since is None:
-                    down_since = now
-                    if not gave_up_earlier:
-                        logger.warning(
-                            "MLflow tracking URI '%s' did not answer (%s): %s; retrying for up to %.0fs "
-                            "(tracking.retry_seconds)", self.uri, what, first_line(error), self.retry_seconds,
-                        )
-                remaining = self.retry_seconds - (now - down_since)
-                if gave_up_earlier or remaining <= 0:
-                    with _lock:
-                        _given_up.setdefault(self.uri, now)
-                    from harness.tracking import TrackingError
+        return call_retried(self.uri, self.retry_seconds, what, function, *args, **kwargs)
 
-                    raise TrackingError(
-                        f"MLflow tracking URI '{self.uri}' stopped answering and did not come back within "
-                        f"{self.retry_seconds:.0f}s (tracking.retry_seconds): {first_line(error)}; completed stages are "
-                        "kept, rerun the same command once the store is back"
-                    ) from None
-                time.sleep(min(wait, remaining))  # the last attempt comes when the window ends
-                wait = min(wait * 2, LONGEST_WAIT_SECONDS)
-                continue
-            if down_since is not None:
-                logger.warning("MLflow tracking URI '%s' answers again after %.0fs", self.uri, time.monotonic() - down_since)
-            _mark_answered(self.uri)
+
+def call_retried(uri: str, retry_seconds: float, what: str, function, *args, **kwargs):
+    """`function(*args, **kwargs)`, which talks to the store at `uri`, retried while that store is away for at
+    most `retry_seconds`: every client call, and whole reads made with another client (the end-of-run report's)."""
+    down_since = None
+    wait = FIRST_WAIT_SECONDS
+    while True:
+        try:
+            result = function(*args, **kwargs)
+        except Exception as error:
+            # No retries before the store has answered this command once: a wrong URI is refused at once.
+            if not (os.environ.get(ANSWERED_ENV) == uri and is_transient(error)):
+                raise
+            now = time.monotonic()
             with _lock:
-                _given_up.pop(self.uri, None)
-            return result
+                gave_up_earlier = uri in _given_up
+            if down_since is None:
+                down_since = now
+                if not gave_up_earlier:
+                    logger.warning(
+                        "MLflow tracking URI '%s' did not answer (%s): %s; retrying for up to %.0fs "
+                        "(tracking.retry_seconds)", redact(uri), what, first_line(error), retry_seconds,
+                    )
+            remaining = retry_seconds - (now - down_since)
+            if gave_up_earlier or remaining <= 0:
+                with _lock:
+                    _given_up.setdefault(uri, now)
+                from harness.tracking import TrackingError
+
+                raise TrackingError(
+                    f"MLflow tracking URI '{redact(uri)}' stopped answering and did not come back within "
+                    f"{retry_seconds:.0f}s (tracking.retry_seconds): {first_line(error)}; completed stages are "
+                    "kept, rerun the same command once the store is back"
+                ) from None
+            time.sleep(min(wait, remaining))  # the last attempt comes when the window ends
+            wait = min(wait * 2, LONGEST_WAIT_SECONDS)
+            continue
+        if down_since is not None:
+            logger.warning("MLflow tracking URI '%s' answers again after %.0fs", redact(uri), time.monotonic() - down_since)
+        _mark_answered(uri)
+        with _lock:
+            _given_up.pop(uri, None)
+        return result
 
 
 def _mark_answered(uri: str) -> None:

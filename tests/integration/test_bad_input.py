@@ -275,3 +275,57 @@ def test_a_second_run_of_the_same_suite_is_refused_while_the_first_holds_it(tmp_
     # Once the first run lets go, the lock can be taken again (a killed process releases it too).
     with SuiteLock(suite_root):
         pass
+
+
+def test_a_sweep_value_spelled_three_ways_across_a_suite_file_and_the_command_line_is_one_arm(tmp_path, monkeypatch,
+                                                                                               capsys):
+    """`harness plan` as a user runs it: the suite file's `1e-1` (a string to YAML), and `0.1` and `1.0e-1` on the
+    command line plan one arm, dpo@beta=0.1, with one cell hash, so it is trained once and reported in one row."""
+    monkeypatch.chdir(tmp_path)
+    suite = write(tmp_path / "frontier.yaml", MINIMAL_SUITE + "seeds: [0]\nsweep:\n  algorithms.dpo.beta: [1e-1]\n")
+    planned = set()
+    for extra in ([], ["sweep.algorithms.dpo.beta=[0.1]"], ["sweep.algorithms.dpo.beta=[1.0e-1]"],
+                  ["only=[dpo@beta=1e-1]"]):
+        capsys.readouterr()
+        assert main(["plan", f"suite={suite}", *extra]) == 0
+        rows = [line.split()[:2] for line in capsys.readouterr().out.splitlines() if line.startswith("evaluate:dpo")]
+        assert len(rows) == 1, rows
+        planned.add(tuple(rows[0]))
+    assert len(planned) == 1 and next(iter(planned))[0] == "evaluate:dpo@beta=0.1-s0", planned
+
+
+# Issue 23: everything that can refuse a run answers before the banner, and no refusal repeats a secret.
+PASTED_KEY = "sk-live-4f9aXk2LmQ8rT1vZ0123"
+ALNUM_KEY = "Abc123Def456Ghi789Jkl012"  # passes the config's name check: only the preflight sees it
+REFUSED_BEFORE_THE_BANNER = [
+    ("tracking store unreachable", ["tracking.uri=http://127.0.0.1:9"], "cannot use MLflow tracking URI 'http://127.0.0.1:9'", ""),
+    ("tracking URI with a password", ["tracking.uri=http://alice:Pa55word9@127.0.0.1:9"], "http://alice:***@127.0.0.1:9", "Pa55word9"),
+    ("output_dir is a file", ["output_dir=<<a_file>>"], "is not a folder", ""),
+    ("judge endpoint unreachable", ["judge.kind=model", "judge.model=m", "judge.backend=openai",
+                                    "judge.base_url=http://127.0.0.1:9/v1"], "is unreachable", ""),
+    ("judge URL with a key in it", ["judge.kind=model", "judge.model=m", "judge.backend=openai",
+                                    "judge.base_url=http://127.0.0.1:9/v1?api_key=Zz9Yy8Xx7"], "api_key=***", "Zz9Yy8Xx7"),
+    ("a key pasted into api_key_env", [f"judge.api_key_env={PASTED_KEY}"], "'judge.api_key_env' must be the name", PASTED_KEY),
+    ("an alphanumeric key pasted into api_key_env", ["judge.kind=model", "judge.model=m", "judge.backend=openai",
+                                                     "judge.base_url=http://127.0.0.1:9/v1", f"judge.api_key_env={ALNUM_KEY}"],
+     "'judge.api_key_env' holds what looks like an API key", ALNUM_KEY),
+    ("nothing listens at ray.address", ["executor=ray", "ray.address=127.0.0.1:9"], "ray.address=127.0.0.1:9", ""),
+    ("ray.address not host:port", ["executor=ray", "ray.address=256.1.1.1:6379"], "is not an address Ray can join", ""),
+]
+
+
+@pytest.mark.parametrize("case, overrides, said, secret", REFUSED_BEFORE_THE_BANNER,
+                         ids=[case for case, _, _, _ in REFUSED_BEFORE_THE_BANNER])
+def test_a_refused_run_prints_one_line_and_no_banner_or_secret(case, overrides, said, secret, tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv(ALNUM_KEY, raising=False)
+    argv = materialize([*RUN, "only=[dpo]", *overrides], tmp_path)
+    capsys.readouterr()
+    code = main(argv)
+    captured = capsys.readouterr()
+    assert code == 2, f"{case}: exit {code}: {captured.err[:2000]!r}"
+    assert captured.out == "", f"{case}: printed before refusing: {captured.out!r}"  # no banner
+    lines = [line for line in captured.err.splitlines() if line.strip()]
+    assert len(lines) == 1 and said in lines[0], f"{case}: {captured.err[:2000]!r}"
+    assert not secret or secret not in captured.err, f"{case}: the secret was echoed: {lines[0]!r}"
+    assert not (tmp_path / "runs").exists(), f"{case}: a run folder was made"

@@ -106,3 +106,18 @@ def test_a_diverging_algorithm_fails_alone_and_the_report_says_why(tmp_path):
     assert by_cell["sft-s0"].info.status == "FINISHED"
     report = (tmp_path / "reports" / "tiny.md").read_text()
     assert "dpo-s0" in report and "training diverged" in report
+
+
+def test_the_banner_is_one_line_with_the_algorithms_counted(tmp_path):
+    """Thirteen algorithms are a count, not a list that wraps to three lines in a log (stdout is a pipe here).
+    SCALED_DOWN_TINY[0] is its `only=`: left out, the run has all of tiny's algorithms."""
+    process = subprocess.Popen(harness_run_command(*SCALED_DOWN_TINY[1:]), cwd=tmp_path,
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        banner = process.stdout.readline()
+        second = process.stdout.readline()  # the first stage's line
+    finally:
+        process.send_signal(signal.SIGTERM)
+        process.communicate(timeout=300)
+    assert banner.rstrip("\n") == ("harness run suite=tiny seeds=[0] 13 algorithms (+ sft baseline) executor=local"), banner
+    assert not second.startswith(("executor", " ")), f"the banner went on: {second!r}"

@@ -306,8 +306,9 @@ def test_commands_opening_a_fresh_sqlite_file_at_once_all_start(tmp_path):
 
 def test_a_run_another_live_command_writes_is_not_closed_as_stale(tmp_path):
     """The same suite in two output folders on one store: a command starting closes the runs a dead command
-    left RUNNING (SIGKILL, a crash), never those of the other command still writing them."""
-    from harness.record import TAG_OWNER as OWNER_TAG
+    left RUNNING (SIGKILL, a crash), never those of the other command still writing them. On this host the
+    heartbeat's process is checked (a recycled pid or a dead one is stale at once)."""
+    from harness.record import TAG_HEARTBEAT
     from harness.tracking import Tracker
 
     tracker = Tracker(f"sqlite:///{tmp_path / 'mlflow.db'}", "tiny")
@@ -315,14 +316,55 @@ def test_a_run_another_live_command_writes_is_not_closed_as_stale(tmp_path):
     other = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(300)", "harness", "run", "suite=tiny"])
     try:
         run_id = tracker.start_invocation("tiny", {})
-        tracker.set_tags(run_id, {OWNER_TAG: f"{socket.gethostname()}:{other.pid}"})
+        tracker.set_tags(run_id, {TAG_HEARTBEAT: f"{time.time():.0f} {socket.gethostname()}:{other.pid}"})
         assert tracker.kill_stale_runs("tiny") == []
         assert tracker.client.get_run(run_id).info.status == "RUNNING"
     finally:
         other.kill()
         other.wait()
-    assert tracker.kill_stale_runs("tiny") == [run_id]  # its process died: the run is closed
+    assert tracker.kill_stale_runs("tiny") == [run_id]  # its process died: the run is closed, its beat still fresh
     assert tracker.client.get_run(run_id).info.status == "KILLED"
+
+
+def test_another_hosts_run_is_live_while_its_heartbeat_is_fresh(tmp_path):
+    """A run of another host cannot have its process checked: its heartbeat's age decides, and its cells follow
+    their invocation's beat. Oracle: beats 10 s old are live, beats STALE_AFTER_SECONDS + 1 s old are stale."""
+    from harness.record import PARENT_RUN_TAG, TAG_HEARTBEAT
+    from harness.tracking import STALE_AFTER_SECONDS, Tracker
+
+    tracker = Tracker(f"sqlite:///{tmp_path / 'mlflow.db'}", "tiny")
+    elsewhere = "another-host.example:4242"
+    fresh, stale = f"{time.time() - 10:.0f} {elsewhere}", f"{time.time() - STALE_AFTER_SECONDS - 1:.0f} {elsewhere}"
+    live_parent = tracker.start_invocation("tiny", {})
+    tracker.set_tags(live_parent, {TAG_HEARTBEAT: fresh})
+    live_cell = tracker.start_cell(live_parent, "dpo-s0", {"harness.suite": "tiny"})
+    tracker.set_tags(live_cell, {TAG_HEARTBEAT: stale})  # its own beat old, its invocation's fresh: live
+    dead_parent = tracker.start_invocation("tiny", {})
+    tracker.set_tags(dead_parent, {TAG_HEARTBEAT: stale})
+    dead_cell = tracker.start_cell(dead_parent, "ppo-s0", {"harness.suite": "tiny"})
+    tracker.set_tags(dead_cell, {TAG_HEARTBEAT: stale})
+    assert tracker.client.get_run(dead_cell).data.tags[PARENT_RUN_TAG] == dead_parent
+    assert sorted(tracker.kill_stale_runs("tiny")) == sorted([dead_parent, dead_cell])
+    statuses = {run_id: tracker.client.get_run(run_id).info.status for run_id in (live_parent, live_cell, dead_parent, dead_cell)}
+    assert statuses == {live_parent: "RUNNING", live_cell: "RUNNING", dead_parent: "KILLED", dead_cell: "KILLED"}
+
+
+def test_the_heartbeat_is_refreshed_while_the_block_runs(tmp_path, monkeypatch):
+    from harness import tracking
+    from harness.record import TAG_HEARTBEAT
+
+    monkeypatch.setattr(tracking, "HEARTBEAT_SECONDS", 0.2)  # the interval, not the thing under test
+    tracker = tracking.Tracker(f"sqlite:///{tmp_path / 'mlflow.db'}", "tiny")
+    run_id = tracker.start_invocation("tiny", {})
+    cell = tracker.start_cell(run_id, "dpo-s0", {"harness.suite": "tiny"})
+    beat = lambda run: float(tracker.client.get_run(run).data.tags[TAG_HEARTBEAT].split()[0])  # noqa: E731
+    tracker.set_tags(run_id, {TAG_HEARTBEAT: f"1000 {socket.gethostname()}:1"})
+    tracker.set_tags(cell, {TAG_HEARTBEAT: f"1000 {socket.gethostname()}:1"})
+    with tracker.heartbeat(run_id, lambda: [cell]):
+        time.sleep(1.5)
+    now = time.time()
+    assert now - 5 < beat(run_id) <= now and now - 5 < beat(cell) <= now
+    assert tracker.client.get_run(run_id).data.tags[TAG_HEARTBEAT].endswith(f"{socket.gethostname()}:{os.getpid()}")
 
 
 def test_a_store_unreachable_when_the_command_starts_is_refused_at_once(tmp_path):
@@ -335,3 +377,90 @@ def test_a_store_unreachable_when_the_command_starts_is_refused_at_once(tmp_path
         Tracker(uri, "tiny", retry_seconds=300)
     assert time.monotonic() - started < 30
     assert uri in str(refused.value) and "\n" not in str(refused.value)
+
+
+# ---------------------------------------------------------------------------------------------------------
+# The end-of-run report during an outage, and two hosts on one server (issue 23)
+# ---------------------------------------------------------------------------------------------------------
+
+
+def invocations(uri: str, suite: str = "tiny") -> list:
+    import mlflow
+
+    client = mlflow.MlflowClient(uri)
+    experiment = client.get_experiment_by_name(f"harness/{suite}")
+    if experiment is None:
+        return []
+    return client.search_runs([experiment.experiment_id], filter_string="tags.`harness.kind` = 'invocation'")
+
+
+def poll(condition, process: subprocess.Popen, what: str, timeout: float = 600, every: float = 0.02) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert process.poll() is None, f"the command ended before {what}: {process.communicate()}"
+        assert time.monotonic() < deadline, f"no {what} after {timeout}s"
+        time.sleep(every)
+
+
+def test_the_report_rides_out_a_server_stopped_while_it_runs(reference, server, tmp_path):
+    """The invocation's run is closed just before the report reads the store (and rewrites the leaderboard runs,
+    several seconds of work): the server is SIGKILLed at that moment and restarted 5 s later. The report's reads
+    wait for it like the run's writes did, and the command completes with the uninterrupted run's record."""
+    import mlflow
+
+    folder, expected = reference
+    cwd = with_prepared_stages(folder, tmp_path / "run")
+    run = start_harness(cwd, f"tracking.uri={server.uri}")
+    finished = lambda: any(r.info.status == "FINISHED" for r in invocations(server.uri))  # noqa: E731
+    poll(finished, run, "a closed invocation run")
+    server.stop(signal.SIGKILL)
+    time.sleep(5)
+    server.start()
+
+    code, stdout, stderr = finish(run)
+    assert code == 0, (stdout + stderr)[-3000:]
+    assert "Traceback" not in stderr, stderr[-3000:]
+    assert "did not answer (the report)" in stderr, stderr[-3000:]  # the outage met the report, not a write
+    assert f"'{server.uri}' answers again" in stderr, stderr[-3000:]
+    assert (cwd / "reports" / "tiny.md").is_file()
+    assert_same_results(record(server.uri, "tiny"), expected)
+    client = mlflow.MlflowClient(server.uri)
+    board = client.get_experiment_by_name("harness/tiny/leaderboard")
+    rows = client.search_runs([board.experiment_id])
+    assert sorted(r.data.tags["harness.algorithm"] for r in rows) == ["dpo", "sft"]  # one row each: none doubled
+
+
+def start_on_host(host: str, cwd: Path, *extra: str) -> subprocess.Popen:
+    """`harness run` on a host of its own name: a UTS namespace (unshare) gives the process another host name,
+    as a second machine has, on the same loopback server."""
+    command = ["unshare", "--user", "--map-root-user", "--uts", "sh", "-c", 'hostname "$0" && exec "$@"', host,
+               *harness_run_command(*OVERRIDES, *extra)]
+    return subprocess.Popen(command, cwd=cwd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+def test_two_hosts_on_one_server_never_close_each_others_live_runs(reference, server, tmp_path):
+    """host-a runs the suite; host-b starts the same suite against the same server while host-a's run is live.
+    host-b closes RUNNING runs whose writer is gone before it starts; host-a's pid cannot be checked from
+    host-b, its heartbeat can: it stays RUNNING, and both complete with the uninterrupted run's numbers."""
+    probe = subprocess.run(["unshare", "--user", "--map-root-user", "--uts", "hostname", "x"], capture_output=True)
+    if probe.returncode != 0:
+        pytest.skip(f"no user namespaces here to give a process another host name: {probe.stderr!r}")
+    folder, expected = reference
+    first = start_on_host("host-a", with_prepared_stages(folder, tmp_path / "a"), f"tracking.uri={server.uri}")
+    poll(lambda: len(invocations(server.uri)) == 1, first, "host-a's invocation run", every=0.2)
+    second = start_on_host("host-b", with_prepared_stages(folder, tmp_path / "b"), f"tracking.uri={server.uri}")
+    try:
+        # host-b makes its invocation run right after closing stale runs.
+        poll(lambda: len(invocations(server.uri)) == 2, second, "host-b's invocation run", every=0.2)
+        assert first.poll() is None, "host-a's run ended before host-b started: nothing was tested"
+        by_host = {r.data.tags["harness.owner"].rpartition(":")[0]: r for r in invocations(server.uri)}
+        assert set(by_host) == {"host-a", "host-b"}
+        assert by_host["host-a"].info.status == "RUNNING", "host-b closed host-a's live run"
+    finally:
+        results = [finish(process) for process in (first, second)]
+    for code, stdout, stderr in results:
+        assert code == 0, (stdout + stderr)[-3000:]
+    got = record(server.uri, "tiny")
+    assert [status for _, status in got["statuses"]] == ["FINISHED"] * 6, got["statuses"]  # 2 invocations, 4 cells
+    for cell, metrics in expected["eval"].items():
+        assert got["eval"][cell] == metrics
