@@ -72,6 +72,8 @@ _CURVE_COLUMNS = 4
 _FAMILY_MARKERS = dict(zip(record.FAMILIES, ("o", "s", "D", "^", "P")))
 _UNKNOWN_FAMILY_MARKER = "X"
 _FAINT = 0.3
+# The arms of one algorithm in the curves: its first arm solid, then dashed, dotted, dash-dotted.
+_ARM_LINESTYLES = ("-", "--", ":", "-.")
 
 
 def _reported_cells(df: "pd.DataFrame") -> "pd.DataFrame":
@@ -82,14 +84,21 @@ def _reported_cells(df: "pd.DataFrame") -> "pd.DataFrame":
 def _algorithm_styles(algorithms: list[str], families: dict | None = None) -> dict[str, dict]:
     """A fixed colour and marker per algorithm, assigned in report order so reruns draw the same figure: the
     colour tells algorithms apart, the marker is the family's (`families`: algorithm -> family)."""
-    # The baseline comes first so it heads the legend; the others keep one colour each.
+    # The baseline comes first so it heads the legend; the others keep one colour per registry algorithm, so the
+    # arms of a sweep (dpo@beta=0.03, dpo@beta=0.3) share their algorithm's colour and are told apart by the
+    # line style of their curves (_ARM_LINESTYLES), not by 39 colours no reader can match.
     styles = {BASELINE_ALGORITHM: dict(_BASELINE_STYLE)} if BASELINE_ALGORITHM in algorithms else {}
     others = [name for name in algorithms if name != BASELINE_ALGORITHM]
-    palette = _distinct_colours(len(others))
+    registry_names = list(dict.fromkeys(record.algorithm_of(name) for name in others))
+    palette = dict(zip(registry_names, _distinct_colours(len(registry_names))))
     families = families or {}
-    for index, name in enumerate(others):
+    arms_seen: dict[str, int] = {}
+    for name in others:
+        algorithm = record.algorithm_of(name)
         marker = _FAMILY_MARKERS.get(families.get(name), _UNKNOWN_FAMILY_MARKER)
-        styles[name] = {"color": palette[index], "marker": marker, "s": 50}
+        arms_seen[algorithm] = arms_seen.get(algorithm, 0) + 1
+        linestyle = _ARM_LINESTYLES[(arms_seen[algorithm] - 1) % len(_ARM_LINESTYLES)]
+        styles[name] = {"color": palette[algorithm], "marker": marker, "s": 50, "linestyle": linestyle}
     return styles
 
 
@@ -144,8 +153,11 @@ def _legend_below(figure, axes, columns: int = 6) -> None:
                 handles[label] = handle
                 labels.append(label)
     if labels:
+        # No more columns than the figure's width holds at "small" type (about 13 characters an inch, the handle
+        # taking five): a legend wider than its figure is cut at the edge.
+        fitting = int(figure.get_figwidth() * 13 // (max(len(label) for label in labels) + 5))
         figure.legend([handles[label] for label in labels], labels, loc="outside lower center",
-                      ncols=min(len(labels), columns), fontsize="small")
+                      ncols=max(1, min(len(labels), columns, fitting)), fontsize="small")
 
 
 def _label(algorithm: str) -> str:
@@ -155,13 +167,18 @@ def _label(algorithm: str) -> str:
 # --- reward against KL --------------------------------------------------------------------------
 
 
+def _marker_style(style: dict) -> dict:
+    """A style for scatter: the line style is for curves only (it would dash the markers' edges)."""
+    return {key: value for key, value in style.items() if key != "linestyle"}
+
+
 def _scatter_by_algorithm(ax, cells: "pd.DataFrame", x, y_column: str, styles: dict) -> None:
     for algorithm, style in styles.items():
         points = cells[cells["algorithm"] == algorithm]
         if points.empty:
             continue
         ax.scatter(x(points), points[y_column], label=_label(algorithm), edgecolors="black", linewidths=0.5,
-                   zorder=3, **style)
+                   zorder=3, **_marker_style(style))
 
 
 def _baseline_line(ax, cells: "pd.DataFrame", y_column: str, label: str) -> None:
@@ -324,7 +341,8 @@ def _draw_compared_curve(ax, rows: "pd.DataFrame", title: str, y_label: str, sty
         line = means[means["arm"] == arm]
         if not line.empty:
             ax.plot(line["x"], line["value"], color=style["color"], marker=style["marker"], markersize=5,
-                    markevery=max(1, len(line) // 8), linewidth=1.5, label=_label(arm))
+                    linestyle=style.get("linestyle", "-"), markevery=max(1, len(line) // 8), linewidth=1.5,
+                    label=_label(arm))
     clipped = _clip_one_outlier(ax, means)
     ax.set_title(title + (f"\ny clipped at {clipped[0]:.3g}: {clipped[1]} reaches {clipped[2]:.3g}" if clipped else ""),
                  fontsize="medium")
