@@ -115,6 +115,7 @@ _PLOT_CAPTIONS = {
 }
 _BOUND_MARK = "†"
 _SHORT_MARK = "‡"
+_MOST_NAMED = 6  # a "no clear winner among ..." sentence names at most this many, then counts the rest
 _DIGITS = 3
 
 
@@ -656,7 +657,9 @@ def _leader_sentence(comparisons: list[claims.Comparison], means: dict[str, floa
     top, tied = claims.leader(comparisons, contenders, means)
     if top is not None:
         return f"{where}: **{top} leads**: its paired difference to each of the other {len(contenders) - 1} is real."
-    return f"{where}: no clear winner among {', '.join(tied)} (none's lead over the others is real)."
+    shown = ", ".join(tied[:_MOST_NAMED]) + (f" and {len(tied) - _MOST_NAMED} more" if len(tied) > _MOST_NAMED else "")
+    return (f"{where}: no clear winner among {shown} ({tied[0]} has the best mean; its lead over the others named "
+            "is not real).")
 
 
 def _headline_differences(book: claims.ClaimBook, cells: "pd.DataFrame", headline: str) -> str:
