@@ -11,7 +11,6 @@ dict per generated token, in request order, or `{"error": "<one line>"}`.
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import sys

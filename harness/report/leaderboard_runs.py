@@ -41,7 +41,7 @@ from typing import TYPE_CHECKING
 from urllib.parse import urlencode
 
 from harness import record
-from harness.metrics.catalog import METRICS, headline_metrics
+from harness.metrics.catalog import headline_metrics
 from harness.report.tables import clipped_bounds, reported_text
 from harness.report.frame import (
     complete_cells,

@@ -74,6 +74,6 @@ def test_a_trained_judge_judges_every_cell_and_the_report_says_how_far_it_agrees
 
     report = (tmp_path / "reports" / "tiny.md").read_text()
     assert "**Judge:** a judge trained on the task's preference pairs" in report
-    assert f"**Trained judge against gold on held-out preference pairs**" in report
+    assert "**Trained judge against gold on held-out preference pairs**" in report
     assert f"seed 0 {agreement:.3f}" in report
     assert "## Judge diagnostics" in report and "judge_gold_agreement_vs_sft" in report

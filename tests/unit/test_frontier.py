@@ -18,7 +18,6 @@ from harness.report.frontier import (
     checkpoint_points,
     kl_levels,
     matched_kl_table,
-    matched_kl_values,
     mean_fronts,
     reward_at,
 )
