@@ -42,6 +42,19 @@ CONTENTS_KEY = "harness.contents"
 RESUME_CHECKPOINT_PREFIXES = ("checkpoint-", "tmp-checkpoint-")
 
 
+# The TRL Trainer's resume checkpoints, under a training stage's folder (harness/algorithms/trl_support.py).
+RESUME_CHECKPOINTS_DIR = "trainer"
+
+
+def discard_resume_checkpoints(folder: Path) -> None:
+    """Delete a training stage's resume checkpoints once its final model is saved, just before it is marked
+    complete. They exist only to resume an interrupted attempt, and transformers writes their optimizer,
+    scheduler and RNG states with torch.save (optimizer.pt, scheduler.pt, rng_state.pth: pickles) in a format we
+    cannot change without re-implementing its resume; a complete stage is never resumed, so no pickle outlives
+    it. A kill between this and the marker costs that stage a restart from step 0, nothing worse."""
+    shutil.rmtree(Path(folder) / RESUME_CHECKPOINTS_DIR, ignore_errors=True)
+
+
 class Stage:
     """A folder whose contents are valid only once its completion marker exists and the files it records
     are all still there, each with the size it had when the stage completed."""

@@ -36,7 +36,7 @@ from typing import Any
 from harness import record
 from harness.config import ConfigError, flatten, load_config
 from harness.plan import BASE, EVALUATE, JUDGE, REWARD_MODEL, SFT, TASK, TRAIN, PlannedStage, build_plan
-from harness.runs import OutOfSpace, Stage, manifest, read_json, write_json
+from harness.runs import OutOfSpace, Stage, discard_resume_checkpoints, manifest, read_json, write_json
 from harness.secrets import RedactingFilter
 from harness.tasks.common import TaskDataError, words_of
 from harness.tracking import TrackingError
@@ -196,6 +196,7 @@ class StageRun:
                 shutil.rmtree(stage.folder, ignore_errors=True)
             raise
         seconds = time.perf_counter() - started
+        discard_resume_checkpoints(stage.folder)  # SFT's and the reward model's: no pickle outlives the stage
         stage.complete({"seconds": seconds})
         self.timings.append({"stage": label, "kind": kind, "seconds": seconds})
         self.reporter.stage(label, "done", f"{seconds:.1f}s")
@@ -440,6 +441,7 @@ def run_train(run: StageRun) -> dict:
         seconds = time.perf_counter() - started
         cost = {**result["spend"], "train_steps": float(result["final_step"]), "wall_time_s": seconds,
                 "peak_memory_mb": result["peak_memory_mb"], "processes": float(run.stage.processes)}
+        discard_resume_checkpoints(stage.folder)  # the final model is saved: no pickle outlives the stage
         stage.complete({"checkpoint": result["checkpoint"], "cost": cost})
     run.timings.append({"stage": label, "kind": "train", "seconds": seconds})
     run.reporter.stage(label, "done", f"{seconds:.1f}s")

@@ -17,6 +17,7 @@ import math
 from transformers import TrainerCallback
 
 from harness import record
+from harness.runs import RESUME_CHECKPOINTS_DIR
 
 
 def common_training_arguments(
@@ -25,7 +26,7 @@ def common_training_arguments(
     """Arguments every TRL trainer of the harness gets, so no library default differs between algorithms."""
     use_cpu = suite.device == "cpu" or not _cuda_available()
     return dict(
-        output_dir=str(output_dir / "trainer"),
+        output_dir=str(output_dir / RESUME_CHECKPOINTS_DIR),
         seed=seed,
         data_seed=seed,
         learning_rate=learning_rate,
@@ -257,7 +258,7 @@ def train_resuming(trainer, output_dir) -> None:
     """Train, continuing from the newest complete checkpoint an interrupted attempt left in output_dir/trainer.
 
     transformers restores the model, optimizer, scheduler, RNG states and the data position from it."""
-    trainer.train(resume_from_checkpoint=newest_complete_checkpoint(output_dir / "trainer"))
+    trainer.train(resume_from_checkpoint=newest_complete_checkpoint(output_dir / RESUME_CHECKPOINTS_DIR))
 
 
 def newest_complete_checkpoint(folder) -> str | None:
@@ -291,7 +292,6 @@ def save_trained_policy(trainer, base_dir, tokenizer, output_dir):
     if trainer.is_world_process_zero():  # written once
         save_policy(trainer.accelerator.unwrap_model(trainer.model), base_dir, checkpoint, state_dict=state_dict)
         tokenizer.save_pretrained(checkpoint)
-        discard_resume_checkpoints(output_dir)
     trainer.accelerator.wait_for_everyone()  # complete on disk before train() returns on any rank
     return checkpoint
 
@@ -306,23 +306,8 @@ def save_trained_classifier(trainer, tokenizer, output_dir):
         model = trainer.accelerator.unwrap_model(trainer.model)
         model.save_pretrained(checkpoint, state_dict=state_dict, safe_serialization=True)
         tokenizer.save_pretrained(checkpoint)
-        discard_resume_checkpoints(output_dir)
     trainer.accelerator.wait_for_everyone()
     return checkpoint
-
-
-def discard_resume_checkpoints(output_dir) -> None:
-    """Delete the Trainer's resume checkpoints (output_dir/trainer) once the final model is saved.
-
-    They exist only to resume an interrupted attempt, and transformers writes their optimizer, scheduler and RNG
-    states with torch.save (optimizer.pt, scheduler.pt, rng_state.pth: pickles) in a format we cannot change
-    without re-implementing its resume. After the final save the stage no longer needs them (a rerun of a
-    complete stage skips it), so no pickle outlives the stage; a kill between this and the completion marker
-    costs that stage a restart from step 0, nothing worse."""
-    import shutil
-    from pathlib import Path
-
-    shutil.rmtree(Path(output_dir) / "trainer", ignore_errors=True)
 
 
 def silence_console_logging(trainer) -> None:
