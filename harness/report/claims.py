@@ -193,7 +193,8 @@ def leader(comparisons: list[Comparison], contenders: list[str], means: dict[str
         pair = next((c for c in comparisons if {c.first, c.second} == {top, other}), None)
         if pair is None or pair.winner != top:
             tied.append(other)
-    return (top, []) if len(tied) == 1 else (None, tied)
+    # Best mean first: the sentence reads from the top down.
+    return (top, []) if len(tied) == 1 else (None, sorted(tied, key=lambda name: -means[name]))
 
 
 def report_claims(cells: "pd.DataFrame", metrics: list[str], headline: str, win_rates: list[str],
