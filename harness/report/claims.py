@@ -161,7 +161,9 @@ def best_against_runner_up(book: ClaimBook, metric: str, values: "pd.DataFrame",
     direction = metric_direction(metric)
     if direction == "neutral":
         return
-    if metric.startswith("kl"):
+    from harness.metrics.catalog import METRICS
+
+    if metric in METRICS and METRICS[metric].group == "kl":  # the catalog's KL group, as tables' bold reads it
         values = values.drop(columns=[BASELINE_ALGORITHM, *bound_kl], errors="ignore")
     means = values.mean().dropna().sort_values(ascending=direction == "lower", kind="mergesort")
     if len(means) < 2:

@@ -203,16 +203,10 @@ def _interval_text(row) -> str:
     metric = METRICS.get(row.metric)
     if metric is None or metric.bounds is None or not (math.isfinite(row.mean) and math.isfinite(row.low) and math.isfinite(row.high)):
         return format_interval(row.mean, row.low, row.high, row.interval)
-    low, high = _clipped(row.metric, row.low, row.high)
+    from harness.report.tables import clipped_bounds
+
+    low, high = clipped_bounds(row.metric, row.low, row.high)
     return f"{row.mean:.{DIGITS}f} [{low:.{DIGITS}f}, {high:.{DIGITS}f}]"
-
-
-def _clipped(name: str, low: float, high: float) -> tuple[float, float]:
-    """Interval bounds within the range the metric can take (a win rate's [0, 1]), as the report prints them."""
-    from harness.metrics.catalog import METRICS
-
-    bounds = METRICS[name].bounds if name in METRICS else None
-    return (low, high) if bounds is None else (max(low, bounds[0]), min(high, bounds[1]))
 
 
 def _mean_text(value) -> str:
@@ -239,12 +233,14 @@ def _metric_column(name: str, texts: list, rank: int) -> Column:
 
 def _record(frame, summary: "pd.DataFrame", algorithm: str, shown: list[str], with_interval: set,
             interval: str | None) -> dict:
+    from harness.report.tables import clipped_bounds
+
     row = {"algorithm": algorithm, "seeds": int(frame.at[algorithm, "seeds"]), "interval": interval}
     rows = summary[summary["algorithm"] == algorithm].set_index("metric")
     for name in shown:
         row[name] = _number(frame.at[algorithm, name])
         if name in with_interval and name in rows.index:
-            low, high = _clipped(name, float(rows.at[name, "low"]), float(rows.at[name, "high"]))
+            low, high = clipped_bounds(name, float(rows.at[name, "low"]), float(rows.at[name, "high"]))
             row[f"{name}_low"], row[f"{name}_high"] = _number(low), _number(high)
     if VERDICT_COLUMN in frame:
         verdict = frame.at[algorithm, VERDICT_COLUMN]
