@@ -205,7 +205,7 @@ def _beat() -> str:
     """A heartbeat's value: when (seconds since the epoch) and who (host:pid) beat."""
     import time
 
-    return f"{time.time():.0f} {_owner()}"
+    return f"{int(time.time())} {_owner()}"  # floored: a beat rounded up would lie half a second in the future
 
 
 def _alive_tags() -> dict[str, str]:
