@@ -537,14 +537,14 @@ def training_context(ws: Workspace, algorithm: str, overrides: list[str], record
 
 def train_with(ws: Workspace, algorithm: str, overrides: list[str], figures: dict, keep_checkpoint: bool = False):
     """Run `algorithm`'s own train(context); returns the recorder and the TrainResult."""
-    from harness.registry import ALGORITHMS
+    from harness.algorithms import spec
 
     recorder = StepRecorder(ws.device)
     context = training_context(ws, algorithm, overrides, recorder)
     _reset_peak_memory(ws.device)
     started = time.perf_counter()
     try:
-        result = ALGORITHMS.get(algorithm).train(context)
+        result = spec.algorithm(algorithm).train(context)
     finally:
         figures.update(_peak_memory(ws.device))
         if recorder.begin is not None:

@@ -45,7 +45,7 @@ def measure(algorithm: str, updates: int, folder: Path) -> dict:
     """Train `updates` updates of `algorithm` in this process; seconds, generated tokens, peak RSS."""
     from harness.algorithms.context import TrainContext
     from harness.config import load_config
-    from harness.registry import ALGORITHMS
+    from harness.algorithms import spec
     from harness.rewards import training_reward_function
     from harness.tasks import synthetic
     from harness.tasks.common import load_task_data
@@ -67,7 +67,7 @@ def measure(algorithm: str, updates: int, folder: Path) -> dict:
         log_metrics=lambda step, metrics: None,
     )
     started = time.perf_counter()
-    result = ALGORITHMS.get(algorithm).train(context)
+    result = spec.algorithm(algorithm).train(context)
     seconds = time.perf_counter() - started
     return {
         "seconds": seconds,

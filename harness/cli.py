@@ -60,6 +60,7 @@ def build_parser() -> argparse.ArgumentParser:
     listing.add_argument(
         "what", nargs="?", default="all", choices=["all", "suites", "algorithms", "tasks", "metrics", "generators", "backends"]
     )
+    listing.add_argument("name", nargs="?", help="an algorithm: print its options with their defaults and meaning")
 
     validate = commands.add_parser("validate", help="resolve and type-check a suite; run nothing")
     validate.add_argument("items", nargs="*", metavar="suite=NAME|key=value", help=overrides_help)
@@ -81,24 +82,19 @@ def main(argv: list[str] | None = None) -> int:
         "list": command_list,
         "validate": command_validate,
     }
-    from harness.config import ConfigError
-    from harness.registry import UnknownNameError
+    from harness.errors import UserError  # ConfigError, unknown names, refused runs, bad data, an unreachable store
 
     try:
         return handlers[args.command](args)
-    except (ConfigError, UnknownNameError) as error:
+    except UserError as error:
         return _fail(str(error))
     except KeyboardInterrupt:
         _err("interrupted: completed stages are kept; rerun the same command to resume")
         return EXIT_INTERRUPTED
-    except Exception as error:  # known one-line failures from deeper layers
-        from harness.pipeline import PrepareFailed
+    except Exception as error:  # a report that cannot be built is one line too
         from harness.report.frame import ReportError
-        from harness.runs import RunRefused
-        from harness.tasks.common import TaskDataError
-        from harness.tracking import TrackingError
 
-        if isinstance(error, (TrackingError, ReportError, RunRefused, TaskDataError, PrepareFailed)):
+        if isinstance(error, ReportError):
             return _fail(str(error))
         raise
 
@@ -107,7 +103,7 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _split_items(items: list[str]) -> tuple[str, list[str]]:
-    from harness.config import ConfigError
+    from harness.errors import ConfigError
 
     suite = None
     overrides = []
@@ -255,10 +251,15 @@ def command_leaderboard(args) -> int:
 
 def command_list(args) -> int:
     from harness.config import read_yaml, suite_names, suite_path
+    from harness.errors import ConfigError
     from harness.metrics.catalog import METRICS
     from harness.registry import ALGORITHMS, GENERATORS, TASKS
 
     what = "generators" if args.what == "backends" else args.what
+    if args.name is not None:
+        if what != "algorithms":
+            raise ConfigError(f"`harness list {args.what} NAME` is not a listing; try `harness list algorithms {args.name}`")
+        return _describe_algorithm(args.name)
     sections = {
         "suites": [(name, read_yaml(suite_path(name)).get("description", "")) for name in suite_names()],
         "algorithms": [(entry.name, entry.summary) for entry in ALGORITHMS.entries()],
@@ -273,6 +274,42 @@ def command_list(args) -> int:
         width = max((len(name) for name, _ in rows), default=0)
         for name, summary in rows:
             print(f"  {name:<{width}}  {summary}")
+    return EXIT_OK
+
+
+def _describe_algorithm(name: str) -> int:
+    """One algorithm as a user chooses it: what it is, what it declares, and every option with its default
+    (a variant's preset applied) and meaning."""
+    import dataclasses
+    import shutil
+    import textwrap
+
+    from harness.algorithms.spec import algorithm
+    from harness.config import build, field_help
+    from harness.registry import ALGORITHMS
+
+    resolved = algorithm(name)  # UnknownNameError with the closest names
+    spec, target = resolved.spec, ALGORITHMS.entry(name).target
+    print(f"{name}: {ALGORITHMS.entry(name).summary}")
+    module_name, _, preset = target.partition(":")
+    print(f"  {module_name}" + (f", preset {preset} (a variant: its base's trainer with other defaults)" if preset else ""))
+    direction = "more" if spec.kl_knob_raises_kl else "less"
+    print(f"  family: {spec.family}; KL knob: {spec.kl_knob} (a larger value allows {direction} KL); "
+          f"{'trains the policy' if spec.trains_policy else 'trains nothing (inference time)'}")
+    print()
+    print(resolved.about)
+    defaults = build(resolved.config_class, dict(resolved.defaults), f"algorithms.{name}.")
+    helps = field_help(resolved.config_class)
+    values = {field.name: repr(getattr(defaults, field.name)) for field in dataclasses.fields(defaults)}
+    width = max(len(f"{option} = {value}") for option, value in values.items())
+    print(f"\noptions (algorithms.{name}.<option>=value; default, then meaning):")
+    columns = max(shutil.get_terminal_size().columns, width + 40)
+    for option, value in values.items():
+        preset_mark = " *" if option in resolved.defaults else "  "
+        print(textwrap.fill(helps.get(option, ""), columns, initial_indent=f"  {f'{option} = {value}':<{width}}{preset_mark} ",
+                            subsequent_indent=" " * (width + 5)))
+    if resolved.defaults:
+        print("  (* set by the preset)")
     return EXIT_OK
 
 

@@ -1,9 +1,10 @@
 """Configuration: dataclasses are the single source of defaults and documentation.
 
-Precedence, lowest first: dataclass defaults, presets in `configs/` (`configs/algorithms/<name>.yaml` for
-every algorithm, `configs/models/<preset>.yaml` when `model.preset` names one), the suite file, and the
-command line's `key=value` overrides (OmegaConf dotlist). Unknown keys, wrong types and out-of-range values
-raise `ConfigError` with a one-line message naming the key and, where one is close, a suggestion.
+Precedence, lowest first: dataclass defaults (an algorithm variant's Preset values over its base's Config
+defaults, harness/algorithms/spec.py), presets in `configs/` (`configs/models/<preset>.yaml` when `model.preset`
+names one), the suite file, and the command line's `key=value` overrides (OmegaConf dotlist). Unknown keys,
+wrong types and out-of-range values raise `ConfigError` with a one-line message naming the key and, where one
+is close, a suggestion.
 
 Only OmegaConf and PyYAML are imported here, so `harness validate` answers at once.
 """
@@ -18,6 +19,8 @@ from pathlib import Path
 from typing import Any
 
 from harness import record
+from harness.algorithms.spec import algorithm
+from harness.errors import ConfigError, require, shown
 from harness.registry import ALGORITHMS, TASKS, did_you_mean
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
@@ -25,43 +28,7 @@ SUITES_DIR = REPO_ROOT / "suites"
 CONFIGS_DIR = REPO_ROOT / "configs"
 
 
-class ConfigError(ValueError):
-    """Bad configuration: the message is one line and names the culprit key or file.
-
-    Values are echoed through `shown()` (at most SHOWN_LIMIT characters); as a last guard, a message is
-    folded onto one line and cut at MESSAGE_LIMIT characters whatever its author did."""
-
-    MESSAGE_LIMIT = 1000
-
-    def __init__(self, message: str = ""):
-        message = " ".join(str(message).splitlines())
-        if len(message) > self.MESSAGE_LIMIT:
-            message = message[: self.MESSAGE_LIMIT] + "…"
-        super().__init__(message)
-
-
-SHOWN_LIMIT = 60
-
-
-def shown(value: Any, limit: int = SHOWN_LIMIT) -> str:
-    """A value as an error message echoes it: control characters escaped (a newline cannot break the one
-    line), and cut after `limit` characters with an ellipsis and the full length (a 100 kB override is named,
-    not repeated)."""
-    text = str(value)  # a path as the user typed it; callers pass repr(x) where quotes tell a type
-    text = "".join(c if c.isprintable() else repr(c)[1:-1] for c in text)
-    if len(text) > limit:  # the middle goes: a path's file name, at its end, stays
-        head = limit * 2 // 3
-        return f"{text[:head]}…{text[len(text) - (limit - head):]} ({len(text)} characters)"
-    return text
-
-
 PATH_LIMIT = 200  # a real path may be long; a 100 kB "path" is still not echoed
-
-
-def require(condition: bool, key: str, message: str) -> None:
-    """Raise ConfigError for `key` unless `condition` holds (used in __post_init__ range checks)."""
-    if not condition:
-        raise ConfigError(f"'{key}' {message}")
 
 
 def _is_file(path: Path) -> bool:
@@ -155,21 +122,10 @@ class ModelConfig:
 
 EVERY_ALGORITHM = "algorithms"  # in lora.stages: every algorithm that trains the policy
 
-# transformers' SchedulerType values (5.17), written out so that validation needs no transformers import.
-LR_SCHEDULERS = ("linear", "cosine", "cosine_with_restarts", "polynomial", "constant", "constant_with_warmup",
-                 "inverse_sqrt", "reduce_lr_on_plateau", "cosine_with_min_lr", "cosine_warmup_with_min_lr",
-                 "warmup_stable_decay")
-
-
-def require_scheduler(name: str) -> None:
-    """A TRL-backed algorithm's `lr_scheduler`, refused at validation instead of at trainer start."""
-    require(name in LR_SCHEDULERS, "lr_scheduler", f"must be a transformers scheduler: {', '.join(LR_SCHEDULERS)}")
-
-
 def trains_with_adapters(stage: str) -> bool:
     """Whether `lora.stages` may name `stage`: SFT, or a registered algorithm that trains the policy (an
     inference-time method such as best-of-n has no weights to adapt)."""
-    return stage == "sft" or (stage in ALGORITHMS and ALGORITHMS.get(stage).TRAINS_POLICY)
+    return stage == "sft" or (stage in ALGORITHMS and algorithm(stage).spec.trains_policy)
 
 
 @dataclass
@@ -854,6 +810,26 @@ def check_keys(schema: type, data: Any, prefix: str) -> None:
             check_keys(types[key], value, f"{prefix}{key}.")
 
 
+def field_help(schema: type) -> dict[str, str]:
+    """{field: its help}: the comment lines written under each field of a Config dataclass, the house
+    convention that keeps an option's meaning beside its default (`harness list algorithms <name>` prints it)."""
+    import ast
+    import inspect
+
+    lines = inspect.getsource(schema).splitlines()
+    fields = [(node.target.id, node.end_lineno) for node in ast.parse("\n".join(lines)).body[0].body
+              if isinstance(node, ast.AnnAssign) and isinstance(node.target, ast.Name)]
+    helps = {}
+    for name, last_line in fields:
+        comment = []
+        for line in lines[last_line:]:  # the lines after the field's own (end_lineno is 1-based)
+            if not line.strip().startswith("#"):
+                break
+            comment.append(line.strip().lstrip("#").strip())
+        helps[name] = " ".join(comment)
+    return helps
+
+
 def build(schema: type, data: dict, prefix: str):
     """Validate `data` against `schema` (keys, types, ranges) and return the dataclass instance."""
     from omegaconf import OmegaConf
@@ -1020,10 +996,9 @@ def _expand_arms(algorithms: dict[str, Any], grid: dict[str, list]) -> dict[str,
         options = [key.split(".")[2] for key in keys]
         for values in itertools.product(*(grid[key] for key in keys)):
             point = dict(zip(options, values))
-            module = ALGORITHMS.get(name)
             written = record.arm_name(name, point)
             try:
-                arm_config = build(module.Config, {**dataclasses.asdict(config), **point}, f"algorithms.{name}.")
+                arm_config = build(type(config), {**dataclasses.asdict(config), **point}, f"algorithms.{name}.")
             except ConfigError as error:
                 raise ConfigError(f"sweep point {written}: {error}") from None
             arm = _arm_of(name, arm_config, options)
@@ -1065,7 +1040,7 @@ def _canonical_arm(name: Any, algorithms: dict[str, Any]) -> Any:
         return name
     point = dict(pairs)
     try:
-        config = build(ALGORITHMS.get(algorithm).Config, {**dataclasses.asdict(algorithms[algorithm]), **point}, "")
+        config = build(type(algorithms[algorithm]), {**dataclasses.asdict(algorithms[algorithm]), **point}, "")
     except ConfigError:
         return name
     return _arm_of(algorithm, config, list(point))
@@ -1084,15 +1059,15 @@ def _preset(kind: str, name: str, key: str) -> dict:
     return read_yaml(path)
 
 
-def _lookup(registry, name: Any, key: str):
-    """The registry's entry point for `name`, or a one-line error naming `key` (registry messages would echo
-    a name of any length)."""
+def _lookup(registry, name: Any, key: str, resolve=None):
+    """The registry's entry point for `name` (or `resolve(name)`), or a one-line error naming `key` (registry
+    messages would echo a name of any length)."""
     if not isinstance(name, str):
         raise ConfigError(f"'{key}' must be a {registry.kind} name (see `harness list {registry.kind}s`), not {shown(repr(name))}")
     if name not in registry:
         known = sorted(registry.names())
         raise ConfigError(f"'{key}': unknown {registry.kind} '{shown(name)}';{did_you_mean(name, known)} known: {', '.join(known)}")
-    return registry.get(name)
+    return resolve(name) if resolve else registry.get(name)
 
 
 def _build_task(task_raw: Any) -> tuple[str, Any]:
@@ -1109,10 +1084,9 @@ def _build_algorithms(algorithms_raw: Any) -> dict[str, Any]:
         raise ConfigError("'algorithms' must name at least one algorithm (see `harness list algorithms`)")
     built = {}
     for name, options in algorithms_raw.items():
-        module = _lookup(ALGORITHMS, str(name), f"algorithms.{shown(str(name))}")
-        preset_path = CONFIGS_DIR / "algorithms" / f"{name}.yaml"
-        preset = read_yaml(preset_path) if preset_path.is_file() else {}
+        resolved = _lookup(ALGORITHMS, str(name), f"algorithms.{shown(str(name))}", resolve=algorithm)
         if options is not None and not isinstance(options, dict):
             raise ConfigError(f"'algorithms.{name}' must be a mapping of options, not {shown(repr(options))}")
-        built[name] = build(module.Config, deep_merge(preset, options or {}), f"algorithms.{name}.")
+        # A variant's preset values sit between its Config's defaults and the suite's own values.
+        built[name] = build(resolved.config_class, deep_merge(resolved.defaults, options or {}), f"algorithms.{name}.")
     return built

@@ -1,6 +1,6 @@
 """The pipeline: build a suite's plan, hand its stages to an executor, then write the report.
 
-    plan (harness.plan) -> stage files (harness.stage) -> executor (harness.executors) -> report
+    plan (harness.plan) -> stage files (harness.stages) -> executor (harness.executors) -> report
 
 `harness run` holds the suite's lock, opens the invocation's MLflow parent run, writes one stage file per
 stage (each names the resolved config, the tracking URI and the parent run), and lets the executor chosen by
@@ -17,11 +17,13 @@ import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from harness.errors import UserError
 from harness import record
 from harness.config import ResolvedConfig, flatten
 from harness.plan import EVALUATE, PREPARE_KINDS, REPORT, TRAIN, Plan, build_plan
 from harness.runs import write_json
-from harness.stage import BLOCKED, FAILED, Invocation, stage_file
+from harness.stages.files import Invocation, stage_file
+from harness.stages.outcomes import BLOCKED, FAILED
 from harness.tasks.common import TaskDataError
 from harness.tracking import default_tracking_uri
 
@@ -54,7 +56,7 @@ class RunOutcome:
         return [cell for cell in self.cells if cell.status == "failed"]
 
 
-class PrepareFailed(RuntimeError):
+class PrepareFailed(UserError, RuntimeError):
     """Task data, base model, SFT or reward model could not be prepared; one line with the reason."""
 
 

@@ -5,7 +5,7 @@
                 evaluate:sft-s<seed>                          (the SFT baseline: evaluated, never trained)
     once:       report                                        (after every cell)
 
-A stage is complete when its run folder holds its completion marker (`harness.runs.Stage`); the hash in the
+A stage is complete when its run folder holds its completion marker (`harness.runs.OutputFolder`); the hash in the
 folder's name is the fingerprint of exactly the configuration that decides its contents, so a rerun with the
 same configuration finds it and skips it, and a changed setting gets a new folder. Nothing here imports torch:
 `harness plan` answers at once.
@@ -21,9 +21,10 @@ import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from harness.algorithms.spec import algorithm
 from harness.config import ResolvedConfig, fingerprint
 from harness.record import BASELINE, algorithm_of
-from harness.runs import Stage
+from harness.runs import OutputFolder
 
 # Stage kinds, in the order a seed's stages run.
 TASK, BASE, SFT, REWARD_MODEL, JUDGE, TRAIN, EVALUATE, REPORT = (
@@ -34,7 +35,7 @@ MODEL_KINDS = (SFT, REWARD_MODEL, JUDGE, TRAIN, EVALUATE)
 
 
 @dataclass
-class PlannedStage:
+class Stage:
     id: str  # unique in the plan: "sft-s0", "train:dpo-s0", "evaluate:dpo-s0", "report"
     kind: str
     seed: int | None
@@ -55,7 +56,7 @@ class PlannedStage:
 
     @property
     def done(self) -> bool:
-        return bool(self.folder) and Stage(Path(self.folder)).done
+        return bool(self.folder) and OutputFolder(Path(self.folder)).done
 
     @property
     def label(self) -> str:
@@ -77,12 +78,12 @@ class Plan:
     suite: str
     root: Path  # <output_dir>/<suite>
     config_hash: str
-    stages: list[PlannedStage]  # in an order where every stage comes after what it waits on
+    stages: list[Stage]  # in an order where every stage comes after what it waits on
 
-    def stage(self, stage_id: str) -> PlannedStage:
+    def stage(self, stage_id: str) -> Stage:
         return next(stage for stage in self.stages if stage.id == stage_id)
 
-    def prepare_stage(self, kind: str, seed: int) -> PlannedStage | None:
+    def prepare_stage(self, kind: str, seed: int) -> Stage | None:
         return next((s for s in self.stages if s.kind == kind and s.seed == seed), None)
 
     def cell_folder(self, algorithm: str, seed: int) -> Path:
@@ -147,12 +148,12 @@ def build_plan(config: ResolvedConfig) -> Plan:
 
     def stage(stage_id, kind, seed, algorithm, stage_hash, folder, waits_on=(), soft_waits=(), processes=1):
         gpus = (model_gpus * processes) if kind in MODEL_KINDS else 0
-        return PlannedStage(
+        return Stage(
             stage_id, kind, seed, algorithm, stage_hash, str(folder), list(waits_on), list(soft_waits),
             gpus, suite.executor.cpus_per_stage, suite.executor.memory_gb, processes,
         )
 
-    stages: list[PlannedStage] = []
+    stages: list[Stage] = []
     cells: list[str] = []
     for seed in suite.seeds:
         hashes = prepare_hashes(config, seed)
@@ -194,10 +195,8 @@ def build_plan(config: ResolvedConfig) -> Plan:
 
 
 def trains_policy(arm: str) -> bool:
-    """Whether the arm's algorithm changes weights (its module's TRAINS_POLICY); importing it loads no torch."""
-    from harness.registry import ALGORITHMS
-
-    return ALGORITHMS.get(algorithm_of(arm)).TRAINS_POLICY
+    """Whether the arm's algorithm changes weights (its spec's trains_policy); importing it loads no torch."""
+    return algorithm(algorithm_of(arm)).spec.trains_policy
 
 
 def _gpus_per_stage(suite) -> int:

@@ -35,8 +35,8 @@ BASELINE = "sft"
 # A suite's `sweep:` grid turns one algorithm into several arms, each its own cell per seed. An arm's name is
 # the algorithm's registry name, then ARM_SEPARATOR and the point ("dpo@beta=0.03", "ppo@kl_coef=0.2,lr=...");
 # without a sweep the arm is the bare algorithm name, so unswept suites keep their names and hashes. The arm
-# name is what TAG_ALGORITHM, cell names, run folders and the report's rows carry; TAG_FAMILY_ALGORITHM and
-# TAG_SWEEP_POINT split it.
+# name is what TAG_ARM, cell names, run folders and the report's rows carry; TAG_ALGORITHM and TAG_SWEEP_POINT
+# split it.
 ARM_SEPARATOR = "@"
 
 
@@ -74,11 +74,20 @@ KIND_CELL = "cell"
 KIND_LEADERBOARD = "leaderboard"
 
 TAG_SUITE = "harness.suite"
-TAG_ALGORITHM = "harness.algorithm"  # the arm: "dpo", or "dpo@beta=0.03" for a sweep point
-TAG_FAMILY_ALGORITHM = "harness.algorithm_name"  # the arm's registry algorithm: "dpo"
+TAG_ARM = "harness.arm"  # the arm: "dpo", or "dpo@beta=0.03" for a sweep point
+TAG_ALGORITHM = "harness.algorithm"  # the arm's registry algorithm: "dpo"
 TAG_SWEEP_POINT = "harness.sweep_point"  # "beta=0.03"; "" when the algorithm is not swept
-TAG_FAMILY = "harness.family"  # the algorithm's FAMILY (one of FAMILIES)
+# What the algorithm declares (harness.algorithms.spec.AlgorithmSpec), on each cell so that a report is
+# rebuilt from MLflow alone, whatever the algorithm modules say today:
+TAG_FAMILY = "harness.family"  # its family (one of FAMILIES)
+TAG_KL_KNOB = "harness.kl_knob"  # the option a frontier sweeps ("" for the baseline)
+TAG_KL_KNOB_RAISES_KL = "harness.kl_knob_raises_kl"  # "true" when a larger value of it allows more KL
+TAG_CURVES = "harness.curves"  # its own train/ curves, comma-separated names without the prefix
+TAG_DATA = "harness.data"  # one sentence: what it learned from, given its options
 # "true" on a cell whose eval/kl is an analytic upper bound, not an estimate (best-of-n: log n - (n-1)/n)
+# The stages of the cell that trained LoRA adapters, comma-separated (sft, its algorithm); "" when every weight
+# trained. The report reads it, not the lora params, so it never asks an algorithm whether it trains a policy.
+TAG_LORA_STAGES = "harness.lora_stages"
 TAG_KL_IS_BOUND = "harness.kl_is_bound"
 TAG_GOLD = "harness.gold"  # what eval/gold_reward is: the task's own reward or "held-out RM <name>" (GoldConfig.label)
 TAG_JUDGE = "harness.judge"  # who judged eval/judge_*: JudgeConfig.label
@@ -110,7 +119,20 @@ STATUS_KILLED = "killed"
 
 TRAIN_PREFIX = "train/"  # per optimizer step (or update), logged by the algorithm
 EVAL_PREFIX = "eval/"  # the evaluator's summary; intermediate checkpoints at their training step
-COST_PREFIX = "cost/"  # a cell's actual spend
+COST_PREFIX = "cost/"  # a cell's actual spend, COST_PREFIX + one of the names below
+COST_PROMPTS_SEEN = "prompts_seen"
+COST_COMPLETIONS_GENERATED = "completions_generated"  # in training
+COST_TOKENS_GENERATED = "tokens_generated"  # in training
+COST_OPTIMIZER_STEPS = "optimizer_steps"
+COST_TRAIN_STEPS = "train_steps"  # the algorithm's own step count at the end: the unit of its snapshots
+COST_WALL_TIME_S = "wall_time_s"
+COST_PEAK_MEMORY_MB = "peak_memory_mb"
+COST_PROCESSES = "processes"  # ranks the training ran on
+COST_COMPLETIONS_PER_ANSWER = "completions_per_answer"  # best-of-n: candidates drawn per evaluation answer
+COST_EVAL_COMPLETIONS_GENERATED = "eval_completions_generated"  # best-of-n: every candidate drawn in evaluation
+# The order the report shows costs in: what was consumed first, then what it cost.
+COST_METRICS = (COST_PROMPTS_SEEN, COST_COMPLETIONS_GENERATED, COST_TOKENS_GENERATED, COST_OPTIMIZER_STEPS,
+                COST_WALL_TIME_S, COST_PEAK_MEMORY_MB)
 PREPARE_PREFIX = "prepare/"  # SFT and reward-model training curves (on the invocation) and RM accuracy
 PREPARE_JUDGE_AGREEMENT = "judge_gold_agreement_held_out"  # prepare/<this> on each cell: its seed's trained judge
 # against the gold reward on held-out preference pairs (judge.kind trained)
@@ -171,7 +193,7 @@ def in_section(key: str, section: str) -> bool:
 # -- leaderboard runs: one per (algorithm, configuration), means over seeds, in their own experiment --------
 
 TAG_CONFIG = "harness.config"  # the seed-free configuration key the report groups seeds by
-TAG_LEADERBOARD_KEY = "harness.leaderboard_key"  # "<algorithm>:<config>": the row a re-aggregation updates in place
+TAG_LEADERBOARD_KEY = "harness.leaderboard_key"  # "<arm>:<config>": the row a re-aggregation updates in place
 TAG_CURRENT = "harness.current"  # "true" for the configuration the report shows, "false" for older ones
 TAG_INTERVAL = "harness.interval"  # how the row's bounds were obtained: "t over 3 seeds", ...
 TAG_REPORTED_PREFIX = "report."  # + metric: "mean ± half-width" as reports/<suite>.md prints it

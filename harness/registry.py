@@ -1,8 +1,8 @@
 """Named, lazily imported components with did-you-mean errors.
 
 A registry maps a short name (`dpo`, `hf`, `synthetic_reviews`) to a "module:attribute" string, so that
-listing or validating names never imports torch, transformers or trl. The name of an entry, its module
-file and its preset in `configs/` are the same word.
+listing or validating names never imports torch, transformers or trl. An entry's name and its module's file
+are the same word (a variant's module is its base's).
 """
 
 from __future__ import annotations
@@ -11,8 +11,10 @@ import difflib
 import importlib
 from dataclasses import dataclass
 
+from harness.errors import UserError
 
-class UnknownNameError(ValueError):
+
+class UnknownNameError(UserError, ValueError):
     """A name that no registry entry has; the message suggests the closest names."""
 
 
@@ -65,36 +67,22 @@ class Registry:
         return list(self._entries.values())
 
 
-# Every registered module exposes `Config` (a dataclass) and its entry point; heavy imports stay inside the
-# entry point, so loading a module for its Config (validation, `harness list`) is cheap.
+# Every registered module exposes `Config` (a dataclass) and its entry point; heavy imports stay inside the entry
+# point, so loading a module for its Config (validation, `harness list`) is cheap.
 
-# Algorithms, one cell per (arm, seed). An algorithm is its module, its preset configs/algorithms/<name>.yaml
-# and its line here; everything else (config validation, the report, the plots, the divergence guard) reads
-# what the module declares:
-#   Config                  its options (a dataclass; validation in __post_init__ with harness.config.require)
-#   train(context)          -> harness.algorithms.context.TrainResult
-#   FAMILY                  one of harness.record.FAMILIES
-#   KL_KNOB                 the Config field that sets how far it may move from the reference (a frontier
-#                           sweeps it; the report's matched-KL table names it and the values swept);
-#                           KL_KNOB_RAISES_KL says whether a larger value allows more KL
-#   TRAINS_POLICY           False for inference-time methods: no weights change, `lora.stages` may not name it;
-#                           the evaluator keeps the best of its Config's `n` draws per answer
-#   CURVES                  train/* metric names (without the prefix) the report draws for it, besides the
-#                           shared record.TRAIN_* ones
-#   WATCHED                 logged statistics whose NaN/inf means divergence (the TRL-backed ones pass it to
-#                           trl_support.DivergenceGuard; PPO and REINFORCE++ check every statistic they log)
-#   describe_data(options)  one sentence for the report: what it learns from, given its options as logged
-#                           ({option: value as a string})
+# Algorithms, one cell per (arm, seed). An algorithm is its module (Config, train(context) and SPEC, read through
+# harness.algorithms.spec.algorithm) and its line here; a variant is a Preset in its base's module and its line
+# here, "module:PRESET".
 ALGORITHMS = Registry("algorithm")
 ALGORITHMS.register("dpo", "harness.algorithms.dpo", "Direct Preference Optimization (TRL DPOTrainer)")
-ALGORITHMS.register("ipo", "harness.algorithms.ipo", "Identity Preference Optimization (TRL DPOTrainer, ipo loss)")
+ALGORITHMS.register("ipo", "harness.algorithms.dpo:IPO", "Identity Preference Optimization (TRL DPOTrainer, ipo loss)")
 ALGORITHMS.register("simpo", "harness.algorithms.simpo", "SimPO: reference-free, length-normalised margin loss")
 ALGORITHMS.register("kto", "harness.algorithms.kto", "Kahneman-Tversky Optimization on unpaired examples (TRL KTOTrainer)")
 ALGORITHMS.register("online_dpo", "harness.algorithms.online_dpo", "Online DPO: pairs sampled from the policy each step, labelled by the training reward")
 ALGORITHMS.register("grpo", "harness.algorithms.grpo", "Group Relative Policy Optimization (TRL GRPOTrainer)")
-ALGORITHMS.register("dr_grpo", "harness.algorithms.dr_grpo", "Dr. GRPO: GRPO without length and std normalisation (TRL GRPOTrainer)")
-ALGORITHMS.register("dapo", "harness.algorithms.dapo", "DAPO: clip-higher, token-level loss, truncation masking (TRL GRPOTrainer)")
-ALGORITHMS.register("gspo", "harness.algorithms.gspo", "GSPO: sequence-level importance ratios (TRL GRPOTrainer)")
+ALGORITHMS.register("dr_grpo", "harness.algorithms.grpo:DR_GRPO", "Dr. GRPO: GRPO without length and std normalisation (TRL GRPOTrainer)")
+ALGORITHMS.register("dapo", "harness.algorithms.grpo:DAPO", "DAPO: clip-higher, token-level loss, truncation masking (TRL GRPOTrainer)")
+ALGORITHMS.register("gspo", "harness.algorithms.grpo:GSPO", "GSPO: sequence-level importance ratios (TRL GRPOTrainer)")
 ALGORITHMS.register("rloo", "harness.algorithms.rloo", "REINFORCE Leave-One-Out (TRL RLOOTrainer)")
 ALGORITHMS.register("reinforce_pp", "harness.algorithms.reinforce_pp", "REINFORCE++: batch-normalised advantages, no critic, our own")
 ALGORITHMS.register("ppo", "harness.algorithms.ppo", "PPO-RLHF actor-critic, our own (docs/PPO.md)")

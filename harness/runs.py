@@ -16,7 +16,7 @@ its dependents an input of the same configuration (on the CPU the very same byte
 and they are not recomputed. A lost file that nothing reads any more (an SFT model whose cells are all
 complete) costs its own stage's recomputation and nothing else.
 
-Writing a stage on a full disk: `Stage.writing()` turns the error (ENOSPC or a quota, however a library wraps
+Writing a stage on a full disk: `OutputFolder.writing()` turns the error (ENOSPC or a quota, however a library wraps
 it) into one line naming the folder, and `complete()` never leaves a marker over half-written files.
 """
 
@@ -29,6 +29,7 @@ import logging
 import os
 import shutil
 from pathlib import Path
+from harness.errors import UserError
 
 logger = logging.getLogger(__name__)
 
@@ -55,9 +56,9 @@ def discard_resume_checkpoints(folder: Path) -> None:
     shutil.rmtree(Path(folder) / RESUME_CHECKPOINTS_DIR, ignore_errors=True)
 
 
-class Stage:
-    """A folder whose contents are valid only once its completion marker exists and the files it records
-    are all still there, each with the size it had when the stage completed."""
+class OutputFolder:
+    """A stage's output folder: its contents are valid only once its completion marker exists and the files it
+    records are all still there, each with the size it had when the stage completed."""
 
     def __init__(self, folder: Path):
         self.folder = folder
@@ -107,7 +108,7 @@ class Stage:
                 break
         if problem is None:
             for nested in contents.get("stages", []):
-                part = Stage(self.folder / nested)
+                part = OutputFolder(self.folder / nested)
                 if not (part.folder / COMPLETE_MARKER).is_file():  # found damaged (and said so) already
                     problem = f"stage '{self.folder}' was complete, but its part '{nested}' is not complete any more"
                 else:
@@ -191,7 +192,7 @@ class Stage:
             (self.folder / COMPLETE_MARKER).replace(self.folder / INVALID_MARKER)
 
 
-class RunRefused(RuntimeError):
+class RunRefused(UserError, RuntimeError):
     """A run that cannot start here (unwritable folder, a suite locked by another process); one line."""
 
 
@@ -332,17 +333,6 @@ def write_json(path: Path, data) -> None:
 
 def read_json(path: Path):
     return json.loads(path.read_text())
-
-
-class SuitePaths:
-    def __init__(self, output_dir: Path, suite: str):
-        self.root = output_dir / suite
-
-    def prepare(self, seed: int, prepare_hash: str) -> Path:
-        return self.root / "prepare" / f"seed{seed}-{prepare_hash}"
-
-    def cell(self, cell_name: str, cell_hash: str) -> Path:
-        return self.root / "cells" / f"{cell_name}-{cell_hash}"
 
 
 def manifest(config_hash: str, data_fingerprint: str) -> dict:

@@ -17,6 +17,7 @@ import contextlib
 import logging
 from pathlib import Path
 
+from harness.errors import UserError
 from harness import record
 from harness.record import experiment_name
 from harness.secrets import redact
@@ -35,7 +36,7 @@ HEARTBEAT_SECONDS = 10.0
 STALE_AFTER_SECONDS = 90.0
 
 
-class TrackingError(RuntimeError):
+class TrackingError(UserError, RuntimeError):
     """The tracking store cannot be reached or written; the message names the URI."""
 
 

@@ -12,8 +12,8 @@ What is implemented: for every evaluation sample (prompt, sample slot), `n` inde
 prompt are drawn from the SFT checkpoint with the evaluator's own sampling settings, each is scored,
 and the one with the highest training reward is kept; every other metric (gold reward, proxy reward, length,
 stop rate, BLEU, ROUGE, distinct-n, win rate against SFT) is computed on the kept completions exactly as for
-any checkpoint. The selection happens in the evaluator (harness.metrics.evaluator, `BestOf`); `train` trains
-nothing and hands on the SFT checkpoint itself.
+any checkpoint. The sampling and selection are a generation strategy the evaluator calls
+(harness.generation.strategies.BestOfN); `train` trains nothing and hands on the SFT checkpoint itself.
 
 Choices and departures, each a decision of ours:
 - Selection reward: the suite's training reward, the one every online algorithm optimises (reward.source):
@@ -33,7 +33,7 @@ Choices and departures, each a decision of ours:
   frontier sit at or to the right of where they belong. eval/kl_k1 and eval/kl_k3, sampled-token estimates,
   are not reported: the best-of-n policy's log-probabilities are not available. n = 1 is the SFT policy
   itself, KL exactly 0.
-- KL estimate: eval/best_of_n_kl_estimate (harness.metrics.evaluator.best_of_n_kl_estimate) takes the
+- KL estimate: eval/best_of_n_kl_estimate (harness.generation.strategies.best_of_n_kl_estimate) takes the
   empirical distribution F of a prompt's candidates' selection rewards (all of its sample slots' candidates)
   for the SFT policy's: best-of-n keeps a reward value v with probability F(v)^n - F(v-)^n against SFT's
   F(v) - F(v-), which gives KL(best-of-n || SFT) exactly for that distribution, ties included (they make it
@@ -42,7 +42,7 @@ Choices and departures, each a decision of ours:
   selection alone: best-of-n changes nothing but which reward values it keeps. eval/kl stays the bound.
 - Samples: the n candidates of slot j of a prompt are the evaluator's draws j*n .. j*n+n-1 of that prompt
   (one `generate` call of samples_per_prompt x n per prompt) under the seed evaluation seed +
-  harness.metrics.evaluator.BEST_OF_N_SEED_OFFSET: a stream disjoint from the SFT baseline's samples (the
+  harness.generation.strategies.BEST_OF_N_SEED_OFFSET: a stream disjoint from the SFT baseline's samples (the
   evaluation seed). With the evaluation seed itself, the vLLM backend (one random stream per (seed, prompt,
   draw)) made slot 0's candidates include the baseline's own sample 0, and a selection that knows its opponent
   beats it more often than the n/(n+1) of independent draws (0.875 instead of 0.800 at n = 4 when selecting
@@ -50,7 +50,7 @@ Choices and departures, each a decision of ours:
 - Cost: no training spend (zeros, no optimizer steps); the inference-time spend is logged at evaluation as
   cost/completions_per_answer = n and cost/eval_completions_generated (every candidate drawn), where n reward
   model scores per answer are the price of the method.
-- No intermediate checkpoints (evaluation.checkpoints does not apply) and no LoRA (TRAINS_POLICY is False).
+- No intermediate checkpoints (evaluation.checkpoints does not apply) and no LoRA (SPEC.trains_policy is False).
 """
 
 from __future__ import annotations
@@ -59,22 +59,19 @@ import logging
 from dataclasses import dataclass
 
 from harness import record
-from harness.config import require
+from harness.algorithms.spec import AlgorithmSpec
+from harness.errors import require
 
 logger = logging.getLogger(__name__)
 
-# What the harness reads from an algorithm module (harness/registry.py).
-FAMILY = record.FAMILY_INFERENCE_TIME
-KL_KNOB = "n"  # candidates per answer: the bound log n - (n-1)/n grows with it
-KL_KNOB_RAISES_KL = True
-TRAINS_POLICY = False
-CURVES = ()  # nothing trains, nothing is logged per step
-WATCHED = ()
-
-
-def describe_data(options: dict) -> str:
-    n = options.get("n", "n")
-    return f"{n} samples from the SFT policy per answer, the one the training reward scores highest kept (no training)"
+SPEC = AlgorithmSpec(
+    family=record.FAMILY_INFERENCE_TIME,
+    kl_knob="n",  # candidates per answer: the bound log n - (n-1)/n grows with it
+    kl_knob_raises_kl=True,
+    describe_data=lambda config: (f"{config.n} samples from the SFT policy per answer, the one the training reward "
+                                  "scores highest kept (no training)"),
+    trains_policy=False,  # nothing trains, nothing is logged per step: no curves, nothing watched
+)
 
 
 @dataclass
@@ -94,5 +91,6 @@ def train(context):
     return TrainResult(
         checkpoint_dir=context.base_dir,
         final_step=0,
-        spend={"prompts_seen": 0.0, "completions_generated": 0.0, "tokens_generated": 0.0, "optimizer_steps": 0.0},
+        spend={record.COST_PROMPTS_SEEN: 0.0, record.COST_COMPLETIONS_GENERATED: 0.0, record.COST_TOKENS_GENERATED: 0.0,
+               record.COST_OPTIMIZER_STEPS: 0.0},
     )

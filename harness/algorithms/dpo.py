@@ -33,24 +33,21 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from harness import record
+from harness.algorithms.spec import AlgorithmSpec, Preset
 from harness.algorithms.preference_pairs import PAIRS_SOURCES, describe_pairs
-from harness.config import require, require_scheduler
+from harness.errors import require, require_scheduler
 
-# What the harness reads from an algorithm module (harness/registry.py).
-FAMILY = record.FAMILY_OFFLINE_PREFERENCE
-KL_KNOB = "beta"  # the implicit KL strength: larger beta keeps the policy closer to the reference
-KL_KNOB_RAISES_KL = False
-TRAINS_POLICY = True
-CURVES = ("loss", "rewards/margins", "rewards/accuracies")
-WATCHED = ("loss", "grad_norm", "rewards/margins", "rewards/chosen")
+SPEC = AlgorithmSpec(
+    family=record.FAMILY_OFFLINE_PREFERENCE,
+    kl_knob="beta",  # the implicit KL strength: larger beta keeps the policy closer to the reference
+    kl_knob_raises_kl=False,
+    describe_data=lambda config: describe_pairs(config.pairs_source),
+    curves=("loss", "rewards/margins", "rewards/accuracies"),
+    watched=("loss", "grad_norm", "rewards/margins", "rewards/chosen"),
+)
 
 # TRL 1.16 losses that read label_smoothing (dpo_trainer._compute_loss); every other loss ignores it.
 LABEL_SMOOTHING_LOSSES = ("robust", "exo_pair", "aot", "aot_unpaired")
-
-
-def describe_data(options: dict) -> str:
-    return describe_pairs(options)
-
 
 # DPOTrainer's loss types (TRL 1.16 dpo_trainer `_compute_loss`), refused here rather than at train start.
 TRL_LOSSES = ("sigmoid", "hinge", "ipo", "exo_pair", "nca_pair", "robust", "bco_pair", "sppo_hard", "aot",
@@ -62,8 +59,8 @@ class Config:
     beta: float = 0.1
     # strength of the implicit KL to the reference (not comparable to PPO's or GRPO's beta)
     loss_type: str = "sigmoid"
-    # TRL loss: "sigmoid" is the DPO paper's; "robust", "hinge", ... are TRL's alternatives (IPO is its own
-    # algorithm, harness/algorithms/ipo.py)
+    # TRL loss: "sigmoid" is the DPO paper's; "robust", "hinge", ... are TRL's alternatives ("ipo" is this
+    # module's IPO preset)
     label_smoothing: float = 0.0
     # assumed rate of flipped preference labels, read only by the robust (rDPO), exo_pair, aot and aot_unpaired
     # losses; 0 = the paper's loss
@@ -100,9 +97,25 @@ def train(context):
     from harness.algorithms.preference_pairs import train_on_pairs
 
     config: Config = context.config
-    return train_on_pairs(context, arguments_class=DPOConfig, trainer_class=DPOTrainer, watched=WATCHED, objective=dict(
+    return train_on_pairs(context, arguments_class=DPOConfig, trainer_class=DPOTrainer, watched=SPEC.watched, objective=dict(
         beta=config.beta,
         loss_type=[config.loss_type],
         label_smoothing=config.label_smoothing,
         precompute_ref_log_probs=False,
     ))
+
+
+# -- variants: other defaults of the same Config, nothing else ----------------------------------------------
+
+IPO = Preset(
+    values={"loss_type": "ipo", "beta": 0.5},
+    about="""IPO: Identity Preference Optimisation (Azar et al. 2023, "A General Theoretical Paradigm to Understand
+Learning from Human Preferences", arXiv:2310.12036), DPOTrainer with `loss_type="ipo"`: the squared loss of the
+paper's Eq. 17, (h - 1/(2 tau))^2, where h is the chosen-minus-rejected difference of log-ratios to the frozen
+reference. tau is `beta` (TRL's name): the target margin is 1/(2 beta), so a larger beta keeps the policy closer
+to the reference; beta 0.5 pulls the margin towards 1 nat per token.
+Departure from the paper: TRL 1.16 length-normalises h (dpo_trainer `_compute_loss`): each sequence's log-ratio,
+summed over its completion tokens (EOS included), is divided by its number of completion tokens, so the target
+margin is in nats per token; TRL notes the IPO authors confirmed the normalised form is the one behind the
+paper's results. Data, budget and several processes as DPO's.""",
+)

@@ -25,32 +25,29 @@ On CUDA, `use_vllm` makes TRL sample the rollouts with vLLM (colocated on the tr
 `trl vllm-serve` server); TRL then corrects the sampler mismatch by importance sampling unless
 `vllm_importance_sampling_correction` is off. On CPU it is refused at train start (TRL's colocate fails).
 
+Variants (each a Preset below and a registry line; each runs this module's train() with other defaults, so
+vLLM rollouts, LoRA, snapshots and resume work for all of them): Dr. GRPO (DR_GRPO), DAPO (DAPO), GSPO (GSPO).
+
 Training, sampling, budget, snapshots, resume and several processes: harness/algorithms/trl_online.py, shared
-with dr_grpo, dapo, gspo and rloo. With several processes the "dapo" loss divides by the global active-token
-count.
+with rloo. With several processes the "dapo" loss divides by the global active-token count.
 """
 
 from __future__ import annotations
 
-import logging
 from dataclasses import dataclass
 
 from harness import record
-from harness.config import require, require_scheduler
+from harness.algorithms.spec import AlgorithmSpec, Preset
+from harness.errors import ConfigError, require, require_scheduler
 
-logger = logging.getLogger(__name__)
-
-# What the harness reads from an algorithm module (harness/registry.py).
-FAMILY = record.FAMILY_ONLINE_POLICY_GRADIENT
-KL_KNOB = "beta"  # weight of the k3 KL penalty in the loss
-KL_KNOB_RAISES_KL = False
-TRAINS_POLICY = True
-CURVES = ("reward", "kl", "completions/mean_length", "entropy")
-WATCHED = ("loss", "grad_norm", "reward", "kl")
-
-
-def describe_data(options: dict) -> str:
-    return "completions it samples from its current policy, scored by the training reward"
+SPEC = AlgorithmSpec(
+    family=record.FAMILY_ONLINE_POLICY_GRADIENT,
+    kl_knob="beta",  # weight of the k3 KL penalty in the loss
+    kl_knob_raises_kl=False,
+    describe_data=lambda config: "completions it samples from its current policy, scored by the training reward",
+    curves=("reward", "kl", "completions/mean_length", "entropy"),
+    watched=("loss", "grad_norm", "reward", "kl"),
+)
 
 
 @dataclass
@@ -127,7 +124,7 @@ def train(context):
     from harness.algorithms.trl_support import grpo_sequence_kl
 
     config: Config = context.config
-    check_vllm_rollouts_possible(config)
+    check_vllm_rollouts_possible(config, context.algorithm)
     objective = dict(
         beta=config.beta,
         loss_type=config.loss_type,
@@ -143,10 +140,10 @@ def train(context):
         **vllm_rollout_arguments(config),
     )
     return train_online(context, trainer_class=GRPOTrainer, config_class=GRPOConfig, objective=objective,
-                        watched=WATCHED, sequence_kl=grpo_sequence_kl)
+                        watched=SPEC.watched, sequence_kl=grpo_sequence_kl)
 
 
-def check_vllm_rollouts_possible(config: Config) -> None:
+def check_vllm_rollouts_possible(config: Config, name: str) -> None:
     """Refuse `use_vllm` where TRL's vLLM rollouts cannot work, before any model is loaded.
 
     TRL's colocated vLLM fails on CPU at its first weight sync ('Parameter' object has no attribute
@@ -156,14 +153,12 @@ def check_vllm_rollouts_possible(config: Config) -> None:
 
     import torch
 
-    from harness.config import ConfigError
-
     if not config.use_vllm:
         return
     if not torch.cuda.is_available():
-        raise ConfigError("'algorithms.grpo.use_vllm' needs a CUDA GPU (TRL's vLLM rollouts fail on CPU); set it to false")
+        raise ConfigError(f"'algorithms.{name}.use_vllm' needs a CUDA GPU (TRL's vLLM rollouts fail on CPU); set it to false")
     if importlib.util.find_spec("vllm") is None:
-        raise ConfigError("'algorithms.grpo.use_vllm' needs vllm installed: run scripts/install_vllm.sh")
+        raise ConfigError(f"'algorithms.{name}.use_vllm' needs vllm installed: run scripts/install_vllm.sh")
 
 
 def vllm_rollout_arguments(config: Config) -> dict:
@@ -181,3 +176,54 @@ def vllm_rollout_arguments(config: Config) -> dict:
         arguments["vllm_server_host"] = config.vllm_server_host
         arguments["vllm_server_port"] = config.vllm_server_port
     return arguments
+
+
+# -- variants: other defaults of the same Config, nothing else ----------------------------------------------
+
+DR_GRPO = Preset(
+    values={"loss_type": "dr_grpo", "scale_rewards": "none"},
+    about="""Dr. GRPO: GRPO Done Right (Liu et al. 2025, "Understanding R1-Zero-Like Training: A Critical
+Perspective", arXiv:2503.20783): GRPO without the two normalisations the paper shows bias the optimisation.
+(1) No division by each completion's length: `loss_type="dr_grpo"` sums the masked per-token losses and divides
+by a constant, completions x max_new_tokens (TRL grpo_trainer `_compute_loss`), as the paper's objective does with
+the generation budget. (2) No division of the advantage by the group's reward std: `scale_rewards="none"` keeps
+A_i = r_i - mean(r_group). Everything else is GRPO's.
+Departures from the paper: the paper trains without KL (beta = 0) on a verifiable math reward; ours keeps GRPO's
+k3 penalty (the KL knob a frontier sweeps; beta = 0 gives the paper's objective) and the suite's training reward,
+model, data and budget, with one optimizer step per rollout (the ratio is 1, the clip never fires).""",
+)
+
+DAPO = Preset(
+    values={"epsilon_high": 0.28, "mask_truncated_completions": True},
+    curves=(*SPEC.curves, "clip_ratio/high_mean"),
+    about="""DAPO: Decoupled Clip and Dynamic sAmpling Policy Optimization (Yu et al. 2025, arXiv:2503.14476).
+Of the paper's four techniques: clip-higher (§3.1: the ratio clipped to [1 - epsilon, 1 + epsilon_high], the
+paper's 0.2 and 0.28); the token-level loss (§3.3: GRPO's default `loss_type="dapo"`, the per-token losses summed
+over the batch and divided by its active-token count over all processes); overlong filtering (§3.4:
+`mask_truncated_completions`, completions cut at max_new_tokens are left out of the loss but count in their
+group's reward mean and std); group advantages as GRPO's.
+Departures from the paper: dynamic sampling (§3.2, re-sampling groups whose rewards are all equal) is not in TRL
+and not implemented, such groups stay in the batch with advantage 0; the soft overlong punishment (§3.4) is not
+implemented (the suite's missing-stop penalty applies instead); the paper removes the KL term, ours keeps GRPO's
+k3 penalty (beta = 0 gives the paper's objective); the paper's 16 minibatch updates per rollout are not
+reproduced: `steps_per_generation` is 1 as for GRPO, so the ratio is 1 and clip-higher never fires unless it is
+raised.""",
+)
+
+GSPO = Preset(
+    values={"loss_type": "grpo", "importance_sampling_level": "sequence", "epsilon": 3e-4, "epsilon_high": 4e-4,
+            "steps_per_generation": 4},
+    curves=(*SPEC.curves, "clip_ratio/region_mean"),
+    about="""GSPO: Group Sequence Policy Optimization (Zheng et al. 2025, arXiv:2507.18071): GRPO's group advantages
+with a sequence-level importance ratio, s_i = exp(mean over the completion's tokens of log pi/pi_old)
+(`importance_sampling_level="sequence"`), clipped as a whole and applied to every token of the completion; the
+loss is the mean over each completion's tokens, then over completions (`loss_type="grpo"`), which for a ratio
+constant within a completion is the paper's per-sequence objective. Clip ranges are the paper's (§5.1: 3e-4 below,
+4e-4 above, since sequence ratios are geometric means of token ratios) and each rollout is split into 4
+minibatches, one optimizer step each (§5.1, `steps_per_generation` 4), so the policy is stale within a rollout
+and the clip acts.
+Departures from the paper: the paper trains without KL (beta = 0); ours keeps a k3 penalty weighted by beta and
+multiplied by the sequence ratio (beta = 0 gives the paper's objective); the suite's training reward, model, data
+and budget. The per-sequence KL curve is logged on the steps that sample a rollout only (every
+steps_per_generation steps).""",
+)

@@ -48,23 +48,22 @@ import logging
 from dataclasses import dataclass
 
 from harness import record
+from harness.algorithms.spec import AlgorithmSpec
 from harness.algorithms.preference_pairs import PAIRS_SOURCES, describe_pairs
-from harness.config import require, require_scheduler
+from harness.errors import require, require_scheduler
 
 logger = logging.getLogger(__name__)
 
-# What the harness reads from an algorithm module (harness/registry.py).
-FAMILY = record.FAMILY_OFFLINE_PREFERENCE
-KL_KNOB = "beta"  # scale of the log-ratio inside the sigmoid: larger beta keeps the policy closer to the reference
-KL_KNOB_RAISES_KL = False
-TRAINS_POLICY = True
-CURVES = ("loss", "kl", "rewards/margins")
-WATCHED = ("loss", "grad_norm", "kl", "rewards/chosen", "rewards/rejected")
+SPEC = AlgorithmSpec(
+    family=record.FAMILY_OFFLINE_PREFERENCE,
+    kl_knob="beta",  # scale of the log-ratio inside the sigmoid: larger beta keeps the policy closer to the reference
+    kl_knob_raises_kl=False,
+    describe_data=lambda config: (f"unpaired examples from {describe_pairs(config.pairs_source)}: each pair's chosen "
+                                   "completion as desirable, its rejected one as undesirable"),
+    curves=("loss", "kl", "rewards/margins"),
+    watched=("loss", "grad_norm", "kl", "rewards/chosen", "rewards/rejected"),
+)
 
-
-def describe_data(options: dict) -> str:
-    return (f"unpaired examples from {describe_pairs(options)}: each pair's chosen completion as desirable, its "
-            "rejected one as undesirable")
 
 
 @dataclass
@@ -102,7 +101,7 @@ def train(context):
 
     config: Config = context.config
     return train_on_pairs(
-        context, arguments_class=KTOConfig, trainer_class=KTOTrainer, watched=WATCHED,
+        context, arguments_class=KTOConfig, trainer_class=KTOTrainer, watched=SPEC.watched,
         objective=dict(
             beta=config.beta,
             loss_type="kto",

@@ -39,20 +39,19 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from harness import record
-from harness.config import require, require_scheduler
+from harness.algorithms.spec import AlgorithmSpec
+from harness.errors import require, require_scheduler
 
-# What the harness reads from an algorithm module (harness/registry.py).
-FAMILY = record.FAMILY_ONLINE_PREFERENCE
-KL_KNOB = "beta"  # the implicit KL strength of the DPO loss: larger beta keeps the policy closer to the reference
-KL_KNOB_RAISES_KL = False
-TRAINS_POLICY = True
-CURVES = ("loss", "rewards/margins", "rewards/accuracies", "objective/scores", "objective/scores_margin")
-WATCHED = ("loss", "grad_norm", "rewards/margins", "objective/scores")
+SPEC = AlgorithmSpec(
+    family=record.FAMILY_ONLINE_PREFERENCE,
+    kl_knob="beta",  # the implicit KL strength of the DPO loss: larger beta keeps the policy closer to the reference
+    kl_knob_raises_kl=False,
+    describe_data=lambda config: ("pairs it samples from its current policy each step (two completions per "
+                                   "prompt), labelled by the training reward"),
+    curves=("loss", "rewards/margins", "rewards/accuracies", "objective/scores", "objective/scores_margin"),
+    watched=("loss", "grad_norm", "rewards/margins", "objective/scores"),
+)
 
-
-def describe_data(options: dict) -> str:
-    return ("pairs it samples from its current policy each step (two completions per prompt), labelled by the "
-            "training reward")
 
 
 @dataclass
@@ -137,7 +136,7 @@ def train(context):
         train_dataset=Dataset.from_list([{"prompt": prompt} for prompt in prompts]),
         processing_class=tokenizer,
         peft_config=peft_config(context.suite, name),
-        callbacks=harness_callbacks(context.log_metrics, context.progress, context, steps, watched=WATCHED,
+        callbacks=harness_callbacks(context.log_metrics, context.progress, context, steps, watched=SPEC.watched,
                                     sequence_kl=lambda logs: sequence_kl(logs, config.beta)),
     )
     judge.trainer = trainer  # it logs the completions' length into the trainer's statistics

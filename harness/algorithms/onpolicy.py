@@ -9,13 +9,16 @@ functions here are the rest, called by both `train()`s; the section of PPO.md ea
   `adapt_policy`: LoRA, dropout off everywhere including LoRA's own dropout);
 - one update's rollouts (`sample_rollouts`): B prompts, pure sampling, truncation after EOS, the training reward;
 - no-grad scoring (`score_rollout`): old and reference log-probs at temperature T (and the critic's values
-  when there is one); the KL-in-reward itself is `common.per_token_rewards`;
+  when there is one); the KL-in-reward itself is `ppo_math.per_token_rewards`;
 - masked whitening over the whole batch of every rank (`whiten`);
 - optimisation (`optimise`, `accumulate_minibatch_gradients`): K epochs of shuffled minibatches, the clipped
   surrogate (plus the clipped value loss with a critic), every loss a token sum over the minibatch's global
   valid-token count;
 - statistics, logging with the shared curves, snapshots and the final checkpoint (`rollout_statistics`,
   `finish_update`, `finish`).
+
+The tensor math lives elsewhere: what only PPO and REINFORCE++ compute (losses, GAE, whitening, rewards) in
+`ppo_math`, the log-probs, entropies and k1/k3 estimators the evaluator's KL shares in `harness.logprobs`.
 
 Multi-process runs (Accelerate DDP) shard each update's B rollouts across ranks; every count, moment and
 statistic is reduced over ranks, so an update equals the one-process update of the whole batch (ppo.py's
@@ -33,7 +36,7 @@ from pathlib import Path
 from typing import Any
 
 from harness import record
-from harness.config import ConfigError
+from harness.errors import ConfigError
 
 logger = logging.getLogger(__name__)
 
@@ -116,12 +119,12 @@ def trimmed_forward_inputs(prompt_ids, prompt_mask, response_ids, mask, prompt_s
     Outputs do not change: positions come from the attention mask and attention is causal (PPO.md §1). The
     lengths are CPU tensors, so this needs no host synchronisation (PPO.md §2.15).
     """
-    from harness.algorithms import common
+    from harness import logprobs
 
     first_prompt_column = min(int(prompt_starts.min()), prompt_ids.shape[1] - 1)  # keep one prompt column
     response_length = max(int(response_lengths.max()), 1)
     mask = mask[:, :response_length]
-    inputs = common.build_forward_inputs(
+    inputs = logprobs.build_forward_inputs(
         prompt_ids[:, first_prompt_column:],
         response_ids[:, :response_length],
         prompt_mask=prompt_mask[:, first_prompt_column:],
@@ -169,7 +172,7 @@ def prepare(context, algorithm: str, label: str) -> Setup:
     run from the budget and seed everything (PPO.md §5.2 E4). ``label`` names the algorithm in log lines."""
     import torch
 
-    from harness.algorithms import common
+    from harness.algorithms import ppo_math
     from harness.algorithms.trl_support import steps_for_budget
     from harness.modeling import load_tokenizer
 
@@ -179,7 +182,7 @@ def prepare(context, algorithm: str, label: str) -> Setup:
     tokenizer = load_tokenizer(context.base_dir, trust_remote_code=suite.model.trust_remote_code)  # pad != EOS
     pad_id, eos_id = int(tokenizer.pad_token_id), int(tokenizer.eos_token_id)
     try:
-        common.validate_special_token_ids(pad_id, eos_id)
+        ppo_math.validate_special_token_ids(pad_id, eos_id)
     except ValueError as error:
         raise ConfigError(str(error)) from None
     prompts = list(context.task_data.train_prompts)
@@ -419,7 +422,7 @@ def sample_rollouts(context, setup: Setup, policy) -> Sampled:
     with the training reward (PPO.md §2.2 steps 1-5, §2.3)."""
     import torch
 
-    from harness.algorithms import common
+    from harness.algorithms import ppo_math
     from harness.algorithms.lora import inner_model
 
     accelerator = setup.accelerator
@@ -439,7 +442,7 @@ def sample_rollouts(context, setup: Setup, policy) -> Sampled:
         )
     finally:
         unwrapped_policy.generation_config = saved_generation_config
-    truncated = common.truncate_after_stop(raw_response_ids, [setup.eos_id], setup.pad_id)  # §2.2 step 4
+    truncated = ppo_math.truncate_after_stop(raw_response_ids, [setup.eos_id], setup.pad_id)  # §2.2 step 4
     rollouts = Rollouts.from_truncated(prompt_ids, prompt_mask, prompt_starts, truncated)  # §2.2 step 5
     seconds_generate = time.perf_counter() - started
 
@@ -529,7 +532,7 @@ def score_rollout(policy, reference, critic, rollouts: Rollouts, temperature: fl
     """
     import torch
 
-    from harness.algorithms import common
+    from harness import logprobs
 
     response_ids, mask = rollouts.response_ids, rollouts.mask
     batch_size, response_length = response_ids.shape
@@ -548,15 +551,15 @@ def score_rollout(policy, reference, critic, rollouts: Rollouts, temperature: fl
             )
             chunk_responses = response_ids[rows, :length]
             policy_logits = response_logits(policy, inputs, length)
-            logp_old[rows, :length] = common.token_logprobs_from_logits(
+            logp_old[rows, :length] = logprobs.token_logprobs_from_logits(
                 policy_logits, chunk_responses, temperature, mask=chunk_mask
             )
             # Exact entropy of the rollout policy for logging (PPO.md §2.13 objective/entropy), in chunks.
-            chunk_entropy = common.entropy_from_logits(policy_logits, temperature)
+            chunk_entropy = logprobs.entropy_from_logits(policy_logits, temperature)
             entropy[rows, :length] = torch.where(chunk_mask, chunk_entropy, torch.zeros_like(chunk_entropy))
             del policy_logits
             reference_logits = response_logits(reference, inputs, length)
-            logp_ref[rows, :length] = common.token_logprobs_from_logits(
+            logp_ref[rows, :length] = logprobs.token_logprobs_from_logits(
                 reference_logits, chunk_responses, temperature, mask=chunk_mask
             )
             del reference_logits
@@ -718,7 +721,8 @@ def accumulate_minibatch_gradients(
     """
     import torch
 
-    from harness.algorithms import common
+    from harness import logprobs
+    from harness.algorithms import ppo_math
 
     # DDP averages gradients over ranks; the losses are already divided by the global token count, so the sum
     # over ranks is wanted: undo the average (a factor 1 on one process).
@@ -742,17 +746,17 @@ def accumulate_minibatch_gradients(
             loss = torch.zeros((), device=mask.device)
             if train_policy:
                 logits = response_logits(policy, inputs, length)
-                logp_new = common.token_logprobs_from_logits(logits, response_ids, settings.temperature, mask=mask)
+                logp_new = logprobs.token_logprobs_from_logits(logits, response_ids, settings.temperature, mask=mask)
                 # PPO.md §2.9: clipped surrogate, clamped log-ratio, L_pg = sum m pg / N.
-                policy_output = common.clipped_policy_loss(
+                policy_output = ppo_math.clipped_policy_loss(
                     logp_new, micro.logp_old[:, :length], micro.advantages[:, :length], mask, token_count,
                     settings.clip_epsilon,
                 )
                 loss = loss + policy_output.loss
                 if settings.entropy_coef > 0:
                     # PPO.md §2.9: exact entropy of the tempered distribution, L = ... - c_e sum m H / N.
-                    entropy_bonus = common.token_sum_over_count(
-                        common.entropy_from_logits(logits, settings.temperature), mask, token_count
+                    entropy_bonus = ppo_math.token_sum_over_count(
+                        logprobs.entropy_from_logits(logits, settings.temperature), mask, token_count
                     )
                     loss = loss - settings.entropy_coef * entropy_bonus
                     add("entropy_bonus", entropy_bonus.detach())
@@ -760,8 +764,10 @@ def accumulate_minibatch_gradients(
             else:
                 with torch.no_grad():  # critic warm-up: statistics only (PPO.md §2.11)
                     logits = response_logits(policy, inputs, length)
-                    logp_new = common.token_logprobs_from_logits(logits, response_ids, settings.temperature, mask=mask)
-                    policy_output = common.clipped_policy_loss(
+                    logp_new = logprobs.token_logprobs_from_logits(
+                        logits, response_ids, settings.temperature, mask=mask
+                    )
+                    policy_output = ppo_math.clipped_policy_loss(
                         logp_new, micro.logp_old[:, :length], micro.advantages[:, :length], mask, token_count,
                         settings.clip_epsilon,
                     )
@@ -770,7 +776,7 @@ def accumulate_minibatch_gradients(
                 values_new = critic_values(critic, inputs, mask)
                 # PPO.md §2.9: value loss clipped around the rollout-time values, L_v = sum m vf / N; the critic
                 # has its own optimizer, so L_v is added unweighted (the two networks share no parameter).
-                value_output = common.clipped_value_loss(
+                value_output = ppo_math.clipped_value_loss(
                     values_new, micro.values_old[:, :length], micro.returns[:, :length], mask, token_count,
                     settings.value_clip,
                 )
@@ -778,7 +784,7 @@ def accumulate_minibatch_gradients(
             accelerator.backward(loss * world_size)
 
         ratio = policy_output.ratio
-        ratio_min, ratio_max = common.masked_min_max(ratio, mask)
+        ratio_min, ratio_max = ppo_math.masked_min_max(ratio, mask)
         add("policy_loss", policy_output.loss.detach())
         add("clip_fraction", policy_output.clip_fraction)
         add("approx_kl", policy_output.approx_kl_k3)
@@ -786,9 +792,9 @@ def accumulate_minibatch_gradients(
         if critic is not None:
             add("value_loss", value_output.loss.detach())
             add("value_clip_fraction", value_output.clip_fraction)
-        add("ratio_sum", common.masked_sum(ratio, mask))
-        add("ratio_sq_sum", common.masked_sum(ratio**2, mask))
-        add("ratio_count", common.masked_count(mask))
+        add("ratio_sum", ppo_math.masked_sum(ratio, mask))
+        add("ratio_sq_sum", ppo_math.masked_sum(ratio**2, mask))
+        add("ratio_count", ppo_math.masked_count(mask))
         statistics["ratio_min"] = torch.minimum(statistics.get("ratio_min", ratio_min), ratio_min)
         statistics["ratio_max"] = torch.maximum(statistics.get("ratio_max", ratio_max), ratio_max)
 
@@ -826,13 +832,13 @@ def global_moments(values, mask, accelerator):
 
     Two passes (the mean first, then squared deviations from it), so no ``E[x^2] - E[x]^2`` cancellation.
     """
-    from harness.algorithms import common
+    from harness.algorithms import ppo_math
 
     values = values.float()
-    count_and_total = reduce_sum(_stack(common.masked_count(mask), common.masked_sum(values, mask)), accelerator)
+    count_and_total = reduce_sum(_stack(ppo_math.masked_count(mask), ppo_math.masked_sum(values, mask)), accelerator)
     count = count_and_total[0]
     mean = count_and_total[1] / count.clamp(min=1.0)
-    squared_deviations = reduce_sum(common.masked_sum((values - mean) ** 2, mask), accelerator)
+    squared_deviations = reduce_sum(ppo_math.masked_sum((values - mean) ** 2, mask), accelerator)
     variance = squared_deviations / (count - 1).clamp(min=1.0)
     return count, mean, variance
 
@@ -848,10 +854,10 @@ def whiten(values, mask, accelerator, shift_mean: bool):
     with the unbiased variance over the valid tokens of all ranks; 0 where ``mask`` is False."""
     import torch
 
-    from harness.algorithms import common
+    from harness.algorithms import ppo_math
 
     if accelerator.num_processes == 1:
-        return common.masked_whiten(values, mask, shift_mean=shift_mean)
+        return ppo_math.masked_whiten(values, mask, shift_mean=shift_mean)
     count, mean, variance = global_moments(values, mask, accelerator)
     if float(count.item()) < 2:
         raise ValueError("whitening needs at least 2 valid tokens (PPO.md §6.1)")
@@ -869,17 +875,18 @@ def rollout_statistics(
     Names follow TRL GRPO where they mean the same (reward, reward_std, kl, entropy, completions/*); the
     algorithm's own ones are under ``prefix``.
     """
-    from harness.algorithms import common
+    from harness import logprobs
+    from harness.algorithms import ppo_math
 
-    lengths = common.masked_count(mask, dim=1)
+    lengths = ppo_math.masked_count(mask, dim=1)
     per_sequence = _stack(
         scores,
-        common.masked_sum(common.kl_k1(logp_old, logp_ref), mask, dim=1),  # objective/kl: sum_t m k1_t
-        common.masked_sum(common.kl_k3(logp_old, logp_ref), mask, dim=1),  # objective/kl_k3 cross-check
-        common.masked_sum(-kl_coef * per_token_kl, mask, dim=1),  # non-score reward, with the reward's estimator
+        ppo_math.masked_sum(logprobs.kl_k1(logp_old, logp_ref), mask, dim=1),  # objective/kl: sum_t m k1_t
+        ppo_math.masked_sum(logprobs.kl_k3(logp_old, logp_ref), mask, dim=1),  # objective/kl_k3 cross-check
+        ppo_math.masked_sum(-kl_coef * per_token_kl, mask, dim=1),  # non-score reward, with the reward's estimator
         lengths,
         has_stop.float(),
-        common.masked_sum(entropy, mask, dim=1),
+        ppo_math.masked_sum(entropy, mask, dim=1),
     )
     gathered = accelerator.gather(per_sequence.T.contiguous()).T if accelerator.num_processes > 1 else per_sequence
     scores_all, kl_all, kl_k3_all, non_score_all, lengths_all, stop_all, entropy_all = gathered.cpu().double()

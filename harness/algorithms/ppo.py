@@ -56,7 +56,7 @@ Departures and choices, where the spec leaves one open:
   weights, gradients and statistics with the one-process update of the same rollouts.
 
 Pure, reusable math (masks, log-probs, KL estimators, rewards, GAE, losses, controllers) lives in
-`harness.algorithms.common` and is unit-tested against PPO.md §5.1. Everything of the update but the critic and
+`harness.algorithms.ppo_math` and is unit-tested against PPO.md §5.1. Everything of the update but the critic and
 the advantages (rollouts, scoring, KL-in-reward, whitening, the epochs of clipped-surrogate steps, logging,
 checkpoints) lives in `harness.algorithms.onpolicy`, shared with REINFORCE++; this module adds the critic,
 GAE, the KL controller and critic warm-up.
@@ -72,22 +72,21 @@ from pathlib import Path
 from typing import Any
 
 from harness import record
+from harness.algorithms.spec import AlgorithmSpec
 from harness.algorithms.onpolicy import AdapterDisabledReference
-from harness.config import ConfigError, require
+from harness.errors import ConfigError, require
 
 logger = logging.getLogger(__name__)
 
-# What the harness reads from an algorithm module (harness/registry.py).
-FAMILY = record.FAMILY_ACTOR_CRITIC
-KL_KNOB = "kl_coef"  # beta of the per-token KL penalty in the reward
-KL_KNOB_RAISES_KL = False
-TRAINS_POLICY = True
-CURVES = ("reward", "completions/mean_length", "entropy", "ppo/value_loss")  # KL: the shared kl_per_sequence
-WATCHED = ("loss", "grad_norm", "reward", "kl", "ppo/value_loss")
+SPEC = AlgorithmSpec(
+    family=record.FAMILY_ACTOR_CRITIC,
+    kl_knob="kl_coef",  # beta of the per-token KL penalty in the reward
+    kl_knob_raises_kl=False,
+    describe_data=lambda config: "one completion per prompt sampled from its current policy each update, scored by the training reward",
+    curves=("reward", "completions/mean_length", "entropy", "ppo/value_loss"),  # KL: the shared kl_per_sequence
+    watched=("loss", "grad_norm", "reward", "kl", "ppo/value_loss"),
+)
 
-
-def describe_data(options: dict) -> str:
-    return "one completion per prompt sampled from its current policy each update, scored by the training reward"
 
 # PPO.md §2.14: the harness's sources for the defaults below; sizes suit the tiny CPU suite.
 
@@ -204,7 +203,8 @@ PREFIX = f"{NAME}/"
 
 
 def train(context):
-    from harness.algorithms import common, onpolicy
+    from harness.algorithms import onpolicy
+    from harness.algorithms import ppo_math
 
     config: Config = context.config
     setup = onpolicy.prepare(context, NAME, "PPO")  # refuses bad settings, seeds (PPO.md §6.3, §5.2 E4)
@@ -212,9 +212,9 @@ def train(context):
     policy_scheduler = onpolicy.make_scheduler(config.lr_scheduler, learner.policy_optimizer, setup.num_updates)
     critic_scheduler = onpolicy.make_scheduler(config.lr_scheduler, learner.critic_optimizer, setup.num_updates)
     kl_controller = (
-        common.AdaptiveKLController(config.kl_coef, config.kl_target, config.kl_horizon)
+        ppo_math.AdaptiveKLController(config.kl_coef, config.kl_target, config.kl_horizon)
         if config.kl_controller == "adaptive"
-        else common.FixedKLController(config.kl_coef)
+        else ppo_math.FixedKLController(config.kl_coef)
     )
     settings = onpolicy.LossSettings(setup.temperature, config.clip_epsilon, config.value_clip, config.entropy_coef)
     spend = onpolicy.Spend()
@@ -315,7 +315,8 @@ def learn_from_rollouts(
     Every returned statistic is global (reduced over all ranks, so every rank returns the same numbers), as is
     ``_tokens`` (response tokens of the whole batch); ``optimizer_steps`` counts synchronous steps.
     """
-    from harness.algorithms import common, onpolicy
+    from harness.algorithms import onpolicy
+    from harness.algorithms import ppo_math
 
     accelerator = learner.accelerator
     started = time.perf_counter()
@@ -330,13 +331,13 @@ def learn_from_rollouts(
     seconds_score = time.perf_counter() - started
 
     # ---- Rewards, GAE, whitening (PPO.md §2.4-§2.7) ------------------------------------------------------
-    rewards, per_token_kl = common.per_token_rewards(
+    rewards, per_token_kl = ppo_math.per_token_rewards(
         scores, logp_old, logp_ref, mask, kl_coef, kl_estimator=config.kl_estimator
     )
     if config.whiten_rewards:
         rewards = onpolicy.whiten(rewards, mask, accelerator, shift_mean=False)  # §2.5, global moments
     # GAE runs along each row, so it needs nothing from other ranks (§2.6).
-    advantages, returns = common.gae_advantages_and_returns(rewards, values_old, mask, config.gamma, config.lam)
+    advantages, returns = ppo_math.gae_advantages_and_returns(rewards, values_old, mask, config.gamma, config.lam)
     raw_advantage_moments = onpolicy.global_moments(advantages, mask, accelerator)
     # §2.7: once per rollout batch, over the valid tokens of all ranks (all-reduced sum m, sum A m, sum (A-mu)^2 m).
     advantages = onpolicy.whiten(advantages, mask, accelerator, shift_mean=True)

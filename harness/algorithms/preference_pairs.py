@@ -77,9 +77,9 @@ def train_on_pairs(context, *, arguments_class, trainer_class, objective: dict, 
     })
 
 
-def describe_pairs(options: dict) -> str:
-    """The report's sentence on the pairs an offline preference algorithm learned from, given its options."""
-    if options.get("pairs_source") == "reward_model":
+def describe_pairs(pairs_source: str) -> str:
+    """The report's sentence on the pairs an offline preference algorithm learned from, given its pairs_source."""
+    if pairs_source == "reward_model":
         return ("pairs sampled from the SFT policy (two completions per training prompt, both stopped), labelled by "
                 "the suite's reward model")
     return "the task's preference pairs (the reward model's training data)"

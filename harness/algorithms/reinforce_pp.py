@@ -8,7 +8,7 @@ What is implemented, one update at a time:
 1. Rollout: B prompts, one completion each, sampled from the current policy exactly as PPO samples them
    (PPO.md §2.2: pure sampling at temperature T, truncation after the first EOS), scored by the harness's
    training reward (proxy RM or gold, with the missing-stop penalty).
-2. Per-token reward (the paper's eq. for r_t; PPO's KL-in-reward code, `common.per_token_rewards`):
+2. Per-token reward (the paper's eq. for r_t; PPO's KL-in-reward code, `ppo_math.per_token_rewards`):
    r_t = -beta * KL_t at every response token plus the sequence score at the last one, with
    KL_t = log pi_old(y_t) - log pi_ref(y_t) (k1) from teacher-forced forwards at T, as in PPO.md §2.4.
 3. Returns and advantages: no critic. The return is the discounted reward-to-go G_t = sum_{s>=t} gamma^(s-t)
@@ -54,24 +54,23 @@ from dataclasses import dataclass
 from typing import Any
 
 from harness import record
-from harness.config import require
+from harness.algorithms.spec import AlgorithmSpec
+from harness.errors import require
 
 logger = logging.getLogger(__name__)
 
-# What the harness reads from an algorithm module (harness/registry.py).
-FAMILY = record.FAMILY_ONLINE_POLICY_GRADIENT
-KL_KNOB = "kl_coef"  # beta of the per-token KL penalty in the reward
-KL_KNOB_RAISES_KL = False
-TRAINS_POLICY = True
-CURVES = ("reward", "completions/mean_length", "entropy")  # KL: the shared kl_per_sequence
-WATCHED = ("loss", "grad_norm", "reward", "kl")
+SPEC = AlgorithmSpec(
+    family=record.FAMILY_ONLINE_POLICY_GRADIENT,
+    kl_knob="kl_coef",  # beta of the per-token KL penalty in the reward
+    kl_knob_raises_kl=False,
+    describe_data=lambda config: "one completion per prompt sampled from its current policy each update, scored by the training reward",
+    curves=("reward", "completions/mean_length", "entropy"),  # KL: the shared kl_per_sequence
+    watched=("loss", "grad_norm", "reward", "kl"),
+)
 
 NAME = "reinforce_pp"  # the registry name: config keys in errors, the prefix of its own statistics
 PREFIX = f"{NAME}/"
 
-
-def describe_data(options: dict) -> str:
-    return "one completion per prompt sampled from its current policy each update, scored by the training reward"
 
 
 @dataclass
@@ -200,13 +199,14 @@ def advantages(scores, logp_old, logp_ref, mask, config: Config, accelerator):
     """
     import torch
 
-    from harness.algorithms import common, onpolicy
+    from harness.algorithms import onpolicy
+    from harness.algorithms import ppo_math
 
-    rewards, per_token_kl = common.per_token_rewards(
+    rewards, per_token_kl = ppo_math.per_token_rewards(
         scores, logp_old, logp_ref, mask, config.kl_coef, kl_estimator=config.kl_estimator
     )
     no_values = torch.zeros_like(rewards)
-    returns, _ = common.gae_advantages_and_returns(rewards, no_values, mask, config.gamma, 1.0)
+    returns, _ = ppo_math.gae_advantages_and_returns(rewards, no_values, mask, config.gamma, 1.0)
     return onpolicy.whiten(returns, mask, accelerator, shift_mean=True), per_token_kl
 
 

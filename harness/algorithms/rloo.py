@@ -34,19 +34,18 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from harness import record
-from harness.config import require, require_scheduler
+from harness.algorithms.spec import AlgorithmSpec
+from harness.errors import require, require_scheduler
 
-# What the harness reads from an algorithm module (harness/registry.py).
-FAMILY = record.FAMILY_ONLINE_POLICY_GRADIENT
-KL_KNOB = "beta"  # weight of the sequence KL subtracted from the reward
-KL_KNOB_RAISES_KL = False
-TRAINS_POLICY = True
-CURVES = ("reward", "kl", "completions/mean_length", "entropy")
-WATCHED = ("loss", "grad_norm", "reward", "kl")
+SPEC = AlgorithmSpec(
+    family=record.FAMILY_ONLINE_POLICY_GRADIENT,
+    kl_knob="beta",  # weight of the sequence KL subtracted from the reward
+    kl_knob_raises_kl=False,
+    describe_data=lambda config: "completions it samples from its current policy, scored by the training reward",
+    curves=("reward", "kl", "completions/mean_length", "entropy"),
+    watched=("loss", "grad_norm", "reward", "kl"),
+)
 
-
-def describe_data(options: dict) -> str:
-    return "completions it samples from its current policy, scored by the training reward"
 
 
 @dataclass
@@ -94,4 +93,4 @@ def train(context):
     # RLOOTrainer's `kl` is a token mean like GRPOTrainer's (of k1 instead of k3), so the same conversion gives
     # nats per sequence (module docstring).
     return train_online(context, trainer_class=RLOOTrainer, config_class=RLOOConfig, objective=objective,
-                        watched=WATCHED, sequence_kl=grpo_sequence_kl)
+                        watched=SPEC.watched, sequence_kl=grpo_sequence_kl)

@@ -43,20 +43,19 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from harness import record
+from harness.algorithms.spec import AlgorithmSpec
 from harness.algorithms.preference_pairs import PAIRS_SOURCES, describe_pairs
-from harness.config import require, require_scheduler
+from harness.errors import require, require_scheduler
 
-# What the harness reads from an algorithm module (harness/registry.py).
-FAMILY = record.FAMILY_OFFLINE_PREFERENCE
-KL_KNOB = "beta"  # reward scale; the target per-token margin is gamma/beta
-KL_KNOB_RAISES_KL = True  # measured on tiny, not derived (module docstring)
-TRAINS_POLICY = True
-CURVES = ("loss", "rewards/margins", "rewards/accuracies")
-WATCHED = ("loss", "grad_norm", "rewards/margins", "rewards/chosen")
+SPEC = AlgorithmSpec(
+    family=record.FAMILY_OFFLINE_PREFERENCE,
+    kl_knob="beta",  # reward scale; the target per-token margin is gamma/beta
+    kl_knob_raises_kl=True,  # measured on tiny, not derived (module docstring)
+    describe_data=lambda config: describe_pairs(config.pairs_source),
+    curves=("loss", "rewards/margins", "rewards/accuracies"),
+    watched=("loss", "grad_norm", "rewards/margins", "rewards/chosen"),
+)
 
-
-def describe_data(options: dict) -> str:
-    return describe_pairs(options)
 
 
 @dataclass
@@ -92,7 +91,7 @@ def train(context):
 
     config: Config = context.config
     return train_on_pairs(
-        context, arguments_class=DPOConfig, trainer_class=simpo_trainer_class(), watched=WATCHED,
+        context, arguments_class=DPOConfig, trainer_class=simpo_trainer_class(), watched=SPEC.watched,
         objective=dict(beta=config.beta, precompute_ref_log_probs=True),  # no reference model is built (docstring)
         trainer_arguments=dict(gamma=config.gamma),
     )

@@ -74,7 +74,7 @@ def check_process_group(num_processes: int) -> None:
 def per_device_batch_size(global_batch: int, key: str) -> int:
     """The per-device batch that keeps the global batch (the config's number) whatever the number of processes:
     global / world size, which must divide exactly, so the same budget is spent in the same number of steps."""
-    from harness.config import ConfigError
+    from harness.errors import ConfigError
 
     world_size = launched_world_size()
     if global_batch % world_size != 0:

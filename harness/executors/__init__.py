@@ -1,8 +1,8 @@
-"""Executors run a plan's stages: each stage is the same `harness.stage` command whoever runs it.
+"""Executors run a plan's stages: each stage is the same `harness.stages` command whoever runs it.
 
 - `local.run_in_process`: one stage after another in this process (executor.max_parallel=1, the default);
 - `local.run_in_subprocesses`: up to executor.max_parallel ready stages at once, each a `python -m
-  harness.stage` subprocess given the GPUs it asked for through CUDA_VISIBLE_DEVICES;
+  harness.stages` subprocess given the GPUs it asked for through CUDA_VISIBLE_DEVICES;
 - `ray_cluster.run_on_ray`: every stage a Ray task asking for its CPUs and GPUs, started by Ray when the
   stages it waits on have finished.
 
@@ -13,11 +13,11 @@ folder is complete is `skipped` without starting anything.
 
 from __future__ import annotations
 
-from harness.plan import PlannedStage
-from harness.stage import BLOCKED, FAILED, SKIPPED, headline, outcome, skipped_outcome
+from harness.plan import Stage
+from harness.stages.outcomes import BLOCKED, FAILED, SKIPPED, headline, outcome, skipped_outcome
 
 
-def settled_without_running(stage: PlannedStage, outcomes: dict[str, dict], reporter) -> dict | None:
+def settled_without_running(stage: Stage, outcomes: dict[str, dict], reporter) -> dict | None:
     """The outcome of a stage that need not run (blocked or already complete), else None."""
     failed = [dependency for dependency in stage.waits_on if outcomes[dependency]["status"] in (FAILED, BLOCKED)]
     if failed:
@@ -28,11 +28,11 @@ def settled_without_running(stage: PlannedStage, outcomes: dict[str, dict], repo
     return None
 
 
-def waits(stage: PlannedStage) -> list[str]:
+def waits(stage: Stage) -> list[str]:
     return [*stage.waits_on, *stage.soft_waits]
 
 
-def report_finished(reporter, stage: PlannedStage, result: dict) -> None:
+def report_finished(reporter, stage: Stage, result: dict) -> None:
     """The line a stage that ran elsewhere (a subprocess, a Ray task) gets when its outcome comes back."""
     if result["status"] in (FAILED, BLOCKED):
         reporter.stage(stage.label, "fail", result["failure"])

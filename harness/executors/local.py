@@ -11,16 +11,18 @@ import time
 from pathlib import Path
 
 from harness.executors import report_finished, settled_without_running, waits
-from harness.plan import PlannedStage, visible_gpu_count
+from harness.plan import Stage, visible_gpu_count
 from harness.processes import start_group, stop_groups
-from harness.stage import FAILED, execute, log_path, outcome, outcome_path
+from harness.stages.files import log_path, outcome_path
+from harness.stages.outcomes import FAILED, outcome
+from harness.stages.runner import execute
 
 logger = logging.getLogger(__name__)
 
 POLL_SECONDS = 0.2
 
 
-def run_in_process(stages: list[PlannedStage], files: dict[str, Path], reporter) -> dict[str, dict]:
+def run_in_process(stages: list[Stage], files: dict[str, Path], reporter) -> dict[str, dict]:
     """One stage after another in this process, with the caller's progress bars."""
     outcomes: dict[str, dict] = {}
     for stage in stages:
@@ -29,15 +31,15 @@ def run_in_process(stages: list[PlannedStage], files: dict[str, Path], reporter)
 
 
 def run_in_subprocesses(
-    stages: list[PlannedStage], files: dict[str, Path], reporter, max_parallel: int, cpus_per_stage: int
+    stages: list[Stage], files: dict[str, Path], reporter, max_parallel: int, cpus_per_stage: int
 ) -> dict[str, dict]:
-    """Up to `max_parallel` ready stages at once, each `python -m harness.stage <file>` in its own session (so
+    """Up to `max_parallel` ready stages at once, each `python -m harness.stages <file>` in its own session (so
     an interrupt reaches every process it started, `accelerate launch` ranks included)."""
     devices = _visible_devices()
     free = list(devices)
     threads = cpus_per_stage or max(1, (os.cpu_count() or 1) // max_parallel)
     pending = list(stages)
-    running: dict[str, tuple[subprocess.Popen, list[str], PlannedStage]] = {}
+    running: dict[str, tuple[subprocess.Popen, list[str], Stage]] = {}
     outcomes: dict[str, dict] = {}
     try:
         while pending or running:
@@ -87,10 +89,10 @@ def _start(path: Path, devices: list[str], gpu_machine: bool, threads: int) -> s
     if gpu_machine:  # a stage that asked for none sees none, so it cannot take memory on another's GPU
         environment["CUDA_VISIBLE_DEVICES"] = ",".join(devices)
     with open(log_path(path), "a") as log:
-        return start_group([sys.executable, "-m", "harness.stage", str(path)], stdout=log, stderr=subprocess.STDOUT, env=environment)
+        return start_group([sys.executable, "-m", "harness.stages", str(path)], stdout=log, stderr=subprocess.STDOUT, env=environment)
 
 
-def _finished(stage: PlannedStage, path: Path, code: int) -> dict:
+def _finished(stage: Stage, path: Path, code: int) -> dict:
     """The outcome the stage wrote; a process that died before writing one failed with its exit status."""
     written = outcome_path(path)  # stage files are this invocation's own: an outcome there is this run's
     if written.is_file():

@@ -3,7 +3,7 @@ tasks it waits on have returned (their outcomes are its arguments), on whichever
 
 - `ray.address=local` starts a Ray instance on this machine for the run; `auto` joins the cluster `ray start`
   made this machine part of; `<host>:<port>` joins that cluster's head.
-- Each task runs `harness.stage.execute` on the stage file in a fresh worker process (`max_calls=1`: the
+- Each task runs `harness.stages.runner.execute` on the stage file in a fresh worker process (`max_calls=1`: the
   worker exits afterwards, so a stage's GPU memory is gone before the next stage on that GPU starts).
 - A stage that fails by itself returns a failed outcome and is never retried; a worker that dies (killed, out
   of memory, node lost) is retried `executor.retries` times by Ray, and the new attempt resumes the stage in
@@ -29,9 +29,9 @@ import socket
 from pathlib import Path
 
 from harness.executors import report_finished, settled_without_running, waits
-from harness.plan import EVALUATE, TRAIN, PlannedStage
+from harness.plan import EVALUATE, TRAIN, Stage
 from harness.runs import RunRefused
-from harness.stage import BLOCKED, FAILED, outcome, one_line
+from harness.stages.outcomes import BLOCKED, FAILED, one_line, outcome
 from harness.tracking_retry import ANSWERED_ENV
 
 logger = logging.getLogger(__name__)
@@ -179,7 +179,7 @@ def _why_not_joined(error: BaseException, log: Path) -> str:
     return f"{one_line(error)} (Ray's log: {log})"
 
 
-def run_on_ray(stages: list[PlannedStage], files: dict[str, Path], reporter, suite, tracker) -> dict[str, dict]:
+def run_on_ray(stages: list[Stage], files: dict[str, Path], reporter, suite, tracker) -> dict[str, dict]:
     """The stages on the cluster `joined_cluster` joined (this process is Ray's driver)."""
     import ray
 
@@ -238,19 +238,19 @@ def _run(ray, stages, files, reporter, suite, tracker) -> dict[str, dict]:
 
 def _stage_task(path: str, hard: list[str], known: dict[str, dict], pending: list[str], *results: dict) -> dict:
     """Runs on a Ray worker: the stage, unless something it needs did not complete."""
-    from harness.plan import PlannedStage
+    from harness.plan import Stage
     from harness.runs import read_json
-    from harness.stage import execute
+    from harness.stages.runner import execute
 
     outcomes = {**known, **dict(zip(pending, results))}
     failed = [dependency for dependency in hard if outcomes[dependency]["status"] in (FAILED, BLOCKED)]
     if failed:
-        stage = PlannedStage(**read_json(Path(path))["stage"])
+        stage = Stage(**read_json(Path(path))["stage"])
         return outcome(stage, BLOCKED, failure=f"not started: {failed[0]} did not complete")
     return execute(Path(path))
 
 
-def _close_cell_run(stage: PlannedStage, tracker, reason: str, status: str = "FAILED") -> None:
+def _close_cell_run(stage: Stage, tracker, reason: str, status: str = "FAILED") -> None:
     """A cell whose worker died left its MLflow run RUNNING: end it, so nothing stays RUNNING; the rerun
     reopens the same run (its id is in the cell folder) instead of creating a second one."""
     from harness import record

@@ -9,7 +9,7 @@ import os
 import urllib.error
 import urllib.request
 
-from harness.config import ConfigError
+from harness.errors import ConfigError
 from harness.secrets import looks_like_secret, redact
 
 logger = logging.getLogger(__name__)

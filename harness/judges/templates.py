@@ -17,7 +17,8 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
-from harness.config import JUDGES_DIR, ConfigError, shown
+from harness.config import JUDGES_DIR
+from harness.errors import ConfigError, shown
 
 PLACEHOLDERS = ("prompt", "first", "second")
 KEYS = ("description", "system", "user", "answers")

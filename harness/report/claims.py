@@ -109,7 +109,7 @@ class ClaimBook:
 
 
 def seed_table(cells: "pd.DataFrame", metric: str) -> "pd.DataFrame":
-    """index seed, one column per algorithm (arm) of the current configurations' complete cells: the metric's
+    """index seed, one column per arm of the current configurations' complete cells: the metric's
     final value (NaN where the cell did not log it)."""
     current, _ = split_configurations(cells)
     complete = complete_cells(current)
@@ -118,8 +118,8 @@ def seed_table(cells: "pd.DataFrame", metric: str) -> "pd.DataFrame":
         import pandas as pd
 
         return pd.DataFrame()
-    table = complete.pivot_table(index="seed", columns="algorithm", values=column, aggfunc="first")
-    return table.reindex(columns=[name for name in algorithm_order(complete["algorithm"]) if name in table.columns])
+    table = complete.pivot_table(index="seed", columns="arm", values=column, aggfunc="first")
+    return table.reindex(columns=[name for name in algorithm_order(complete["arm"]) if name in table.columns])
 
 
 def compare(kind: str, metric: str, values: "pd.DataFrame", first: str, second: str, *,
@@ -135,10 +135,10 @@ def compare_with_constant(kind: str, metric: str, values, subject: str, null: fl
 
 
 def bound_kl_algorithms(cells: "pd.DataFrame") -> list[str]:
-    """The algorithms (arms) whose eval/kl is only a bound (record.TAG_KL_IS_BOUND)."""
+    """The arms whose eval/kl is only a bound (record.TAG_KL_IS_BOUND)."""
     if "kl_is_bound" not in cells:
         return []
-    return sorted(set(cells.loc[cells["kl_is_bound"].eq(True), "algorithm"]))
+    return sorted(set(cells.loc[cells["kl_is_bound"].eq(True), "arm"]))
 
 
 # --- the report's comparisons ---------------------------------------------------------------------

@@ -1,33 +1,31 @@
-"""MLflow -> pandas: one row per cell run, the long (tidy) form, and per-sample tables.
+"""MLflow -> pandas: one row per cell run, and per-sample tables.
 
 The report never reads run folders: MLflow is the system of record (DESIGN §4), so a teammate with only
 the tracking server regenerates the same report. Every name it reads (experiment, tags, metric prefixes,
 artifact paths) comes from `harness.record`, the schema the writers use:
 
 - experiment ``harness/<suite>``; a parent run per invocation and a child run per cell (kind ``cell``);
-- cell tags: algorithm (the arm: "dpo@beta=0.03" for a sweep point), its registry algorithm, sweep point and
-  family, whether its KL is a bound, seed, cell, cell hash, status, failure, generator, prompt format, training
-  reward; runs written before the arm tags fall back to what the arm's name and the algorithm's module say;
+- cell tags: the arm ("dpo@beta=0.03" for a sweep point), its registry algorithm and sweep point, what the
+  algorithm declares (family, KL knob and its direction, own training curves, what it learned from), whether its
+  KL is a bound, seed, cell, cell hash, status, failure, generator, prompt format, training reward. The report
+  never imports an algorithm's module: a report of old runs must not depend on today's code, so what a run does
+  not say is missing (runs written before the arm tag held the arm in the algorithm tag);
 - metrics ``eval/<name>`` (final), ``train/<name>`` (history), ``cost/<name>``;
 - params: the flattened resolved config; artifact ``eval/samples.jsonl``.
 
 Runs of one suite from several `harness run` invocations pool into one frame. A cell is keyed by
-(algorithm, seed, cell_hash); because the cell hash also covers the seed's own data and models, a seed-free
+(arm, seed, cell_hash); because the cell hash also covers the seed's own data and models, a seed-free
 ``config`` key is derived from the params of the sections the hash covers (`record.cell_sections`), so that
 seeds of one configuration group together and a changed configuration stands apart (`split_configurations`).
 """
 
 from __future__ import annotations
 
-import functools
 import logging
-from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
-    from collections.abc import Callable
-
     import pandas as pd
 
 from harness import record
@@ -43,16 +41,6 @@ logger = logging.getLogger(__name__)
 BASELINE_ALGORITHM = record.BASELINE
 COMPLETE = record.STATUS_COMPLETE
 FAILED = record.STATUS_FAILED
-
-# The order cost metrics are shown in: what was consumed first, then what it cost.
-COST_METRICS = (
-    "prompts_seen",
-    "completions_generated",
-    "tokens_generated",
-    "optimizer_steps",
-    "wall_time_s",
-    "peak_memory_mb",
-)
 
 # Sampling parameters of the evaluator, in the order a reader looks for them. Any other
 # ``evaluation.*`` param is loaded too, after these.
@@ -77,10 +65,16 @@ CONFIG_KEY_LENGTH = 8
 IDENTITY_COLUMNS = [
     "run_id",
     "suite",
-    "algorithm",  # the arm: each arm (an algorithm at one sweep point) is its own row of the report
-    "algorithm_name",  # the arm's registry algorithm
+    "arm",  # each arm (an algorithm at one sweep point) is its own row of the report
+    "algorithm",  # the arm's registry algorithm
     "sweep_point",  # "beta=0.03"; "" when not swept
-    "family",  # one of record.FAMILIES; None when neither the run nor the module says
+    # What the algorithm declares (record.TAG_FAMILY ...); None, False or () where the run does not say (the
+    # baseline, runs written before these tags):
+    "family",  # one of record.FAMILIES
+    "kl_knob",  # the option a frontier sweeps
+    "kl_knob_raises_kl",  # True when a larger value of it allows more KL
+    "curves",  # its own train/ curves, names without the prefix, as a tuple
+    "data",  # one sentence: what it learned from
     "kl_is_bound",  # True where eval/kl is an analytic upper bound (best-of-n), not an estimate
     "seed",
     "cell",
@@ -105,65 +99,33 @@ class ReportError(Exception):
     """A report cannot be built from what MLflow holds; the message is one line for the user."""
 
 
-# --- what each algorithm's module declares (harness/registry.py) ----------------------------------------
-
-
-@dataclass(frozen=True)
-class AlgorithmInfo:
-    """The metadata the report reads from an algorithm's module."""
-
-    family: str | None
-    curves: tuple[str, ...]  # its own train/* curves (names without the prefix)
-    describe_data: "Callable[[dict], str] | None"
-    kl_knob: str | None = None  # the option a frontier sweeps
-    kl_knob_raises_kl: bool = False  # whether a larger value allows more KL
-
-
-_NO_INFO = AlgorithmInfo(family=None, curves=(), describe_data=None)
-
-
-@functools.lru_cache(maxsize=None)
-def algorithm_info(name: str) -> AlgorithmInfo:
-    """What `name`'s module declares; nothing for the baseline, an unknown name or a module that does not
-    import (a report of old runs must not depend on every algorithm's code importing today)."""
-    from harness.registry import ALGORITHMS
-
-    if name == BASELINE_ALGORITHM or name not in ALGORITHMS:
-        return _NO_INFO
-    try:
-        module = ALGORITHMS.get(name)
-    except Exception as error:  # any import failure: the report goes on without this module's metadata
-        logger.warning("algorithm '%s' does not import (%s); the report has no metadata for it", name,
-                       str(error).splitlines()[0] if str(error) else type(error).__name__)
-        return _NO_INFO
-    describe = getattr(module, "describe_data", None)
-    return AlgorithmInfo(
-        family=getattr(module, "FAMILY", None),
-        curves=tuple(getattr(module, "CURVES", ())),
-        describe_data=describe if callable(describe) else None,
-        kl_knob=getattr(module, "KL_KNOB", None),
-        kl_knob_raises_kl=bool(getattr(module, "KL_KNOB_RAISES_KL", False)),
-    )
-
-
 # The train/ curves every training algorithm logs under one name and unit (record.TRAIN_*); the budget fraction
 # is the x-axis of every curve, not a curve of its own.
 SHARED_CURVES = (record.TRAIN_KL_PER_SEQUENCE,)
 CURVE_X = record.TRAIN_BUDGET_FRACTION
 
 
-def training_curve_metrics(algorithms) -> tuple[str, ...]:
-    """The train/* metric names the report reads for `algorithms` (registry names or arms): the x-axis, the
-    shared curves, then each algorithm's own CURVES."""
-    names = [CURVE_X, *SHARED_CURVES]
-    for algorithm in algorithm_order({record.algorithm_of(arm) for arm in algorithms}):
-        names += algorithm_info(algorithm).curves
+def training_curve_metrics(curves) -> tuple[str, ...]:
+    """The train/* metric names the report reads for a cell whose algorithm declares `curves` (its "curves"
+    column): the x-axis, the shared curves, then its own."""
+    names = [CURVE_X, *SHARED_CURVES, *curves]
     return tuple(record.TRAIN_PREFIX + name for name in dict.fromkeys(names))
 
 
-def algorithm_order(algorithms) -> list[str]:
-    """The SFT baseline first (everything is compared with it), then the others alphabetically."""
-    unique = sorted(set(algorithms))
+def declared_curves(cells: "pd.DataFrame") -> dict[str, tuple[str, ...]]:
+    """Registry algorithm -> the train/ curves its cells declared (the "curves" column): its newest cell's that
+    declares any, so that an algorithm draws one set of panels even where an older run declared another. An
+    algorithm none of whose cells declares any is left out."""
+    if "curves" not in cells or cells.empty:
+        return {}
+    newest_last = cells.sort_values(["start_time", "run_id"], kind="mergesort") if "start_time" in cells else cells
+    return {algorithm: curves for algorithm, curves in zip(newest_last["algorithm"], newest_last["curves"]) if curves}
+
+
+def algorithm_order(names) -> list[str]:
+    """Arms or registry algorithms: the SFT baseline first (everything is compared with it), then the others
+    alphabetically."""
+    unique = sorted(set(names))
     baseline = [name for name in unique if name == BASELINE_ALGORITHM]
     return baseline + [name for name in unique if name != BASELINE_ALGORITHM]
 
@@ -179,7 +141,7 @@ def eval_metric_names(df: "pd.DataFrame") -> list[str]:
 
 def cost_metric_names(df: "pd.DataFrame") -> list[str]:
     present = {column[len(COST_PREFIX):] for column in df.columns if column.startswith(COST_PREFIX)}
-    known = [name for name in COST_METRICS if name in present]
+    known = [name for name in record.COST_METRICS if name in present]
     return known + sorted(present - set(known))
 
 
@@ -256,15 +218,17 @@ def _run_row(run, suite: str) -> dict | None:
     import pandas as pd
 
     tags = run.data.tags
-    algorithm, seed = tags.get(record.TAG_ALGORITHM), tags.get(record.TAG_SEED)
+    # Runs written before record.TAG_ARM held the arm in TAG_ALGORITHM.
+    arm, seed = tags.get(record.TAG_ARM) or tags.get(record.TAG_ALGORITHM), tags.get(record.TAG_SEED)
     try:
         seed = int(seed)
     except (TypeError, ValueError):
         logger.warning("skipping run %s: no integer %s tag (got %r)", run.info.run_id, record.TAG_SEED, seed)
         return None
-    if not algorithm:
-        logger.warning("skipping run %s: no %s tag", run.info.run_id, record.TAG_ALGORITHM)
+    if not arm:
+        logger.warning("skipping run %s: no %s tag", run.info.run_id, record.TAG_ARM)
         return None
+    algorithm = (tags.get(record.TAG_ALGORITHM) if record.TAG_ARM in tags else None) or record.algorithm_of(arm)
 
     status = tags.get(record.TAG_STATUS)
     if status is None:
@@ -274,17 +238,21 @@ def _run_row(run, suite: str) -> dict | None:
     if status == FAILED and not failure and run.info.status == "FAILED":
         failure = f"the MLflow run ended as FAILED without a {record.TAG_FAILURE} tag"
 
-    name = tags.get(record.TAG_FAMILY_ALGORITHM) or record.algorithm_of(algorithm)
     row = {
         "run_id": run.info.run_id,
         "suite": tags.get(record.TAG_SUITE, suite),
+        "arm": arm,
         "algorithm": algorithm,
-        "algorithm_name": name,
-        "sweep_point": tags.get(record.TAG_SWEEP_POINT, record.sweep_point_of(algorithm)),
-        "family": tags.get(record.TAG_FAMILY) or algorithm_info(name).family,
+        "sweep_point": tags.get(record.TAG_SWEEP_POINT, record.sweep_point_of(arm)),
+        "family": tags.get(record.TAG_FAMILY) or None,
+        "kl_knob": tags.get(record.TAG_KL_KNOB) or None,
+        "kl_knob_raises_kl": tags.get(record.TAG_KL_KNOB_RAISES_KL) == "true",
+        "curves": tuple(name for name in tags.get(record.TAG_CURVES, "").split(",") if name),
+        "data": tags.get(record.TAG_DATA) or None,
         "kl_is_bound": tags.get(record.TAG_KL_IS_BOUND) == "true",
+        "lora_stages": tags.get(record.TAG_LORA_STAGES, ""),
         "seed": seed,
-        "cell": tags.get(record.TAG_CELL, f"{algorithm}-s{seed}"),
+        "cell": tags.get(record.TAG_CELL, f"{arm}-s{seed}"),
         "cell_hash": tags.get(record.TAG_CELL_HASH, ""),
         "status": status,
         "failure": failure,
@@ -300,7 +268,7 @@ def _run_row(run, suite: str) -> dict | None:
             row[key] = float(value)
     params = {key: value for key, value in run.data.params.items() if _loaded(key)}
     row.update(params)
-    row["config"] = config_key(algorithm, params)
+    row["config"] = config_key(arm, params, row["lora_stages"])
     return row
 
 
@@ -308,11 +276,12 @@ def _loaded(key: str) -> bool:
     return any(record.in_section(key, section) for section in _LOADED_SECTIONS)
 
 
-def config_params(algorithm: str, params: dict) -> dict:
-    """The params that decide `algorithm`'s result at a given seed: those of the sections its cell hash covers
-    (`record.cell_sections`), and the LoRA settings where a stage of the cell trained adapters."""
-    sections = record.cell_sections(algorithm)
-    if any(trains_with_lora(params, stage) for stage in record.lora_stages(algorithm)):
+def config_params(arm: str, params: dict, lora_stages: str) -> dict:
+    """The params that decide `arm`'s result at a given seed: those of the sections its cell hash covers
+    (`record.cell_sections`), and the LoRA settings where a stage of the cell trained adapters (`lora_stages`,
+    the cell's record.TAG_LORA_STAGES)."""
+    sections = record.cell_sections(arm)
+    if set(record.lora_stages(arm)) & set(lora_stages.split(",")):
         sections += (record.LORA_SECTION,)
     return {
         key: value
@@ -321,23 +290,19 @@ def config_params(algorithm: str, params: dict) -> dict:
     }
 
 
-def trains_with_lora(params: dict, stage: str) -> bool:
-    """Whether a cell's logged params say `stage` (sft for the baseline) trained LoRA adapters: named in
-    lora.stages, or an algorithm that trains the policy under its "algorithms" entry (config.EVERY_ALGORITHM)."""
-    from harness.config import EVERY_ALGORITHM, trains_with_adapters
-
-    stages = str(params.get("lora.stages", ""))
-    every_algorithm = f"'{EVERY_ALGORITHM}'" in stages and stage != record.BASELINE and trains_with_adapters(stage)
-    named = f"'{stage}'" in stages or every_algorithm
-    return params.get("lora.enabled") == "True" and named
+def row_config_params(arm: str, row: dict) -> dict:
+    """config_params of a frame row: its params are its string values, its LoRA stages its lora_stages column."""
+    lora_stages = row.get("lora_stages")
+    params = {key: value for key, value in row.items() if isinstance(value, str)}
+    return config_params(arm, params, lora_stages if isinstance(lora_stages, str) else "")
 
 
-def config_key(algorithm: str, params: dict) -> str:
+def config_key(arm: str, params: dict, lora_stages: str) -> str:
     """A short, seed-free name of a cell's configuration; "" when the run logged none of its params."""
     import hashlib
     import json
 
-    relevant = config_params(algorithm, params)
+    relevant = config_params(arm, params, lora_stages)
     if not relevant:
         return ""
     text = json.dumps(sorted(relevant.items()))
@@ -355,14 +320,14 @@ def _ordered_columns(df: "pd.DataFrame") -> list[str]:
 
 
 def dedupe_cells(df: "pd.DataFrame") -> "pd.DataFrame":
-    """Keep one run per (algorithm, seed, cell_hash): the latest complete one, else the latest failed one.
+    """Keep one run per (arm, seed, cell_hash): the latest complete one, else the latest failed one.
 
     A rerun of the same config after a failure (or a repeated run) must not count a seed twice, and a
     failure that a later rerun fixed is history, not a result.
     """
     ranked = df.assign(_is_complete=df["status"].eq(COMPLETE))
     ranked = ranked.sort_values(["_is_complete", "start_time", "run_id"], kind="mergesort")
-    kept = ranked.drop_duplicates(["algorithm", "seed", "cell_hash"], keep="last")
+    kept = ranked.drop_duplicates(["arm", "seed", "cell_hash"], keep="last")
     dropped = len(df) - len(kept)
     if dropped:
         logger.info("dropped %d superseded cell runs", dropped)
@@ -370,15 +335,15 @@ def dedupe_cells(df: "pd.DataFrame") -> "pd.DataFrame":
 
 
 def sort_cells(df: "pd.DataFrame") -> "pd.DataFrame":
-    """Baseline first, then algorithms alphabetically, then seed and start time: a stable report order."""
+    """Baseline first, then arms alphabetically, then seed and start time: a stable report order."""
     import pandas as pd
 
-    order = algorithm_order(df["algorithm"])
-    algorithm_rank = pd.Categorical(df["algorithm"], categories=order, ordered=True)
+    order = algorithm_order(df["arm"])
+    arm_rank = pd.Categorical(df["arm"], categories=order, ordered=True)
     return (
-        df.assign(_algorithm_rank=algorithm_rank)
-        .sort_values(["_algorithm_rank", "seed", "start_time", "run_id"], kind="mergesort")
-        .drop(columns="_algorithm_rank")
+        df.assign(_arm_rank=arm_rank)
+        .sort_values(["_arm_rank", "seed", "start_time", "run_id"], kind="mergesort")
+        .drop(columns="_arm_rank")
         .reset_index(drop=True)
     )
 
@@ -424,66 +389,35 @@ def complete_cells(df: "pd.DataFrame") -> "pd.DataFrame":
 
 
 def current_configs(df: "pd.DataFrame") -> dict[str, str]:
-    """Per algorithm, the configuration its results are reported under: the one the newest `harness run`
+    """Per arm, the configuration its results are reported under: the one the newest `harness run`
     used (its cells may have been computed by earlier runs), else that of its newest complete cell.
 
-    The newest invocation's, because that is the suite as the user runs it now; failing that (the algorithm
+    The newest invocation's, because that is the suite as the user runs it now; failing that (the arm
     was not part of it), the newest complete cell, because a changed config is what the user means now and a
     new config whose first cell crashed has no results to show (its failure is listed on its own).
     """
     chosen = {}
     latest = df["in_latest_invocation"] if "in_latest_invocation" in df else False
-    narrow = df[["algorithm", "status", "start_time", "run_id", "config"]].assign(latest=latest)
-    for algorithm, runs in narrow.groupby("algorithm", sort=False):
+    narrow = df[["arm", "status", "start_time", "run_id", "config"]].assign(latest=latest)
+    for arm, runs in narrow.groupby("arm", sort=False):
         used_now = runs[runs["latest"] & (runs["status"] == COMPLETE)]
         if not used_now.empty:
-            chosen[algorithm] = used_now["config"].iloc[-1]
+            chosen[arm] = used_now["config"].iloc[-1]
             continue
         complete = runs[runs["status"] == COMPLETE]
         candidates = complete if not complete.empty else runs
         newest = candidates.sort_values(["start_time", "run_id"], kind="mergesort").iloc[-1]
-        chosen[algorithm] = newest["config"]
+        chosen[arm] = newest["config"]
     return chosen
 
 
 def split_configurations(df: "pd.DataFrame") -> tuple["pd.DataFrame", "pd.DataFrame"]:
-    """(cells of each algorithm's current configuration, cells of its other configurations).
+    """(cells of each arm's current configuration, cells of its other configurations).
 
     Different configurations are never pooled as if they were seeds: the report shows the current one and
     names the others.
     """
     if df.empty:
         return df, df
-    is_current = df["algorithm"].map(current_configs(df)) == df["config"]
+    is_current = df["arm"].map(current_configs(df)) == df["config"]
     return df[is_current], df[~is_current]
-
-
-def sample_count(samples: "pd.DataFrame | None") -> float:
-    """How many generated completions a per-seed value averages: the rows of eval/samples.jsonl."""
-    return float(len(samples)) if samples is not None and not samples.empty else float("nan")
-
-
-def tidy(df: "pd.DataFrame", samples: dict | None = None) -> "pd.DataFrame":
-    """Long form of the complete cells' eval metrics: (suite, algorithm, seed, metric, value, n, direction).
-
-    `metric` is the bare catalog name ("gold_reward"); `n` is the number of evaluated completions behind the
-    value (rows of the cell's eval/samples.jsonl in `samples`, a dict run_id -> frame; NaN when not loaded);
-    `direction` comes from the catalog ("neutral" for metrics it does not know). Every configuration of an
-    algorithm is kept: `split_configurations` decides what is compared.
-    """
-    import pandas as pd
-
-    names = eval_metric_names(df)
-    columns = ["suite", "algorithm", "seed", "metric", "value", "n", "direction"]
-    if not names:
-        return pd.DataFrame(columns=columns)
-    samples = samples or {}
-    cells = complete_cells(df)
-    wide = cells[["suite", "algorithm", "seed"] + [EVAL_PREFIX + name for name in names]].assign(
-        n=[sample_count(samples.get(run_id)) for run_id in cells["run_id"]]
-    )
-    long = wide.melt(id_vars=["suite", "algorithm", "seed", "n"], var_name="metric", value_name="value")
-    long["metric"] = long["metric"].str.slice(len(EVAL_PREFIX))
-    long = long.dropna(subset=["value"])
-    long["direction"] = long["metric"].map(metric_direction)
-    return long[columns].reset_index(drop=True)

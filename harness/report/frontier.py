@@ -52,13 +52,12 @@ import math
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from harness import record
 from harness.report.frame import (
     BASELINE_ALGORITHM,
     EVAL_PREFIX,
     algorithm_order,
     complete_cells,
-    config_params,
+    row_config_params,
     split_configurations,
 )
 from harness.report.stats import mean_ci
@@ -75,7 +74,9 @@ FINAL_ONLY_STEP = -1
 # Levels: the 1-2-5 series within this factor below the top level.
 LEVEL_SPAN = 20.0
 SERIES = (1, 2, 5)
-POINT_COLUMNS = ["algorithm", "arm", "family", "kl_is_bound", "seed", "step", KL, GOLD, PROXY]
+# family, kl_knob and kl_knob_raises_kl: what the algorithm declared on its cells (frame.IDENTITY_COLUMNS).
+POINT_COLUMNS = ["algorithm", "arm", "family", "kl_knob", "kl_knob_raises_kl", "kl_is_bound", "seed", "step", KL, GOLD,
+                 PROXY]
 # best-of-n's KL(best-of-n || SFT) estimated from its drawn candidates (harness/metrics/catalog.py); eval/kl is the bound.
 BEST_OF_N_KL_ESTIMATE = "best_of_n_kl_estimate"
 
@@ -85,16 +86,17 @@ BEST_OF_N_KL_ESTIMATE = "best_of_n_kl_estimate"
 
 def checkpoint_points(cells: "pd.DataFrame", histories: "pd.DataFrame | None") -> "pd.DataFrame":
     """One row per evaluated checkpoint of every complete cell of each arm's current configuration, and one per
-    SFT cell at KL 0: algorithm (registry name; BASELINE for SFT), arm, family, kl_is_bound, seed, step, kl,
-    gold_reward, proxy_reward (NaN where not logged). `histories`: run_id, metric, step, value."""
+    SFT cell at KL 0: algorithm (registry name; BASELINE for SFT), arm, family, kl_knob, kl_knob_raises_kl,
+    kl_is_bound, seed, step, kl, gold_reward, proxy_reward (NaN where not logged). `histories`: run_id, metric,
+    step, value."""
     import pandas as pd
 
     current, _ = split_configurations(cells)
     reported = _sharing_their_baseline(complete_cells(current))
-    identity = reported[["run_id", "algorithm", "seed"]].rename(columns={"algorithm": "arm"})
-    identity = identity.assign(
-        algorithm=_column(reported, "algorithm_name", reported["algorithm"].map(record.algorithm_of)),
+    identity = reported[["run_id", "algorithm", "arm", "seed"]].assign(
         family=_column(reported, "family", None),
+        kl_knob=_column(reported, "kl_knob", None),
+        kl_knob_raises_kl=_column(reported, "kl_knob_raises_kl", False).eq(True),
         kl_is_bound=_column(reported, "kl_is_bound", False).eq(True),
     )
     trained = identity[identity["algorithm"] != BASELINE_ALGORITHM]
@@ -118,10 +120,10 @@ def _sharing_their_baseline(cells: "pd.DataFrame") -> "pd.DataFrame":
     older configuration as its current one; its points come from another SFT policy or reward model and must not
     join a front anchored on this SFT point."""
     def chain(row) -> dict:
-        return config_params(BASELINE_ALGORITHM, {key: value for key, value in row.items() if isinstance(value, str)})
+        return row_config_params(BASELINE_ALGORITHM, row)
 
     rows = cells.to_dict("records")
-    baselines = {row["seed"]: chain(row) for row in rows if row["algorithm"] == BASELINE_ALGORITHM}
+    baselines = {row["seed"]: chain(row) for row in rows if row["arm"] == BASELINE_ALGORITHM}
     keep = [row["seed"] in baselines and chain(row) == baselines[row["seed"]] for row in rows]
     return cells[keep]
 

@@ -1,4 +1,4 @@
-"""The MLflow UI as the leaderboard: one run per (algorithm, configuration) in experiment
+"""The MLflow UI as the leaderboard: one run per (arm, configuration) in experiment
 ``harness/<suite>/leaderboard``, holding the means over seeds and their 95% interval bounds.
 
 The numbers are the report's (`tables.summarise` over the same cells, so the UI and reports/<suite>.md agree to
@@ -6,7 +6,7 @@ the digit): a t interval over seeds with two or more seeds, a bootstrap over pro
 configuration with complete cells gets a row (`harness.current` says which one the report shows); seeds of one
 configuration are pooled, configurations never are.
 
-Each row has an identity, its key (`harness.leaderboard_key` = "<algorithm>:<config>"), and re-publishing updates
+Each row has an identity, its key (`harness.leaderboard_key` = "<arm>:<config>"), and re-publishing updates
 the key's run in place: new numbers, texts and name over the old ones, a metric the row no longer has set to NaN.
 Then the runs of keys no longer published are deleted, and of several runs of one key all but the oldest (start
 time, then run id). No lock is taken (a tracking server may be shared by hosts); instead every interleaving of
@@ -45,7 +45,7 @@ from harness.metrics.catalog import headline_metrics
 from harness.report.tables import clipped_bounds, reported_text
 from harness.report.frame import (
     complete_cells,
-    config_params,
+    row_config_params,
     cost_metric_names,
     current_configs,
     find_experiment,
@@ -66,7 +66,7 @@ DEFAULT_UI = "http://127.0.0.1:5000"
 # The registry's headline metrics (rewards, what they cost in divergence, the win rates): the columns a reader
 # scans first, where logged. Their bounds follow the headline only, to keep the table narrow enough to read.
 _SHOWN_METRICS = headline_metrics()
-_SHOWN_COSTS = ("tokens_generated", "wall_time_s")
+_SHOWN_COSTS = (record.COST_TOKENS_GENERATED, record.COST_WALL_TIME_S)
 _MAX_PARAM_COLUMNS = 6
 _PARAM_BATCH = 100
 
@@ -99,9 +99,9 @@ def _runs_url(base: str, experiment_id: str, view_key: str) -> str:
 
 @dataclass
 class LeaderboardRow:
-    """One (algorithm, configuration): what its leaderboard run holds."""
+    """One (arm, configuration): what its leaderboard run holds."""
 
-    algorithm: str
+    arm: str
     config: str
     current: bool
     cell_runs: list[str]
@@ -114,12 +114,12 @@ class LeaderboardRow:
 
     @property
     def key(self) -> str:
-        return f"{self.algorithm}:{self.config}"
+        return f"{self.arm}:{self.config}"
 
     @property
     def run_name(self) -> str:
-        # The configuration the report shows goes by the algorithm's name; older ones carry their key.
-        return self.algorithm if self.current else f"{self.algorithm} (config {self.config or '—'})"
+        # The configuration the report shows goes by the arm's name; older ones carry their key.
+        return self.arm if self.current else f"{self.arm} (config {self.config or '—'})"
 
 
 def headline_metric(cells: "pd.DataFrame") -> str:
@@ -132,8 +132,8 @@ def headline_metric(cells: "pd.DataFrame") -> str:
 
 
 def leaderboard_rows(records: "SuiteRecords", confidence: float = 0.95) -> list[LeaderboardRow]:
-    """Per (algorithm, configuration) with complete cells: means and interval bounds as the report computes
-    them. Current configurations first, in the report's algorithm order."""
+    """Per (arm, configuration) with complete cells: means and interval bounds as the report computes
+    them. Current configurations first, in the report's arm order."""
     import pandas as pd
 
     from harness.report.frame import algorithm_order
@@ -144,26 +144,26 @@ def leaderboard_rows(records: "SuiteRecords", confidence: float = 0.95) -> list[
         return []
     current = current_configs(records.cells)
     # One-seed win-rate bootstraps pair a cell's samples with its seed's baseline cell.
-    baseline = cells[(cells["algorithm"] == record.BASELINE) & (cells["config"] == current.get(record.BASELINE))]
+    baseline = cells[(cells["arm"] == record.BASELINE) & (cells["config"] == current.get(record.BASELINE))]
     rows = []
-    for (algorithm, config), group in cells.groupby(["algorithm", "config"], sort=False):
-        pooled = group if algorithm == record.BASELINE else pd.concat([group, baseline])
+    for (arm, config), group in cells.groupby(["arm", "config"], sort=False):
+        pooled = group if arm == record.BASELINE else pd.concat([group, baseline])
         summary = summarise(pooled, records.samples, confidence)
-        summary = summary[summary["algorithm"] == algorithm]
+        summary = summary[summary["arm"] == arm]
         bootstrapped = summary[summary["interval"] == INTERVAL_OVER_PROMPTS]
         prompts = int(bootstrapped["n"].max()) if not bootstrapped.empty else 0
         newest = group.sort_values(["start_time", "run_id"], kind="mergesort").iloc[-1]
-        params = config_params(algorithm, {key: value for key, value in newest.items() if isinstance(value, str)})
+        params = row_config_params(arm, newest.to_dict())
         rows.append(
             LeaderboardRow(
-                algorithm=algorithm,
+                arm=arm,
                 config=config,
-                current=current.get(algorithm) == config,
+                current=current.get(arm) == config,
                 cell_runs=list(group.sort_values("seed")["run_id"]),
                 seeds=sorted(int(seed) for seed in group["seed"]),
                 interval=_interval_basis(summary, len(group), prompts),
                 metrics=_row_metrics(summary, group),
-                params={"algorithm": algorithm, "config": config, **params},
+                params={"arm": arm, "config": config, **params},
                 texts={
                     row.metric: reported_text(row.metric, row.mean, row.low, row.high, row.interval)
                     for row in summary.itertuples()
@@ -171,8 +171,8 @@ def leaderboard_rows(records: "SuiteRecords", confidence: float = 0.95) -> list[
                 },
             )
         )
-    order = {name: index for index, name in enumerate(algorithm_order(cells["algorithm"]))}
-    return sorted(rows, key=lambda row: (not row.current, order[row.algorithm], row.config))
+    order = {name: index for index, name in enumerate(algorithm_order(cells["arm"]))}
+    return sorted(rows, key=lambda row: (not row.current, order[row.arm], row.config))
 
 
 def _interval_basis(summary: "pd.DataFrame", seeds: int, prompts: int) -> str:
@@ -215,13 +215,13 @@ def _column(kind: str, name: str) -> str:
 
 
 def _differing_params(rows: list[LeaderboardRow]) -> list[str]:
-    """Config params whose value differs between rows of one algorithm or between algorithms: what tells the
-    rows apart besides the algorithm itself."""
+    """Config params whose value differs between rows of one arm or between arms: what tells the rows apart
+    besides the arm itself."""
     values: dict[str, set] = {}
     for row in rows:
         for key, value in row.params.items():
             values.setdefault(key, set()).add(value)
-    keys = [key for key, seen in values.items() if len(seen) > 1 and key not in ("algorithm", "config")]
+    keys = [key for key, seen in values.items() if len(seen) > 1 and key not in ("arm", "config")]
     # An algorithm's own knobs first (what a sweep varies), then shared sections.
     keys.sort(key=lambda key: (not key.startswith(record.ALGORITHMS_SECTION + "."), key))
     return keys[:_MAX_PARAM_COLUMNS]
@@ -260,7 +260,7 @@ def cells_view_state(cells: "pd.DataFrame", headline: str) -> dict:
     """The suite experiment's view: only cell runs (the invocations that nest them are left out, so the cells
     read as one flat table), best headline first, with what identifies a cell and what it scored."""
     present = set(cells.columns)
-    columns = [_column("tags", tag) for tag in (record.TAG_ALGORITHM, record.TAG_SEED, record.TAG_STATUS)]
+    columns = [_column("tags", tag) for tag in (record.TAG_ARM, record.TAG_SEED, record.TAG_STATUS)]
     metrics = [headline] + [name for name in _SHOWN_METRICS if name != headline]
     columns += [_column("metrics", record.EVAL_PREFIX + name) for name in metrics if record.EVAL_PREFIX + name in present]
     columns += [_column("metrics", record.COST_PREFIX + name) for name in _SHOWN_COSTS
@@ -486,7 +486,8 @@ def _row_tags(row: LeaderboardRow, suite: str, suite_experiment_id: str) -> dict
     return {
         record.TAG_KIND: record.KIND_LEADERBOARD,
         record.TAG_SUITE: suite,
-        record.TAG_ALGORITHM: row.algorithm,
+        record.TAG_ARM: row.arm,
+        record.TAG_ALGORITHM: record.algorithm_of(row.arm),
         record.TAG_CONFIG: row.config,
         record.TAG_LEADERBOARD_KEY: row.key,
         record.TAG_CURRENT: "true" if row.current else "false",
@@ -511,7 +512,7 @@ def _run_note(row: LeaderboardRow, suite_experiment_id: str) -> str:
     )
     status = "the configuration the report shows" if row.current else "an earlier configuration, not in the report"
     return (
-        f"`{row.algorithm}`, config `{row.config or '—'}` ({status}): means over {len(row.seeds)} seed(s), 95% "
+        f"`{row.arm}`, config `{row.config or '—'}` ({status}): means over {len(row.seeds)} seed(s), 95% "
         f"interval {row.interval}; `<metric>{record.CI_LOW_SUFFIX}` and `<metric>{record.CI_HIGH_SUFFIX}` are its "
         f"bounds. Cell runs: {links}."
     )

@@ -19,14 +19,11 @@ from harness.report import claims, frontier
 from harness.report.frame import (
     BASELINE_ALGORITHM,
     COMPLETE,
-    COST_METRICS,
     EVALUATION_PARAM_PREFIX,
     FAILED,
-    algorithm_info,
     algorithm_order,
     complete_cells,
     split_configurations,
-    trains_with_lora,
 )
 from harness.report.plots import (
     CURVE_X_LABEL,
@@ -64,15 +61,18 @@ if TYPE_CHECKING:
 logger = logging.getLogger(__name__)
 
 # Cost columns that count things print as integers; the others carry one decimal.
-_INTEGER_COSTS = ("prompts_seen", "completions_generated", "tokens_generated", "optimizer_steps")
+_INTEGER_COSTS = (record.COST_PROMPTS_SEEN, record.COST_COMPLETIONS_GENERATED, record.COST_TOKENS_GENERATED,
+                  record.COST_OPTIMIZER_STEPS)
 _COST_HEADERS = {
-    "prompts_seen": "prompts seen",
-    "completions_generated": "completions generated",
-    "tokens_generated": "tokens generated",
-    "optimizer_steps": "optimizer steps",
-    "wall_time_s": "wall time (s)",
-    "peak_memory_mb": "peak memory (MB)",
+    record.COST_PROMPTS_SEEN: "prompts seen",
+    record.COST_COMPLETIONS_GENERATED: "completions generated",
+    record.COST_TOKENS_GENERATED: "tokens generated",
+    record.COST_OPTIMIZER_STEPS: "optimizer steps",
+    record.COST_WALL_TIME_S: "wall time (s)",
+    record.COST_PEAK_MEMORY_MB: "peak memory (MB)",
 }
+# Table headers a reader knows: each arm (an algorithm at one sweep point) is a row headed "algorithm".
+_HEADERS = {"arm": "algorithm"}
 _SHORT_HASH = 12
 _SHORT_COMMIT = 12
 # Evaluation params that do not shape the samples: the generator has its own line, batch size only changes
@@ -190,7 +190,7 @@ def render_markdown(records: SuiteRecords, plot_names: dict) -> str:
 
 
 def _reported(cells: "pd.DataFrame") -> "pd.DataFrame":
-    """The complete cells of each algorithm's current configuration: what the tables compare."""
+    """The complete cells of each arm's current configuration: what the tables compare."""
     current, _ = split_configurations(cells)
     return complete_cells(current)
 
@@ -208,7 +208,7 @@ def _header(records: SuiteRecords) -> str:
         f"{newest}.",
         "",
         f"- **Cells:** {_cell_counts(cells)}",
-        f"- **Algorithms:** {', '.join(algorithm_order(reported['algorithm'])) or MISSING}",
+        f"- **Algorithms:** {', '.join(algorithm_order(reported['arm'])) or MISSING}",
         f"- **Seeds:** {_seeds(reported)}",
         f"- **Base model:** {_base_model(reported)}; prompts: {_prompt_format(reported)}",
         f"- **Weights trained:** {_weights_trained(reported)}",
@@ -264,39 +264,24 @@ def _tag_labels(cells: "pd.DataFrame", column: str) -> list[str]:
 
 
 def _data_lines(reported: "pd.DataFrame") -> list[str]:
-    """What each algorithm learned from, in its module's words (`describe_data` of its logged options)."""
+    """What each algorithm learned from, in its own words: the sentences its cells declared (record.TAG_DATA,
+    written from the options each trained with), each once."""
     lines = []
-    for name in algorithm_order(_registry_names(reported)):
-        describe = algorithm_info(name).describe_data
-        if name == BASELINE_ALGORITHM or describe is None:
+    for name in algorithm_order(reported["algorithm"]):
+        if name == BASELINE_ALGORITHM or "data" not in reported:
             continue
-        prefix = f"{record.ALGORITHMS_SECTION}.{name}."
-        cells = reported[_registry_names(reported) == name]
-        sentences = []
-        for row in cells.to_dict("records"):
-            options = {key.removeprefix(prefix): str(value) for key, value in row.items()
-                       if key.startswith(prefix) and isinstance(value, str)}
-            try:
-                sentences.append(describe(options))
-            except Exception as error:  # a module's wording must not cost the report
-                logger.warning("describe_data of '%s' failed: %s", name, error)
+        sentences = [sentence for sentence in reported.loc[reported["algorithm"] == name, "data"]
+                     if isinstance(sentence, str) and sentence]
         lines += [f"  - `{name}`: {sentence}" for sentence in dict.fromkeys(sentences)]
     return ["- **Data:**", *lines] if lines else []
 
 
-def _registry_names(cells: "pd.DataFrame") -> "pd.Series":
-    """Each cell's registry algorithm (an arm "dpo@beta=0.03" is dpo's)."""
-    if "algorithm_name" in cells:
-        return cells["algorithm_name"]
-    return cells["algorithm"].map(record.algorithm_of)
-
-
 def _seeds(reported: "pd.DataFrame") -> str:
     seeds = ", ".join(str(seed) for seed in sorted(set(reported["seed"])))
-    per_algorithm = reported.groupby("algorithm").size()
-    if per_algorithm.nunique() <= 1:
+    per_arm = reported.groupby("arm").size()
+    if per_arm.nunique() <= 1:
         return seeds or MISSING
-    counts = ", ".join(f"{name} {int(per_algorithm[name])}" for name in algorithm_order(per_algorithm.index))
+    counts = ", ".join(f"{name} {int(per_arm[name])}" for name in algorithm_order(per_arm.index))
     return f"{seeds} (seeds per algorithm: {counts})"
 
 
@@ -341,11 +326,11 @@ def _weights_trained(cells: "pd.DataFrame") -> str:
     """Full fine-tuning, or which stages trained LoRA adapters and their shape."""
     from harness.registry import ALGORITHMS
 
-    # The stages `lora.stages` may name (SFT and every registered algorithm), among those these cells ran.
-    ran = set(cells["algorithm"].map(record.algorithm_of))
-    stages = [stage for stage in (BASELINE_ALGORITHM, *ALGORITHMS.names())
-              if (stage == BASELINE_ALGORITHM or stage in ran)
-              and any(trains_with_lora(row, stage) for row in cells.to_dict("records"))]
+    # The stages `lora.stages` may name (SFT and every registered algorithm), among those these cells ran, in the
+    # registry's order: its list of names, which imports no algorithm's module.
+    adapted = {stage for row in cells.to_dict("records") if isinstance(row.get("lora_stages"), str)
+               for stage in row["lora_stages"].split(",")}
+    stages = [stage for stage in (BASELINE_ALGORITHM, *ALGORITHMS.names()) if stage in adapted]
     if not stages:
         return "all (full fine-tuning)"
     modules = (_param(cells, "lora.target_modules") or "?").strip("[]").replace("'", "")
@@ -417,7 +402,7 @@ def _sampling_summary(cells: "pd.DataFrame", prefix: str) -> str:
 
 def _budget(cells: "pd.DataFrame") -> str:
     """The budget policy and the number it fixes: equal_prompts -> budget.prompts, equal_X -> budget.X."""
-    trained = cells[cells["algorithm"] != BASELINE_ALGORITHM]
+    trained = cells[cells["arm"] != BASELINE_ALGORITHM]
     policy = _param(trained, "budget.policy")
     if policy is None:
         return "not recorded" if not trained.empty else "no trained algorithm"
@@ -550,8 +535,9 @@ def _with_arrows(table: "pd.DataFrame") -> "pd.DataFrame":
 def _markdown_table(table: "pd.DataFrame", index: bool = True, left: tuple[str, ...] = ()) -> str:
     """Numbers right-aligned so their digits line up; the index and the `left` columns (words) left-aligned."""
     alignment = (["left"] if index else []) + ["left" if column in left else "right" for column in table.columns]
+    shown = table.rename(columns=_HEADERS).rename_axis(_HEADERS.get(table.index.name, table.index.name))
     # disable_numparse keeps "0.500" as written instead of letting tabulate reformat it as 0.5.
-    return table.fillna(MISSING).to_markdown(index=index, disable_numparse=True, colalign=alignment)
+    return shown.fillna(MISSING).to_markdown(index=index, disable_numparse=True, colalign=alignment)
 
 
 def _results_section(records: SuiteRecords, summary: "pd.DataFrame", book: claims.ClaimBook) -> str:
@@ -708,7 +694,7 @@ def _win_rate_section(records: SuiteRecords, summary: "pd.DataFrame", book: clai
 def _win_rate_verdict(row, comparisons: dict, opponent: str) -> str:
     """Over seeds: the verdict of the corrected test against 1/2. With one seed (a bootstrap over prompts): the
     interval against 1/2, prompt noise only and outside the correction, and said so."""
-    comparison = comparisons.get(row.algorithm)
+    comparison = comparisons.get(row.arm)
     if row.interval == INTERVAL_OVER_SEEDS and comparison is not None:
         verdict = _verdict_text(comparison, better=f"beats {opponent}", worse=f"loses to {opponent}")
         needed = _seeds_needed_text(comparison)
@@ -749,9 +735,9 @@ def _one_win_rate_section(records: SuiteRecords, summary: "pd.DataFrame", metric
         interval_95=[_bracket(metric, low, high) for low, high in zip(table["low"], table["high"])],
         over=[_interval_basis(row) for row in table.itertuples()],
     )
-    shown = shown[["algorithm", "win_rate", "interval_95", "over", "verdict"]]
-    shown.columns = ["algorithm", "win rate", "95% interval", "interval over", "verdict"]
-    return intro + "\n\n" + _markdown_table(shown, index=False, left=("algorithm", "interval over", "verdict"))
+    shown = shown[["arm", "win_rate", "interval_95", "over", "verdict"]]
+    shown.columns = ["arm", "win rate", "95% interval", "interval over", "verdict"]
+    return intro + "\n\n" + _markdown_table(shown, index=False, left=("arm", "interval over", "verdict"))
 
 
 def _judge_section(records: SuiteRecords, summary: "pd.DataFrame") -> str:
@@ -825,16 +811,18 @@ def _frontier_section(chosen: frontier.Frontier, plot_names: dict, book: claims.
     return intro + "\n\n" + _matched_kl_text(chosen, book)
 
 
-def _knob(algorithm: str, arms) -> str:
-    """The option the algorithm's frontier runs along, the direction of more KL, and the values its arms
-    (sweep points) took: "beta ↓ (0.03, 0.1, 0.3)" reads "less KL as beta grows"."""
-    info = algorithm_info(algorithm)
-    if not info.kl_knob:
+def _knob(points: "pd.DataFrame") -> str:
+    """The option an algorithm's frontier runs along, the direction of more KL (both as its cells declared them:
+    record.TAG_KL_KNOB), and the values its arms (sweep points) took, from its frontier `points`:
+    "beta ↓ (0.03, 0.1, 0.3)" reads "less KL as beta grows"."""
+    declared = points[points["kl_knob"].map(lambda knob: isinstance(knob, str) and bool(knob))]
+    if declared.empty:
         return "—"
-    arrow = "↑" if info.kl_knob_raises_kl else "↓"
-    values = {point.split("=", 1)[1] for arm in arms
-              for point in record.sweep_point_of(arm).split(",") if point.startswith(info.kl_knob + "=")}
-    return f"{info.kl_knob} {arrow}" + (f" ({', '.join(sorted(values, key=_numbers_first))})" if values else "")
+    knob, raises_kl = declared["kl_knob"].iloc[-1], bool(declared["kl_knob_raises_kl"].iloc[-1])
+    arrow = "↑" if raises_kl else "↓"
+    values = {point.split("=", 1)[1] for arm in points["arm"].unique()
+              for point in record.sweep_point_of(arm).split(",") if point.startswith(knob + "=")}
+    return f"{knob} {arrow}" + (f" ({', '.join(sorted(values, key=_numbers_first))})" if values else "")
 
 
 def _numbers_first(value: str) -> tuple:
@@ -861,13 +849,13 @@ def _matched_kl_text(chosen: frontier.Frontier, book: claims.ClaimBook) -> str:
     )
     if not levels:
         return explanation + "\n\nNo algorithm moved off KL 0: nothing to compare at matched KL."
-    arms = chosen.points.groupby("algorithm")["arm"].unique().to_dict()
+    points = chosen.points
     rows = {}
     for algorithm, own in table.groupby("algorithm", sort=False):
         first = own.iloc[0]
         name = f"{algorithm} {_BOUND_MARK}" if first["kl_is_bound"] else algorithm
         row = {"family": first["family"] if isinstance(first["family"], str) else "unknown",
-               "seeds": str(int(first["seeds"])), "knob": _knob(algorithm, arms.get(algorithm, ()))}
+               "seeds": str(int(first["seeds"])), "knob": _knob(points[points["algorithm"] == algorithm])}
         for item in own.itertuples():
             value = format_estimate(item.mean, (item.high - item.low) / 2)
             row[f"KL {frontier.format_level(item.level)}"] = f"{value} {_SHORT_MARK}" if item.short else value
@@ -928,7 +916,7 @@ def _other_configurations_section(cells: "pd.DataFrame") -> str:
             changed += f"; and {more} more"
         seeds = ", ".join(str(seed) for seed in row.seeds)
         lines.append(
-            f"- `{row.algorithm}` config `{row.config or MISSING}` (seed{'s' if len(row.seeds) != 1 else ''} {seeds}; "
+            f"- `{row.arm}` config `{row.config or MISSING}` (seed{'s' if len(row.seeds) != 1 else ''} {seeds}; "
             f"{row.complete} complete, {row.failed} failed): {changed}"
         )
     return "\n".join(lines)
@@ -939,7 +927,7 @@ def _failures_section(cells: "pd.DataFrame") -> str:
     if failed.empty:
         return "## Failed cells\n\nNone: every cell completed."
     lines = [
-        f"- `{row.cell}` ({row.algorithm}, seed {row.seed}, config `{row.config or MISSING}`, run `{row.run_id}`): "
+        f"- `{row.cell}` ({row.arm}, seed {row.seed}, config `{row.config or MISSING}`, run `{row.run_id}`): "
         f"{_one_line(row.failure)}"
         for row in failed.itertuples()
     ]
@@ -962,7 +950,7 @@ def _format_cost(name: str, value: float) -> str:
 
 def _cost_section(cells: "pd.DataFrame") -> str:
     table = cost_table(cells)
-    cost_names = [column for column in table.columns if column not in ("cell", "algorithm", "seed", "status")]
+    cost_names = [column for column in table.columns if column not in ("cell", "arm", "seed", "status")]
     for name in cost_names:
         table[name] = [_format_cost(name, value) for value in table[name].astype(float)]
     table["seed"] = table["seed"].astype(str)
@@ -973,9 +961,9 @@ def _cost_section(cells: "pd.DataFrame") -> str:
         f"real); the {BASELINE_ALGORITHM} baseline trains nothing. Peak memory is the CUDA peak allocated on a "
         "GPU and the process's peak resident memory on a CPU (an upper bound)."
     )
-    if all(table[_COST_HEADERS[name]].eq(MISSING).all() for name in COST_METRICS):
+    if all(table[_COST_HEADERS[name]].eq(MISSING).all() for name in record.COST_METRICS):
         intro += " No cell logged a cost metric."
-    return intro + "\n\n" + _markdown_table(table, index=False, left=("cell", "algorithm", "status"))
+    return intro + "\n\n" + _markdown_table(table, index=False, left=("cell", "arm", "status"))
 
 
 def _figures_section(plot_names: dict) -> str:

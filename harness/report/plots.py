@@ -9,7 +9,7 @@
 - the training comparison, first: every algorithm's training reward and KL per sequence (record.
   TRAIN_KL_PER_SEQUENCE, nats) against the fraction of the training budget (record.TRAIN_BUDGET_FRACTION), on
   shared axes, an axis clipped (and said so) when one algorithm's line is more than twice the next;
-- each algorithm's own CURVES (its module declares them) in a second figure, grouped per family, one panel per
+- each algorithm's own curves (what it declared on its cell runs, record.TAG_CURVES) in a second figure, grouped per family, one panel per
   family and curve, since two families' statistics of one name need not share a unit (PPO's and GRPO's train/kl
   do not);
 - gold reward against what training cost (tokens generated, wall time).
@@ -35,9 +35,9 @@ from harness.report.frame import (
     CURVE_X,
     EVAL_PREFIX,
     SHARED_CURVES,
-    algorithm_info,
     algorithm_order,
     complete_cells,
+    declared_curves,
     split_configurations,
 )
 
@@ -54,8 +54,8 @@ _BASELINE_STYLE = {"color": "black", "marker": "*", "s": 180}
 # (metric, y-axis label, panel title)
 _REWARDS = tuple((name, axis_label(name), name.replace("_", " ")) for name in names_in("reward"))
 _COSTS = (
-    ("tokens_generated", "tokens generated during training", "against tokens generated"),
-    ("wall_time_s", "training wall time (s)", "against training wall time"),
+    (record.COST_TOKENS_GENERATED, "tokens generated during training", "against tokens generated"),
+    (record.COST_WALL_TIME_S, "training wall time (s)", "against training wall time"),
 )
 CURVE_X_LABEL = "fraction of the training budget"
 # The comparison figure's panels: (train/ name, y-axis label, panel title).
@@ -82,8 +82,9 @@ def _reported_cells(df: "pd.DataFrame") -> "pd.DataFrame":
 
 
 def _algorithm_styles(algorithms: list[str], families: dict | None = None) -> dict[str, dict]:
-    """A fixed colour and marker per algorithm, assigned in report order so reruns draw the same figure: the
-    colour tells algorithms apart, the marker is the family's (`families`: algorithm -> family)."""
+    """A fixed colour and marker per arm (or per registry algorithm, in the frontier figure), assigned in report
+    order so reruns draw the same figure: the colour tells algorithms apart, the marker is the family's
+    (`families`: each of `algorithms` -> its family)."""
     # The baseline comes first so it heads the legend; the others keep one colour per registry algorithm, so the
     # arms of a sweep (dpo@beta=0.03, dpo@beta=0.3) share their algorithm's colour and are told apart by the
     # line style of their curves (_ARM_LINESTYLES), not by 39 colours no reader can match.
@@ -115,12 +116,13 @@ def _distinct_colours(count: int) -> list:
     return [tab20(order[index]) for index in range(count)]
 
 
-def _families_of(cells: "pd.DataFrame") -> dict:
-    """algorithm (arm) -> its family, from the cells' family column (a tag, else the algorithm's module)."""
-    if "family" not in cells:
+def _families_of(frame: "pd.DataFrame", by: str = "arm") -> dict:
+    """Each arm (`by` "arm") or registry algorithm (`by` "algorithm") of `frame` -> its family, from the family
+    column (record.TAG_FAMILY of its cells)."""
+    if "family" not in frame:
         return {}
-    known = cells.dropna(subset=["family"])
-    return dict(zip(known["algorithm"], known["family"]))
+    known = frame.dropna(subset=["family"])
+    return dict(zip(known[by], known["family"]))
 
 
 def _new_figure(width: float, height: float):
@@ -173,17 +175,17 @@ def _marker_style(style: dict) -> dict:
 
 
 def _scatter_by_algorithm(ax, cells: "pd.DataFrame", x, y_column: str, styles: dict) -> None:
-    for algorithm, style in styles.items():
-        points = cells[cells["algorithm"] == algorithm]
+    for arm, style in styles.items():
+        points = cells[cells["arm"] == arm]
         if points.empty:
             continue
-        ax.scatter(x(points), points[y_column], label=_label(algorithm), edgecolors="black", linewidths=0.5,
+        ax.scatter(x(points), points[y_column], label=_label(arm), edgecolors="black", linewidths=0.5,
                    zorder=3, **_marker_style(style))
 
 
 def _baseline_line(ax, cells: "pd.DataFrame", y_column: str, label: str) -> None:
     """The line every algorithm has to clear: the SFT policy's mean over seeds."""
-    baseline = cells[cells["algorithm"] == BASELINE_ALGORITHM][y_column].dropna()
+    baseline = cells[cells["arm"] == BASELINE_ALGORITHM][y_column].dropna()
     if not baseline.empty:
         ax.axhline(baseline.mean(), color="black", linestyle="--", linewidth=0.8, alpha=0.6, label=label, zorder=1)
 
@@ -193,13 +195,13 @@ def _checkpoint_paths(ax, cells: "pd.DataFrame", histories, reward_metric: str, 
     point: how reward was bought with KL during training, not only where it ended."""
     if histories is None or histories.empty:
         return
-    for run_id, algorithm in zip(cells["run_id"], cells["algorithm"]):
+    for run_id, arm in zip(cells["run_id"], cells["arm"]):
         runs = histories[histories["run_id"] == run_id]
         kl = runs[runs["metric"] == EVAL_PREFIX + "kl"].set_index("step")["value"]
         reward = runs[runs["metric"] == reward_metric].set_index("step")["value"]
         path = kl.to_frame("kl").join(reward.to_frame("reward"), how="inner").sort_index()
-        if len(path) > 1 and algorithm in styles:
-            ax.plot(transform(path["kl"]), path["reward"], color=styles[algorithm].get("color"), linewidth=0.9,
+        if len(path) > 1 and arm in styles:
+            ax.plot(transform(path["kl"]), path["reward"], color=styles[arm].get("color"), linewidth=0.9,
                     alpha=0.6, marker=".", markersize=4, zorder=2)
 
 
@@ -232,7 +234,7 @@ def plot_reward_vs_kl(df: "pd.DataFrame", out_path: str | Path, title: str | Non
     (algorithm, seed) cell, and a line through its intermediate checkpoints when `histories` (run_id, metric,
     step, value) has eval/* at several steps. Writes a PNG at 120 dpi to `out_path` and returns its path."""
     cells = _reported_cells(df)
-    styles = _algorithm_styles(algorithm_order(cells["algorithm"]), _families_of(cells))
+    styles = _algorithm_styles(algorithm_order(cells["arm"]), _families_of(cells))
     figure = _new_figure(11, 8.5)
     axes = figure.subplots(len(_REWARDS), 2, squeeze=False)
     for row, reward in enumerate(_REWARDS):
@@ -261,7 +263,7 @@ def plot_frontier(df: "pd.DataFrame", histories: "pd.DataFrame | None", out_path
     algorithms = algorithm_order(set().union(*(frontier.points["algorithm"] for frontier in shown)))
     families = {}
     for frontier in shown:
-        families.update(_families_of(frontier.points))
+        families.update(_families_of(frontier.points, by="algorithm"))
     colours = _algorithm_styles(algorithms, families)
     for ax, frontier in zip(axes, shown):
         _draw_frontier(ax, frontier, colours)
@@ -314,7 +316,7 @@ def plot_training_comparison(df: "pd.DataFrame", histories: "pd.DataFrame", out_
     algorithm, marker by family, on shared axes. One algorithm far above the others would flatten the rest, so
     a y-axis is clipped above the runner-up when the top line is more than twice as high, and its title says so."""
     cells = _reported_cells(df)
-    styles = _algorithm_styles(algorithm_order(cells["algorithm"]), _families_of(cells))
+    styles = _algorithm_styles(algorithm_order(cells["arm"]), _families_of(cells))
     curves, fell_back = _curves_on_budget_axis(cells, histories)
     figure = _new_figure(12, 5.2)
     axes = figure.subplots(1, len(_COMPARED_CURVES), squeeze=False, sharex=True)[0]
@@ -370,17 +372,17 @@ def _clip_one_outlier(ax, means: "pd.DataFrame") -> tuple[float, str, float] | N
 
 def plot_training_curves(df: "pd.DataFrame", histories: "pd.DataFrame", out_path: str | Path,
                          title: str | None = None) -> Path:
-    """Each algorithm's own diagnostics (the CURVES its module declares; every train/ metric it logged when it
-    declares none) grouped per family: one panel per (family, curve), a line per (arm, seed) of that family,
+    """Each algorithm's own diagnostics (the curves it declared on its cell runs; every train/ metric it logged
+    when it declared none) grouped per family: one panel per (family, curve), a line per (arm, seed) of that family,
     colour by arm, line style by seed, x the fraction of the budget. Algorithms of one family share a trainer
     and so the unit of a curve's name; across families they need not (PPO's and GRPO's train/kl do not), so
     families never share a panel. The shared curves are in `plot_training_comparison`.
     `histories` is run_id, metric, step, value."""
     cells = _reported_cells(df)
     families = _families_of(cells)
-    styles = _algorithm_styles(algorithm_order(cells["algorithm"]), families)
+    styles = _algorithm_styles(algorithm_order(cells["arm"]), families)
     curves, fell_back = _curves_on_budget_axis(cells, histories)
-    panels = _family_panels(curves, families)
+    panels = _family_panels(curves, families, declared_curves(cells))
     columns = min(max(len(panels), 1), _CURVE_COLUMNS)
     rows = max(1, -(-len(panels) // columns))
     figure = _new_figure(3.3 * columns + 0.6, 2.7 * rows + 1.2)
@@ -406,11 +408,9 @@ def _curves_on_budget_axis(cells: "pd.DataFrame", histories: "pd.DataFrame") -> 
     columns = ["run_id", "arm", "algorithm", "seed", "metric", "step", "value", "x"]
     if histories is None or histories.empty:
         return pd.DataFrame(columns=columns), False
-    names = {"algorithm": "arm", "algorithm_name": "algorithm"}
-    identity = cells[["run_id", "algorithm", "seed"]].assign(
-        algorithm_name=cells["algorithm_name"] if "algorithm_name" in cells else cells["algorithm"].map(record.algorithm_of))
+    identity = cells[["run_id", "arm", "algorithm", "seed"]]
     train = histories[histories["metric"].str.startswith(record.TRAIN_PREFIX)]
-    train = train.merge(identity.rename(columns=names), on="run_id")
+    train = train.merge(identity, on="run_id")
     x_metric = record.TRAIN_PREFIX + CURVE_X
     fraction = train[train["metric"] == x_metric][["run_id", "step", "value"]].rename(columns={"value": "x"})
     train = train[train["metric"] != x_metric].merge(fraction, on=["run_id", "step"], how="left")
@@ -421,9 +421,10 @@ def _curves_on_budget_axis(cells: "pd.DataFrame", histories: "pd.DataFrame") -> 
     return train.dropna(subset=["x"])[columns], bool(fallback.any())
 
 
-def _family_panels(curves: "pd.DataFrame", families: dict) -> list[tuple[str, str, "pd.DataFrame"]]:
-    """(title, y label, rows) per panel: per family (record.FAMILIES order, then unknown), each curve its
-    algorithms declare, in the order they declare them; the shared curves are left to the comparison figure."""
+def _family_panels(curves: "pd.DataFrame", families: dict, declared: dict) -> list[tuple[str, str, "pd.DataFrame"]]:
+    """(title, y label, rows) per panel: per family (record.FAMILIES order, then unknown; `families`: arm ->
+    family), each curve its algorithms declare (`declared`: registry algorithm -> its curves), in the order they
+    declare them; the shared curves are left to the comparison figure."""
     shared = {record.TRAIN_PREFIX + name for name in SHARED_CURVES}
     own = curves[~curves["metric"].isin(shared)]
     by_family: dict = {}
@@ -435,9 +436,9 @@ def _family_panels(curves: "pd.DataFrame", families: dict) -> list[tuple[str, st
         rows = own[own["arm"].isin(arms)]
         metrics = []
         for algorithm in algorithm_order(rows["algorithm"]):
-            declared = [record.TRAIN_PREFIX + name for name in algorithm_info(algorithm).curves]
+            its_curves = [record.TRAIN_PREFIX + name for name in declared.get(algorithm, ())]
             logged = set(rows[rows["algorithm"] == algorithm]["metric"])
-            metrics += [metric for metric in declared or sorted(logged) if metric in logged]
+            metrics += [metric for metric in its_curves or sorted(logged) if metric in logged]
         for metric in dict.fromkeys(metrics):
             name = metric.removeprefix(record.TRAIN_PREFIX)
             panels.append((f"{family or 'family unknown'}: {name}", name, rows[rows["metric"] == metric]))
@@ -473,7 +474,7 @@ def plot_reward_vs_cost(df: "pd.DataFrame", out_path: str | Path, title: str | N
     """Gold reward against tokens generated (left) and wall time (right) of training, one point per complete
     (algorithm, seed) cell; the baseline trains nothing and is drawn as its mean reward. Writes a PNG."""
     cells = _reported_cells(df)
-    styles = _algorithm_styles(algorithm_order(cells["algorithm"]), _families_of(cells))
+    styles = _algorithm_styles(algorithm_order(cells["arm"]), _families_of(cells))
     figure = _new_figure(11, 4.8)
     axes = figure.subplots(1, len(_COSTS), squeeze=False)[0]
     reward_column = EVAL_PREFIX + "gold_reward"
@@ -493,7 +494,7 @@ def _draw_cost_panel(ax, cells, reward_column: str, cost_column: str, x_label: s
     if reward_column not in cells or cost_column not in cells:
         _say_empty(ax, f"{reward_column.removeprefix(EVAL_PREFIX)} or {cost_column} not logged")
         return
-    trained = cells[cells["algorithm"] != BASELINE_ALGORITHM].dropna(subset=[reward_column, cost_column])
+    trained = cells[cells["arm"] != BASELINE_ALGORITHM].dropna(subset=[reward_column, cost_column])
     trained_styles = {name: style for name, style in styles.items() if name != BASELINE_ALGORITHM}
     _scatter_by_algorithm(ax, trained, lambda points: points[cost_column], reward_column, trained_styles)
     _baseline_line(ax, cells, reward_column, f"{BASELINE_ALGORITHM} mean (no training)")

@@ -54,7 +54,7 @@ class SuiteRecords:
     samples: dict
     # run_id -> the cell's manifest.json, for the complete cells of the current configurations
     manifests: dict
-    # run_id, metric, step, value: the training curves (frame.training_curve_metrics of its algorithm) and the
+    # run_id, metric, step, value: the training curves (frame.training_curve_metrics of its declared curves) and the
     # EVAL_CURVE_METRICS of each complete cell of the current configurations
     histories: "pd.DataFrame"
     # run_id, start_time of every `harness run` invocation (parent run), oldest first
@@ -74,7 +74,7 @@ def load_suite_records(tracking_uri: str, suite: str) -> SuiteRecords:
     client = open_client(tracking_uri)
     current, _ = split_configurations(cells)
     current_complete = complete_cells(current)
-    trained = current_complete[current_complete["algorithm"] != BASELINE_ALGORITHM]
+    trained = current_complete[current_complete["arm"] != BASELINE_ALGORITHM]
     with quiet_downloads():
         samples = _load_all_samples(client, complete_cells(cells)["run_id"])
         manifests = _load_manifests(client, current_complete["run_id"])
@@ -83,7 +83,7 @@ def load_suite_records(tracking_uri: str, suite: str) -> SuiteRecords:
         cells=cells,
         samples=samples,
         manifests=manifests,
-        histories=load_histories(client, trained["run_id"], trained["algorithm"]),
+        histories=load_histories(client, trained["run_id"], trained["curves"]),
         invocations=load_invocations(client, suite, tracking_uri),
     )
 
@@ -148,15 +148,16 @@ def _load_manifests(client, run_ids) -> dict:
     return manifests
 
 
-def load_histories(client, run_ids, arms) -> "pd.DataFrame":
-    """Every logged step of each run's training curves (its arm's algorithm's, `frame.training_curve_metrics`) and
-    of EVAL_CURVE_METRICS: run_id, metric, step, value. A metric a run never logged simply has no rows.
+def load_histories(client, run_ids, curves) -> "pd.DataFrame":
+    """Every logged step of each run's training curves (the shared ones and those its algorithm declared on the
+    run, its "curves" column: `frame.training_curve_metrics`) and of EVAL_CURVE_METRICS: run_id, metric, step,
+    value. A metric a run never logged simply has no rows.
     """
     import pandas as pd
 
     rows = []
-    for run_id, arm in zip(run_ids, arms):
-        for metric in training_curve_metrics([arm]) + EVAL_CURVE_METRICS:
+    for run_id, declared in zip(run_ids, curves):
+        for metric in training_curve_metrics(declared) + EVAL_CURVE_METRICS:
             for point in client.get_metric_history(run_id, metric):
                 rows.append({"run_id": run_id, "metric": metric, "step": int(point.step), "value": float(point.value)})
     frame = pd.DataFrame(rows, columns=["run_id", "metric", "step", "value"])

@@ -2,11 +2,12 @@
 SFT baseline, the terminal leaderboard, the cost per cell and the other configurations. Which differences are
 real is for harness/report/claims.py (paired over seeds, corrected over the report).
 
-Only complete cells of each algorithm's current configuration enter the statistics; failed cells are
+Only complete cells of each arm's current configuration enter the statistics; failed cells are
 listed by the report, not averaged, and other configurations are named, not pooled as seeds.
 
-Intervals per algorithm: with two or more seeds, a Student-t interval over seeds; with one seed, a
-bootstrap over prompts of the per-sample values in eval/samples.jsonl (`samples`: run_id -> frame).
+Intervals per arm (an algorithm at one sweep point: a row of every table): with two or more seeds, a
+Student-t interval over seeds; with one seed, a bootstrap over prompts of the per-sample values in
+eval/samples.jsonl (`samples`: run_id -> frame).
 """
 
 from __future__ import annotations
@@ -16,15 +17,15 @@ import logging
 import math
 from typing import TYPE_CHECKING
 
+from harness import record
 from harness.report.frame import (
     BASELINE_ALGORITHM,
-    COST_METRICS,
     COST_PREFIX,
     EVAL_PREFIX,
     ReportError,
     algorithm_order,
     complete_cells,
-    config_params,
+    row_config_params,
     cost_metric_names,
     eval_metric_names,
     metric_direction,
@@ -55,7 +56,7 @@ PAIRWISE_METRICS = names_in("pairwise")
 # The pairwise metrics that are win rates (1/2 is a coin flip), gold's and the judge's, against SFT and the reference.
 WIN_RATE_METRICS = tuple(name for comparison in COMPARISONS
                          for name in (comparison.gold_win_rate, comparison.judge_win_rate))
-SUMMARY_COLUMNS = ["algorithm", "metric", "direction", "mean", "low", "high", "half_width", "n", "seeds", "interval"]
+SUMMARY_COLUMNS = ["arm", "metric", "direction", "mean", "low", "high", "half_width", "n", "seeds", "interval"]
 
 
 # --- intervals ----------------------------------------------------------------------------------
@@ -83,34 +84,34 @@ def _single_seed_interval(cell: dict, metric: str, samples: dict, baseline_run_i
 
 def _metric_frame(cells: "pd.DataFrame", metrics: list[str]) -> "pd.DataFrame":
     """Only what the statistics read: the wide frame carries every param, which makes each row lookup slow."""
-    return cells[["run_id", "algorithm", "seed"] + [EVAL_PREFIX + metric for metric in metrics]]
+    return cells[["run_id", "arm", "seed"] + [EVAL_PREFIX + metric for metric in metrics]]
 
 
 def summarise(df: "pd.DataFrame", samples: dict | None = None, confidence: float = 0.95) -> "pd.DataFrame":
-    """One row per (algorithm, eval metric) over the complete cells of each algorithm's current configuration.
+    """One row per (arm, eval metric) over the complete cells of each arm's current configuration.
 
-    Columns: algorithm, metric, direction, mean, low, high, half_width, n, seeds, interval. With two or more
+    Columns: arm, metric, direction, mean, low, high, half_width, n, seeds, interval. With two or more
     seeds `interval` is INTERVAL_OVER_SEEDS and `n` counts seeds; with one seed it is INTERVAL_OVER_PROMPTS
     (n counts prompts) where `samples` holds the cell's per-sample values, else NO_INTERVAL (n = 1).
-    Algorithms come baseline first, metrics in catalog order.
+    Arms come baseline first, metrics in catalog order.
     """
     import pandas as pd
 
     samples = samples or {}
     cells = _current_complete(df)
-    # A column only a failed cell logged is not a result of any algorithm.
+    # A column only a failed cell logged is not a result of any arm.
     metrics = [name for name in eval_metric_names(cells) if cells[EVAL_PREFIX + name].notna().any()]
     cells = _metric_frame(cells, metrics)
     # The win rate of a cell is against the baseline of its own seed, as the evaluator computed it.
-    baselines = cells[cells["algorithm"] == BASELINE]
+    baselines = cells[cells["arm"] == BASELINE]
     baseline_runs = dict(zip(baselines["seed"], baselines["run_id"]))
     rows = []
-    for algorithm in algorithm_order(cells["algorithm"]):
-        algorithm_cells = cells[cells["algorithm"] == algorithm]
-        seeds = len(algorithm_cells)
-        only_cell = algorithm_cells.iloc[0].to_dict() if seeds == 1 else None
+    for arm in algorithm_order(cells["arm"]):
+        arm_cells = cells[cells["arm"] == arm]
+        seeds = len(arm_cells)
+        only_cell = arm_cells.iloc[0].to_dict() if seeds == 1 else None
         for metric in metrics:
-            column = algorithm_cells[EVAL_PREFIX + metric].to_numpy(dtype=float)
+            column = arm_cells[EVAL_PREFIX + metric].to_numpy(dtype=float)
             if only_cell is not None and math.isfinite(column[0]):
                 baseline_run_id = baseline_runs.get(only_cell["seed"])
                 interval, method = _single_seed_interval(only_cell, metric, samples, baseline_run_id, confidence)
@@ -119,7 +120,7 @@ def summarise(df: "pd.DataFrame", samples: dict | None = None, confidence: float
                 method = INTERVAL_OVER_SEEDS if interval.n >= 2 else NO_INTERVAL
             rows.append(
                 {
-                    "algorithm": algorithm,
+                    "arm": arm,
                     "metric": metric,
                     "direction": metric_direction(metric),
                     **interval._asdict(),
@@ -189,8 +190,8 @@ def reported_text(metric: str, mean: float, low: float, high: float, method: str
 # --- main table ---------------------------------------------------------------------------------
 
 
-def _best_algorithms(metric_rows: "pd.DataFrame", digits: int = DIGITS) -> set[str]:
-    """Algorithms whose mean is best for this metric's direction; none for neutral metrics.
+def _best_arms(metric_rows: "pd.DataFrame", digits: int = DIGITS) -> set[str]:
+    """Arms whose mean is best for this metric's direction; none for neutral metrics.
 
     Means are compared as displayed (rounded), so two cells that read the same are both marked.
     """
@@ -200,7 +201,7 @@ def _best_algorithms(metric_rows: "pd.DataFrame", digits: int = DIGITS) -> set[s
         return set()
     rounded = finite["mean"].round(digits)
     best = rounded.max() if direction == "higher" else rounded.min()
-    return set(finite.loc[rounded == best, "algorithm"])
+    return set(finite.loc[rounded == best, "arm"])
 
 
 def _contenders(metric_rows: "pd.DataFrame") -> "pd.DataFrame":
@@ -208,12 +209,12 @@ def _contenders(metric_rows: "pd.DataFrame") -> "pd.DataFrame":
     construction, not an achievement)."""
     metric = METRICS.get(metric_rows["metric"].iloc[0])
     if metric is not None and metric.group == "kl":
-        return metric_rows[metric_rows["algorithm"] != BASELINE]
+        return metric_rows[metric_rows["arm"] != BASELINE]
     return metric_rows
 
 
 def _seed_counts(df: "pd.DataFrame") -> "pd.Series":
-    return _current_complete(df).groupby("algorithm").size()
+    return _current_complete(df).groupby("arm").size()
 
 
 def main_table(
@@ -224,7 +225,7 @@ def main_table(
     *,
     summary: "pd.DataFrame | None" = None,
 ) -> "pd.DataFrame":
-    """The comparison table: index algorithm (baseline first), "seeds", "interval" (which interval the row
+    """The comparison table: index arm (baseline first), "seeds", "interval" (which interval the row
     uses), then one column per eval metric in catalog order (`metrics` picks some) holding "mean ± half-width"
     (t over seeds) or "mean [low, high]" (bootstrap over prompts); the best per non-neutral metric in **bold**.
     The pairwise metrics (win rates, judge statistics) have their own table (`win_rate_table`) and are left out
@@ -237,27 +238,27 @@ def main_table(
     pairwise = set(PAIRWISE_METRICS)
     wanted = metrics if metrics is not None else [m for m in dict.fromkeys(summary["metric"]) if m not in pairwise]
     summary = summary[summary["metric"].isin(wanted)]
-    algorithms = algorithm_order(_current_complete(df)["algorithm"])
-    table = pd.DataFrame(index=pd.Index(algorithms, name="algorithm"))
-    table["seeds"] = _seed_counts(df).reindex(algorithms).fillna(0).astype(int)
-    table["interval"] = [_row_interval_label(summary, algorithm) for algorithm in algorithms]
+    arms = algorithm_order(_current_complete(df)["arm"])
+    table = pd.DataFrame(index=pd.Index(arms, name="arm"))
+    table["seeds"] = _seed_counts(df).reindex(arms).fillna(0).astype(int)
+    table["interval"] = [_row_interval_label(summary, arm) for arm in arms]
     for metric in [name for name in wanted if name in set(summary["metric"])]:
         metric_rows = summary[summary["metric"] == metric]
-        best = _best_algorithms(metric_rows)
+        best = _best_arms(metric_rows)
         cells = {}
         for row in metric_rows.itertuples():
             text = reported_text(metric, row.mean, row.low, row.high, row.interval)
-            text = f"**{text}**" if row.algorithm in best else text
+            text = f"**{text}**" if row.arm in best else text
             # A metric some seeds did not log: its interval is over fewer seeds than the row's label says.
             if row.seeds >= 2 and row.n < row.seeds and not math.isnan(row.mean):
                 text += f" *({row.n} seed{'s' if row.n != 1 else ''})*"
-            cells[row.algorithm] = text
-        table[metric] = pd.Series(cells, dtype=object).reindex(algorithms)
+            cells[row.arm] = text
+        table[metric] = pd.Series(cells, dtype=object).reindex(arms)
     return table
 
 
-def _row_interval_label(summary: "pd.DataFrame", algorithm: str) -> str:
-    rows = summary[summary["algorithm"] == algorithm]
+def _row_interval_label(summary: "pd.DataFrame", arm: str) -> str:
+    rows = summary[summary["arm"] == arm]
     if rows.empty:
         return MISSING
     bootstrapped = rows[rows["interval"] == INTERVAL_OVER_PROMPTS]
@@ -277,9 +278,9 @@ def win_rate_table(
     metric: str = WIN_RATE_METRIC,
 ) -> "pd.DataFrame":
     """A win rate (`metric`: by default the gold reward against the SFT baseline; also win_rate_vs_reference
-    and the judge's judge_win_rate_vs_*; ties 1/2) of each algorithm, with its interval.
+    and the judge's judge_win_rate_vs_*; ties 1/2) of each arm, with its interval.
 
-    Columns: algorithm, win_rate, low, high, n, seeds, interval, verdict. The verdict compares the interval
+    Columns: arm, win_rate, low, high, n, seeds, interval, verdict. The verdict compares the interval
     with 1/2 (a coin flip): "beats sft", "loses to sft" (against the reference: "beats the reference", ...),
     "inside the noise", or "no interval". The baseline has a row only against the reference: against itself
     it is no comparison. `summary` as in `main_table`.
@@ -290,11 +291,11 @@ def win_rate_table(
     summary = summarise(df, samples, confidence) if summary is None else summary
     rows = summary[summary["metric"] == metric]
     if versus == "sft":
-        rows = rows[rows["algorithm"] != BASELINE]
+        rows = rows[rows["arm"] != BASELINE]
     rows = rows.dropna(subset=["mean"]).rename(columns={"mean": "win_rate"})
     opponent = _OPPONENT_NAMES[versus]
     rows = rows.assign(verdict=[_verdict(low, high, opponent) for low, high in zip(rows["low"], rows["high"])])
-    columns = ["algorithm", "win_rate", "low", "high", "n", "seeds", "interval", "verdict"]
+    columns = ["arm", "win_rate", "low", "high", "n", "seeds", "interval", "verdict"]
     return rows[columns].reset_index(drop=True)
 
 
@@ -312,18 +313,18 @@ def _verdict(low: float, high: float, opponent: str) -> str:
 
 
 def leaderboard_frame(df: "pd.DataFrame", sort_by: str | None = None) -> "pd.DataFrame":
-    """Numbers for a terminal table: index algorithm, "seeds", the mean of every eval metric.
+    """Numbers for a terminal table: index arm, "seeds", the mean of every eval metric.
 
     `sort_by` names a metric ("gold_reward" or "eval/gold_reward"); rows are then ordered best first by
     its direction (unknown or neutral metrics: largest first). Without it: baseline first, then A-Z.
-    Each algorithm's current configuration only, as in the report.
+    Each arm's current configuration only, as in the report.
     """
     summary = summarise(df)
-    means = summary.pivot(index="algorithm", columns="metric", values="mean")
-    algorithms = algorithm_order(_current_complete(df)["algorithm"])
+    means = summary.pivot(index="arm", columns="metric", values="mean")
+    arms = algorithm_order(_current_complete(df)["arm"])
     metrics = list(dict.fromkeys(summary["metric"]))
-    board = means.reindex(index=algorithms, columns=metrics)
-    board.insert(0, "seeds", _seed_counts(df).reindex(algorithms).fillna(0).astype(int))
+    board = means.reindex(index=arms, columns=metrics)
+    board.insert(0, "seeds", _seed_counts(df).reindex(arms).fillna(0).astype(int))
     board.columns.name = None
     if sort_by is None:
         return board
@@ -345,13 +346,13 @@ def _unknown_metric_message(name: str, known: list[str]) -> str:
 
 def cost_table(df: "pd.DataFrame") -> "pd.DataFrame":
     """What each cell of the current configurations spent, failed cells included (their spend is real):
-    cell, algorithm, seed, status, then prompts_seen, completions_generated, tokens_generated,
+    cell, arm, seed, status, then prompts_seen, completions_generated, tokens_generated,
     optimizer_steps, wall_time_s, peak_memory_mb (always, NaN where a cell logged none: the baseline trains
     nothing), then any other cost metric, under their bare names."""
     current, _ = split_configurations(df)
-    extra = [name for name in cost_metric_names(current) if name not in COST_METRICS]
-    names = list(COST_METRICS) + extra
-    table = current.reindex(columns=["cell", "algorithm", "seed", "status"] + [COST_PREFIX + name for name in names])
+    extra = [name for name in cost_metric_names(current) if name not in record.COST_METRICS]
+    names = list(record.COST_METRICS) + extra
+    table = current.reindex(columns=["cell", "arm", "seed", "status"] + [COST_PREFIX + name for name in names])
     return table.rename(columns={COST_PREFIX + name: name for name in names}).reset_index(drop=True)
 
 
@@ -359,7 +360,7 @@ def cost_table(df: "pd.DataFrame") -> "pd.DataFrame":
 
 
 def _params_of(row) -> dict:
-    return config_params(row["algorithm"], {key: value for key, value in row.items() if isinstance(value, str)})
+    return row_config_params(row["arm"], row)
 
 
 def _param_differences(params: dict, current: dict) -> list[str]:
@@ -372,21 +373,21 @@ def _param_differences(params: dict, current: dict) -> list[str]:
 
 
 def other_configurations(df: "pd.DataFrame") -> "pd.DataFrame":
-    """Configurations of an algorithm other than its current one: algorithm, config, seeds (sorted list),
+    """Configurations of an arm other than its current one: arm, config, seeds (sorted list),
     complete (cells), failed (cells), differences (params that differ from the current configuration,
     "key=value (current value)"). These cells are left out of every statistic."""
     import pandas as pd
 
     current, others = split_configurations(df)
-    columns = ["algorithm", "config", "seeds", "complete", "failed", "differences"]
+    columns = ["arm", "config", "seeds", "complete", "failed", "differences"]
     rows = []
-    for (algorithm, config), cells in others.groupby(["algorithm", "config"], sort=False):
-        reference = current[current["algorithm"] == algorithm].sort_values("start_time", kind="mergesort")
+    for (arm, config), cells in others.groupby(["arm", "config"], sort=False):
+        reference = current[current["arm"] == arm].sort_values("start_time", kind="mergesort")
         now = _params_of(reference.iloc[-1]) if not reference.empty else {}
         newest = cells.sort_values("start_time", kind="mergesort").iloc[-1]
         rows.append(
             {
-                "algorithm": algorithm,
+                "arm": arm,
                 "config": config,
                 "seeds": sorted(int(seed) for seed in set(cells["seed"])),
                 "complete": int((cells["status"] == "complete").sum()),
@@ -397,6 +398,6 @@ def other_configurations(df: "pd.DataFrame") -> "pd.DataFrame":
     table = pd.DataFrame(rows, columns=columns)
     if table.empty:
         return table
-    rank = {name: index for index, name in enumerate(algorithm_order(table["algorithm"]))}
-    table = table.assign(_rank=table["algorithm"].map(rank)).sort_values(["_rank", "config"], kind="mergesort")
+    rank = {name: index for index, name in enumerate(algorithm_order(table["arm"]))}
+    table = table.assign(_rank=table["arm"].map(rank)).sort_values(["_rank", "config"], kind="mergesort")
     return table.drop(columns="_rank").reset_index(drop=True)

@@ -76,7 +76,7 @@ def _parse_metrics(text: str | None) -> list[str] | None:
         return None
     names = [name.strip().removeprefix("eval/") for name in text.split(",") if name.strip()]
     if not names:
-        from harness.config import ConfigError
+        from harness.errors import ConfigError
 
         raise ConfigError("--metrics is empty: name at least one metric (see `harness list metrics`)")
     return names
@@ -87,7 +87,7 @@ def _parse_metrics(text: str | None) -> list[str] | None:
 
 @dataclass(frozen=True)
 class Column:
-    """One column of the leaderboard: `key` a metric name, "algorithm", "seeds" or "verdict"."""
+    """One column of the leaderboard: `key` a metric name, "arm", "seeds" or "verdict"."""
 
     key: str
     header: str  # the name with its direction arrow: "gold_reward ↑"
@@ -102,8 +102,8 @@ class Leaderboard:
     suite: str
     sorted_by: str
     columns: tuple[Column, ...]
-    # For csv and json: per row, the algorithm, seeds, interval method, and each metric's mean (and its bounds
-    # where the table shows an interval), the verdict where there is one.
+    # For csv and json: per row, the arm (under "algorithm", the header a reader knows), seeds, interval method,
+    # and each metric's mean (and its bounds where the table shows an interval), the verdict where there is one.
     records: tuple[dict, ...]
     intervals: str  # what the intervals are, for the title: "95%: t over 3 seeds"
 
@@ -130,24 +130,24 @@ def build_leaderboard(cells: "pd.DataFrame", samples: dict, *, sort_by: str | No
         from harness.report.claims import suite_claims, verdicts_against_baseline
 
         verdicts = verdicts_against_baseline(suite_claims(records, summary), headline)
-        frame[VERDICT_COLUMN] = [verdicts.get(algorithm, "") for algorithm in frame.index]
-    algorithms = list(frame.index)
+        frame[VERDICT_COLUMN] = [verdicts.get(arm, "") for arm in frame.index]
+    arms = list(frame.index)
     shown, ranks = _shown_metrics(frame, logged, headline, metrics, every_metric)
     with_interval = {name for name in shown if name == headline or name in _win_rates()}
-    texts = _interval_texts(summary, algorithms)
-    columns = [Column("algorithm", "algorithm", "", tuple(algorithms), _ALGORITHM_RANK, numeric=False)]
+    texts = _interval_texts(summary, arms)
+    # Headed "algorithm": a reader reads each arm as an algorithm (at a sweep point).
+    columns = [Column("arm", "algorithm", "", tuple(arms), _ALGORITHM_RANK, numeric=False)]
     if "seeds" in ranks:
         columns.append(Column("seeds", "seeds", "", tuple(str(int(n)) for n in frame["seeds"]), ranks["seeds"]))
     for name in shown:
-        cells_text = [texts.get((algorithm, name)) if name in with_interval else _mean_text(frame.at[algorithm, name])
-                      for algorithm in algorithms]
+        cells_text = [texts.get((arm, name)) if name in with_interval else _mean_text(frame.at[arm, name])
+                      for arm in arms]
         columns.append(_metric_column(name, cells_text, ranks[name]))
     if VERDICT_COLUMN in ranks:
         verdicts = tuple(_plain_text(value) for value in frame[VERDICT_COLUMN])
         columns.append(Column(VERDICT_COLUMN, VERDICT_COLUMN, "", verdicts, ranks[VERDICT_COLUMN], numeric=False))
     interval_labels = main_table(cells, samples, summary=summary, metrics=shown)["interval"]
-    records = tuple(_record(frame, summary, algorithm, shown, with_interval, interval_labels.get(algorithm))
-                    for algorithm in algorithms)
+    records = tuple(_record(frame, summary, arm, shown, with_interval, interval_labels.get(arm)) for arm in arms)
     suite = ", ".join(sorted(set(cells["suite"].dropna()))) if "suite" in cells else ""
     return Leaderboard(suite, sort_by, tuple(columns), records, _intervals_title(interval_labels))
 
@@ -159,7 +159,7 @@ def _win_rates() -> tuple[str, ...]:
 
 
 def _require_known(names: list[str], logged: list[str], option: str) -> None:
-    from harness.config import ConfigError
+    from harness.errors import ConfigError
     from harness.registry import did_you_mean
 
     for name in names:
@@ -188,12 +188,11 @@ def _shown_metrics(frame, logged: list[str], headline: str, metrics, every_metri
     return shown, ranks
 
 
-def _interval_texts(summary: "pd.DataFrame", algorithms: list[str]) -> dict[tuple[str, str], str]:
-    """(algorithm, metric) -> the text the Markdown report prints: "mean ± half-width" (t over seeds) or
+def _interval_texts(summary: "pd.DataFrame", arms: list[str]) -> dict[tuple[str, str], str]:
+    """(arm, metric) -> the text the Markdown report prints: "mean ± half-width" (t over seeds) or
     "mean [low, high]" (bootstrap) in its results table; for a metric with a range (a win rate) "mean [low,
     high]" with the bounds clipped to that range, as in its win-rate tables."""
-    return {(row.algorithm, row.metric): _interval_text(row) for row in summary.itertuples()
-            if row.algorithm in set(algorithms)}
+    return {(row.arm, row.metric): _interval_text(row) for row in summary.itertuples() if row.arm in set(arms)}
 
 
 def _interval_text(row) -> str:
@@ -231,19 +230,19 @@ def _metric_column(name: str, texts: list, rank: int) -> Column:
     return Column(name, header, unit, tuple(text or MISSING for text in texts), rank)
 
 
-def _record(frame, summary: "pd.DataFrame", algorithm: str, shown: list[str], with_interval: set,
+def _record(frame, summary: "pd.DataFrame", arm: str, shown: list[str], with_interval: set,
             interval: str | None) -> dict:
     from harness.report.tables import clipped_bounds
 
-    row = {"algorithm": algorithm, "seeds": int(frame.at[algorithm, "seeds"]), "interval": interval}
-    rows = summary[summary["algorithm"] == algorithm].set_index("metric")
+    row = {"algorithm": arm, "seeds": int(frame.at[arm, "seeds"]), "interval": interval}
+    rows = summary[summary["arm"] == arm].set_index("metric")
     for name in shown:
-        row[name] = _number(frame.at[algorithm, name])
+        row[name] = _number(frame.at[arm, name])
         if name in with_interval and name in rows.index:
             low, high = clipped_bounds(name, float(rows.at[name, "low"]), float(rows.at[name, "high"]))
             row[f"{name}_low"], row[f"{name}_high"] = _number(low), _number(high)
     if VERDICT_COLUMN in frame:
-        verdict = frame.at[algorithm, VERDICT_COLUMN]
+        verdict = frame.at[arm, VERDICT_COLUMN]
         row[VERDICT_COLUMN] = None if _plain_text(verdict) == _plain_text(None) else str(verdict)
     return row
 

@@ -13,6 +13,7 @@ from __future__ import annotations
 import dataclasses
 import re
 
+from harness.errors import UserError
 from harness.tasks.common import TASK_PROMPT, TaskData
 from harness.tasks.hh import ROLE_MARKERS
 
@@ -21,7 +22,7 @@ ROLES = {marker: role for role, marker in ROLE_MARKERS.items()}
 TURN_MARKER = re.compile("(" + "|".join(re.escape(marker) for marker in ROLES) + ")")
 
 
-class ChatTemplateError(ValueError):
+class ChatTemplateError(UserError, ValueError):
     """The suite asks for a chat template the tokenizer cannot provide."""
 
 

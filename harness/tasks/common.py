@@ -6,9 +6,10 @@ import dataclasses
 import json
 from dataclasses import dataclass
 from pathlib import Path
+from harness.errors import UserError
 
 
-class TaskDataError(ValueError):
+class TaskDataError(UserError, ValueError):
     """Bad task data: one line naming the file (or dataset id) and the row, and the problem."""
 
 

@@ -41,7 +41,7 @@ import logging
 import random
 from dataclasses import dataclass
 
-from harness.config import require
+from harness.errors import require
 from harness.tasks.common import TaskData
 from harness.tasks.loading import (
     Source,

@@ -37,7 +37,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from harness.config import require
+from harness.errors import require
 from harness.tasks.common import TaskDataError  # re-exported: the adapters raise it from here
 
 logger = logging.getLogger(__name__)

@@ -54,7 +54,7 @@ import math
 import random
 from dataclasses import dataclass
 
-from harness.config import require
+from harness.errors import require
 from harness.tasks.common import TaskData
 
 # ---------------------------------------------------------------------------------------------------------

@@ -36,7 +36,7 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass
 
-from harness.config import require
+from harness.errors import require
 from harness.tasks.common import TaskData
 from harness.tasks.hh import conversational_pair, render_transcript
 from harness.tasks.loading import (

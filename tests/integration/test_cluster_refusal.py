@@ -155,7 +155,7 @@ def test_ranks_die_with_their_sigkilled_ray_worker(tmp_path, home, open_cluster)
 
 def kill_the_worker_while_ranks_train(process: subprocess.Popen, cwd: Path) -> None:
     pid_files = lambda: list((cwd / "runs" / "tiny" / "cells").glob("dpo-s0-*/train/worker.pid"))  # noqa: E731
-    # A rank is `python -u -m harness.stage <file> --rank`; the launcher's own command line names it too.
+    # A rank is `python -u -m harness.stages <file> --rank`; the launcher's own command line names it too.
     ranks = lambda: [pid for pid in processes_mentioning(str(cwd))  # noqa: E731
                      if "--rank" in command_of(pid) and "accelerate" not in command_of(pid)]
     deadline = time.monotonic() + 900

@@ -24,7 +24,7 @@ from pathlib import Path
 import pytest
 from conftest import SCALED_DOWN_TINY, run_harness
 
-from harness.runs import COMPLETE_MARKER, INVALID_MARKER, OutOfSpace, Stage, out_of_space
+from harness.runs import COMPLETE_MARKER, INVALID_MARKER, OutOfSpace, OutputFolder, out_of_space
 
 # DPO only, no intermediate evaluations, a lighter SFT: the smallest run that has every kind of stage
 # (task data, base model, SFT, reward model, a training cell, evaluations).
@@ -36,8 +36,8 @@ OVERRIDES = [*SCALED_DOWN_TINY, "only=[dpo]", "evaluation.checkpoints=0", "task.
 # ---------------------------------------------------------------------------------------------------------
 
 
-def _complete_stage(folder: Path) -> Stage:
-    stage = Stage(folder)
+def _complete_stage(folder: Path) -> OutputFolder:
+    stage = OutputFolder(folder)
     stage.begin()
     (folder / "model").mkdir()
     (folder / "model" / "model.safetensors").write_bytes(b"w" * 1000)
@@ -88,10 +88,10 @@ def test_resume_checkpoints_may_go_without_touching_the_stage(tmp_path):
 
 
 def test_a_stage_made_of_stages_is_incomplete_when_a_part_lost_a_file(tmp_path, caplog):
-    cell = Stage(tmp_path / "cell")
+    cell = OutputFolder(tmp_path / "cell")
     cell.begin()
     train = _complete_stage(cell.folder / "train")
-    evaluation = Stage(cell.folder / "eval")
+    evaluation = OutputFolder(cell.folder / "eval")
     evaluation.begin()
     (evaluation.folder / "summary.json").write_text("{}")
     evaluation.complete()
@@ -108,7 +108,7 @@ def test_a_marker_from_before_records_is_trusted(tmp_path):
     folder = tmp_path / "old"
     folder.mkdir()
     (folder / COMPLETE_MARKER).write_text(json.dumps({"seconds": 3}))
-    assert Stage(folder).done and Stage(folder).info() == {"seconds": 3}
+    assert OutputFolder(folder).done and OutputFolder(folder).info() == {"seconds": 3}
 
 
 def test_an_unreadable_marker_is_not_complete(tmp_path, caplog):
@@ -116,7 +116,7 @@ def test_an_unreadable_marker_is_not_complete(tmp_path, caplog):
     folder.mkdir()
     (folder / COMPLETE_MARKER).write_text('{"seconds": ')
     with caplog.at_level(logging.WARNING, logger="harness.runs"):
-        assert not Stage(folder).done
+        assert not OutputFolder(folder).done
     assert "unreadable completion marker" in caplog.records[0].getMessage()
 
 
@@ -130,7 +130,7 @@ def test_an_unreadable_marker_is_not_complete(tmp_path, caplog):
     ids=["ENOSPC", "EDQUOT", "safetensors"],
 )
 def test_a_full_disk_while_writing_a_stage_is_one_line_naming_its_folder(tmp_path, error):
-    stage = Stage(tmp_path / "train")
+    stage = OutputFolder(tmp_path / "train")
     stage.begin()
     with pytest.raises(OutOfSpace) as caught:
         with stage.writing():
@@ -141,7 +141,7 @@ def test_a_full_disk_while_writing_a_stage_is_one_line_naming_its_folder(tmp_pat
 
 
 def test_other_errors_pass_through_writing(tmp_path):
-    stage = Stage(tmp_path / "train")
+    stage = OutputFolder(tmp_path / "train")
     stage.begin()
     with pytest.raises(KeyError):
         with stage.writing():
@@ -181,7 +181,7 @@ def _stage_folder(root: Path, pattern: str) -> Path:
 def _assert_every_complete_stage_is_intact(root: Path) -> None:
     """No folder marked complete whose recorded files are missing or cut short."""
     for marker in root.rglob(COMPLETE_MARKER):
-        assert Stage(marker.parent).verify() is None, f"complete stage with damaged files: {marker.parent}"
+        assert OutputFolder(marker.parent).verify() is None, f"complete stage with damaged files: {marker.parent}"
 
 
 @pytest.fixture(scope="module")

@@ -56,12 +56,14 @@ def test_every_sweep_point_is_its_own_cell_named_and_tagged_by_its_point(frontie
     runs = cell_runs(frontier_run)
     arms = ["dpo@beta=0.03", "dpo@beta=0.3", "best_of_n@n=1", "best_of_n@n=4", "best_of_n@n=16"]
     assert sorted(runs["tags.mlflow.runName"]) == sorted(f"{arm}-s{seed}" for arm in [*arms, "sft"] for seed in (0, 1))
-    dpo = runs[runs["tags.harness.algorithm"] == "dpo@beta=0.03"]
-    assert set(dpo["tags.harness.algorithm_name"]) == {"dpo"} and set(dpo["tags.harness.sweep_point"]) == {"beta=0.03"}
+    dpo = runs[runs["tags.harness.arm"] == "dpo@beta=0.03"]
+    assert set(dpo["tags.harness.algorithm"]) == {"dpo"} and set(dpo["tags.harness.sweep_point"]) == {"beta=0.03"}
     assert set(dpo["params.algorithms.dpo.beta"]) == {"0.03"}  # the arm's own value, not the suite's
     assert set(dpo["tags.harness.family"]) == {"offline preference"}
+    # What the algorithm declares, on the cell: the report reads it from there, never from the module.
+    assert set(dpo["tags.harness.kl_knob"]) == {"beta"} and set(dpo["tags.harness.kl_knob_raises_kl"]) == {"false"}
     assert runs["tags.harness.cell_hash"].is_unique  # every point of every seed its own cell
-    bound = runs[runs["tags.harness.algorithm_name"] == "best_of_n"]
+    bound = runs[runs["tags.harness.algorithm"] == "best_of_n"]
     assert set(bound["tags.harness.kl_is_bound"]) == {"true"}
 
 
@@ -69,13 +71,13 @@ def test_best_of_n_gold_rises_with_n_its_kl_bound_and_estimate(frontier_run):
     import math
 
     runs = cell_runs(frontier_run)
-    gold = runs.groupby("tags.harness.algorithm")["metrics.eval/gold_reward"].mean()
-    kl = runs.groupby("tags.harness.algorithm")["metrics.eval/kl"].mean()
+    gold = runs.groupby("tags.harness.arm")["metrics.eval/gold_reward"].mean()
+    kl = runs.groupby("tags.harness.arm")["metrics.eval/kl"].mean()
     for n in (1, 4, 16):
         assert kl[f"best_of_n@n={n}"] == pytest.approx(math.log(n) - (n - 1) / n, abs=1e-12)
     # n=1 is the SFT policy itself, drawn from a stream disjoint from SFT's own evaluation samples: its estimated
     # KL is exactly 0 and its gold SFT's up to sampling noise (2 seeds x 64 samples; gold's spread is about 1).
-    estimate = runs.groupby("tags.harness.algorithm")[f"metrics.eval/{BEST_OF_N_KL_ESTIMATE}"].mean()
+    estimate = runs.groupby("tags.harness.arm")[f"metrics.eval/{BEST_OF_N_KL_ESTIMATE}"].mean()
     assert estimate["best_of_n@n=1"] == pytest.approx(0.0, abs=1e-12)
     assert 0.0 < estimate["best_of_n@n=4"] <= kl["best_of_n@n=4"] + 1e-12
     assert gold["best_of_n@n=1"] == pytest.approx(gold["sft"], abs=0.35)
@@ -105,7 +107,7 @@ def _seed_points(cwd: Path, algorithm: str, seed: int) -> list[tuple[float, floa
     runs = runs[runs["tags.harness.seed"] == str(seed)]
     sft = runs[runs["tags.harness.algorithm"] == "sft"].iloc[0]
     points = [(0.0, float(sft["metrics.eval/gold_reward"]))]
-    for _, run in runs[runs["tags.harness.algorithm_name"] == algorithm].iterrows():
+    for _, run in runs[runs["tags.harness.algorithm"] == algorithm].iterrows():
         # best-of-n sits at its estimated KL (eval/kl is the bound log n - (n-1)/n).
         estimate = run.get(f"metrics.eval/{BEST_OF_N_KL_ESTIMATE}")
         kl_metric = f"eval/{BEST_OF_N_KL_ESTIMATE}" if estimate is not None and estimate == estimate else "eval/kl"

@@ -313,7 +313,7 @@ def test_a_rerun_with_a_changed_setting_leaves_one_row_per_configuration(suite_r
     runs = client.search_runs([link.experiment_id], filter_string=f"tags.`{record.TAG_KIND}` = '{record.KIND_LEADERBOARD}'")
     keys = sorted(run.data.tags[record.TAG_LEADERBOARD_KEY] for run in runs)
     assert len(keys) == len(set(keys)) == 4, keys
-    betas = sorted(run.data.params.get("algorithms.dpo.beta") for run in runs if run.data.tags[record.TAG_ALGORITHM] == "dpo")
+    betas = sorted(run.data.params.get("algorithms.dpo.beta") for run in runs if run.data.tags[record.TAG_ARM] == "dpo")
     assert betas == ["0.1", "0.3"]
 
     # A full load: the page keeps a shared view it has loaded once, and this tab showed it before.

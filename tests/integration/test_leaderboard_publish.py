@@ -127,14 +127,15 @@ def test_two_processes_publishing_at_once_leave_one_run_per_configuration(server
                 client.delete_run(run.info.run_id)
         printed = _publish_at_once(server.uri, tmp_path / f"round-{round_number}")
         runs = _leaderboard_runs(client)
-        algorithms = sorted(run.data.tags[record.TAG_ALGORITHM] for run in runs)
-        assert algorithms == sorted(ALGORITHMS), f"round {round_number}: {algorithms}"
+        arms = sorted(run.data.tags[record.TAG_ARM] for run in runs)
+        assert arms == sorted(ALGORITHMS), f"round {round_number}: {arms}"
         keys = [run.data.tags[record.TAG_LEADERBOARD_KEY] for run in runs]
         assert len(set(keys)) == len(keys) == len(ALGORITHMS)
         # Both publishers name the runs that survived: each wrote into the oldest run of a key.
         assert {run.info.run_id for run in runs} == set(printed[0].split(",")) == set(printed[1].split(","))
         for run in runs:
-            algorithm = run.data.tags[record.TAG_ALGORITHM]
+            algorithm = run.data.tags[record.TAG_ARM]
+            assert run.data.tags[record.TAG_ALGORITHM] == algorithm  # unswept: the arm is the registry algorithm
             expected = sum(cells[(algorithm, seed)] for seed in SEEDS) / len(SEEDS)
             assert run.data.metrics["gold_reward"] == pytest.approx(expected, abs=1e-12)
             assert run.info.status == "FINISHED" and run.data.tags[record.TAG_INTERVAL] == "t over 2 seeds"

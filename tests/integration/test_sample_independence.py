@@ -66,23 +66,22 @@ class Policy:
         self.checkpoint, self.reward_model = checkpoint, reward_model
 
     def evaluate(self, generator_name: str, seed: int) -> list[dict]:
-        from harness.metrics.evaluator import evaluate_checkpoint
+        from harness.metrics.evaluator import EvaluationSettings, evaluate_checkpoint
         from harness.registry import GENERATORS
         from harness.rewards import gold_reward_function
 
         evaluation = self.config.suite.evaluation
         generator = GENERATORS.get(generator_name).create("cpu", evaluation.batch_size)
-        result = evaluate_checkpoint(
-            checkpoint=self.checkpoint,
-            reference_dir=self.checkpoint,
-            reward_model_dir=self.reward_model,
-            gold_scorer=gold_reward_function(self.config.suite.gold, self.task_module, "cpu", evaluation.batch_size),
+        settings = EvaluationSettings(
             eval_rows=self.task_data.eval,
             config=evaluation,
             seed=seed,
             device="cpu",
-            generator=generator,
+            reference_dir=self.checkpoint,
+            reward_model_dir=self.reward_model,
+            gold_scorer=gold_reward_function(self.config.suite.gold, self.task_module, "cpu", evaluation.batch_size),
         )
+        result = evaluate_checkpoint(self.checkpoint, generator, settings)
         assert len(result.samples) == NUM_PROMPTS * SAMPLES_PER_PROMPT
         return result.samples
 

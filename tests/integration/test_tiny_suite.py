@@ -159,16 +159,16 @@ def test_mlflow_structure(default_run):
     assert len(history) > 10
     # The shared curves: every training algorithm's budget fraction ends at 1; the online ones log KL per
     # sequence in nats; the algorithm's registry name, family and sweep point are tags.
-    from harness.registry import ALGORITHMS as REGISTRY
+    from harness.algorithms.spec import spec_of
 
     for _, run in runs[runs["tags.harness.algorithm"] != "sft"].iterrows():
-        module = REGISTRY.get(run["tags.harness.algorithm"])
-        assert run["tags.harness.family"] == module.FAMILY and run["tags.harness.sweep_point"] == ""
-        if not module.TRAINS_POLICY:
+        spec = spec_of(run["tags.harness.algorithm"])
+        assert run["tags.harness.family"] == spec.family and run["tags.harness.sweep_point"] == ""
+        if not spec.trains_policy:
             continue
         fraction = client.get_metric_history(run["run_id"], "train/budget_fraction")
         assert max(point.value for point in fraction) == pytest.approx(1.0), run["tags.harness.algorithm"]
-        if module.FAMILY in ("online policy gradient", "actor-critic", "online preference"):
+        if spec.family in ("online policy gradient", "actor-critic", "online preference"):
             assert client.get_metric_history(run["run_id"], "train/kl_per_sequence"), run["tags.harness.algorithm"]
     artifacts = {a.path for a in client.list_artifacts(grpo["run_id"])}
     assert {"eval", "manifest.json", "config"} <= artifacts

@@ -215,11 +215,11 @@ def test_a_server_that_never_comes_back_ends_in_one_line_then_the_rerun_resumes(
     assert len(errors) == 1 and server.uri in errors[0] and "tracking.retry_seconds" in errors[0], stderr[-3000:]
     assert waited < window + 60, f"ended {waited:.0f}s after the server stopped (window {window}s)"
     # Every completed stage kept: the prepared stages, the SFT baseline's cell, and DPO's checkpoint to resume from.
-    from harness.runs import Stage
+    from harness.runs import OutputFolder
 
     root = cwd / "runs" / "tiny"
     for stage in [*root.glob("prepare/*-s0-*"), *root.glob("cells/sft-s0-*")]:
-        assert Stage(stage).done, f"{stage} lost its completion"
+        assert OutputFolder(stage).done, f"{stage} lost its completion"
     assert list(root.glob(CHECKPOINT))
 
     # The server is back: the same command resumes, while another suite runs on the same server at once.

@@ -7,8 +7,8 @@ of n by the training reward, computed here by hand from the plain evaluation's p
 metric must then be that of the kept draws. n = 1 must give that stream's plain evaluation back, sample for
 sample. The candidates' stream is disjoint from the SFT baseline's: selecting by gold, best-of-n's win rate
 against SFT must be n/(n+1) within its sampling error (issue 20, finding 5). The KL estimate is checked
-against KL(best-of-n || SFT) enumerated by hand on small discrete policies. A whole cell (run_train, then
-run_evaluate with the SFT baseline before it) is run through the stage functions with a stand-in for MLflow, to
+against KL(best-of-n || SFT) enumerated by hand on small discrete policies. A whole cell (the train stage, then
+the evaluate stage, with the SFT baseline's before it) is run through harness.stages with a stand-in for MLflow, to
 check what is logged: the bound as eval/kl, the tag saying so, the inference-time cost, no trained model
 written.
 
@@ -67,22 +67,23 @@ def evaluation_config(samples_per_prompt: int):
 
 def evaluate(models: Path, samples_per_prompt: int = SAMPLES_PER_PROMPT, best_of=None, baseline_samples=None,
              seed: int = SEED):
+    """`best_of`: a harness.generation.strategies.BestOfN, or None for the checkpoint's own samples."""
     from harness.generation.hf import HFGenerator
-    from harness.metrics.evaluator import evaluate_checkpoint
+    from harness.generation.strategies import Sampling
+    from harness.metrics.evaluator import EvaluationSettings, evaluate_checkpoint
 
-    return evaluate_checkpoint(
-        checkpoint=models / "base",
-        reference_dir=models / "base",
-        reward_model_dir=models / "reward_model",
+    settings = EvaluationSettings(
         eval_rows=EVAL_ROWS,
         config=evaluation_config(samples_per_prompt),
         seed=seed,
         device="cpu",
-        generator=HFGenerator("cpu", 64),
+        reference_dir=models / "base",
+        reward_model_dir=models / "reward_model",
         gold_scorer=gold_scorer,
         baseline_samples=baseline_samples,
-        best_of=best_of,
+        strategy=best_of or Sampling(),
     )
+    return evaluate_checkpoint(models / "base", HFGenerator("cpu", 64), settings)
 
 
 def by_slot(samples: list[dict]) -> dict[tuple[int, int], dict]:
@@ -101,14 +102,14 @@ def first_maximum(values: list[float]) -> int:
 def draws(models) -> dict[tuple[int, int], dict]:
     """The plain evaluation at samples_per_prompt x 4 on best-of-n's stream: every draw best-of-4 chooses among,
     by (prompt, draw)."""
-    from harness.metrics.evaluator import BEST_OF_N_SEED_OFFSET
+    from harness.generation.strategies import BEST_OF_N_SEED_OFFSET
 
     return by_slot(evaluate(models, SAMPLES_PER_PROMPT * 4, seed=SEED + BEST_OF_N_SEED_OFFSET).samples)
 
 
 @pytest.fixture(scope="module")
 def sft_samples(models) -> list[dict]:
-    """The SFT baseline's samples, as harness.stage hands them on."""
+    """The SFT baseline's samples, as the evaluate stage (harness.stages.evaluate) hands them on."""
     return evaluate(models).samples
 
 
@@ -128,11 +129,11 @@ SELECTIONS = {
 
 @pytest.mark.parametrize("selection", list(SELECTIONS))
 def test_each_kept_sample_is_the_first_best_of_its_own_group_of_draws(models, draws, sft_samples, sft_gold, selection):
-    from harness.metrics.evaluator import BestOf
+    from harness.generation.strategies import BestOfN
 
     source, penalty, score = SELECTIONS[selection]
     n = 4
-    result = evaluate(models, best_of=BestOf(n, source, penalty), baseline_samples=sft_samples)
+    result = evaluate(models, best_of=BestOfN(n, source, penalty), baseline_samples=sft_samples)
     kept = by_slot(result.samples)
     assert sorted(kept) == [(p, j) for p in range(len(PROMPTS)) for j in range(SAMPLES_PER_PROMPT)]
 
@@ -178,9 +179,9 @@ def test_each_kept_sample_is_the_first_best_of_its_own_group_of_draws(models, dr
 
 @pytest.mark.parametrize("n", [2, 4])
 def test_kl_is_the_analytic_bound_and_no_sampled_token_estimate_is_reported(models, n):
-    from harness.metrics.evaluator import BestOf
+    from harness.generation.strategies import BestOfN
 
-    result = evaluate(models, best_of=BestOf(n, "proxy", 1.0))
+    result = evaluate(models, best_of=BestOfN(n, "proxy", 1.0))
     assert all(sample["kl"] == KL_BOUND[n] for sample in result.samples)
     assert result.summary["kl"] == pytest.approx(KL_BOUND[n], abs=1e-15)  # their mean, to the last bit or so
     assert "kl_k1" not in result.summary and "kl_k3" not in result.summary
@@ -191,10 +192,10 @@ def test_best_of_one_is_the_sft_policy_evaluated_on_its_own_stream(models, sft_s
     """Same draws as the plain evaluation at the seed best-of-n draws with, same scores, same metrics; the bound
     and the estimate at n = 1 (0) are the exact KL the plain path measures. They are not the SFT baseline's own
     samples (the stream is disjoint from them)."""
-    from harness.metrics.evaluator import BEST_OF_N_SEED_OFFSET, BestOf
+    from harness.generation.strategies import BEST_OF_N_SEED_OFFSET, BestOfN
 
     plain = evaluate(models, baseline_samples=sft_samples, seed=SEED + BEST_OF_N_SEED_OFFSET)
-    best_of_one = evaluate(models, best_of=BestOf(1, "proxy", 1.0), baseline_samples=sft_samples)
+    best_of_one = evaluate(models, best_of=BestOfN(1, "proxy", 1.0), baseline_samples=sft_samples)
     assert plain.summary["kl"] == plain.summary["kl_k1"] == plain.summary["kl_k3"] == 0.0
     assert best_of_one.summary.pop("best_of_n_kl_estimate") == 0.0
     estimates_only = {"kl_k1", "kl_k3"}
@@ -244,7 +245,7 @@ def kl_by_enumeration(outcome_rewards: list[float], n: int) -> float:
 ])
 def test_the_kl_estimate_on_the_population_is_the_enumerated_kl(rewards, n):
     """On the population itself (the empirical distribution is SFT's), the estimate is the exact KL."""
-    from harness.metrics.evaluator import best_of_n_kl_bound, best_of_n_kl_estimate
+    from harness.generation.strategies import best_of_n_kl_bound, best_of_n_kl_estimate
 
     exact = kl_by_enumeration(rewards, n)
     assert best_of_n_kl_estimate(rewards, n) == pytest.approx(exact, abs=1e-12)
@@ -258,7 +259,7 @@ def test_the_kl_estimate_from_a_sample_is_close_to_the_exact_kl():
     approach the bound log 4 - 3/4 = 0.6363."""
     import random
 
-    from harness.metrics.evaluator import best_of_n_kl_bound, best_of_n_kl_estimate
+    from harness.generation.strategies import best_of_n_kl_bound, best_of_n_kl_estimate
 
     k, n = 5, 4
     exact = kl_by_enumeration([float(value) for value in range(k)], n)
@@ -312,7 +313,8 @@ def best_of_n_against_sft(policy: Path, generator_name: str) -> tuple[float, flo
     """Best-of-4 by gold against the SFT baseline's samples of the same seed, one sample per prompt: its win rate,
     and the fraction of its samples whose completion is the baseline's own (a shared draw shows there)."""
     from harness.config import EvaluationConfig
-    from harness.metrics.evaluator import BestOf, evaluate_checkpoint
+    from harness.generation.strategies import BestOfN, Sampling
+    from harness.metrics.evaluator import EvaluationSettings, evaluate_checkpoint
     from harness.registry import GENERATORS
 
     k = len(WORDS)  # distinct three-word prompts
@@ -322,13 +324,14 @@ def best_of_n_against_sft(policy: Path, generator_name: str) -> tuple[float, flo
                               batch_size=64)
 
     def run(best_of=None, baseline=None):
-        return evaluate_checkpoint(checkpoint=policy / "base", reference_dir=policy / "base",
-                                   reward_model_dir=policy / "reward_model", eval_rows=rows, config=config, seed=SEED,
-                                   device="cpu", generator=GENERATORS.get(generator_name).create("cpu", 64),
-                                   gold_scorer=continuous_gold, baseline_samples=baseline, best_of=best_of)
+        settings = EvaluationSettings(eval_rows=rows, config=config, seed=SEED, device="cpu",
+                                      reference_dir=policy / "base", reward_model_dir=policy / "reward_model",
+                                      gold_scorer=continuous_gold, baseline_samples=baseline,
+                                      strategy=best_of or Sampling())
+        return evaluate_checkpoint(policy / "base", GENERATORS.get(generator_name).create("cpu", 64), settings)
 
     sft = run()
-    best = run(BestOf(STREAM_N, "gold", 0.0), sft.samples)
+    best = run(BestOfN(STREAM_N, "gold", 0.0), sft.samples)
     same = {(s["prompt_index"], s["completion"]) for s in sft.samples}
     shared = sum((s["prompt_index"], s["completion"]) in same for s in best.samples) / len(best.samples)
     return best.summary["win_rate_vs_sft"], shared
@@ -358,19 +361,20 @@ def test_best_of_n_by_gold_wins_n_over_n_plus_one_against_sft_with_the_vllm_gene
 
 
 def test_n_below_one_is_refused_naming_the_key():
-    from harness.config import ConfigError, load_config
+    from harness.config import load_config
+    from harness.errors import ConfigError
 
     with pytest.raises(ConfigError, match=r"^'algorithms\.best_of_n\.n' must be >= 1$"):
         load_config("tiny", ["algorithms.best_of_n.n=0"])
 
 
 # ---------------------------------------------------------------------------------------------------------
-# A whole cell through the stage functions
+# A whole cell through the stage modules
 # ---------------------------------------------------------------------------------------------------------
 
 
 class RecordingTracker:
-    """MLflow as the stage functions call it, kept in memory."""
+    """MLflow as the stage modules call it, kept in memory."""
 
     def __init__(self):
         self.metrics: dict[str, dict[str, float]] = {}
@@ -389,11 +393,12 @@ class RecordingTracker:
         assert status == "FINISHED"
 
 
-def stage_run(models: Path, root: Path, kind: str, arm: str, arms: dict, tracker: RecordingTracker):
-    """What run_train and run_evaluate read of a StageRun, for the `kind` stage of `arm`'s cell at SEED."""
+def stage_context(models: Path, root: Path, kind: str, arm: str, arms: dict, tracker: RecordingTracker):
+    """What the train and evaluate stages read of a StageContext, for the `kind` stage of `arm`'s cell at SEED."""
     from harness.config import RewardConfig, SuiteConfig
-    from harness.plan import PlannedStage
-    from harness.stage import Prepared, SilentReporter, TaskInputs
+    from harness.plan import Stage
+    from harness.stages.context import SilentReporter
+    from harness.stages.inputs import Prepared, TaskInputs
 
     suite = SuiteConfig(name="best-of-n-test", device="cpu", evaluation=evaluation_config(SAMPLES_PER_PROMPT),
                         reward=RewardConfig(source="proxy", missing_stop_penalty=1.0))
@@ -406,7 +411,7 @@ def stage_run(models: Path, root: Path, kind: str, arm: str, arms: dict, tracker
 
     folder = cell_folder() / kind if kind == "train" else cell_folder()
     return types.SimpleNamespace(
-        stage=PlannedStage(f"{kind}:{arm}-s{SEED}", kind, SEED, arm, "hash", str(folder)),
+        stage=Stage(f"{kind}:{arm}-s{SEED}", kind, SEED, arm, "hash", str(folder)),
         folder=folder,
         config=types.SimpleNamespace(arms=arms),
         suite=suite,
@@ -416,26 +421,35 @@ def stage_run(models: Path, root: Path, kind: str, arm: str, arms: dict, tracker
         tracker=tracker,
         timings=[],
         prepared=lambda seed: prepared,
-        open_cell_run=lambda prepared: f"run-{arm}",
         cell_folder=cell_folder,
-        cell_attempt=lambda run_id: contextlib.nullcontext(),
     )
 
 
-def test_a_best_of_n_cell_trains_nothing_and_logs_the_bound_as_a_bound(models, tmp_path, sft_gold):
+@pytest.fixture
+def without_mlflow_runs(monkeypatch):
+    """The cell's run is `run-<arm>` in the RecordingTracker, and a failure propagates as it is."""
+    from harness.stages import evaluate, train
+
+    for module in (train, evaluate):
+        monkeypatch.setattr(module, "open_cell_run", lambda context, prepared: f"run-{context.stage.algorithm}")
+        monkeypatch.setattr(module, "cell_attempt", lambda context, run_id: contextlib.nullcontext())
+
+
+def test_a_best_of_n_cell_trains_nothing_and_logs_the_bound_as_a_bound(models, tmp_path, sft_gold,
+                                                                         without_mlflow_runs):
     from harness import record
     from harness.algorithms import best_of_n
-    from harness.stage import run_evaluate, run_train
+    from harness.stages import evaluate, train
 
     tracker = RecordingTracker()
     arm = "best_of_n@n=4"
     arms = {arm: best_of_n.Config(n=4)}
-    run_evaluate(stage_run(models, tmp_path, "evaluate", record.BASELINE, arms, tracker))
-    train = stage_run(models, tmp_path, "train", arm, arms, tracker)
-    run_train(train)
-    assert not any(path.is_dir() for path in train.folder.iterdir()), "best-of-n wrote a model (or snapshots)"
-    assert json.loads((train.folder / "result.json").read_text())["checkpoint"] == str(models / "base")
-    run_evaluate(stage_run(models, tmp_path, "evaluate", arm, arms, tracker))
+    evaluate.run(stage_context(models, tmp_path, "evaluate", record.BASELINE, arms, tracker))
+    training = stage_context(models, tmp_path, "train", arm, arms, tracker)
+    train.run(training)
+    assert not any(path.is_dir() for path in training.folder.iterdir()), "best-of-n wrote a model (or snapshots)"
+    assert json.loads((training.folder / "result.json").read_text())["checkpoint"] == str(models / "base")
+    evaluate.run(stage_context(models, tmp_path, "evaluate", arm, arms, tracker))
 
     metrics, tags = tracker.metrics[f"run-{arm}"], tracker.tags[f"run-{arm}"]
     assert tags[record.TAG_KL_IS_BOUND] == "true"

@@ -130,11 +130,11 @@ def _store(tmp_path, dpo_offset: float, dpo_noise: list[float]) -> str:
         for seed, value in enumerate(values):
             minute += 1
             tags = {record.PARENT_RUN_TAG: parent, record.TAG_KIND: record.KIND_CELL, record.TAG_SUITE: SUITE,
-                    record.TAG_ALGORITHM: arm, record.TAG_SEED: str(seed), record.TAG_CELL: f"{arm}-s{seed}",
+                    record.TAG_ARM: arm, record.TAG_ALGORITHM: name, record.TAG_SWEEP_POINT: record.sweep_point_of(arm),
+                    record.TAG_SEED: str(seed), record.TAG_CELL: f"{arm}-s{seed}",
                     record.TAG_CELL_HASH: f"{arm}-s{seed}", record.TAG_STATUS: record.STATUS_COMPLETE}
             if name != record.BASELINE:
-                tags |= {record.TAG_FAMILY_ALGORITHM: name, record.TAG_SWEEP_POINT: record.sweep_point_of(arm),
-                         record.TAG_FAMILY: families[name]}
+                tags[record.TAG_FAMILY] = families[name]
             if name == "best_of_n":
                 tags[record.TAG_KL_IS_BOUND] = "true"
             start = BASE_TIME_MS + minute * 60_000

@@ -9,7 +9,6 @@ import pytest
 
 from harness.config import (
     CONFIGS_DIR,
-    ConfigError,
     ModelConfig,
     build,
     fingerprint,
@@ -18,6 +17,9 @@ from harness.config import (
     read_yaml,
     suite_names,
 )
+from harness.errors import ConfigError
+from harness import record
+from harness.algorithms.spec import algorithm
 from harness.registry import ALGORITHMS
 
 
@@ -31,11 +33,70 @@ def test_every_suite_resolves(suite):
     assert first_line == f"# harness run suite={suite}"
 
 
-@pytest.mark.parametrize("preset", sorted((CONFIGS_DIR / "algorithms").glob("*.yaml")), ids=lambda p: p.stem)
-def test_every_algorithm_preset_builds_its_config(preset):
-    module = ALGORITHMS.get(preset.stem)
-    built = build(module.Config, read_yaml(preset), f"algorithms.{preset.stem}.")
-    assert dataclasses.is_dataclass(built)
+@pytest.mark.parametrize("name", ALGORITHMS.names())
+def test_every_algorithm_declares_a_spec_and_builds_its_defaults(name):
+    resolved = algorithm(name)
+    built = build(resolved.config_class, dict(resolved.defaults), f"algorithms.{name}.")
+    fields = {field.name for field in dataclasses.fields(built)}
+    spec = resolved.spec
+    assert spec.family in record.FAMILIES
+    assert spec.kl_knob in fields  # the knob a frontier sweeps is an option of its Config
+    assert set(resolved.defaults) <= fields
+    assert isinstance(spec.describe_data(built), str) and spec.describe_data(built)
+    assert resolved.about  # `harness list algorithms <name>` has a text to show
+
+
+def test_variants_are_presets_of_their_base_and_inherit_its_options():
+    grpo = algorithm("grpo")
+    for name, changed in {"dr_grpo": {"loss_type": "dr_grpo", "scale_rewards": "none"},
+                          "dapo": {"epsilon_high": 0.28, "mask_truncated_completions": True}}.items():
+        variant = algorithm(name)
+        assert variant.module is grpo.module and variant.defaults == changed
+        assert variant.spec.family == grpo.spec.family and variant.spec.kl_knob == grpo.spec.kl_knob
+    assert algorithm("gspo").spec.curves[-1] == "clip_ratio/region_mean"  # a preset may draw more curves
+    assert algorithm("ipo").module is algorithm("dpo").module and algorithm("ipo").defaults["loss_type"] == "ipo"
+    # every option of the base, vLLM rollouts included, is the variant's too
+    config = load_config("tiny", ["algorithms.dapo.use_vllm=true", "only=[dapo]"])
+    assert config.algorithms["dapo"].use_vllm is True and config.algorithms["dapo"].epsilon_high == 0.28
+
+
+def test_an_unknown_option_of_a_variant_names_the_variant_and_the_nearest_option():
+    with pytest.raises(ConfigError) as error:
+        load_config("tiny", ["algorithms.dapo.epsilon_hihg=0.3"])
+    message = str(error.value)
+    assert "'algorithms.dapo.epsilon_hihg'" in message and "did you mean 'epsilon_high'" in message, message
+    assert "\n" not in message
+
+
+def test_a_preset_key_that_is_not_a_config_field_is_refused_with_its_file(monkeypatch):
+    from harness.algorithms import grpo
+    from harness.algorithms.spec import Preset
+    from harness.registry import Entry
+
+    monkeypatch.setattr(grpo, "BROKEN", Preset(values={"epsilon_hi": 0.3}, about="a throwaway variant"), raising=False)
+    monkeypatch.setitem(ALGORITHMS._entries, "broken", Entry("broken", "harness.algorithms.grpo:BROKEN", "throwaway"))
+    algorithm.cache_clear()
+    try:
+        result = cli_in_process(["validate", "suite=tiny", "algorithms.broken.beta=0.1", "only=[broken]"])
+    finally:
+        algorithm.cache_clear()
+    code, err = result
+    assert code == 2
+    assert grpo.__file__ in err and "'epsilon_hi'" in err and "did you mean 'epsilon_high'" in err, err
+    assert len(err.strip().splitlines()) == 1, err
+
+
+def cli_in_process(argv):
+    """The CLI's exit code and stderr, in this process (the test registers an entry no subprocess would see)."""
+    import contextlib
+    import io
+
+    from harness.cli import main
+
+    err = io.StringIO()
+    with contextlib.redirect_stderr(err), contextlib.redirect_stdout(io.StringIO()):
+        code = main(argv)
+    return code, err.getvalue()
 
 
 @pytest.mark.parametrize("preset", sorted((CONFIGS_DIR / "models").glob("*.yaml")), ids=lambda p: p.stem)
@@ -52,21 +113,21 @@ def test_overrides_reach_their_fields():
 
 
 def test_precedence_defaults_preset_suite_override(tmp_path):
+    from harness.algorithms.dpo import IPO
     from harness.algorithms.dpo import Config as DPOConfig
 
-    preset = read_yaml(CONFIGS_DIR / "algorithms" / "dpo.yaml")
     suite = tmp_path / "mine.yaml"
     suite.write_text(
         "# harness run suite=mine.yaml\n"
         "task: {name: synthetic_reviews}\n"
-        "algorithms:\n  dpo: {batch_size: 8, learning_rate: 0.5}\n"
+        "algorithms:\n  ipo: {batch_size: 8, learning_rate: 0.5, loss_type: ipo}\n"
     )
-    config = load_config(str(suite), ["algorithms.dpo.learning_rate=0.25"])
-    dpo = config.algorithms["dpo"]
-    assert dpo.label_smoothing == DPOConfig().label_smoothing  # dataclass default, in no file
-    assert dpo.beta == preset["beta"]  # preset
-    assert dpo.batch_size == 8  # suite beats preset
-    assert dpo.learning_rate == 0.25  # command line beats suite
+    config = load_config(str(suite), ["algorithms.ipo.learning_rate=0.25"])
+    ipo = config.algorithms["ipo"]
+    assert ipo.label_smoothing == DPOConfig().label_smoothing  # the Config's default, in no preset or file
+    assert ipo.beta == IPO.values["beta"] != DPOConfig().beta  # the preset beats the Config
+    assert ipo.batch_size == 8  # the suite beats the Config
+    assert ipo.learning_rate == 0.25  # the command line beats the suite
     assert config.suite.name == "mine"
 
 
@@ -198,7 +259,7 @@ def _every_float_key():
 
     keys = [("suite", key, is_list) for key, is_list in _float_keys(SuiteConfig, "")]
     for name in ALGORITHMS.names():
-        keys += [("algorithm", key, is_list) for key, is_list in _float_keys(ALGORITHMS.get(name).Config, f"algorithms.{name}.")]
+        keys += [("algorithm", key, is_list) for key, is_list in _float_keys(algorithm(name).config_class, f"algorithms.{name}.")]
     for name in TASKS.names():
         keys += [(f"task:{name}", key, is_list) for key, is_list in _float_keys(TASKS.get(name).Config, "task.")]
     return keys
@@ -247,7 +308,7 @@ def test_finite_numbers_still_pass():
 
 
 def test_shown_cuts_long_values_in_the_middle_and_escapes_control_characters():
-    from harness.config import shown
+    from harness.errors import shown
 
     assert shown("short") == "short"
     long = "a" * 50_000 + "TAIL"

@@ -212,7 +212,7 @@ def test_the_figure_front_is_the_front_of_seed_means():
 
 
 def _cell_row(run_id, arm, seed, family, gold, kl, bound=False):
-    return {"run_id": run_id, "suite": "s", "algorithm": arm, "algorithm_name": record.algorithm_of(arm),
+    return {"run_id": run_id, "suite": "s", "arm": arm, "algorithm": record.algorithm_of(arm),
             "sweep_point": record.sweep_point_of(arm), "family": family, "kl_is_bound": bound, "seed": seed,
             "status": "complete", "config": "c", "start_time": pd.Timestamp(0, unit="s", tz="UTC"),
             "run": run_id, "eval/gold_reward": gold, "eval/proxy_reward": gold + 1, "eval/kl": kl}
@@ -284,7 +284,15 @@ STORE_POINTS = {
     # log 4 − 3/4 = 0.636294: best-of-4's KL bound.
     ("best_of_n@n=4", 0): [(0, math.log(4) - 0.75, 0.3)], ("best_of_n@n=4", 1): [(0, math.log(4) - 0.75, 0.5)],
 }
-FAMILIES = {"sft": None, "dpo": OFFLINE, "best_of_n": INFERENCE}
+# What each algorithm declares on its cells (record.TAG_FAMILY ... TAG_DATA), as the cell writer tags them.
+DPO_DATA = ("pairs sampled from the SFT policy (two completions per training prompt, both stopped), labelled by the "
+            "suite's reward model")
+DECLARED = {
+    "dpo": {record.TAG_FAMILY: OFFLINE, record.TAG_KL_KNOB: "beta", record.TAG_KL_KNOB_RAISES_KL: "false",
+            record.TAG_CURVES: "loss,rewards/margins,rewards/accuracies", record.TAG_DATA: DPO_DATA},
+    "best_of_n": {record.TAG_FAMILY: INFERENCE, record.TAG_KL_KNOB: "n", record.TAG_KL_KNOB_RAISES_KL: "true",
+                  record.TAG_CURVES: "", record.TAG_DATA: "4 samples from the SFT policy per answer"},
+}
 
 
 @pytest.fixture(scope="module")
@@ -301,11 +309,10 @@ def frontier_store(tmp_path_factory):
     for minute, ((arm, seed), checkpoints) in enumerate(STORE_POINTS.items(), start=1):
         name, point = record.algorithm_of(arm), record.sweep_point_of(arm)
         tags = {record.PARENT_RUN_TAG: parent, record.TAG_KIND: record.KIND_CELL, record.TAG_SUITE: SUITE,
-                record.TAG_ALGORITHM: arm, record.TAG_SEED: str(seed), record.TAG_CELL: f"{arm}-s{seed}",
-                record.TAG_CELL_HASH: f"{arm}-s{seed}", record.TAG_STATUS: record.STATUS_COMPLETE,
-                record.TAG_TRAINING_REWARD: "proxy"}
-        if name != record.BASELINE:
-            tags |= {record.TAG_FAMILY_ALGORITHM: name, record.TAG_SWEEP_POINT: point, record.TAG_FAMILY: FAMILIES[name]}
+                record.TAG_ARM: arm, record.TAG_ALGORITHM: name, record.TAG_SWEEP_POINT: point,
+                record.TAG_SEED: str(seed), record.TAG_CELL: f"{arm}-s{seed}", record.TAG_CELL_HASH: f"{arm}-s{seed}",
+                record.TAG_STATUS: record.STATUS_COMPLETE, record.TAG_TRAINING_REWARD: "proxy"}
+        tags |= DECLARED.get(name, {})
         if name == "best_of_n":
             tags[record.TAG_KL_IS_BOUND] = "true"
         start = BASE_TIME_MS + minute * 60_000
@@ -345,16 +352,16 @@ def test_report_has_the_frontier_section_table_and_figure(frontier_store, tmp_pa
     dpo = next(line for line in section.splitlines() if line.startswith("| dpo "))
     assert "offline preference" in dpo and "0.220 ± 1.271" in dpo and "0.400 ± 1.271" in dpo
     assert "0.567 ± 1.271" in dpo and "0.900 ± 1.271" in dpo and "‡" not in dpo
-    assert "| beta ↓ (0.1, 0.3) |" in dpo  # dpo's KL_KNOB, less KL as it grows, and the values its arms took
+    assert "| beta ↓ (0.1, 0.3) |" in dpo  # dpo's declared knob, less KL as it grows, and the values its arms took
     # best_of_n at 0.5, on the segment from its SFT point to (0.636294, gold): seed 0 0.3 · 0.5 / 0.636294 =
     # 0.235741, seed 1 0.2 + 0.3 · 0.5 / 0.636294 = 0.435741: mean 0.336, the same spread as dpo's.
     best = next(line for line in section.splitlines() if line.startswith("| best_of_n †"))
-    assert "inference-time" in best and "0.336 ± 1.271" in best
+    assert "inference-time" in best and "0.336 ± 1.271" in best and " n ↑ (4) |" in best
     # Past its bound (0.636) its points stop: at 1 and 2 its best reward, 0.3 and 0.5 (mean 0.4), held flat, marked.
     assert best.count("0.400 ± 1.271 ‡") == 2
     assert "† KL is an upper bound" in section and "best_of_n take part in no comparison" in section
     # dpo is the only algorithm with a measured KL: no one can be said to lead.
     assert "**Who leads at matched KL:** fewer than two algorithms with a measured KL" in section
-    # The arms are rows of their own in the results; the data line comes from dpo's describe_data.
+    # The arms are rows of their own in the results; the data line is what dpo's cells declared (both arms alike).
     assert "| dpo@beta=0.1 " in text and "| dpo@beta=0.3 " in text
-    assert "  - `dpo`: pairs sampled from the SFT policy" in text
+    assert f"  - `dpo`: {DPO_DATA}\n" in text and text.count("  - `dpo`:") == 1

@@ -12,7 +12,8 @@ import pytest
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # tests/judge_models.py, shared with integration
 from judge_models import build_constant_judge, build_judge_tokenizer, build_varied_judge  # noqa: E402
 
-from harness.config import ConfigError, JudgeConfig  # noqa: E402
+from harness.config import JudgeConfig  # noqa: E402
+from harness.errors import ConfigError  # noqa: E402
 from harness.judges.base import OrderVerdict, PairVerdict  # noqa: E402
 from harness.judges.pairwise import (  # noqa: E402
     JudgeError,

@@ -89,7 +89,7 @@ def test_one_run_per_algorithm_with_means_and_t_bounds_by_hand(suite_store, publ
     assert sorted(run.info.run_name for run in runs) == ["dpo", "grpo", "sft"]
     assert sorted(run.info.run_id for run in runs) == sorted(link.run_ids)
     for run in runs:
-        algorithm = run.data.tags[record.TAG_ALGORITHM]
+        algorithm = run.data.tags[record.TAG_ARM]
         metrics = run.data.metrics
         for name in ("gold_reward", "proxy_reward", "kl"):
             mean, low, high = _by_hand([suite_store["logged"][(algorithm, seed)][name] for seed in (0, 1)])
@@ -106,7 +106,7 @@ def test_one_run_per_algorithm_with_means_and_t_bounds_by_hand(suite_store, publ
             assert metrics["win_rate_vs_sft_ci_high"] == pytest.approx(min(high, 1.0), abs=1e-9)
             assert metrics["cost/tokens_generated"] == 1234.0  # every cell logged the same spend
         assert run.data.tags[record.TAG_CELL_RUNS].split(",") == [suite_store["run_ids"][(algorithm, s)] for s in (0, 1)]
-        assert run.data.params["algorithm"] == algorithm
+        assert run.data.params["arm"] == algorithm and run.data.tags[record.TAG_ALGORITHM] == algorithm  # unswept
         assert run.data.tags[record.TAG_CURRENT] == "true"
 
 
@@ -116,7 +116,7 @@ def test_headline_values_match_the_markdown_report(suite_store, published, tmp_p
     _, runs = published
     text = write_report(suite_store["uri"], SUITE, tmp_path).read_text(encoding="utf-8")
     for run in runs:
-        algorithm = run.data.tags[record.TAG_ALGORITHM]
+        algorithm = run.data.tags[record.TAG_ARM]
         row = next(line for line in text.splitlines() if line.startswith(f"| {algorithm} ") and "t over" in line)
         mean = run.data.metrics["gold_reward"]
         half = (run.data.metrics["gold_reward_ci_high"] - run.data.metrics["gold_reward_ci_low"]) / 2
@@ -201,7 +201,7 @@ def test_a_rerun_with_a_changed_setting_leaves_one_row_per_configuration(suite_s
     runs = _active_leaderboard_runs(suite_store["uri"])
     keys = [run.data.tags[record.TAG_LEADERBOARD_KEY] for run in runs]
     assert len(keys) == len(set(keys)) == 4
-    dpo = {run.data.params["algorithms.dpo.beta"]: run for run in runs if run.data.tags[record.TAG_ALGORITHM] == "dpo"}
+    dpo = {run.data.params["algorithms.dpo.beta"]: run for run in runs if run.data.tags[record.TAG_ARM] == "dpo"}
     assert set(dpo) == {"0.1", "0.3"}
     assert dpo["0.3"].info.run_name == "dpo" and dpo["0.3"].data.tags[record.TAG_CURRENT] == "true"
     assert dpo["0.1"].data.tags[record.TAG_CURRENT] == "false" and dpo["0.1"].info.run_name.startswith("dpo (config ")
@@ -266,7 +266,7 @@ def test_two_publishers_writing_then_deleting_in_turn_leave_one_run_per_configur
     assert all(len(runs) == 1 for runs in by_key.values()), by_key
     assert written_by_a == written_by_b
     for row in rows:
-        assert by_key[row.key][0].data.metrics["gold_reward"] == {"sft": 0.5, "dpo": 0.9}[row.algorithm]
+        assert by_key[row.key][0].data.metrics["gold_reward"] == {"sft": 0.5, "dpo": 0.9}[row.arm]
 
 
 def test_two_publishers_creating_one_key_at_once_converge_on_its_oldest_run(empty_database, tmp_path):  # noqa: F811
@@ -279,7 +279,7 @@ def test_two_publishers_creating_one_key_at_once_converge_on_its_oldest_run(empt
     client.create_run(leaderboard_id, tags={record.TAG_KIND: record.KIND_LEADERBOARD})
     client.create_run(leaderboard_id, tags={record.TAG_KIND: record.KIND_LEADERBOARD,
                                             record.TAG_LEADERBOARD_KEY: "dpo:no-longer-published"})
-    dpo = next(row for row in rows if row.algorithm == "dpo")
+    dpo = next(row for row in rows if row.arm == "dpo")
     seen_by_a = _created_run(client, leaderboard_id, SUITE, dpo)
     seen_by_b = _created_run(client, leaderboard_id, SUITE, dpo)
     assert len(seen_by_a) == 1 and len(seen_by_b) == 2  # B's search sees A's run beside its own
@@ -322,7 +322,7 @@ def test_a_win_rate_reads_as_its_clipped_interval_and_a_missing_value_shows_in_t
             minute += 1
     client.set_terminated(parent, status="FINISHED")
     publish_leaderboard(uri, SUITE)
-    runs = {run.data.tags[record.TAG_ALGORITHM]: run for run in _active_leaderboard_runs(uri)}
+    runs = {run.data.tags[record.TAG_ARM]: run for run in _active_leaderboard_runs(uri)}
     half = T_95_DF2 * 0.05 / math.sqrt(3)
     assert 0.95 + half > 1.0
     text = f"0.950 [{0.95 - half:.3f}, 1.000]"
@@ -347,7 +347,7 @@ def test_a_row_written_over_an_older_one_drops_what_it_no_longer_has(empty_datab
     from harness.report.leaderboard_runs import _write_row, write_rows
 
     _, client, experiment_id, leaderboard_id, rows = _one_seed_store(empty_database, tmp_path)
-    dpo = next(row for row in rows if row.algorithm == "dpo")
+    dpo = next(row for row in rows if row.arm == "dpo")
     [run_id] = write_rows(client, leaderboard_id, SUITE, experiment_id, [dpo], [])
     assert "kl" in client.get_run(run_id).data.metrics and "report.kl" in client.get_run(run_id).data.tags
     narrower = dataclasses.replace(

@@ -9,7 +9,8 @@ import torch
 
 from harness.algorithms.lora import ADAPTER_FOLDER, inner_model, peft_config, save_policy
 from harness.algorithms.onpolicy import AdapterDisabledReference
-from harness.config import ConfigError, LoraConfig, ModelConfig, SuiteConfig, build
+from harness.config import LoraConfig, ModelConfig, SuiteConfig, build
+from harness.errors import ConfigError
 from harness.modeling import build_tiny_causal_lm, build_word_tokenizer, load_causal_lm, save_checkpoint
 
 WORDS = ["a", "b", "c", "d", "e", "f"]

@@ -156,14 +156,14 @@ def evaluation_config():
 
 
 def evaluate(tiny_models: Path, checkpoint: Path, sft_model: Path, eval_rows=EVAL_ROWS, **options):
+    """`options`: EvaluationSettings' fields (the gold scorer above by default)."""
     from harness.generation.hf import HFGenerator
-    from harness.metrics.evaluator import evaluate_checkpoint
+    from harness.metrics.evaluator import EvaluationSettings, evaluate_checkpoint
 
     options.setdefault("gold_scorer", gold)
-    return evaluate_checkpoint(checkpoint=checkpoint, reference_dir=sft_model,
-                               reward_model_dir=tiny_models / "reward_model", eval_rows=eval_rows,
-                               config=evaluation_config(), seed=SEED, device="cpu", generator=HFGenerator("cpu", 64),
-                               **options)
+    settings = EvaluationSettings(eval_rows=eval_rows, config=evaluation_config(), seed=SEED, device="cpu",
+                                  reference_dir=sft_model, reward_model_dir=tiny_models / "reward_model", **options)
+    return evaluate_checkpoint(checkpoint, HFGenerator("cpu", 64), settings)
 
 
 @pytest.fixture(scope="module")
@@ -261,8 +261,8 @@ def test_kl_at_the_training_temperature_is_the_exact_kl_of_separate_draws_at_tha
     the exact KL at 0.7 on it."""
     from harness.generation.base import SamplingSettings
     from harness.generation.hf import HFGenerator
-    from harness.metrics.evaluator import TRAIN_TEMPERATURE_SEED_OFFSET
     from harness.metrics.kl import response_kl
+    from harness.metrics.scorers import TRAIN_TEMPERATURE_SEED_OFFSET
     from harness.modeling import load_causal_lm, load_tokenizer
 
     result = candidate[0]
@@ -294,11 +294,11 @@ def test_a_baseline_without_a_slot_is_refused_naming_it(tiny_models, sft_model, 
 
 
 def test_best_of_n_judges_the_kept_samples(tiny_models, sft_model, baseline):
-    from harness.metrics.evaluator import BestOf
+    from harness.generation.strategies import BestOfN
 
     judge = RuleJudge()
     result = evaluate(tiny_models, sft_model, sft_model, judge=judge, judge_vs_sft=False,
-                      baseline_samples=baseline[0].samples, best_of=BestOf(2, "gold", 1.0),
+                      baseline_samples=baseline[0].samples, strategy=BestOfN(2, "gold", 1.0),
                       train_temperature=TRAIN_TEMPERATURE)
     assert len(judge.calls) == 1  # against the references only: judge_vs_sft is off
     kept = [s for s in result.samples if REFERENCES[s["prompt_index"]]]
@@ -377,11 +377,11 @@ def judged_sft(tiny_models, sft_model):
 
 def judged_samples(tiny_models, sft_model, judged_sft, judge) -> list[dict]:
     """SFT's best of 4 by gold against SFT: gold prefers it clearly, so a judge has a side of 1/2 to find."""
-    from harness.metrics.evaluator import BestOf
+    from harness.generation.strategies import BestOfN
 
     return evaluate(tiny_models, sft_model, sft_model, eval_rows=JUDGED_ROWS, judge=judge,
                     baseline_samples=judged_sft.samples, judge_vs_reference=False,
-                    best_of=BestOf(4, "gold", 1.0)).samples
+                    strategy=BestOfN(4, "gold", 1.0)).samples
 
 
 def test_the_judge_check_passes_gold_and_catches_an_always_a_an_inverted_and_a_random_judge(

@@ -232,7 +232,8 @@ def test_kto_trains_on_the_unpaired_examples_with_trls_kl_reference_point(tiny_m
 
 
 def test_dpo_refuses_label_smoothing_that_its_loss_would_ignore():
-    from harness.config import ConfigError, load_config
+    from harness.config import load_config
+    from harness.errors import ConfigError
 
     with pytest.raises(ConfigError) as error:
         load_config("tiny", ["algorithms.dpo.label_smoothing=0.1"])

@@ -40,7 +40,7 @@ def train(algorithm, config, models: Path, output_dir: Path, monkeypatch, *, pro
     from harness.algorithms import trl_support
     from harness.algorithms.context import TrainContext
     from harness.config import BudgetConfig, SamplingConfig, SuiteConfig
-    from harness.registry import ALGORITHMS
+    from harness.algorithms import spec
 
     trainers = []
     original = trl_support.train_resuming
@@ -73,7 +73,7 @@ def train(algorithm, config, models: Path, output_dir: Path, monkeypatch, *, pro
         log_metrics=lambda step, metrics: logged.setdefault(step, {}).update(metrics),
         snapshots=snapshots,
     )
-    result = ALGORITHMS.get(algorithm).train(context)
+    result = spec.algorithm(algorithm).train(context)
     assert len(trainers) == 1
     return trainers[0], logged, result
 
@@ -334,13 +334,15 @@ def _history(output_dir: Path) -> list[dict]:
     ("dapo", {"epsilon": 0.2, "epsilon_high": 0.1}, "epsilon_high"),
     ("gspo", {"epsilon": 3e-4, "epsilon_high": 1e-4}, "epsilon_high"),
     ("grpo", {"importance_sampling_level": "group"}, "importance_sampling_level"),
-    ("dr_grpo", {"scale_rewards": "group"}, "scale_rewards"),
+    ("dr_grpo", {"scale_rewards": "sometimes"}, "scale_rewards"),
     ("rloo", {"num_generations": 1}, "num_generations"),
     ("online_dpo", {"beta": 0.0}, "beta"),
 ])
 def test_a_bad_value_names_its_key(algorithm, values, key):
-    from harness.config import ConfigError, build
-    from harness.registry import ALGORITHMS
+    from harness.algorithms.spec import algorithm as resolve
+    from harness.config import build
+    from harness.errors import ConfigError
 
+    resolved = resolve(algorithm)
     with pytest.raises(ConfigError, match=f"'algorithms.{algorithm}.{key}'"):
-        build(ALGORITHMS.get(algorithm).Config, values, f"algorithms.{algorithm}.")
+        build(resolved.config_class, {**resolved.defaults, **values}, f"algorithms.{algorithm}.")

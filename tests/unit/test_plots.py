@@ -9,12 +9,12 @@ to the PNG (wrapping `plots._save`, which then writes it), so the panels and the
 from __future__ import annotations
 
 import pytest
-from test_report import SUITE, _log_cell, _new_store, _start_invocation, empty_database  # noqa: F401
+from test_report import DECLARED, SUITE, _log_cell, _new_store, _start_invocation, empty_database  # noqa: F401
 
 from harness import record
+from harness.algorithms.spec import spec_of
 from harness.config import load_config
 from harness.report import plots
-from harness.report.frame import algorithm_info
 from harness.report.markdown import PLOTS, draw_plots, plot_file_names
 from harness.report.records import load_suite_records
 
@@ -23,6 +23,17 @@ STEPS = 6
 SPIKE = 8.0  # reinforce_pp's training KL at its peak; every other algorithm peaks at 0.1 * 13 = 1.3
 MAX_BYTES = 1_000_000
 MAX_WIDTH_PX = 1400
+
+
+def _declared_tags(name: str) -> dict:
+    """The tags a cell of `name` carries of what its algorithm declares (its SPEC), as the cell writer sets them;
+    the report draws from these tags, never from the module."""
+    if name == record.BASELINE:
+        return DECLARED[name]
+    spec = spec_of(name)
+    return {record.TAG_FAMILY: spec.family, record.TAG_KL_KNOB: spec.kl_knob,
+            record.TAG_KL_KNOB_RAISES_KL: "true" if spec.kl_knob_raises_kl else "false",
+            record.TAG_CURVES: ",".join(spec.curves), record.TAG_DATA: ""}
 
 
 def _curves(algorithm: str, index: int, start_ms: int) -> list:
@@ -35,7 +46,7 @@ def _curves(algorithm: str, index: int, start_ms: int) -> list:
         kl = SPIKE * fraction if algorithm == "reinforce_pp" else 0.1 * (index + 1) * fraction
         metrics += [Metric(record.TRAIN_PREFIX + record.TRAIN_BUDGET_FRACTION, fraction, start_ms + step, step),
                     Metric(record.TRAIN_PREFIX + record.TRAIN_KL_PER_SEQUENCE, kl, start_ms + step, step)]
-        for name in algorithm_info(algorithm).curves:
+        for name in spec_of(algorithm).curves:
             metrics.append(Metric(record.TRAIN_PREFIX + name, 0.05 * index + 0.1 * step, start_ms + step, step))
     return metrics
 
@@ -51,7 +62,8 @@ def figures(empty_database, tmp_path_factory):
     for index, algorithm in enumerate(["sft", *ALGORITHMS]):
         values = {"gold_reward": 0.1 * index, "proxy_reward": 0.2 * index, "kl": 0.3 * index}
         run_id = _log_cell(client, experiment_id, parent, root / "runs", algorithm=algorithm, seed=0,
-                           start_minute=index + 1, eval_values=values, history=False)
+                           start_minute=index + 1, eval_values=values, history=False,
+                           declared=_declared_tags(algorithm))
         if algorithm not in ("sft", "best_of_n"):  # best-of-n trains nothing and logs no curve
             client.log_batch(run_id, metrics=_curves(algorithm, index, 0))
     client.set_terminated(parent, status="FINISHED")
@@ -110,7 +122,7 @@ def test_the_comparison_figure_has_two_shared_panels_and_clips_the_outlier(figur
     assert kl.get_ylim()[1] == pytest.approx(1.3 * 0.1 * (ALGORITHMS.index("ppo") + 2))
     assert "y clipped at 1.69: reinforce_pp reaches 8" in kl.get_title()
     # The reward panel: only the online algorithms log a train/reward; nothing there is an outlier.
-    online = [name for name in ALGORITHMS if "reward" in algorithm_info(name).curves]
+    online = [name for name in ALGORITHMS if "reward" in spec_of(name).curves]
     assert len(reward.get_lines()) == len(online) and "clipped" not in reward.get_title()
 
 
@@ -118,8 +130,8 @@ def test_the_diagnostics_figure_has_a_panel_per_family_and_curve(figures):
     _, figure = figures["training_curves"]
     expected = set()
     for name in ALGORITHMS:
-        family = algorithm_info(name).family
-        expected |= {f"{family}: {curve}" for curve in algorithm_info(name).curves}
+        family = spec_of(name).family
+        expected |= {f"{family}: {curve}" for curve in spec_of(name).curves}
     titles = [ax.get_title() for ax in _panels(figure)]
     assert sorted(titles) == sorted(expected)
     assert len(titles) < 30  # the old figure had a panel per algorithm and curve: 47 for tiny
@@ -137,4 +149,4 @@ def test_each_algorithm_has_its_own_colour_and_its_familys_marker(figures, key):
     for name in drawn:
         marker = entries[name][1]
         if marker is not None:  # a line's marker is its family's
-            assert marker == plots._FAMILY_MARKERS[algorithm_info(name).family], (key, name, marker)
+            assert marker == plots._FAMILY_MARKERS[spec_of(name).family], (key, name, marker)

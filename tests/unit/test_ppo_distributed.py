@@ -100,7 +100,7 @@ def fixed_rollouts(tokenizer, rank: int, world_size: int, device):
     max length) and sequence scores; the first half has 6-8 response tokens, the second half 1-3."""
     import torch
 
-    from harness.algorithms import common, onpolicy
+    from harness.algorithms import onpolicy, ppo_math
 
     rng = random.Random(0)
     prompts = [" ".join(rng.choice(WORDS[:8]) for _ in range(rng.randint(2, 4))) for _ in range(ROLLOUTS)]
@@ -118,7 +118,7 @@ def fixed_rollouts(tokenizer, rank: int, world_size: int, device):
 
     rows = onpolicy.shard_rows(list(range(ROLLOUTS)), rank, world_size)
     prompt_ids, prompt_mask, prompt_starts = onpolicy.encode_prompts(tokenizer, [prompts[i] for i in rows], device)
-    truncated = common.truncate_after_stop(responses[rows].to(device), [eos], pad)
+    truncated = ppo_math.truncate_after_stop(responses[rows].to(device), [eos], pad)
     rollouts = onpolicy.Rollouts.from_truncated(prompt_ids, prompt_mask.bool(), prompt_starts, truncated)
     return rollouts, scores[rows].to(device)
 

@@ -1,4 +1,5 @@
-"""Unit tests of docs/PPO.md §5.1 for harness.algorithms.common, the PPO trainer's math (CPU, seconds).
+"""Unit tests of docs/PPO.md §5.1 for harness.algorithms.ppo_math and harness.logprobs, the PPO trainer's math
+(CPU, seconds).
 
 U1-U12, U16 and U18-U20 are here. U4 (the missing-stop penalty) belongs to the reward function, U13-U15 (GRPO
 and DPO) are checked against TRL in test_trl_math.py, U17 (the evaluator's exact KL) in test_metrics_kl.py.
@@ -13,7 +14,8 @@ import math
 import pytest
 import torch
 
-from harness.algorithms import common
+from harness import logprobs
+from harness.algorithms import ppo_math
 
 ATOL = 1e-6  # PPO.md §5: "Use atol=1e-6 in fp32 unless another tolerance is stated."
 EOS_ID = 1
@@ -34,15 +36,15 @@ def test_u01_masked_mean_ignores_padding():
     # PPO.md U1: v=[1,2,3,100], m=[1,1,1,0] -> 2.0
     values = torch.tensor([1.0, 2.0, 3.0, 100.0])
     mask = torch.tensor([1, 1, 1, 0])
-    assert_close(common.masked_mean(values, mask), 2.0)
-    assert_close(common.masked_sum(values, mask), 6.0)
+    assert_close(ppo_math.masked_mean(values, mask), 2.0)
+    assert_close(ppo_math.masked_sum(values, mask), 6.0)
 
 
 def test_u01_masked_mean_empty_row_is_zero_not_nan():
     # PPO.md U1: "A row with sum(m)=0 must return 0, not NaN."
     values = torch.tensor([[1.0, 2.0, 3.0, 100.0], [5.0, float("nan"), 7.0, float("inf")]])
     mask = torch.tensor([[True, True, True, False], [False, False, False, False]])
-    row_means = common.masked_mean(values, mask, dim=1)
+    row_means = ppo_math.masked_mean(values, mask, dim=1)
     assert_close(row_means, [2.0, 0.0])
     assert torch.isfinite(row_means).all()
 
@@ -56,18 +58,18 @@ def test_u02_masked_whiten_unbiased_and_population():
     # PPO.md U2: mean 2, unbiased var 1 -> [-1,0,1,0]; population var 2/3 -> [-1.2247449, 0, 1.2247449, 0]
     values = torch.tensor([1.0, 2.0, 3.0, -7.0])
     mask = torch.tensor([1, 1, 1, 0])
-    assert_close(common.masked_var(values, mask), 1.0)
-    assert_close(common.masked_var(values, mask, unbiased=False), 0.666667, atol=1e-6)
-    assert_close(common.masked_whiten(values, mask), [-1.0, 0.0, 1.0, 0.0])
-    assert_close(common.masked_whiten(values, mask, unbiased=False), [-1.2247449, 0.0, 1.2247449, 0.0])
+    assert_close(ppo_math.masked_var(values, mask), 1.0)
+    assert_close(ppo_math.masked_var(values, mask, unbiased=False), 0.666667, atol=1e-6)
+    assert_close(ppo_math.masked_whiten(values, mask), [-1.0, 0.0, 1.0, 0.0])
+    assert_close(ppo_math.masked_whiten(values, mask, unbiased=False), [-1.2247449, 0.0, 1.2247449, 0.0])
 
 
 def test_u02_masked_whiten_is_invariant_to_pad_values():
     # PPO.md U2 invariance (SkyRL#1782): a pad of 1e6 (or inf) changes nothing.
     mask = torch.tensor([1, 1, 1, 0])
-    reference = common.masked_whiten(torch.tensor([1.0, 2.0, 3.0, 0.0]), mask)
+    reference = ppo_math.masked_whiten(torch.tensor([1.0, 2.0, 3.0, 0.0]), mask)
     for pad_value in (1e6, float("inf")):
-        whitened = common.masked_whiten(torch.tensor([1.0, 2.0, 3.0, pad_value]), mask)
+        whitened = ppo_math.masked_whiten(torch.tensor([1.0, 2.0, 3.0, pad_value]), mask)
         torch.testing.assert_close(whitened, reference, atol=0.0, rtol=0.0)
 
 
@@ -75,15 +77,15 @@ def test_u02_masked_whiten_without_mean_shift_adds_mean_back():
     # PPO.md U2: shift_mean=False adds 2 back -> [1, 2, 3] (pad stays 0).
     values = torch.tensor([1.0, 2.0, 3.0, 1e6])
     mask = torch.tensor([1, 1, 1, 0])
-    assert_close(common.masked_whiten(values, mask, shift_mean=False), [1.0, 2.0, 3.0, 0.0])
+    assert_close(ppo_math.masked_whiten(values, mask, shift_mean=False), [1.0, 2.0, 3.0, 0.0])
 
 
 def test_u02_masked_whiten_single_valid_element_raises():
     # PPO.md U2: sum(m)=1 must raise or skip, never emit NaN (TRL masked_var L257; SB3#325; ROLL#475).
     with pytest.raises(ValueError):
-        common.masked_whiten(torch.tensor([1.0, 2.0, 3.0]), torch.tensor([0, 1, 0]))
+        ppo_math.masked_whiten(torch.tensor([1.0, 2.0, 3.0]), torch.tensor([0, 1, 0]))
     with pytest.raises(ValueError):
-        common.masked_var(torch.tensor([1.0, 2.0]), torch.tensor([0, 0]), unbiased=False)
+        ppo_math.masked_var(torch.tensor([1.0, 2.0]), torch.tensor([0, 0]), unbiased=False)
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -95,7 +97,7 @@ def test_u03_truncates_after_eos():
     # PPO.md U3: [5,7,EOS,9,9] -> [5,7,EOS,PAD,PAD], m=[1,1,1,0,0], e=2, has_stop=True;
     #            [5,7,8,9,9]   -> unchanged, m all ones, e=4, has_stop=False.
     responses = torch.tensor([[5, 7, EOS_ID, 9, 9], [5, 7, 8, 9, 9]])
-    truncated = common.truncate_after_stop(responses, stop_ids=[EOS_ID], pad_id=PAD_ID)
+    truncated = ppo_math.truncate_after_stop(responses, stop_ids=[EOS_ID], pad_id=PAD_ID)
     assert truncated.response_ids.tolist() == [[5, 7, EOS_ID, PAD_ID, PAD_ID], [5, 7, 8, 9, 9]]
     assert truncated.mask.tolist() == [[True, True, True, False, False], [True] * 5]
     assert truncated.last_index.tolist() == [2, 4]
@@ -107,7 +109,7 @@ def test_u03_first_stop_wins_and_custom_stop_id_counts():
     # PPO.md U3: custom stop id 8 with EOS != 8: [5,7,8,9,9] -> [5,7,8,PAD,PAD], has_stop=True (trl#3750).
     # The second row also checks that the *first* of several stop tokens ends the response.
     responses = torch.tensor([[5, 7, 8, 9, 9], [5, EOS_ID, 8, EOS_ID, 9]])
-    truncated = common.truncate_after_stop(responses, stop_ids=[EOS_ID, 8], pad_id=PAD_ID)
+    truncated = ppo_math.truncate_after_stop(responses, stop_ids=[EOS_ID, 8], pad_id=PAD_ID)
     assert truncated.response_ids.tolist() == [[5, 7, 8, PAD_ID, PAD_ID], [5, EOS_ID, PAD_ID, PAD_ID, PAD_ID]]
     assert truncated.has_stop.tolist() == [True, True]
     assert truncated.last_index.tolist() == [2, 1]
@@ -116,12 +118,12 @@ def test_u03_first_stop_wins_and_custom_stop_id_counts():
 def test_u03_pad_equal_to_eos_raises():
     # PPO.md U3: building the harness with pad_id == eos_id must raise (§6.3).
     with pytest.raises(ValueError):
-        common.validate_special_token_ids(pad_id=EOS_ID, eos_id=EOS_ID)
+        ppo_math.validate_special_token_ids(pad_id=EOS_ID, eos_id=EOS_ID)
     with pytest.raises(ValueError):
-        common.validate_special_token_ids(pad_id=8, eos_id=EOS_ID, extra_stop_ids=[8])
-    common.validate_special_token_ids(pad_id=PAD_ID, eos_id=EOS_ID, extra_stop_ids=[8])
+        ppo_math.validate_special_token_ids(pad_id=8, eos_id=EOS_ID, extra_stop_ids=[8])
+    ppo_math.validate_special_token_ids(pad_id=PAD_ID, eos_id=EOS_ID, extra_stop_ids=[8])
     with pytest.raises(ValueError):
-        common.truncate_after_stop(torch.tensor([[5, 7, 8]]), stop_ids=[EOS_ID], pad_id=EOS_ID)
+        ppo_math.truncate_after_stop(torch.tensor([[5, 7, 8]]), stop_ids=[EOS_ID], pad_id=EOS_ID)
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -136,14 +138,14 @@ U5_SCORE = torch.tensor([2.0])
 
 def test_u05_per_token_rewards_k1():
     # PPO.md U5 (k1): KL [0.5, -1.0], rewards [-0.05, 2.1]
-    rewards, per_token_kl = common.per_token_rewards(U5_SCORE, U5_LOGP_OLD, U5_LOGP_REF, U5_MASK, kl_coef=0.1)
+    rewards, per_token_kl = ppo_math.per_token_rewards(U5_SCORE, U5_LOGP_OLD, U5_LOGP_REF, U5_MASK, kl_coef=0.1)
     assert_close(per_token_kl, [[0.5, -1.0]])
     assert_close(rewards, [[-0.05, 2.1]])
 
 
 def test_u05_per_token_rewards_k3():
     # PPO.md U5 (k3): KL [0.1065307, 0.7182818], rewards [-0.0106531, 1.9281718]
-    rewards, per_token_kl = common.per_token_rewards(
+    rewards, per_token_kl = ppo_math.per_token_rewards(
         U5_SCORE, U5_LOGP_OLD, U5_LOGP_REF, U5_MASK, kl_coef=0.1, kl_estimator="k3"
     )
     assert_close(per_token_kl, [[0.1065307, 0.7182818]])
@@ -153,7 +155,7 @@ def test_u05_per_token_rewards_k3():
 def test_u05_k2_is_refused_in_the_reward():
     # PPO.md §2.4 "Never put k2 in the reward": its expectation is biased (U9).
     with pytest.raises(ValueError):
-        common.per_token_rewards(U5_SCORE, U5_LOGP_OLD, U5_LOGP_REF, U5_MASK, kl_coef=0.1, kl_estimator="k2")
+        ppo_math.per_token_rewards(U5_SCORE, U5_LOGP_OLD, U5_LOGP_REF, U5_MASK, kl_coef=0.1, kl_estimator="k2")
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -165,9 +167,9 @@ def test_u06_score_lands_on_last_valid_token():
     # PPO.md U6: m=[1,1,1,0,0], score 2, beta=0, V=0, gamma=lam=1 -> r=[0,0,2,0,0], A=[2,2,2,0,0]
     mask = torch.tensor([[1, 1, 1, 0, 0]])
     logp = torch.zeros(1, 5)
-    rewards, _ = common.per_token_rewards(torch.tensor([2.0]), logp, logp, mask, kl_coef=0.0)
+    rewards, _ = ppo_math.per_token_rewards(torch.tensor([2.0]), logp, logp, mask, kl_coef=0.0)
     assert_close(rewards, [[0.0, 0.0, 2.0, 0.0, 0.0]])
-    advantages, _ = common.gae_advantages_and_returns(rewards, torch.zeros(1, 5), mask, gamma=1.0, lam=1.0)
+    advantages, _ = ppo_math.gae_advantages_and_returns(rewards, torch.zeros(1, 5), mask, gamma=1.0, lam=1.0)
     assert_close(advantages, [[2.0, 2.0, 2.0, 0.0, 0.0]])
 
 
@@ -175,12 +177,12 @@ def test_u06_kl_penalty_and_score_together():
     # PPO.md U6: k1=[0.5,-1,0.2], beta=0.1 -> r=[-0.05, 0.1, 1.98], A=[2.03, 2.08, 1.98]
     mask = torch.tensor([[1, 1, 1]])
     logp_old = torch.tensor([[0.5, -1.0, 0.2]])  # logp_ref = 0, so k1 = logp_old
-    rewards, per_token_kl = common.per_token_rewards(
+    rewards, per_token_kl = ppo_math.per_token_rewards(
         torch.tensor([2.0]), logp_old, torch.zeros(1, 3), mask, kl_coef=0.1
     )
     assert_close(per_token_kl, [[0.5, -1.0, 0.2]])
     assert_close(rewards, [[-0.05, 0.1, 1.98]])
-    advantages, _ = common.gae_advantages_and_returns(rewards, torch.zeros(1, 3), mask, gamma=1.0, lam=1.0)
+    advantages, _ = ppo_math.gae_advantages_and_returns(rewards, torch.zeros(1, 3), mask, gamma=1.0, lam=1.0)
     assert_close(advantages, [[2.03, 2.08, 1.98]])
 
 
@@ -222,7 +224,7 @@ def test_u07_gae_table(gamma, lam, expected_advantages, expected_returns):
     rewards = torch.tensor([[0.0, 0.0, 1.0]])
     values = torch.tensor([[0.5, 0.6, 0.7]])
     mask = torch.ones(1, 3, dtype=torch.bool)
-    advantages, returns = common.gae_advantages_and_returns(rewards, values, mask, gamma=gamma, lam=lam)
+    advantages, returns = ppo_math.gae_advantages_and_returns(rewards, values, mask, gamma=gamma, lam=lam)
     assert_close(advantages, [expected_advantages])
     if expected_returns is not None:
         assert_close(returns, [expected_returns])
@@ -235,7 +237,7 @@ def test_u07_gae_ignores_garbage_values_in_padding():
     rewards = torch.tensor([[0.0, 1.0, 0.0, 0.0]])
     values = torch.tensor([[0.5, 0.7, 9.0, 9.0]])
     mask = torch.tensor([[1, 1, 0, 0]])
-    advantages, returns = common.gae_advantages_and_returns(rewards, values, mask, gamma=1.0, lam=0.95)
+    advantages, returns = ppo_math.gae_advantages_and_returns(rewards, values, mask, gamma=1.0, lam=0.95)
     assert_close(advantages, [[0.485, 0.3, 0.0, 0.0]])
     assert_close(returns, [[0.985, 1.0, 0.0, 0.0]])
 
@@ -247,7 +249,7 @@ def test_u07_vectorised_matches_loop():
     values = torch.randn(20, 40, generator=generator, dtype=torch.float64)
     lengths = torch.randint(1, 41, (20,), generator=generator)
     mask = torch.arange(40).unsqueeze(0) < lengths.unsqueeze(1)
-    loop_advantages, _ = common.gae_advantages_and_returns(rewards, values, mask, gamma=0.99, lam=0.95)
+    loop_advantages, _ = ppo_math.gae_advantages_and_returns(rewards, values, mask, gamma=0.99, lam=0.95)
     closed_form_advantages = gae_closed_form(rewards, values, mask, gamma=0.99, lam=0.95)
     torch.testing.assert_close(loop_advantages, closed_form_advantages, atol=1e-10, rtol=0.0)
 
@@ -258,10 +260,10 @@ def test_u07_whitened_advantages_leave_returns_alone():
     rewards = torch.tensor([[0.0, 1.0, 0.0, 0.0], [0.0, 0.0, 0.0, 2.0]])
     values = torch.tensor([[0.5, 0.7, 9.0, 9.0], [0.1, 0.2, 0.3, 0.4]])
     mask = torch.tensor([[1, 1, 0, 0], [1, 1, 1, 1]])
-    advantages, returns = common.gae_advantages_and_returns(rewards, values, mask)
-    whitened = common.masked_whiten(advantages, mask)
-    assert_close(common.masked_mean(whitened, mask), 0.0)
-    assert_close(common.masked_var(whitened, mask), 1.0, atol=1e-5)
+    advantages, returns = ppo_math.gae_advantages_and_returns(rewards, values, mask)
+    whitened = ppo_math.masked_whiten(advantages, mask)
+    assert_close(ppo_math.masked_mean(whitened, mask), 0.0)
+    assert_close(ppo_math.masked_var(whitened, mask), 1.0, atol=1e-5)
     assert whitened[0, 2:].eq(0).all()
     assert_close(returns[0], [0.985, 1.0, 0.0, 0.0])
 
@@ -276,11 +278,11 @@ def test_u08_kl_estimators_by_enumeration():
     # and KL(p||q)=0.1308120 guards against swapped arguments.
     q = torch.tensor([0.5, 0.5], dtype=torch.float64)
     p = torch.tensor([0.25, 0.75], dtype=torch.float64)
-    expectation = {name: (q * common.kl_estimate(q.log(), p.log(), name)).sum() for name in ("k1", "k3")}
+    expectation = {name: (q * logprobs.kl_estimate(q.log(), p.log(), name)).sum() for name in ("k1", "k3")}
     assert_close(expectation["k1"], 0.1438410)
     assert_close(expectation["k3"], 0.1438410)
     assert_close(expectation["k1"], 0.5 * math.log(4.0 / 3.0))
-    swapped = (p * common.kl_k1(p.log(), q.log())).sum()
+    swapped = (p * logprobs.kl_k1(p.log(), q.log())).sum()
     assert_close(swapped, 0.1308120)
     assert abs(swapped.item() - expectation["k1"].item()) > 1e-2
 
@@ -298,8 +300,8 @@ def test_u09_kl_estimators_on_gaussians(mu, true_kl, k3_std_over_kl):
     samples = torch.randn(2_000_000, generator=generator, dtype=torch.float64)
     log_q = -0.5 * samples**2  # the shared -0.5 log(2 pi) cancels in every estimator
     log_p = -0.5 * (samples - mu) ** 2
-    k1 = common.kl_k1(log_q, log_p)
-    k3 = common.kl_k3(log_q, log_p)
+    k1 = logprobs.kl_k1(log_q, log_p)
+    k3 = logprobs.kl_k3(log_q, log_p)
     assert k3.min().item() >= 0.0
     assert k3.mean().item() == pytest.approx(true_kl, rel=0.03)
     # k1 has std mu, so its Monte Carlo standard error relative to KL is 20/sqrt(n) = 1.4% at mu=0.1: the
@@ -322,7 +324,7 @@ def _expected_estimator_gradient(estimator: str, multiply_by_ratio: bool = False
     log_policy = torch.log_softmax(theta, dim=0)
     sampling_probabilities = log_policy.exp().detach()  # pibar: the detached sampling distribution ("old")
     log_reference = torch.tensor([0.25, 0.75], dtype=torch.float64).log()
-    per_action_estimate = common.kl_estimate(log_policy, log_reference, estimator)
+    per_action_estimate = logprobs.kl_estimate(log_policy, log_reference, estimator)
     if multiply_by_ratio:
         ratio = torch.exp(log_policy - sampling_probabilities.log())  # rho = pi / pibar, carries the gradient
         per_action_estimate = ratio * per_action_estimate
@@ -364,7 +366,7 @@ def test_u11_clipped_policy_loss_values_and_gradient():
     logp_old = torch.zeros_like(ratio)
     advantages = torch.tensor([[1.0, 1.0, -1.0, -1.0]], dtype=torch.float64)
     mask = torch.ones(1, 4, dtype=torch.bool)
-    output = common.clipped_policy_loss(logp_new, logp_old, advantages, mask, token_count=4, clip_epsilon=0.2)
+    output = ppo_math.clipped_policy_loss(logp_new, logp_old, advantages, mask, token_count=4, clip_epsilon=0.2)
     assert_close(output.loss, 0.05)
     assert_close(output.clip_fraction, 0.5)
     output.loss.backward()
@@ -378,7 +380,7 @@ def test_u11_clipfrac_is_not_cleanrl_definition():
     ratio = torch.tensor([[1.5, 0.5, 1.1, 0.7]])
     advantages = torch.tensor([[1.0, 1.0, -1.0, -1.0]])
     mask = torch.ones(1, 4)
-    output = common.clipped_policy_loss(ratio.log(), torch.zeros(1, 4), advantages, mask, token_count=4)
+    output = ppo_math.clipped_policy_loss(ratio.log(), torch.zeros(1, 4), advantages, mask, token_count=4)
     cleanrl_clipfrac = ((ratio - 1).abs() > 0.2).float().mean()
     assert_close(cleanrl_clipfrac, 0.75)
     assert_close(output.clip_fraction, 0.5)
@@ -389,13 +391,13 @@ def test_u11_ratio_statistics_and_padding():
     # valid tokens only; a padded huge log-ratio is ignored.
     logp_new = torch.tensor([[math.log(1.5), math.log(0.5), 50.0]])
     mask = torch.tensor([[1, 1, 0]])
-    output = common.clipped_policy_loss(logp_new, torch.zeros(1, 3), torch.ones(1, 3), mask, token_count=2)
+    output = ppo_math.clipped_policy_loss(logp_new, torch.zeros(1, 3), torch.ones(1, 3), mask, token_count=2)
     assert_close(output.ratio, [[1.5, 0.5, 0.0]])
-    count = common.masked_count(mask)
-    mean = common.masked_sum(output.ratio, mask) / count
+    count = ppo_math.masked_count(mask)
+    mean = ppo_math.masked_sum(output.ratio, mask) / count
     assert_close(mean, 1.0)
-    assert_close(common.masked_sum(output.ratio**2, mask) / count - mean**2, 0.25)
-    minimum, maximum = common.masked_min_max(output.ratio, mask)
+    assert_close(ppo_math.masked_sum(output.ratio**2, mask) / count - mean**2, 0.25)
+    minimum, maximum = ppo_math.masked_min_max(output.ratio, mask)
     assert_close(minimum, 0.5)
     assert_close(maximum, 1.5)
     assert torch.isfinite(output.loss)
@@ -411,9 +413,9 @@ def test_u11_global_token_count_makes_micro_batches_exact():
     advantages = torch.randn(4, 5, generator=generator, dtype=torch.float64)
     mask = torch.arange(5).unsqueeze(0) < torch.tensor([[1], [5], [2], [2]])
     token_count = mask.sum().item()
-    full = common.clipped_policy_loss(logp_new, logp_old, advantages, mask, token_count)
+    full = ppo_math.clipped_policy_loss(logp_new, logp_old, advantages, mask, token_count)
     halves = [
-        common.clipped_policy_loss(logp_new[rows], logp_old[rows], advantages[rows], mask[rows], token_count)
+        ppo_math.clipped_policy_loss(logp_new[rows], logp_old[rows], advantages[rows], mask[rows], token_count)
         for rows in (slice(0, 2), slice(2, 4))
     ]
     torch.testing.assert_close(halves[0].loss + halves[1].loss, full.loss, atol=1e-12, rtol=0.0)
@@ -421,7 +423,7 @@ def test_u11_global_token_count_makes_micro_batches_exact():
         halves[0].clip_fraction + halves[1].clip_fraction, full.clip_fraction, atol=1e-12, rtol=0.0
     )
     per_micro_batch_means = [
-        common.clipped_policy_loss(
+        ppo_math.clipped_policy_loss(
             logp_new[rows], logp_old[rows], advantages[rows], mask[rows], mask[rows].sum().item()
         ).loss
         for rows in (slice(0, 2), slice(2, 4))
@@ -441,7 +443,7 @@ def test_u12_clipped_value_loss():
     values_old = torch.zeros(1, 2, dtype=torch.float64)
     returns = torch.ones(1, 2, dtype=torch.float64)
     mask = torch.ones(1, 2, dtype=torch.bool)
-    output = common.clipped_value_loss(values_new, values_old, returns, mask, token_count=2, value_clip_range=0.2)
+    output = ppo_math.clipped_value_loss(values_new, values_old, returns, mask, token_count=2, value_clip_range=0.2)
     assert_close(output.loss, 0.4625)
     assert_close(output.clip_fraction, 0.5)
     output.loss.backward()
@@ -455,10 +457,10 @@ def test_u12_clipped_value_loss():
 
 def test_u16_entropy_and_temperature():
     # PPO.md U16: [0,0,0,0] -> ln 4 = 1.3862944; [0, ln 3] -> 0.5623351, at T=0.5 -> 0.3250830.
-    assert_close(common.entropy_from_logits(torch.zeros(1, 4)), [1.3862944])
+    assert_close(logprobs.entropy_from_logits(torch.zeros(1, 4)), [1.3862944])
     two_way_logits = torch.tensor([[0.0, math.log(3.0)]])
-    assert_close(common.entropy_from_logits(two_way_logits), [0.5623351])
-    assert_close(common.entropy_from_logits(two_way_logits, temperature=0.5), [0.3250830])
+    assert_close(logprobs.entropy_from_logits(two_way_logits), [0.5623351])
+    assert_close(logprobs.entropy_from_logits(two_way_logits, temperature=0.5), [0.3250830])
 
 
 def test_u16_logprob_uses_temperature():
@@ -466,10 +468,10 @@ def test_u16_logprob_uses_temperature():
     # A path that forgets /T would give -0.2876821 at T=0.5 and fail.
     logits = torch.tensor([[0.0, math.log(3.0)]])
     token = torch.tensor([1])
-    assert_close(common.token_logprobs_from_logits(logits, token, temperature=1.0), [-0.2876821])
-    assert_close(common.token_logprobs_from_logits(logits, token, temperature=0.5), [-0.1053605])
+    assert_close(logprobs.token_logprobs_from_logits(logits, token, temperature=1.0), [-0.2876821])
+    assert_close(logprobs.token_logprobs_from_logits(logits, token, temperature=0.5), [-0.1053605])
     with pytest.raises(ValueError):
-        common.token_logprobs_from_logits(logits, token, temperature=0.0)
+        logprobs.token_logprobs_from_logits(logits, token, temperature=0.0)
 
 
 def test_u16_chunked_logprobs_and_entropy_match_full_softmax():
@@ -477,7 +479,7 @@ def test_u16_chunked_logprobs_and_entropy_match_full_softmax():
     generator = torch.Generator().manual_seed(5)
     logits = torch.randn(3, 7, 11, generator=generator, dtype=torch.float64).requires_grad_(True)
     tokens = torch.randint(0, 11, (3, 7), generator=generator)
-    chunked = common.token_logprobs_from_logits(logits, tokens, temperature=0.7, rows_per_chunk=4)
+    chunked = logprobs.token_logprobs_from_logits(logits, tokens, temperature=0.7, rows_per_chunk=4)
     full = torch.log_softmax(logits / 0.7, dim=-1).gather(-1, tokens.unsqueeze(-1)).squeeze(-1)
     assert chunked.dtype == torch.float64  # fp64 stays fp64; only lower precisions are upcast
     torch.testing.assert_close(chunked, full, atol=1e-12, rtol=0.0)
@@ -486,10 +488,10 @@ def test_u16_chunked_logprobs_and_entropy_match_full_softmax():
     torch.testing.assert_close(chunked_gradient, full_gradient, atol=1e-12, rtol=0.0)
     probabilities = torch.softmax(logits.detach() / 0.7, dim=-1)
     full_entropy = -(probabilities * probabilities.log()).sum(-1)
-    chunked_entropy = common.entropy_from_logits(logits.detach(), temperature=0.7, rows_per_chunk=4)
+    chunked_entropy = logprobs.entropy_from_logits(logits.detach(), temperature=0.7, rows_per_chunk=4)
     torch.testing.assert_close(chunked_entropy, full_entropy, atol=1e-12, rtol=0.0)
     # bf16 logits are upcast to fp32 before the reductions (PPO.md §2.1 "Dtype").
-    bf16_logprobs = common.token_logprobs_from_logits(logits.detach().bfloat16(), tokens, temperature=0.7)
+    bf16_logprobs = logprobs.token_logprobs_from_logits(logits.detach().bfloat16(), tokens, temperature=0.7)
     assert bf16_logprobs.dtype == torch.float32
 
 
@@ -497,8 +499,8 @@ def test_u16_masked_logprobs_accept_out_of_vocabulary_pad_ids():
     # PPO.md §1/§2.1: a [PAD] id beyond the vocabulary must not be gathered; masked outputs are exact zeros.
     logits = torch.zeros(1, 3, 4)
     tokens = torch.tensor([[2, 1, 99]])
-    logprobs = common.token_logprobs_from_logits(logits, tokens, mask=torch.tensor([[1, 1, 0]]))
-    assert_close(logprobs, [[math.log(0.25), math.log(0.25), 0.0]])
+    token_logprobs = logprobs.token_logprobs_from_logits(logits, tokens, mask=torch.tensor([[1, 1, 0]]))
+    assert_close(token_logprobs, [[math.log(0.25), math.log(0.25), 0.0]])
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -509,14 +511,14 @@ def test_u16_masked_logprobs_accept_out_of_vocabulary_pad_ids():
 @pytest.mark.parametrize(("current_kl", "expected_beta"), [(12.0, 0.100512), (3.0, 0.099488), (6.6, 0.100256)])
 def test_u18_adaptive_kl_controller(current_kl, expected_beta):
     # PPO.md U18: beta=0.1, target 6, horizon 10000, n=256.
-    controller = common.AdaptiveKLController(init_kl_coef=0.1, target=6.0, horizon=10000.0)
+    controller = ppo_math.AdaptiveKLController(init_kl_coef=0.1, target=6.0, horizon=10000.0)
     assert controller.update(current_kl, n_steps=256) == pytest.approx(expected_beta, abs=1e-9)
     assert controller.value == pytest.approx(expected_beta, abs=1e-9)
 
 
 def test_u18_fixed_kl_controller_never_moves():
     # PPO.md §2.10: the harness default keeps beta constant.
-    controller = common.FixedKLController(0.05)
+    controller = ppo_math.FixedKLController(0.05)
     assert controller.update(100.0, n_steps=256) == 0.05
 
 
@@ -559,20 +561,20 @@ def _response_slice(per_position, prompt_length: int, response_length: int):
 
 def _score_batch(model, prompts, responses, temperature=0.7, use_position_ids=True):
     """Scores rows like the rollout does: §1 inputs, response slice, log-probs at T, values."""
-    truncated = common.truncate_after_stop(torch.tensor(responses), stop_ids=[EOS_ID], pad_id=PAD_ID)
+    truncated = ppo_math.truncate_after_stop(torch.tensor(responses), stop_ids=[EOS_ID], pad_id=PAD_ID)
     prompt_ids = torch.tensor(prompts)
-    inputs = common.build_forward_inputs(prompt_ids, truncated.response_ids, pad_id=PAD_ID)
+    inputs = logprobs.build_forward_inputs(prompt_ids, truncated.response_ids, pad_id=PAD_ID)
     position_ids = inputs.position_ids
     if not use_position_ids:
         position_ids = torch.arange(inputs.input_ids.shape[1]).expand_as(inputs.input_ids)
     logits, values = model(inputs.input_ids, inputs.attention_mask, position_ids)
     prompt_length, response_length = prompt_ids.shape[1], truncated.response_ids.shape[1]
     response_logits = _response_slice(logits, prompt_length, response_length)
-    logprobs = common.token_logprobs_from_logits(
+    token_logprobs = logprobs.token_logprobs_from_logits(
         response_logits, truncated.response_ids, temperature, mask=truncated.mask
     )
     response_values = _response_slice(values, prompt_length, response_length) * truncated.mask
-    return logprobs, response_values
+    return token_logprobs, response_values
 
 
 def test_u19_padding_and_batch_mates_do_not_change_scores():
@@ -602,12 +604,12 @@ def test_u19_response_slice_is_aligned_with_prefixes():
     # Ground truth: run the model on each unpadded prefix and read its last position.
     model = TinyAbsolutePositionModel()
     prompt, response = [3, 4, 5], [6, 7, EOS_ID]
-    logprobs, values = _score_batch(model, [_left_pad(prompt, 6)], [response], temperature=0.7)
+    token_logprobs, values = _score_batch(model, [_left_pad(prompt, 6)], [response], temperature=0.7)
     for t, token in enumerate(response):
         prefix = torch.tensor([prompt + response[:t]])
         logits, prefix_values = model(prefix, torch.ones_like(prefix), torch.arange(prefix.shape[1]).unsqueeze(0))
         expected_logprob = torch.log_softmax(logits[0, -1] / 0.7, dim=-1)[token]
-        torch.testing.assert_close(logprobs[0, t], expected_logprob, atol=1e-5, rtol=0.0)
+        torch.testing.assert_close(token_logprobs[0, t], expected_logprob, atol=1e-5, rtol=0.0)
         torch.testing.assert_close(values[0, t], prefix_values[0, -1], atol=1e-5, rtol=0.0)
 
 
@@ -654,7 +656,7 @@ def _max_score_recompute_gap(top_k=0, repetition_penalty=1.0, temperature=0.7):
     scores = _generation_scores(logits, previous_tokens, temperature, top_k, repetition_penalty)
     sampled = torch.multinomial(torch.softmax(scores, dim=-1), 1, generator=generator).squeeze(-1)
     from_scores = torch.log_softmax(scores, dim=-1).gather(-1, sampled.unsqueeze(-1)).squeeze(-1)
-    recomputed = common.token_logprobs_from_logits(logits, sampled, temperature)
+    recomputed = logprobs.token_logprobs_from_logits(logits, sampled, temperature)
     return (from_scores - recomputed).abs().max().item()
 
 

@@ -18,9 +18,11 @@ from pathlib import Path
 import pytest
 import torch
 
-from harness.algorithms import common, onpolicy, ppo
+from harness import logprobs
+from harness.algorithms import onpolicy, ppo, ppo_math
 from harness.algorithms.context import TrainContext
-from harness.config import BudgetConfig, ConfigError, LoraConfig, ModelConfig, SamplingConfig, SuiteConfig, build
+from harness.config import BudgetConfig, LoraConfig, ModelConfig, SamplingConfig, SuiteConfig, build
+from harness.errors import ConfigError
 from harness.modeling import EOS_TOKEN, build_tiny_causal_lm, build_word_tokenizer, save_checkpoint
 
 ORDINARY_WORDS = ["a", "b", "c", "d", "e", "f", "g", "h", "good", "x", "y", "z", "q"]
@@ -368,14 +370,14 @@ def uneven_minibatch(policy, pad_id: int = 0, eos_id: int = 1) -> onpolicy.Train
     prompt_ids = torch.where(prompt_mask, torch.randint(3, 16, (rows, prompt_length), generator=generator), pad_id)
     response_ids = torch.randint(3, 16, (rows, response_length), generator=generator)
     response_ids[torch.arange(rows), lengths - 1] = eos_id  # stop token at e_b = len_b - 1
-    truncated = common.truncate_after_stop(response_ids, [eos_id], pad_id)
+    truncated = ppo_math.truncate_after_stop(response_ids, [eos_id], pad_id)
     mask = truncated.mask
     with torch.no_grad():
-        inputs = common.build_forward_inputs(
+        inputs = logprobs.build_forward_inputs(
             prompt_ids, truncated.response_ids, prompt_mask=prompt_mask, response_mask=mask
         )
         logits = onpolicy.response_logits(policy, inputs, response_length)
-        logp = common.token_logprobs_from_logits(logits, truncated.response_ids, 1.0, mask=mask)
+        logp = logprobs.token_logprobs_from_logits(logits, truncated.response_ids, 1.0, mask=mask)
     # Old log-probs off by up to +-0.4 so that ratios spread over both sides of the clip range.
     logp_old = torch.where(mask, logp + 0.8 * (torch.rand(rows, response_length, generator=generator) - 0.5), 0.0)
     zero = torch.zeros(rows, response_length)
@@ -475,15 +477,9 @@ def test_bad_config_is_refused_with_one_line_naming_the_key(values, key):
     assert "\n" not in message and f"'algorithms.ppo.{key}'" in message, message
 
 
-def test_defaults_and_preset_are_valid():
-    import yaml
-
-    from harness.config import CONFIGS_DIR
-
-    preset_file = CONFIGS_DIR / "algorithms" / "ppo.yaml"
-    assert preset_file.read_text().startswith("#")
-    preset = build(ppo.Config, yaml.safe_load(preset_file.read_text()), "algorithms.ppo.")
-    assert preset.rollouts_per_update % preset.minibatch_size == 0
+def test_defaults_are_valid():
+    defaults = build(ppo.Config, {}, "algorithms.ppo.")
+    assert defaults.rollouts_per_update % defaults.minibatch_size == 0
     assert ppo.Config().kl_controller == "fixed" and ppo.Config().entropy_coef == 0.0
 
 
@@ -561,7 +557,6 @@ def test_not_enough_prompts_for_one_batch_is_refused(tiny_models, tmp_path):
 def test_u20_recomputed_logprobs_match_generation_scores(tiny_models, temperature):
     # PPO.md §5.1 U20 with the trainer's GenerationConfig and forward inputs. The random tiny model samples
     # the pad token inside responses, so this also pins that such a token stays attended (see _forward_inputs).
-    from harness.algorithms import common
     from harness.modeling import load_causal_lm, load_tokenizer
 
     tokenizer, policy = load_tokenizer(tiny_models.base), load_causal_lm(tiny_models.base)
@@ -574,16 +569,18 @@ def test_u20_recomputed_logprobs_match_generation_scores(tiny_models, temperatur
     with torch.inference_mode():
         output = policy.generate(**encoded, generation_config=generation_config)
     raw_responses = output.sequences[:, encoded.input_ids.shape[1]:]
-    truncated = common.truncate_after_stop(raw_responses, [1], 0)
+    truncated = ppo_math.truncate_after_stop(raw_responses, [1], 0)
     # With top_k=0, top_p=1 the processed scores are logits / T: their log-softmax is the sampling distribution.
     sampled_logprobs = torch.log_softmax(torch.stack(output.scores, dim=1).float(), dim=-1)
     sampled_logprobs = sampled_logprobs.gather(-1, raw_responses.unsqueeze(-1)).squeeze(-1)
     with torch.no_grad():
-        inputs = common.build_forward_inputs(
+        inputs = logprobs.build_forward_inputs(
             encoded.input_ids, truncated.response_ids, prompt_mask=encoded.attention_mask, response_mask=truncated.mask
         )
         logits = onpolicy.response_logits(policy, inputs, truncated.response_ids.shape[1])
-        recomputed = common.token_logprobs_from_logits(logits, truncated.response_ids, temperature, mask=truncated.mask)
+        recomputed = logprobs.token_logprobs_from_logits(
+            logits, truncated.response_ids, temperature, mask=truncated.mask
+        )
     difference = torch.where(truncated.mask, sampled_logprobs - recomputed, 0.0).abs().max().item()
     assert difference <= 1e-4, difference  # measured: 5e-7
     assert bool((truncated.response_ids[truncated.mask] == 0).any())  # a sampled pad token was scored correctly

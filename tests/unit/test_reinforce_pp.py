@@ -18,9 +18,10 @@ import pytest
 import torch
 
 from harness import record
-from harness.algorithms import common, onpolicy, reinforce_pp
+from harness.algorithms import onpolicy, ppo_math, reinforce_pp
 from harness.algorithms.context import TrainContext
-from harness.config import BudgetConfig, ConfigError, LoraConfig, SamplingConfig, SuiteConfig, build
+from harness.config import BudgetConfig, LoraConfig, SamplingConfig, SuiteConfig, build
+from harness.errors import ConfigError
 
 from shared_models import WORDS
 
@@ -156,7 +157,7 @@ def fixed_batch(policy, generator) -> onpolicy.TrainingBatch:
     prompt_ids = torch.where(prompt_mask, torch.randint(3, 16, (rows, prompt_length), generator=generator), 0)
     response_ids = torch.randint(3, 16, (rows, response_length), generator=generator)
     response_ids[torch.arange(rows), lengths - 1] = 1  # EOS at e_b = len_b - 1
-    truncated = common.truncate_after_stop(response_ids, [1], 0)
+    truncated = ppo_math.truncate_after_stop(response_ids, [1], 0)
     mask = truncated.mask
     with torch.no_grad():
         logp = independent_logprobs(policy, prompt_ids, prompt_mask, truncated.response_ids, mask)
@@ -290,21 +291,17 @@ def test_bad_config_is_refused_with_one_line_naming_the_key(values, key):
     assert "\n" not in message and f"'algorithms.reinforce_pp.{key}'" in message, message
 
 
-def test_preset_and_module_metadata():
-    import yaml
+def test_defaults_and_spec():
+    from harness.algorithms.spec import algorithm
 
-    from harness.config import CONFIGS_DIR
-    from harness.registry import ALGORITHMS
-
-    preset_file = CONFIGS_DIR / "algorithms" / "reinforce_pp.yaml"
-    assert preset_file.read_text().startswith("#")
-    preset = build(reinforce_pp.Config, yaml.safe_load(preset_file.read_text()), "algorithms.reinforce_pp.")
-    assert (preset.ppo_epochs, preset.kl_estimator, preset.gamma) == (1, "k1", 1.0)
-    module = ALGORITHMS.get("reinforce_pp")
-    assert module is reinforce_pp
-    assert module.FAMILY == record.FAMILY_ONLINE_POLICY_GRADIENT and module.FAMILY in record.FAMILIES
-    assert module.KL_KNOB == "kl_coef" and hasattr(reinforce_pp.Config(), module.KL_KNOB)
-    assert module.TRAINS_POLICY and not module.KL_KNOB_RAISES_KL
-    assert "sampled from its current policy" in module.describe_data({})
-    ppo = ALGORITHMS.get("ppo")
-    assert ppo.FAMILY == record.FAMILY_ACTOR_CRITIC and ppo.KL_KNOB == "kl_coef" and hasattr(ppo.Config(), "kl_coef")
+    defaults = reinforce_pp.Config()
+    assert (defaults.ppo_epochs, defaults.kl_estimator, defaults.gamma) == (1, "k1", 1.0)  # Hu 2025's choices
+    resolved = algorithm("reinforce_pp")
+    assert resolved.module is reinforce_pp and resolved.defaults == {}
+    spec = resolved.spec
+    assert spec.family == record.FAMILY_ONLINE_POLICY_GRADIENT
+    assert spec.kl_knob == "kl_coef" and hasattr(defaults, spec.kl_knob)
+    assert spec.trains_policy and not spec.kl_knob_raises_kl
+    assert "sampled from its current policy" in spec.describe_data(defaults)
+    ppo = algorithm("ppo").spec
+    assert ppo.family == record.FAMILY_ACTOR_CRITIC and ppo.kl_knob == "kl_coef"

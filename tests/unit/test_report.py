@@ -22,7 +22,6 @@ from harness.report.frame import (
     ReportError,
     load_cell_runs,
     split_configurations,
-    tidy,
 )
 from harness.report.markdown import write_report
 from harness.report.plots import plot_training_curves
@@ -58,6 +57,24 @@ EVAL_VALUES = {
 GOLD_HALF_WIDTH = 4.303 * 0.1 / math.sqrt(3)
 COSTS = {"prompts_seen": 64, "completions_generated": 512, "tokens_generated": 1234, "optimizer_steps": 8,
          "wall_time_s": 12.5, "peak_memory_mb": 900.0}
+# What each algorithm declares on its cells, as the cell writer tags them (written here by hand, from what
+# harness/algorithms/<name>.py declares today): the report reads these tags, never the modules.
+DPO_DATA = "the task's preference pairs (the reward model's training data)"
+DECLARED = {
+    "sft": {record.TAG_FAMILY: "", record.TAG_KL_KNOB: "", record.TAG_KL_KNOB_RAISES_KL: "false",
+            record.TAG_CURVES: "", record.TAG_DATA: ""},
+    "dpo": {record.TAG_FAMILY: record.FAMILY_OFFLINE_PREFERENCE, record.TAG_KL_KNOB: "beta",
+            record.TAG_KL_KNOB_RAISES_KL: "false", record.TAG_CURVES: "loss,rewards/margins,rewards/accuracies",
+            record.TAG_DATA: DPO_DATA},
+    "grpo": {record.TAG_FAMILY: record.FAMILY_ONLINE_POLICY_GRADIENT, record.TAG_KL_KNOB: "beta",
+             record.TAG_KL_KNOB_RAISES_KL: "false", record.TAG_CURVES: "reward,kl,completions/mean_length,entropy",
+             record.TAG_DATA: "completions it samples from its current policy, scored by the training reward"},
+    "ppo": {record.TAG_FAMILY: record.FAMILY_ACTOR_CRITIC, record.TAG_KL_KNOB: "kl_coef",
+            record.TAG_KL_KNOB_RAISES_KL: "false",
+            record.TAG_CURVES: "reward,completions/mean_length,entropy,ppo/value_loss",
+            record.TAG_DATA: "one completion per prompt sampled from its current policy each update, scored by the "
+                             "training reward"},
+}
 MANIFEST = {
     "versions": {"torch": "2.13.0+cpu", "transformers": "5.17.0", "trl": "1.16.0", "mlflow": "3.17.2", "vllm": None},
     "git_commit": "6258eba5009287f9fc62f68badd2ee64fed3ff87",
@@ -100,8 +117,9 @@ def _start_invocation(client, experiment_id, minute: int) -> str:
 
 def _log_cell(client, experiment_id, parent_id, run_folder, *, algorithm, seed, start_minute, eval_values,
               status="complete", failure=None, cell_hash=None, mlflow_status="FINISHED", samples=None,
-              costs=None, seeds_param="[0, 1, 2]", dpo_beta="0.1", history=True):
-    """One cell as the pipeline logs it: tags, params, metrics with steps, then the artifacts from its folder."""
+              costs=None, seeds_param="[0, 1, 2]", dpo_beta="0.1", history=True, declared=None):
+    """One cell as the pipeline logs it: tags, params, metrics with steps, then the artifacts from its folder.
+    `algorithm` is the arm (unswept here); `declared`: its algorithm's TAG_FAMILY ... TAG_DATA, else DECLARED's."""
     from mlflow.entities import Metric, Param
 
     start_ms = BASE_TIME_MS + start_minute * MINUTE_MS
@@ -109,7 +127,10 @@ def _log_cell(client, experiment_id, parent_id, run_folder, *, algorithm, seed, 
         record.PARENT_RUN_TAG: parent_id,
         record.TAG_KIND: record.KIND_CELL,
         record.TAG_SUITE: SUITE,
-        record.TAG_ALGORITHM: algorithm,
+        record.TAG_ARM: algorithm,
+        record.TAG_ALGORITHM: record.algorithm_of(algorithm),
+        record.TAG_SWEEP_POINT: record.sweep_point_of(algorithm),
+        **(declared if declared is not None else DECLARED[record.algorithm_of(algorithm)]),
         record.TAG_SEED: str(seed),
         record.TAG_CELL: f"{algorithm}-s{seed}",
         # The pipeline's cell hash covers the seed's own data and models, so it differs per seed.
@@ -338,7 +359,7 @@ def two_seeds(growing):
 
 
 def test_load_cell_runs_one_row_per_cell_with_duplicates_resolved(cells, store):
-    assert list(zip(cells["algorithm"], cells["seed"])) == [
+    assert list(zip(cells["arm"], cells["seed"])) == [
         ("sft", 0), ("sft", 1), ("sft", 2), ("dpo", 0), ("dpo", 1), ("dpo", 2),
         ("grpo", 0), ("grpo", 1), ("grpo", 2), ("ppo", 0),
     ]
@@ -353,7 +374,7 @@ def test_load_cell_runs_one_row_per_cell_with_duplicates_resolved(cells, store):
 
 
 def test_load_cell_runs_columns(cells):
-    for column in ("run_id", "suite", "algorithm", "seed", "cell", "cell_hash", "status", "failure",
+    for column in ("run_id", "suite", "arm", "algorithm", "seed", "cell", "cell_hash", "status", "failure",
                    "start_time", "generator", "config", "evaluation.temperature", "evaluation.samples_per_prompt",
                    "model.preset", "task.name", "budget.policy", "sampling.temperature"):
         assert column in cells.columns
@@ -367,56 +388,100 @@ def test_load_cell_runs_columns(cells):
     assert math.isnan(cells.set_index("cell").loc["sft-s0", "eval/win_rate_vs_sft"])
 
 
-def test_runs_without_arm_tags_fall_back_to_the_arm_name_and_the_module(cells):
-    # These runs predate the arm tags: the registry algorithm is the arm's name, the family the module's FAMILY.
-    dpo = cells[cells["algorithm"] == "dpo"].iloc[0]
-    assert (dpo["algorithm_name"], dpo["sweep_point"], dpo["family"], dpo["kl_is_bound"]) == (
-        "dpo", "", record.FAMILY_OFFLINE_PREFERENCE, False)
-    sft = cells[cells["algorithm"] == "sft"].iloc[0]
-    assert sft["algorithm_name"] == "sft" and not isinstance(sft["family"], str)  # the baseline has no family
+def test_cells_carry_what_their_algorithm_declared_on_them(cells):
+    dpo = cells[cells["arm"] == "dpo"].iloc[0]
+    assert (dpo["algorithm"], dpo["sweep_point"], dpo["family"], dpo["kl_knob"], bool(dpo["kl_knob_raises_kl"])) == (
+        "dpo", "", record.FAMILY_OFFLINE_PREFERENCE, "beta", False)
+    assert dpo["curves"] == ("loss", "rewards/margins", "rewards/accuracies") and dpo["data"] == DPO_DATA
+    # The baseline declares nothing: its empty tags read as missing, not as a family called "".
+    sft = cells[cells["arm"] == "sft"].iloc[0]
+    assert sft["algorithm"] == "sft"
+    assert all(not isinstance(sft[column], str) for column in ("family", "kl_knob", "data"))
+    assert sft["curves"] == ()
 
 
-def test_an_algorithm_module_that_does_not_import_costs_only_its_metadata(monkeypatch):
-    from harness.registry import ALGORITHMS
-    from harness.report import frame
+def _mlflow_run(tags: dict):
+    """What `_run_row` reads of an MLflow run, written by hand."""
+    from types import SimpleNamespace
 
-    def half_written(name):
-        raise SyntaxError("a module another session is still writing")
-
-    monkeypatch.setattr(ALGORITHMS, "get", half_written)
-    frame.algorithm_info.cache_clear()
-    try:
-        assert frame.algorithm_info("rloo") == frame.AlgorithmInfo(family=None, curves=(), describe_data=None)
-    finally:
-        frame.algorithm_info.cache_clear()
+    return SimpleNamespace(info=SimpleNamespace(run_id="r1", status="FINISHED", start_time=BASE_TIME_MS),
+                           data=SimpleNamespace(tags=tags, metrics={"eval/kl": 0.5}, params={}))
 
 
-def test_lora_stages_come_from_the_registry():
+def test_a_run_written_before_the_arm_tag_reads_its_arm_from_the_algorithm_tag():
+    from harness.report.frame import _run_row
+
+    # Before record.TAG_ARM, TAG_ALGORITHM held the arm, and nothing of what the algorithm declares was tagged.
+    row = _run_row(_mlflow_run({record.TAG_ALGORITHM: "dpo@beta=0.3", record.TAG_SEED: "1"}), SUITE)
+    assert (row["arm"], row["algorithm"], row["sweep_point"], row["cell"]) == ("dpo@beta=0.3", "dpo", "beta=0.3",
+                                                                              "dpo@beta=0.3-s1")
+    assert (row["family"], row["kl_knob"], row["kl_knob_raises_kl"], row["curves"], row["data"]) == (
+        None, None, False, (), None)
+    # A run with the arm tag: TAG_ALGORITHM is its registry algorithm, and the declared tags are read as written.
+    row = _run_row(_mlflow_run({record.TAG_ARM: "best_of_n@n=4", record.TAG_ALGORITHM: "best_of_n",
+                                record.TAG_SWEEP_POINT: "n=4", record.TAG_SEED: "0",
+                                record.TAG_FAMILY: record.FAMILY_INFERENCE_TIME, record.TAG_KL_KNOB: "n",
+                                record.TAG_KL_KNOB_RAISES_KL: "true", record.TAG_CURVES: "",
+                                record.TAG_DATA: "4 samples per answer"}), SUITE)
+    assert (row["arm"], row["algorithm"], row["sweep_point"], row["family"], row["kl_knob"]) == (
+        "best_of_n@n=4", "best_of_n", "n=4", record.FAMILY_INFERENCE_TIME, "n")
+    assert (row["kl_knob_raises_kl"], row["curves"], row["data"]) == (True, (), "4 samples per answer")
+
+
+def test_the_report_imports_no_algorithm_module(report, store, tmp_path):
+    """The report is rebuilt from MLflow alone: writing it imports none of the registered algorithms' modules."""
+    import subprocess
+    import sys
+
+    script = (
+        "import sys\n"
+        "from harness.report.markdown import write_report\n"
+        f"write_report({store['uri']!r}, {SUITE!r}, {str(tmp_path)!r})\n"
+        "from harness.registry import ALGORITHMS\n"
+        "modules = {entry.target.partition(':')[0] for entry in ALGORITHMS.entries()}\n"
+        "print(sorted(modules & set(sys.modules)))\n"
+    )
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300, check=True)
+    assert done.stdout.strip().splitlines()[-1] == "[]"
+    assert (tmp_path / "tiny.md").read_text(encoding="utf-8") == report.read_text(encoding="utf-8")
+
+
+def test_lora_stages_come_from_the_cells_tags_in_the_registrys_order():
     import pandas as pd
 
+    from harness.config import LoraConfig
     from harness.report.markdown import _weights_trained
 
     lora = {"lora.enabled": "True", "lora.r": "8", "lora.alpha": "16", "lora.target_modules": "['c_attn']"}
-    named = pd.DataFrame([{**lora, "algorithm": arm, "lora.stages": "['sft', 'rloo', 'kto']"}
-                          for arm in ("sft", "rloo@beta=0.1", "kto", "dpo")])
+
+    def cells(stages: list[str], arms: tuple[str, ...]) -> pd.DataFrame:
+        # record.TAG_LORA_STAGES as the cell run writes it (stages/cell_run.py) from these settings
+        settings = LoraConfig(enabled=bool(stages), stages=stages or ["algorithms"])
+        return pd.DataFrame([{**lora, "arm": arm, "algorithm": record.algorithm_of(arm),
+                              "lora_stages": ",".join(step for step in record.lora_stages(arm) if settings.for_stage(step))}
+                             for arm in arms])
+
     # SFT first, then the registry's order (kto is registered before rloo); dpo ran without adapters.
+    named = cells(["sft", "rloo", "kto"], ("sft", "rloo@beta=0.1", "kto", "dpo"))
     assert _weights_trained(named).startswith("LoRA adapters (rank 8, alpha 16, modules c_attn) in sft, kto, rloo,")
     # "algorithms": every algorithm that trains and ran here; best-of-n trains nothing.
-    every = pd.DataFrame([{**lora, "algorithm": arm, "lora.stages": "['algorithms']"} for arm in ("sft", "ppo", "best_of_n")])
+    every = cells(["algorithms"], ("sft", "ppo", "best_of_n"))
+    assert list(every["lora_stages"]) == ["", "ppo", ""]
     assert _weights_trained(every).startswith("LoRA adapters (rank 8, alpha 16, modules c_attn) in ppo,")
+    assert _weights_trained(cells([], ("sft", "ppo"))) == "all (full fine-tuning)"
 
 
 def test_config_key_is_the_same_across_seeds_and_invocations(cells, growing):
     # Every seed of an algorithm has its own cell hash, yet one configuration.
-    per_algorithm = cells[cells["status"] == "complete"].groupby("algorithm")["config"].nunique()
-    assert per_algorithm.to_dict() == {"dpo": 1, "grpo": 1, "sft": 1}
-    assert cells.groupby("algorithm")["cell_hash"].nunique()["dpo"] == 3
+    per_arm = cells[cells["status"] == "complete"].groupby("arm")["config"].nunique()
+    assert per_arm.to_dict() == {"dpo": 1, "grpo": 1, "sft": 1}
+    assert cells.groupby("arm")["cell_hash"].nunique()["dpo"] == 3
     # Invocations that logged `seeds=[0]` and `seeds=[1]` still share it; a changed beta does not.
     changed = load_cell_runs(growing["changed"], SUITE)
-    dpo = changed[changed["algorithm"] == "dpo"].set_index("cell_hash")
+    dpo = changed[changed["arm"] == "dpo"].set_index("cell_hash")
     assert dpo.loc["dpo-s0-0123456789", "config"] == dpo.loc["dpo-s1-0123456789", "config"]
     assert dpo.loc["dpo-s0-beta-0.3", "config"] != dpo.loc["dpo-s0-0123456789", "config"]
-    assert changed.groupby("algorithm")["config"].nunique().to_dict() == {"dpo": 2, "grpo": 1, "sft": 1}
+    assert changed.groupby("arm")["config"].nunique().to_dict() == {"dpo": 2, "grpo": 1, "sft": 1}
 
 
 def test_config_params_are_the_sections_the_cell_hash_covers():
@@ -432,29 +497,17 @@ def test_config_params_are_the_sections_the_cell_hash_covers():
     }
     trained = {"task.name", "model.preset", "sft.epochs", "precision", "reward_model.epochs", "evaluation.temperature",
                "sampling.top_k", "reward.source", "budget.prompts", "algorithms.dpo.beta"}
-    assert set(config_params("dpo", params)) == trained | {"lora.enabled", "lora.stages", "lora.r"}
-    assert set(config_params("grpo", params)) == (trained - {"algorithms.dpo.beta"}) | {"algorithms.grpo.beta"}
+    # The cells' record.TAG_LORA_STAGES: dpo trained adapters, grpo and the baseline every weight.
+    assert set(config_params("dpo", params, "dpo")) == trained | {"lora.enabled", "lora.stages", "lora.r"}
+    assert set(config_params("grpo", params, "")) == (trained - {"algorithms.dpo.beta"}) | {"algorithms.grpo.beta"}
     baseline = {"task.name", "model.preset", "sft.epochs", "precision", "reward_model.epochs", "evaluation.temperature"}
-    assert set(config_params("sft", params)) == baseline
-    # SFT with adapters changes the base policy of every cell, the baseline's included.
+    assert set(config_params("sft", params, "")) == baseline
+    # SFT with adapters changes the base policy of every cell, the baseline's included; a trained cell's own
+    # adapters are not its baseline's.
     with_sft_lora = {**params, "lora.stages": "['sft']"}
-    assert {"lora.r"} <= set(config_params("sft", with_sft_lora)) and {"lora.r"} <= set(config_params("grpo", with_sft_lora))
-
-
-def test_tidy_long_form_with_sample_counts(store, cells):
-    records = load_suite_records(store["uri"], SUITE)
-    long = tidy(cells, records.samples)
-    assert list(long.columns) == ["suite", "algorithm", "seed", "metric", "value", "n", "direction"]
-    # 9 complete cells x 4 metrics + win rate on the 6 non-baseline cells; nothing from ppo.
-    assert len(long) == 9 * 4 + 6
-    assert "ppo" not in set(long["algorithm"])
-    gold = long[(long["metric"] == "gold_reward") & (long["algorithm"] == "grpo")]
-    assert sorted(gold["value"]) == pytest.approx([0.55, 0.65, 0.75])
-    assert set(long["n"]) == {4.0}  # four completions behind every per-seed value
-    directions = dict(zip(long["metric"], long["direction"]))
-    assert directions == {"gold_reward": "higher", "proxy_reward": "higher", "kl": "lower",
-                          "length": "neutral", "win_rate_vs_sft": "higher"}
-    assert tidy(cells)["n"].isna().all()  # without the artifacts, n is unknown rather than made up
+    assert {"lora.r"} <= set(config_params("sft", with_sft_lora, "sft"))
+    assert {"lora.r"} <= set(config_params("grpo", with_sft_lora, "sft"))
+    assert "lora.r" not in config_params("sft", params, "dpo")
 
 
 def test_the_records_read_each_cells_samples_artifact(store):
@@ -469,9 +522,10 @@ def test_records_hold_manifests_histories_and_invocations(two_seeds, growing):
     assert two_seeds.newest_invocation == growing["parents"][1]
     manifest = two_seeds.manifests[growing["run_ids"][("grpo", 1)]]
     assert manifest["data_fingerprint"] == "data-s1" and manifest["versions"]["trl"] == "1.16.0"
-    histories = two_seeds.histories.merge(two_seeds.cells[["run_id", "algorithm"]], on="run_id")
+    histories = two_seeds.histories.merge(two_seeds.cells[["run_id", "arm"]], on="run_id")
     training = histories[histories["metric"].str.startswith("train/")]
-    metrics = training.groupby("algorithm")["metric"].unique().map(sorted).to_dict()
+    # The curves each cell's algorithm declared on it (DECLARED), of those it logged.
+    metrics = training.groupby("arm")["metric"].unique().map(sorted).to_dict()
     assert metrics == {"dpo": ["train/rewards/margins"], "grpo": ["train/kl", "train/reward"]}
     assert sorted(set(training["step"])) == [1, 2, 3, 4]
     # eval/kl and the rewards come along too: with intermediate checkpoints they are curves (one point here).
@@ -612,8 +666,8 @@ def test_a_metric_some_seeds_did_not_log_says_over_how_many_seeds(cells):
 
 
 def test_main_table_excludes_failed_and_superseded_cells(cells):
-    summary = summarise(cells).set_index(["algorithm", "metric"])
-    assert "ppo" not in summary.index.get_level_values("algorithm")
+    summary = summarise(cells).set_index(["arm", "metric"])
+    assert "ppo" not in summary.index.get_level_values("arm")
     # dpo's superseded seed-1 run logged gold -5: only the rerun's 0.6 counts.
     assert summary.loc[("dpo", "gold_reward"), "mean"] == pytest.approx(0.6)
     assert summary.loc[("dpo", "gold_reward"), "n"] == 3
@@ -642,7 +696,7 @@ def test_leaderboard_frame_numbers_and_sorting(cells):
 
 def test_cost_table_has_every_spend_column_and_failed_cells(cells):
     costs = cost_table(cells)
-    assert list(costs.columns) == ["cell", "algorithm", "seed", "status", "prompts_seen", "completions_generated",
+    assert list(costs.columns) == ["cell", "arm", "seed", "status", "prompts_seen", "completions_generated",
                                    "tokens_generated", "optimizer_steps", "wall_time_s", "peak_memory_mb"]
     assert len(costs) == 10
     by_cell = costs.set_index("cell")
@@ -669,7 +723,7 @@ def test_best_against_runner_up_is_paired_per_metric(cells):
 
 
 def test_win_rate_table_over_seeds_by_hand(cells):
-    table = win_rate_table(cells).set_index("algorithm")
+    table = win_rate_table(cells).set_index("arm")
     assert list(table.index) == ["dpo", "grpo"]  # the baseline is not compared with itself
     # dpo 0.6, 0.7, 0.8: mean 0.7, s 0.1, half-width 4.303 · 0.1 / √3 = 0.24843.
     assert table.loc["dpo", "win_rate"] == pytest.approx(0.7)
@@ -688,7 +742,7 @@ def _gold_of(rows):
 
 
 def test_one_seed_rows_use_the_bootstrap_over_prompts(one_seed, growing):
-    summary = summarise(one_seed.cells, one_seed.samples).set_index(["algorithm", "metric"])
+    summary = summarise(one_seed.cells, one_seed.samples).set_index(["arm", "metric"])
     values, prompts = _gold_of(growing["samples"][("grpo", 0)])
     low, high = _numpy_bootstrap(values, prompts)
     grpo = summary.loc[("grpo", "gold_reward")]
@@ -720,7 +774,7 @@ def test_one_seed_win_rate_is_a_bootstrap_of_paired_points(one_seed, growing):
     assert 0.5 in points  # the fixture's discrete rewards make ties, which count one half
     low, high = _numpy_bootstrap(points, prompts)
 
-    table = win_rate_table(one_seed.cells, one_seed.samples).set_index("algorithm")
+    table = win_rate_table(one_seed.cells, one_seed.samples).set_index("arm")
     grpo = table.loc["grpo"]
     assert grpo["win_rate"] == pytest.approx(np.mean(points))
     assert (grpo["low"], grpo["high"]) == pytest.approx((low, high), abs=1e-12)
@@ -734,7 +788,7 @@ def test_win_rate_against_the_reference_has_a_baseline_row_and_skips_prompts_wit
     assert 0 not in prompts and len(points) == (GROWING_PROMPTS - 1) * GROWING_PER_PROMPT
     low, high = _numpy_bootstrap(points, prompts)
 
-    table = win_rate_table(one_seed.cells, one_seed.samples, metric="win_rate_vs_reference").set_index("algorithm")
+    table = win_rate_table(one_seed.cells, one_seed.samples, metric="win_rate_vs_reference").set_index("arm")
     assert list(table.index) == ["sft", "dpo", "grpo"]  # SFT against the reference is a comparison, unlike vs SFT
     sft = table.loc["sft"]
     assert sft["win_rate"] == pytest.approx(np.mean(points))
@@ -769,8 +823,8 @@ def test_per_sample_values_read_the_registered_field_and_old_files_fall_back_to_
 
 
 def test_adding_a_seed_switches_to_t_intervals_over_seeds(one_seed, two_seeds, growing):
-    before = summarise(one_seed.cells, one_seed.samples).set_index(["algorithm", "metric"])
-    after = summarise(two_seeds.cells, two_seeds.samples).set_index(["algorithm", "metric"])
+    before = summarise(one_seed.cells, one_seed.samples).set_index(["arm", "metric"])
+    after = summarise(two_seeds.cells, two_seeds.samples).set_index(["arm", "metric"])
     gold = [np.mean(_gold_of(growing["samples"][("dpo", seed)])[0]) for seed in (0, 1)]
     # Two seeds: mean ± t_{0.975, 1} · s / √2 with t = 12.706, by hand.
     half_width = 12.706 * np.std(gold, ddof=1) / math.sqrt(2)
@@ -783,9 +837,6 @@ def test_adding_a_seed_switches_to_t_intervals_over_seeds(one_seed, two_seeds, g
 
     table = main_table(two_seeds.cells, two_seeds.samples)
     assert list(table["seeds"]) == [2, 2, 2] and list(table["interval"]) == ["t over 2 seeds"] * 3
-    long = tidy(two_seeds.cells, two_seeds.samples)
-    assert set(long["seed"]) == {0, 1}
-    assert set(long["n"]) == {float(GROWING_PROMPTS * GROWING_PER_PROMPT)}
 
 
 def test_a_changed_config_is_reported_apart_not_pooled(growing):
@@ -800,7 +851,7 @@ def test_a_changed_config_is_reported_apart_not_pooled(growing):
     notes = other_configurations(records.cells)
     assert len(notes) == 1
     note = notes.iloc[0]
-    assert (note["algorithm"], note["seeds"], note["complete"], note["failed"]) == ("dpo", [0, 1], 2, 0)
+    assert (note["arm"], note["seeds"], note["complete"], note["failed"]) == ("dpo", [0, 1], 2, 0)
     assert note["differences"] == ["algorithms.dpo.beta=0.1 (current 0.3)"]
 
 
@@ -858,6 +909,8 @@ def test_write_report_files_and_header(report):
     assert "- **Training sampling (online methods):** temperature=1.0, top_k=0, top_p=1.0, max_new_tokens=16" in text
     assert "- **Budget:** `equal_prompts`: every algorithm trains on 32 prompts (`budget.prompts`)" in text
     assert "- **Training reward:** proxy." in text
+    # What each algorithm learned from: the sentence its cells declared (record.TAG_DATA), once per algorithm.
+    assert f"- **Data:**\n  - `dpo`: {DPO_DATA}\n  - `grpo`: completions it samples" in text
     assert "- **Versions:** torch 2.13.0+cpu, transformers 5.17.0, trl 1.16.0, mlflow 3.17.2\n" in text
     assert "- **Code:** git commit `6258eba50092`, with uncommitted changes" in text
     assert "- **Hardware:** CPU only, 2 cores" in text

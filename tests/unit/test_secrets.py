@@ -83,7 +83,8 @@ def test_params_and_tags_reach_mlflow_without_secrets(tmp_path):
 
 def test_a_key_in_the_variable_field_is_named_but_never_echoed(monkeypatch):
     """Alphanumeric keys pass the config's name check; the preflight must still not print them."""
-    from harness.config import ConfigError, JudgeConfig
+    from harness.config import JudgeConfig
+    from harness.errors import ConfigError
     from harness.judges.preflight import check_judge_endpoint
 
     key = "Abc123Def456Ghi789Jkl012"

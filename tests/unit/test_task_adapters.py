@@ -17,7 +17,8 @@ from pathlib import Path
 
 import pytest
 
-from harness.config import ConfigError, build
+from harness.config import build
+from harness.errors import ConfigError
 from harness.tasks import gsm8k, hh, imdb, tldr, ultrafeedback
 from harness.tasks.common import TaskData, load_task_data, save_task_data
 from harness.tasks.loading import Source, TaskDataError, data_fingerprint, iter_source_rows, split_files

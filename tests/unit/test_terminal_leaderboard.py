@@ -18,7 +18,7 @@ import re
 import pytest
 from test_report import SUITE, empty_database, growing  # noqa: F401 - the stores are test_report's fixtures
 
-from harness.config import ConfigError
+from harness.errors import ConfigError
 from harness.report.records import load_suite_records
 from harness.report.tables import leaderboard_frame, main_table, win_rate_table
 from harness.report.terminal import add_leaderboard_options, build_leaderboard, command_leaderboard, fit_to_width
@@ -48,7 +48,7 @@ def _report_texts(uri: str) -> dict[str, dict[str, str]]:
              for algorithm, row in table.iterrows()}
     wins = win_rate_table(records.cells, records.samples)
     for row in wins.itertuples():
-        texts[row.algorithm]["win_rate_vs_sft"] = f"{row.win_rate:.3f} [{max(row.low, 0):.3f}, {min(row.high, 1):.3f}]"
+        texts[row.arm]["win_rate_vs_sft"] = f"{row.win_rate:.3f} [{max(row.low, 0):.3f}, {min(row.high, 1):.3f}]"
     return texts
 
 
@@ -119,7 +119,7 @@ def test_csv_and_json_hold_the_report_means_and_bounds(growing, monkeypatch, cap
     uri = growing["two_seeds"]
     records = load_suite_records(uri, SUITE)
     frame = leaderboard_frame(records.cells, sort_by="gold_reward")
-    wins = win_rate_table(records.cells, records.samples).set_index("algorithm")
+    wins = win_rate_table(records.cells, records.samples).set_index("arm")
     rows = list(csv.DictReader(io.StringIO(_leaderboard(uri, "--format", "csv", monkeypatch=monkeypatch, capsys=capsys))))
     document = json.loads(_leaderboard(uri, "--format", "json", monkeypatch=monkeypatch, capsys=capsys))
     assert [row["algorithm"] for row in rows] == [row["algorithm"] for row in document["rows"]] == list(frame.index)
@@ -188,4 +188,4 @@ def test_a_verdict_column_of_the_leaderboard_frame_is_shown_and_kept_before_kl(g
     for width, left_out in expected.items():
         kept, dropped = fit_to_width(board.columns, width)
         assert [column.key for column in dropped] == left_out, width
-        assert {"algorithm", "gold_reward", "win_rate_vs_sft"} <= {column.key for column in kept}
+        assert {"arm", "gold_reward", "win_rate_vs_sft"} <= {column.key for column in kept}

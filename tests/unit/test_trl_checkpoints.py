@@ -23,7 +23,7 @@ def train(algorithm: str, config, models: Path, output_dir: Path, prompts_budget
     """One algorithm's train() on the tiny models; returns (logged steps, TrainResult)."""
     from harness.algorithms.context import TrainContext
     from harness.config import BudgetConfig, SamplingConfig, SuiteConfig
-    from harness.registry import ALGORITHMS
+    from harness.algorithms import spec
 
     rng = random.Random(0)
     prompts = [" ".join(rng.choice(WORDS[:8]) for _ in range(rng.randint(2, 4))) for _ in range(64)]
@@ -53,7 +53,7 @@ def train(algorithm: str, config, models: Path, output_dir: Path, prompts_budget
         log_metrics=lambda step, metrics: logged.append(step),
         snapshots=1,
     )
-    return logged, ALGORITHMS.get(algorithm).train(context)
+    return logged, spec.algorithm(algorithm).train(context)
 
 
 def assert_no_pickled_arguments(output_dir: Path) -> None:

@@ -1,12 +1,14 @@
-"""Pure tensor math of the harness's own on-policy trainers (PPO, REINFORCE++: ``ppo.py``, ``onpolicy.py``,
-``reinforce_pp.py``): no models, no I/O.
+"""PPO and REINFORCE++ math: the pure tensor functions of the harness's own on-policy trainers (``ppo.py``,
+``reinforce_pp.py`` and what they share in ``onpolicy.py``), no models, no I/O.
 
 Every function here is specified in ``docs/PPO.md`` (the harness PPO specification), called by those trainers
-and unit-tested in ``tests/unit/test_ppo_math.py`` against the hand-computed values of PPO.md §5.1 (U1-U12,
-U16, U18-U20). The math TRL runs for the other algorithms (GRPO advantages and loss aggregations, the DPO
-loss) is not here: its oracles live in ``tests/unit/test_trl_math.py``, checked against what TRL computes.
-The section of PPO.md (and, where the spec names one, the source it summarises) is cited beside the lines
-that implement each detail.
+and unit-tested in ``tests/unit/test_ppo_math.py`` against the hand-computed values of PPO.md §5.1 (U1-U7,
+U11, U12, U18). What the evaluator shares with the trainers (forward inputs, tempered log-probs, entropy, the
+k1/k3 estimators) is ``harness.logprobs``, tested in the same file (U8-U10, U16, U19, U20), so that the KL the
+trainers shape their reward with and the KL the evaluator reports come from one computation (PPO.md §3.3). The
+math TRL runs for the other algorithms (GRPO advantages and loss aggregations, the DPO loss) is not here: its
+oracles live in ``tests/unit/test_trl_math.py``, checked against what TRL computes. The section of PPO.md (and,
+where the spec names one, the source it summarises) is cited beside the lines that implement each detail.
 
 Conventions (PPO.md §1):
 
@@ -27,42 +29,25 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 from dataclasses import dataclass
-from typing import Literal
 
 import torch
 
-KLEstimator = Literal["k1", "k3"]
-
-# Rows of [N, V] logits handled at once by the chunked log-prob and entropy functions. With V = 150k and
-# fp32 one chunk is ~600 MB at most; this bounds peak memory instead of materialising [B, L, V] (PPO.md §2.15).
-DEFAULT_LOGIT_ROWS_PER_CHUNK = 1024
-
+from harness.logprobs import KLEstimator, as_bool_mask, k3_from_log_ratio, kl_estimate, zero_outside_mask
 
 # ---------------------------------------------------------------------------------------------------------
 # Masked reductions (PPO.md §1 "Masked reductions", §2.5, §2.7)
 # ---------------------------------------------------------------------------------------------------------
 
 
-def _as_bool_mask(mask: torch.Tensor) -> torch.Tensor:
-    """Return ``mask`` as a boolean tensor (accepts bool, 0/1 integer or 0/1 float masks)."""
-    return mask if mask.dtype == torch.bool else mask != 0
-
-
-def _zero_outside_mask(values: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-    # torch.where instead of values * mask: a pad holding inf or NaN times 0 is NaN, and must not leak into
-    # any statistic (PPO.md §2.7 "Padding must not enter the statistics"; SkyRL#1782).
-    return torch.where(_as_bool_mask(mask), values, torch.zeros((), dtype=values.dtype, device=values.device))
-
-
 def masked_sum(values: torch.Tensor, mask: torch.Tensor, dim: int | None = None) -> torch.Tensor:
     """Sum of ``values`` over positions where ``mask`` is set, over ``dim`` (all elements if ``None``)."""
-    masked_values = _zero_outside_mask(values, mask)
+    masked_values = zero_outside_mask(values, mask)
     return masked_values.sum() if dim is None else masked_values.sum(dim=dim)
 
 
 def masked_count(mask: torch.Tensor, dim: int | None = None) -> torch.Tensor:
     """Number of valid positions in ``mask`` (as a float tensor, so it can divide directly)."""
-    valid = _as_bool_mask(mask).to(torch.float32)
+    valid = as_bool_mask(mask).to(torch.float32)
     return valid.sum() if dim is None else valid.sum(dim=dim)
 
 
@@ -121,7 +106,7 @@ def masked_whiten(
         # PPO.md §2.5: reward whitening keeps the mean, only rescales (TRL whiten(shift_mean=False)).
         whitened = whitened + mean
     # PPO.md §2.7 "then A <- A*m": pads stay exactly 0 so later sums over them are harmless.
-    return _zero_outside_mask(whitened, mask)
+    return zero_outside_mask(whitened, mask)
 
 
 def masked_min_max(values: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -131,7 +116,7 @@ def masked_min_max(values: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tens
     micro-batches combine exactly with ``torch.minimum`` / ``torch.maximum``; with an empty mask the result is
     that identity. No host synchronisation.
     """
-    bool_mask = _as_bool_mask(mask)
+    bool_mask = as_bool_mask(mask)
     positive_infinity = torch.tensor(float("inf"), dtype=values.dtype, device=values.device)
     minimum = torch.where(bool_mask, values, positive_infinity).amin()
     maximum = torch.where(bool_mask, values, -positive_infinity).amax()
@@ -210,164 +195,6 @@ def truncate_after_stop(response_ids: torch.Tensor, stop_ids: Iterable[int], pad
 
 
 # ---------------------------------------------------------------------------------------------------------
-# Forward-pass inputs and alignment (PPO.md §1 "Forward-pass inputs", "Alignment")
-# ---------------------------------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class ForwardInputs:
-    """Inputs of every teacher-forced forward (policy, reference, critic, RM), PPO.md §1."""
-
-    input_ids: torch.Tensor
-    attention_mask: torch.Tensor
-    position_ids: torch.Tensor
-
-
-def build_forward_inputs(
-    prompt_ids: torch.Tensor,
-    response_ids: torch.Tensor,
-    pad_id: int | None = None,
-    pad_replacement_id: int = 0,
-    *,
-    prompt_mask: torch.Tensor | None = None,
-    response_mask: torch.Tensor | None = None,
-) -> ForwardInputs:
-    """Concatenate left-padded prompts ``[B, P]`` and right-padded responses ``[B, L]`` into forward inputs.
-
-    - ``attention_mask``: from ``prompt_mask`` and ``response_mask`` when given, else ``x != pad_id`` (PPO.md
-      §1). Prefer the masks: a policy that *samples* the pad token inside a response was attending to it in
-      ``generate``, and ``x != pad_id`` would hide it from the recomputed log-probs, which then are not the
-      sampling distribution (0.24 nats off on a tiny model, found with the U20 check).
-    - ``position_ids = cumsum(attention_mask) - attention_mask``: 0 for left pads, then 0, 1, 2, ... for real
-      tokens, so a sequence gets the same positions whatever its left padding (PPO.md §1; TRL
-      ``forward()``; omitting them cost 34 nats on GPT-2 in trl#6800; U19).
-    - unattended ids replaced by ``pad_replacement_id`` so a ``[PAD]`` added without resizing the embeddings
-      never reaches the embedding lookup (PPO.md §1, §2.1 "Pad token").
-    """
-    sequence_ids = torch.cat([prompt_ids, response_ids], dim=1)
-    if prompt_mask is not None and response_mask is not None:
-        attention_mask = torch.cat([prompt_mask.bool(), response_mask.bool()], dim=1)
-    elif pad_id is not None:
-        attention_mask = sequence_ids != pad_id
-    else:
-        raise ValueError("build_forward_inputs needs pad_id or both prompt_mask and response_mask")
-    attention_long = attention_mask.long()
-    position_ids = torch.cumsum(attention_long, dim=1) - attention_long
-    input_ids = torch.where(attention_mask, sequence_ids, torch.full_like(sequence_ids, pad_replacement_id))
-    return ForwardInputs(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids)
-
-
-# ---------------------------------------------------------------------------------------------------------
-# Log-probs and entropy from logits, at temperature T (PPO.md §1 "Temperature", §2.9, §2.15)
-# ---------------------------------------------------------------------------------------------------------
-
-
-def _check_temperature(temperature: float) -> None:
-    # PPO.md §6.1: temperature 0 divides by zero; require T > 0 rather than adding TRL's 1e-7.
-    if not temperature > 0:
-        raise ValueError(f"temperature must be > 0, got {temperature}")
-
-
-def _at_least_fp32(logits: torch.Tensor) -> torch.Tensor:
-    # PPO.md §2.1 "Dtype": upcast bf16/fp16 logits to fp32 before softmax-type reductions; keep fp64 as is.
-    return logits.to(torch.promote_types(logits.dtype, torch.float32))
-
-
-def _flatten_logits(logits: torch.Tensor) -> tuple[torch.Tensor, torch.Size]:
-    """View ``[..., V]`` logits as ``[N, V]`` rows, returning the leading shape to restore."""
-    leading_shape = logits.shape[:-1]
-    return logits.reshape(-1, logits.shape[-1]), leading_shape
-
-
-def token_logprobs_from_logits(
-    logits: torch.Tensor,
-    token_ids: torch.Tensor,
-    temperature: float = 1.0,
-    mask: torch.Tensor | None = None,
-    rows_per_chunk: int = DEFAULT_LOGIT_ROWS_PER_CHUNK,
-) -> torch.Tensor:
-    """Log-probability of ``token_ids`` under ``softmax(logits / temperature)``; shape ``logits.shape[:-1]``.
-
-    ``log p(y) = z_y/T - logsumexp(z/T)``: the chosen logit is gathered and a row-wise logsumexp subtracted,
-    ``rows_per_chunk`` rows at a time, so no ``[B, L, V]`` log-softmax is ever materialised and each chunk is
-    upcast to fp32 on its own (PPO.md §2.15 "Never materialise [B, L, V] log-softmax"; TRL
-    ``selective_log_softmax`` #2799; OpenRLHF chunked logsumexp). Gradients flow through.
-
-    Every policy *and* reference log-prob uses the same ``T`` as sampling (PPO.md §1 "Temperature"; trl#3169,
-    OpenRLHF#853). If ``mask`` is given, masked positions are gathered at id 0 (pad ids may lie outside the
-    vocabulary) and returned as exact zeros.
-    """
-    _check_temperature(temperature)
-    if token_ids.shape != logits.shape[:-1]:
-        raise ValueError(f"token_ids shape {tuple(token_ids.shape)} must equal logits.shape[:-1]")
-    if mask is not None:
-        token_ids = torch.where(_as_bool_mask(mask), token_ids, torch.zeros_like(token_ids))
-    flat_logits, leading_shape = _flatten_logits(logits)
-    flat_ids = token_ids.reshape(-1)
-    chunk_logprobs = []
-    for start in range(0, flat_logits.shape[0], rows_per_chunk):
-        # Upcast per chunk, not the whole [N, V] tensor (PPO.md §2.1 "Dtype", §2.15 "Upcast to fp32 per chunk").
-        scaled_logits = _at_least_fp32(flat_logits[start : start + rows_per_chunk]) / temperature
-        chosen_logit = scaled_logits.gather(1, flat_ids[start : start + rows_per_chunk].unsqueeze(1)).squeeze(1)
-        chunk_logprobs.append(chosen_logit - torch.logsumexp(scaled_logits, dim=1))
-    if not chunk_logprobs:  # zero rows: nothing to gather
-        return flat_logits.new_zeros(leading_shape, dtype=torch.promote_types(flat_logits.dtype, torch.float32))
-    logprobs = torch.cat(chunk_logprobs).reshape(leading_shape)
-    return logprobs if mask is None else _zero_outside_mask(logprobs, mask)
-
-
-def entropy_from_logits(
-    logits: torch.Tensor, temperature: float = 1.0, rows_per_chunk: int = DEFAULT_LOGIT_ROWS_PER_CHUNK
-) -> torch.Tensor:
-    """Exact categorical entropy of ``softmax(logits / temperature)``; shape ``logits.shape[:-1]``.
-
-    ``H = logsumexp(z/T) - sum_v softmax(z/T)_v * (z/T)_v`` (PPO.md §2.9 "Entropy bonus"), computed in fp32,
-    chunk by chunk (PPO.md §2.15). This is the exact entropy, not ``-log p`` of the sampled token, whose
-    on-policy gradient is zero (PPO.md §4.1 item 4). Wrap in ``torch.no_grad()`` when only logging it.
-    """
-    _check_temperature(temperature)
-    flat_logits, leading_shape = _flatten_logits(logits)
-    chunk_entropies = []
-    for start in range(0, flat_logits.shape[0], rows_per_chunk):
-        scaled_logits = _at_least_fp32(flat_logits[start : start + rows_per_chunk]) / temperature
-        probabilities = torch.softmax(scaled_logits, dim=1)
-        chunk_entropies.append(torch.logsumexp(scaled_logits, dim=1) - (probabilities * scaled_logits).sum(dim=1))
-    if not chunk_entropies:
-        return flat_logits.new_zeros(leading_shape, dtype=torch.promote_types(flat_logits.dtype, torch.float32))
-    return torch.cat(chunk_entropies).reshape(leading_shape)
-
-
-# ---------------------------------------------------------------------------------------------------------
-# KL estimators (PPO.md §2.4, §2.9 statistics, U8-U10; Schulman, "Approximating KL Divergence")
-# ---------------------------------------------------------------------------------------------------------
-# Convention: ``logp_sampled`` is the log-prob under the distribution the tokens were sampled from (q), and
-# ``logp_other`` under the other one (p). With log r = logp_other - logp_sampled, both estimators have
-# expectation KL(q || p) under q.
-
-
-def kl_k1(logp_sampled: torch.Tensor, logp_other: torch.Tensor) -> torch.Tensor:
-    """``k1 = log q - log p = -log r``: unbiased for KL(q||p), can be negative per token (PPO.md §2.4)."""
-    return logp_sampled - logp_other
-
-
-def kl_k3(logp_sampled: torch.Tensor, logp_other: torch.Tensor) -> torch.Tensor:
-    """``k3 = (r - 1) - log r``: non-negative, unbiased, low variance; its gradient is *not* the reverse-KL
-    gradient when used as a loss (PPO.md §2.4, §3.1, U10)."""
-    log_ratio = logp_other - logp_sampled
-    return torch.expm1(log_ratio) - log_ratio
-
-
-def kl_estimate(logp_sampled: torch.Tensor, logp_other: torch.Tensor, estimator: KLEstimator) -> torch.Tensor:
-    """Dispatch to :func:`kl_k1` or :func:`kl_k3` by name. k2 ``(log r)^2 / 2`` is not offered: it is biased
-    (``+mu^4/8`` for unit Gaussians) and must never go in the reward (PPO.md §2.4, U9)."""
-    if estimator == "k1":
-        return kl_k1(logp_sampled, logp_other)
-    if estimator == "k3":
-        return kl_k3(logp_sampled, logp_other)
-    raise ValueError(f"unknown KL estimator {estimator!r}; expected 'k1' or 'k3'")
-
-
-# ---------------------------------------------------------------------------------------------------------
 # Per-token rewards (PPO.md §2.4, §2.5)
 # ---------------------------------------------------------------------------------------------------------
 
@@ -398,8 +225,8 @@ def per_token_rewards(
     """
     if kl_estimator == "k2":
         raise ValueError("k2 must never be used in the reward: its expectation is biased (PPO.md §2.4, U9)")
-    bool_mask = _as_bool_mask(mask)
-    per_token_kl = _zero_outside_mask(kl_estimate(logp_old, logp_ref, kl_estimator), bool_mask)
+    bool_mask = as_bool_mask(mask)
+    per_token_kl = zero_outside_mask(kl_estimate(logp_old, logp_ref, kl_estimator), bool_mask)
     rewards = -kl_coef * per_token_kl
     row_has_tokens = bool_mask.any(dim=1)
     # Score of a row without any valid token (should not happen) is dropped rather than put on a pad.
@@ -431,10 +258,10 @@ def gae_advantages_and_returns(
     ``G`` are the critic targets, taken before advantage whitening. Both outputs are zero where ``m = 0``.
     The loop runs over ``L`` and is vectorised over ``B`` (PPO.md §2.6 "Implementation").
     """
-    bool_mask = _as_bool_mask(mask)
+    bool_mask = as_bool_mask(mask)
     # PPO.md §2.6: V_t <- V_old[t]*m_t, r_t <- r_t*m_t (via where, so NaN/inf pads cannot survive).
-    masked_values = _zero_outside_mask(values, bool_mask)
-    masked_rewards = _zero_outside_mask(rewards, bool_mask)
+    masked_values = zero_outside_mask(values, bool_mask)
+    masked_rewards = zero_outside_mask(rewards, bool_mask)
     response_length = rewards.shape[1]
     next_value = torch.zeros_like(masked_values[:, 0])  # V_L = 0: bootstrap 0 after the last position.
     next_advantage = torch.zeros_like(masked_values[:, 0])  # A_L = 0.
@@ -448,7 +275,7 @@ def gae_advantages_and_returns(
     # G = A + V, before whitening (PPO.md §2.6; §2.7 "Returns G are not whitened").
     returns = advantages + masked_values
     # PPO.md §2.6: "Finally multiply A and G by m".
-    return _zero_outside_mask(advantages, bool_mask), _zero_outside_mask(returns, bool_mask)
+    return zero_outside_mask(advantages, bool_mask), zero_outside_mask(returns, bool_mask)
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -498,7 +325,7 @@ def clipped_policy_loss(
     - ``approx_kl_k3 = (rho - 1) - log rho`` (CleanRL) and ``approx_kl_k1 = logp_old - logp_new``, old->new.
     """
     _check_token_count(token_count)
-    bool_mask = _as_bool_mask(mask)
+    bool_mask = as_bool_mask(mask)
     log_ratio = (logp_new - logp_old).clamp(-log_ratio_clamp, log_ratio_clamp)
     ratio = torch.exp(log_ratio)
     unclipped_objective_loss = -advantages * ratio
@@ -510,9 +337,9 @@ def clipped_policy_loss(
         clipped_branch_active = (clipped_objective_loss > unclipped_objective_loss).to(per_token_loss.dtype)
         clip_fraction = masked_sum(clipped_branch_active, bool_mask) / token_count
         detached_log_ratio = log_ratio.detach()
-        approx_kl_k3 = masked_sum(torch.expm1(detached_log_ratio) - detached_log_ratio, bool_mask) / token_count
+        approx_kl_k3 = masked_sum(k3_from_log_ratio(detached_log_ratio), bool_mask) / token_count
         approx_kl_k1 = masked_sum(-detached_log_ratio, bool_mask) / token_count
-        masked_ratio = _zero_outside_mask(ratio.detach(), bool_mask)
+        masked_ratio = zero_outside_mask(ratio.detach(), bool_mask)
     return PolicyLossOutput(
         loss=loss,
         clip_fraction=clip_fraction,
@@ -545,7 +372,7 @@ def clipped_value_loss(
     clipped error is strictly larger, i.e. the clipped branch is the active one.
     """
     _check_token_count(token_count)
-    bool_mask = _as_bool_mask(mask)
+    bool_mask = as_bool_mask(mask)
     clipped_values = values_old + (values_new - values_old).clamp(-value_clip_range, value_clip_range)
     unclipped_squared_error = (values_new - returns) ** 2
     clipped_squared_error = (clipped_values - returns) ** 2
