@@ -25,10 +25,21 @@ import time
 from pathlib import Path
 
 SCALED_DOWN = [
-    "only=[dpo,grpo,ppo]", "seeds=[0]", "task.num_sft_examples=400", "task.num_preference_pairs=200", "task.num_heldout_pairs=50",
-    "task.num_train_prompts=64", "task.num_eval_prompts=8", "sft.epochs=1", "reward_model.epochs=1",
-    "budget.prompts=64", "evaluation.num_prompts=8", "evaluation.samples_per_prompt=2",
-    "sampling.max_new_tokens=16", "evaluation.max_new_tokens=16", "executor.cpus_per_stage=1",
+    "only=[dpo,grpo,ppo]",
+    "seeds=[0]",
+    "task.num_sft_examples=400",
+    "task.num_preference_pairs=200",
+    "task.num_heldout_pairs=50",
+    "task.num_train_prompts=64",
+    "task.num_eval_prompts=8",
+    "sft.epochs=1",
+    "reward_model.epochs=1",
+    "budget.prompts=64",
+    "evaluation.num_prompts=8",
+    "evaluation.samples_per_prompt=2",
+    "sampling.max_new_tokens=16",
+    "evaluation.max_new_tokens=16",
+    "executor.cpus_per_stage=1",
 ]
 EXECUTORS = {
     "serial": ["executor.max_parallel=1"],
@@ -40,8 +51,12 @@ EXECUTORS = {
 def run_once(extra: list[str]) -> tuple[float, dict]:
     with tempfile.TemporaryDirectory() as folder:
         started = time.perf_counter()
-        result = subprocess.run([sys.executable, "-m", "harness", "run", "suite=tiny", *SCALED_DOWN, *extra],
-                                cwd=folder, capture_output=True, text=True)
+        result = subprocess.run(
+            [sys.executable, "-m", "harness", "run", "suite=tiny", *SCALED_DOWN, *extra],
+            cwd=folder,
+            capture_output=True,
+            text=True,
+        )
         seconds = time.perf_counter() - started
         if result.returncode != 0:
             sys.exit(f"executors.py: {' '.join(extra)} exited {result.returncode}: {result.stderr[-2000:]}")

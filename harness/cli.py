@@ -53,12 +53,17 @@ def build_parser() -> argparse.ArgumentParser:
     report.add_argument("items", nargs="*", metavar="suite=NAME|key=value", help=overrides_help)
 
     leaderboard = commands.add_parser(
-        "leaderboard", help="print the comparison table in the terminal (fitted to its width; --format markdown|csv|json)")
+        "leaderboard",
+        help="print the comparison table in the terminal (fitted to its width; --format markdown|csv|json)",
+    )
     add_leaderboard_options(leaderboard)
 
     listing = commands.add_parser("list", help="list suites, algorithms, tasks, metrics or generators")
     listing.add_argument(
-        "what", nargs="?", default="all", choices=["all", "suites", "algorithms", "tasks", "metrics", "generators", "backends"]
+        "what",
+        nargs="?",
+        default="all",
+        choices=["all", "suites", "algorithms", "tasks", "metrics", "generators", "backends"],
     )
     listing.add_argument("name", nargs="?", help="an algorithm: print its options with their defaults and meaning")
 
@@ -159,12 +164,18 @@ def command_run(args) -> int:
 
     console.print()
     for cell in outcome.cells:
-        mark = {"complete": "[green]done[/green]", "skipped": "[dim]kept[/dim]", "failed": "[red]FAILED[/red]"}[cell.status]
+        mark = {"complete": "[green]done[/green]", "skipped": "[dim]kept[/dim]", "failed": "[red]FAILED[/red]"}[
+            cell.status
+        ]
         console.print(f"  {mark} {cell.name}  {redact(cell.failure)}")
     if outcome.report_path:
         console.print(f"report: [bold]{outcome.report_path}[/bold]", soft_wrap=True)
-    console.print(f"MLflow experiment '{outcome.experiment}' at {redact(outcome.tracking_uri)}", soft_wrap=True, markup=False)
-    _print_leaderboard_link(outcome.leaderboard, outcome.tracking_uri, lambda line: console.print(line, soft_wrap=True, markup=False))
+    console.print(
+        f"MLflow experiment '{outcome.experiment}' at {redact(outcome.tracking_uri)}", soft_wrap=True, markup=False
+    )
+    _print_leaderboard_link(
+        outcome.leaderboard, outcome.tracking_uri, lambda line: console.print(line, soft_wrap=True, markup=False)
+    )
     if outcome.failed:
         names = ", ".join(cell.name for cell in outcome.failed)
         return _fail(f"{len(outcome.failed)} cell(s) failed: {names} (reasons above and in MLflow)")
@@ -178,8 +189,10 @@ def _banner(config) -> str:
 
     arms = config.selected_arms
     algorithms = ", ".join(arms) if len(arms) <= 3 else f"{len(arms)} algorithms"
-    return (f"harness run suite={config.suite.name} seeds={config.suite.seeds} {algorithms} (+ sft baseline) "
-            f"executor={executor_label(config)}")
+    return (
+        f"harness run suite={config.suite.name} seeds={config.suite.seeds} {algorithms} (+ sft baseline) "
+        f"executor={executor_label(config)}"
+    )
 
 
 def _tracking_uri(config) -> str:
@@ -197,7 +210,9 @@ def command_plan(args) -> int:
     rows = []
     for stage in plan.stages:
         state = "runs last" if stage.kind == REPORT else ("complete: skipped" if stage.done else "to run")
-        resources = f"{stage.gpus} GPU, {stage.cpus or 'auto'} CPU" + (f", {stage.memory_gb:g} GiB" if stage.memory_gb else "")
+        resources = f"{stage.gpus} GPU, {stage.cpus or 'auto'} CPU" + (
+            f", {stage.memory_gb:g} GiB" if stage.memory_gb else ""
+        )
         if stage.processes > 1:
             resources += f", {stage.processes} processes"
         waits = ", ".join(stage.waits_on) if stage.kind != REPORT else "every cell"
@@ -209,8 +224,10 @@ def command_plan(args) -> int:
     for row in [header, *rows]:
         print("  ".join(str(value).ljust(width) for value, width in zip(row, widths)).rstrip())
     to_run = sum(1 for stage in plan.stages if stage.kind != REPORT and not stage.done)
-    print(f"# {len(plan.stages) - 1} stages, {to_run} to run, {len(plan.stages) - 1 - to_run} complete; "
-          f"run folders in {plan.root}")
+    print(
+        f"# {len(plan.stages) - 1} stages, {to_run} to run, {len(plan.stages) - 1 - to_run} complete; "
+        f"run folders in {plan.root}"
+    )
     return EXIT_OK
 
 
@@ -258,7 +275,9 @@ def command_list(args) -> int:
     what = "generators" if args.what == "backends" else args.what
     if args.name is not None:
         if what != "algorithms":
-            raise ConfigError(f"`harness list {args.what} NAME` is not a listing; try `harness list algorithms {args.name}`")
+            raise ConfigError(
+                f"`harness list {args.what} NAME` is not a listing; try `harness list algorithms {args.name}`"
+            )
         return _describe_algorithm(args.name)
     sections = {
         "suites": [(name, read_yaml(suite_path(name)).get("description", "")) for name in suite_names()],
@@ -292,10 +311,15 @@ def _describe_algorithm(name: str) -> int:
     spec, target = resolved.spec, ALGORITHMS.entry(name).target
     print(f"{name}: {ALGORITHMS.entry(name).summary}")
     module_name, _, preset = target.partition(":")
-    print(f"  {module_name}" + (f", preset {preset} (a variant: its base's trainer with other defaults)" if preset else ""))
+    print(
+        f"  {module_name}"
+        + (f", preset {preset} (a variant: its base's trainer with other defaults)" if preset else "")
+    )
     direction = "more" if spec.kl_knob_raises_kl else "less"
-    print(f"  family: {spec.family}; KL knob: {spec.kl_knob} (a larger value allows {direction} KL); "
-          f"{'trains the policy' if spec.trains_policy else 'trains nothing (inference time)'}")
+    print(
+        f"  family: {spec.family}; KL knob: {spec.kl_knob} (a larger value allows {direction} KL); "
+        f"{'trains the policy' if spec.trains_policy else 'trains nothing (inference time)'}"
+    )
     print()
     print(resolved.about)
     defaults = build(resolved.config_class, dict(resolved.defaults), f"algorithms.{name}.")
@@ -306,8 +330,14 @@ def _describe_algorithm(name: str) -> int:
     columns = max(shutil.get_terminal_size().columns, width + 40)
     for option, value in values.items():
         preset_mark = " *" if option in resolved.defaults else "  "
-        print(textwrap.fill(helps.get(option, ""), columns, initial_indent=f"  {f'{option} = {value}':<{width}}{preset_mark} ",
-                            subsequent_indent=" " * (width + 5)))
+        print(
+            textwrap.fill(
+                helps.get(option, ""),
+                columns,
+                initial_indent=f"  {f'{option} = {value}':<{width}}{preset_mark} ",
+                subsequent_indent=" " * (width + 5),
+            )
+        )
     if resolved.defaults:
         print("  (* set by the preset)")
     return EXIT_OK
@@ -325,8 +355,12 @@ def _metric_rows(metrics) -> list[tuple[str, str]]:
         if metric.level == "corpus":
             source = "over all completions"
         direction = f"{metric.arrow or '·'} {metric.direction}"
-        rows.append((metric.name, f"{direction:<9} {metric.level:<6}  {metric.unit:<{unit_width}}  "
-                                  f"{metric.description} ({source})"))
+        rows.append(
+            (
+                metric.name,
+                f"{direction:<9} {metric.level:<6}  {metric.unit:<{unit_width}}  {metric.description} ({source})",
+            )
+        )
     return rows
 
 

@@ -21,7 +21,7 @@ from typing import Any
 from harness import record
 from harness.algorithms.spec import algorithm
 from harness.errors import ConfigError, require, shown
-from harness.registry import ALGORITHMS, TASKS, did_you_mean
+from harness.registry import ALGORITHMS, GENERATORS, TASKS, did_you_mean
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 SUITES_DIR = REPO_ROOT / "suites"
@@ -97,19 +97,37 @@ class ModelConfig:
 
     def __post_init__(self):
         require(self.source in ("build", "path", "hub"), "model.source", "must be one of build, path, hub")
-        require(self.architecture in BUILD_ARCHITECTURES, "model.architecture",
-                f"must be one of {', '.join(BUILD_ARCHITECTURES)};{did_you_mean(self.architecture, BUILD_ARCHITECTURES)}".rstrip(";"))
+        require(
+            self.architecture in BUILD_ARCHITECTURES,
+            "model.architecture",
+            f"must be one of {', '.join(BUILD_ARCHITECTURES)};{did_you_mean(self.architecture, BUILD_ARCHITECTURES)}".rstrip(
+                ";"
+            ),
+        )
         yaml_boolean = " (YAML reads on/off/yes/no as booleans)" if self.chat_template in ("True", "False") else ""
-        require(self.chat_template in CHAT_TEMPLATE_MODES, "model.chat_template",
-                f"must be one of {', '.join(CHAT_TEMPLATE_MODES)}, got {shown(self.chat_template)}{yaml_boolean}")
-        require(not self.system_prompt or self.chat_template != "never", "model.system_prompt",
-                "needs a chat template to go in (model.chat_template is never)")
-        require(self.source == "build" or bool(self.name_or_path), "model.name_or_path", "is required when source is path or hub")
+        require(
+            self.chat_template in CHAT_TEMPLATE_MODES,
+            "model.chat_template",
+            f"must be one of {', '.join(CHAT_TEMPLATE_MODES)}, got {shown(self.chat_template)}{yaml_boolean}",
+        )
+        require(
+            not self.system_prompt or self.chat_template != "never",
+            "model.system_prompt",
+            "needs a chat template to go in (model.chat_template is never)",
+        )
+        require(
+            self.source == "build" or bool(self.name_or_path),
+            "model.name_or_path",
+            "is required when source is path or hub",
+        )
         if self.source == "path":
             folder = Path(self.name_or_path)
             require(_is_dir(folder), "model.name_or_path", f"'{shown(folder, PATH_LIMIT)}' is not a folder")
-            require(_is_file(folder / "config.json"), "model.name_or_path",
-                    f"'{shown(folder, PATH_LIMIT)}' is not a Hugging Face model folder (no config.json)")
+            require(
+                _is_file(folder / "config.json"),
+                "model.name_or_path",
+                f"'{shown(folder, PATH_LIMIT)}' is not a Hugging Face model folder (no config.json)",
+            )
             require(
                 any(folder.glob("*.safetensors")),
                 "model.name_or_path",
@@ -121,6 +139,7 @@ class ModelConfig:
 
 
 EVERY_ALGORITHM = "algorithms"  # in lora.stages: every algorithm that trains the policy
+
 
 def trains_with_adapters(stage: str) -> bool:
     """Whether `lora.stages` may name `stage`: SFT, or a registered algorithm that trains the policy (an
@@ -152,8 +171,10 @@ class LoraConfig:
             if stage != EVERY_ALGORITHM and not trains_with_adapters(stage):
                 allowed = [EVERY_ALGORITHM, "sft", *(name for name in ALGORITHMS.names() if trains_with_adapters(name))]
                 what = "which trains no policy weights" if stage in ALGORITHMS else "an unknown stage"
-                raise ConfigError(f"'lora.stages' names '{shown(stage)}', {what}; must be algorithms, sft or an "
-                                  f"algorithm that trains;{did_you_mean(stage, allowed)}".rstrip(";"))
+                raise ConfigError(
+                    f"'lora.stages' names '{shown(stage)}', {what}; must be algorithms, sft or an "
+                    f"algorithm that trains;{did_you_mean(stage, allowed)}".rstrip(";")
+                )
         require(self.r > 0, "lora.r", "must be > 0")
         require(self.alpha > 0, "lora.alpha", "must be > 0")
         require(0 <= self.dropout < 1, "lora.dropout", "must be in [0, 1)")
@@ -208,10 +229,17 @@ class RewardModelConfig:
 
     def __post_init__(self):
         require(self.source in ("train", "path", "hub"), "reward_model.source", "must be one of train, path, hub")
-        require(self.source == "train" or bool(self.name_or_path), "reward_model.name_or_path", "is required when source is path or hub")
+        require(
+            self.source == "train" or bool(self.name_or_path),
+            "reward_model.name_or_path",
+            "is required when source is path or hub",
+        )
         if self.source == "path":
-            require(_is_file(Path(self.name_or_path) / "config.json"), "reward_model.name_or_path",
-                    f"'{shown(self.name_or_path, PATH_LIMIT)}' is not a Hugging Face model folder (no config.json)")
+            require(
+                _is_file(Path(self.name_or_path) / "config.json"),
+                "reward_model.name_or_path",
+                f"'{shown(self.name_or_path, PATH_LIMIT)}' is not a Hugging Face model folder (no config.json)",
+            )
         require(self.score_index >= 0, "reward_model.score_index", "must be >= 0")
         require(self.epochs > 0, "reward_model.epochs", "must be > 0")
         require(self.learning_rate > 0, "reward_model.learning_rate", "must be > 0")
@@ -273,7 +301,6 @@ class EvaluationConfig:
     # final one only): the reward-versus-KL picture becomes a curve per algorithm and seed
 
     def __post_init__(self):
-        from harness.registry import GENERATORS
 
         known = [*GENERATORS.names(), "auto"]
         require(
@@ -308,15 +335,27 @@ class GoldConfig:
     # never execute code shipped with a checkpoint unless asked
 
     def __post_init__(self):
-        require(self.source in GOLD_SOURCES, "gold.source", f"must be one of {', '.join(GOLD_SOURCES)};"
-                f"{did_you_mean(self.source, GOLD_SOURCES)}".rstrip(";"))
-        require(self.source == "task" or bool(self.name_or_path), "gold.name_or_path",
-                "is required when gold.source is reward_model")
-        require(self.source == "reward_model" or not self.name_or_path, "gold.name_or_path",
-                "is only read when gold.source is reward_model")
+        require(
+            self.source in GOLD_SOURCES,
+            "gold.source",
+            f"must be one of {', '.join(GOLD_SOURCES)};{did_you_mean(self.source, GOLD_SOURCES)}".rstrip(";"),
+        )
+        require(
+            self.source == "task" or bool(self.name_or_path),
+            "gold.name_or_path",
+            "is required when gold.source is reward_model",
+        )
+        require(
+            self.source == "reward_model" or not self.name_or_path,
+            "gold.name_or_path",
+            "is only read when gold.source is reward_model",
+        )
         if self.name_or_path and _looks_like_path(self.name_or_path):
-            require(_is_file(Path(self.name_or_path) / "config.json"), "gold.name_or_path",
-                    f"'{shown(self.name_or_path, PATH_LIMIT)}' is not a Hugging Face model folder (no config.json)")
+            require(
+                _is_file(Path(self.name_or_path) / "config.json"),
+                "gold.name_or_path",
+                f"'{shown(self.name_or_path, PATH_LIMIT)}' is not a Hugging Face model folder (no config.json)",
+            )
         require(self.score_index >= 0, "gold.score_index", "must be >= 0")
 
     @property
@@ -384,29 +423,54 @@ class JudgeConfig:
     training: JudgeTrainingConfig = field(default_factory=JudgeTrainingConfig)
 
     def __post_init__(self):
-        require(self.kind in JUDGE_KINDS, "judge.kind",
-                f"must be one of {', '.join(JUDGE_KINDS)};{did_you_mean(self.kind, JUDGE_KINDS)}".rstrip(";"))
-        require(self.backend in JUDGE_BACKENDS, "judge.backend",
-                f"must be one of {', '.join(JUDGE_BACKENDS)};{did_you_mean(self.backend, JUDGE_BACKENDS)}".rstrip(";"))
+        require(
+            self.kind in JUDGE_KINDS,
+            "judge.kind",
+            f"must be one of {', '.join(JUDGE_KINDS)};{did_you_mean(self.kind, JUDGE_KINDS)}".rstrip(";"),
+        )
+        require(
+            self.backend in JUDGE_BACKENDS,
+            "judge.backend",
+            f"must be one of {', '.join(JUDGE_BACKENDS)};{did_you_mean(self.backend, JUDGE_BACKENDS)}".rstrip(";"),
+        )
         require(self.kind != "model" or bool(self.model), "judge.model", "is required when judge.kind is model")
         require(self.kind == "model" or not self.model, "judge.model", "is only read when judge.kind is model")
-        require(self.backend != "openai" or self.kind != "model" or bool(self.base_url), "judge.base_url",
-                "is required with backend openai (e.g. http://127.0.0.1:8000/v1)")
+        require(
+            self.backend != "openai" or self.kind != "model" or bool(self.base_url),
+            "judge.base_url",
+            "is required with backend openai (e.g. http://127.0.0.1:8000/v1)",
+        )
         if self.base_url:
-            require(self.base_url.startswith(("http://", "https://")), "judge.base_url",
-                    f"must start with http:// or https://, not '{shown(self.base_url)}'")
+            require(
+                self.base_url.startswith(("http://", "https://")),
+                "judge.base_url",
+                f"must start with http:// or https://, not '{shown(self.base_url)}'",
+            )
         if self.api_key_env:
-            require(self.api_key_env.replace("_", "").isalnum(), "judge.api_key_env",
-                    "must be the name of an environment variable (letters, digits, _), never the key itself: "
-                    f"the value given ({len(self.api_key_env)} characters) is not repeated here")
+            require(
+                self.api_key_env.replace("_", "").isalnum(),
+                "judge.api_key_env",
+                "must be the name of an environment variable (letters, digits, _), never the key itself: "
+                f"the value given ({len(self.api_key_env)} characters) is not repeated here",
+            )
         if self.kind == "model" and self.backend != "openai" and _looks_like_path(self.model):
-            require(_is_file(Path(self.model) / "config.json"), "judge.model",
-                    f"'{shown(self.model, PATH_LIMIT)}' is not a Hugging Face model folder (no config.json)")
+            require(
+                _is_file(Path(self.model) / "config.json"),
+                "judge.model",
+                f"'{shown(self.model, PATH_LIMIT)}' is not a Hugging Face model folder (no config.json)",
+            )
         known = sorted(p.stem for p in JUDGES_DIR.glob("*.yaml"))
-        require(self.template in known or _is_file(Path(self.template)), "judge.template",
-                f"names unknown template '{shown(self.template)}';{did_you_mean(self.template, known)} "
-                f"known: {', '.join(known)} (or a path to a template file)")
-        require(self.vs_sft or self.vs_reference, "judge.vs_sft", "and judge.vs_reference are both false: the judge would compare nothing")
+        require(
+            self.template in known or _is_file(Path(self.template)),
+            "judge.template",
+            f"names unknown template '{shown(self.template)}';{did_you_mean(self.template, known)} "
+            f"known: {', '.join(known)} (or a path to a template file)",
+        )
+        require(
+            self.vs_sft or self.vs_reference,
+            "judge.vs_sft",
+            "and judge.vs_reference are both false: the judge would compare nothing",
+        )
         require(self.batch_size > 0, "judge.batch_size", "must be > 0")
         require(self.max_new_tokens > 0, "judge.max_new_tokens", "must be > 0")
 
@@ -487,9 +551,12 @@ class TrackingConfig:
         if scheme in ("http", "https"):
             require(bool(rest.split("/")[0]), "tracking.uri", f"names no host: use {scheme}://host:port")
         if scheme.split("+")[0] == "sqlite":
-            require(rest.strip("/") != "", "tracking.uri",
-                    "names no database file (sqlite:// alone is an in-memory store that keeps nothing): "
-                    "use sqlite:////abs/mlflow.db")
+            require(
+                rest.strip("/") != "",
+                "tracking.uri",
+                "names no database file (sqlite:// alone is an in-memory store that keeps nothing): "
+                "use sqlite:////abs/mlflow.db",
+            )
 
 
 # Where MLflow 3.17 can keep runs (mlflow.tracking._tracking_service.utils._register_tracking_stores): SQLAlchemy
@@ -533,8 +600,11 @@ class ExecutorConfig:
     # host memory every stage asks for, in GiB (ray schedules by it; 0 = no request)
 
     def __post_init__(self):
-        require(self.name in EXECUTORS, "executor.name",
-                f"must be one of {', '.join(EXECUTORS)};{did_you_mean(self.name, EXECUTORS)}".rstrip(";"))
+        require(
+            self.name in EXECUTORS,
+            "executor.name",
+            f"must be one of {', '.join(EXECUTORS)};{did_you_mean(self.name, EXECUTORS)}".rstrip(";"),
+        )
         require(self.max_parallel >= 1, "executor.max_parallel", "must be >= 1")
         require(self.retries >= 0, "executor.retries", "must be >= 0")
         require(self.gpus_per_stage >= -1, "executor.gpus_per_stage", "must be >= 0 (or -1 for auto)")
@@ -564,8 +634,11 @@ class LauncherConfig:
     def __post_init__(self):
         require(self.num_processes >= 1, "launcher.num_processes", "must be >= 1")
         known = sorted(p.stem for p in (CONFIGS_DIR / "accelerate").glob("*.yaml"))
-        require(self.config in known, "launcher.config",
-                f"names unknown preset '{shown(self.config)}';{did_you_mean(self.config, known)} known: {', '.join(known)}")
+        require(
+            self.config in known,
+            "launcher.config",
+            f"names unknown preset '{shown(self.config)}';{did_you_mean(self.config, known)} known: {', '.join(known)}",
+        )
 
 
 @dataclass
@@ -620,7 +693,11 @@ class SuiteConfig:
         require(all(s >= 0 for s in self.seeds), "seeds", "must be >= 0")
         require(all(s < 2**32 for s in self.seeds), "seeds", "must be < 2**32 (numpy's seed range)")
         require(len(set(self.only)) == len(self.only), "only", "must not name an algorithm twice")
-        require(_folder_name(self.name), "name", f"must be usable as one folder name (no '/', not '.' or '..'), not '{shown(self.name)}'")
+        require(
+            _folder_name(self.name),
+            "name",
+            f"must be usable as one folder name (no '/', not '.' or '..'), not '{shown(self.name)}'",
+        )
         require(self.device in ("auto", "cpu", "cuda"), "device", "must be auto, cpu or cuda")
         require(self.precision in ("fp32", "bf16"), "precision", "must be fp32 or bf16")
         require(self.checkpoint_every >= 0, "checkpoint_every", "must be >= 0")
@@ -702,7 +779,9 @@ def suite_path(suite: str) -> Path:
         return candidate.resolve()
     path = SUITES_DIR / f"{suite}.yaml"
     if not _is_file(path):
-        raise ConfigError(f"unknown suite '{shown(suite)}';{did_you_mean(suite, suite_names())} known: {', '.join(suite_names())}")
+        raise ConfigError(
+            f"unknown suite '{shown(suite)}';{did_you_mean(suite, suite_names())} known: {', '.join(suite_names())}"
+        )
     return path
 
 
@@ -727,7 +806,9 @@ def read_yaml(path: Path) -> dict:
     if data is None:
         return {}
     if not isinstance(data, dict):
-        raise ConfigError(f"'{shown(path, PATH_LIMIT)}' must hold a mapping of keys to values, not {type(data).__name__}")
+        raise ConfigError(
+            f"'{shown(path, PATH_LIMIT)}' must hold a mapping of keys to values, not {type(data).__name__}"
+        )
     return data
 
 
@@ -817,8 +898,11 @@ def field_help(schema: type) -> dict[str, str]:
     import inspect
 
     lines = inspect.getsource(schema).splitlines()
-    fields = [(node.target.id, node.end_lineno) for node in ast.parse("\n".join(lines)).body[0].body
-              if isinstance(node, ast.AnnAssign) and isinstance(node.target, ast.Name)]
+    fields = [
+        (node.target.id, node.end_lineno)
+        for node in ast.parse("\n".join(lines)).body[0].body
+        if isinstance(node, ast.AnnAssign) and isinstance(node.target, ast.Name)
+    ]
     helps = {}
     for name, last_line in fields:
         comment = []
@@ -938,13 +1022,17 @@ def _check_gold_and_judge(suite: SuiteConfig, task_name: str) -> None:
     task_has_gold = TASKS.get(task_name).HAS_GOLD_REWARD
     if suite.reward.source == "gold":
         if suite.gold.source == "reward_model":
-            raise ConfigError("'reward.source' is gold, but gold.source is reward_model: a held-out reward model "
-                              "stays held out (no algorithm may optimise it); use reward.source=proxy")
+            raise ConfigError(
+                "'reward.source' is gold, but gold.source is reward_model: a held-out reward model "
+                "stays held out (no algorithm may optimise it); use reward.source=proxy"
+            )
         if not task_has_gold:
             raise ConfigError(f"'reward.source' is gold, but task '{task_name}' has no gold reward; use proxy")
     if suite.judge.kind == "gold" and not (task_has_gold or suite.gold.source == "reward_model"):
-        raise ConfigError(f"'judge.kind' is gold, but task '{task_name}' has no gold reward; set gold.source=reward_model "
-                          "with gold.name_or_path, or use judge.kind=model")
+        raise ConfigError(
+            f"'judge.kind' is gold, but task '{task_name}' has no gold reward; set gold.source=reward_model "
+            "with gold.name_or_path, or use judge.kind=model"
+        )
 
 
 # A sweep value becomes part of an arm's name, hence of folder and MLflow run names.
@@ -968,19 +1056,27 @@ def _sweep_grid(sweep_raw: Any, algorithms: dict[str, Any]) -> dict[str, list]:
             )
         name, option = parts[1], parts[2]
         if name not in algorithms:
-            raise ConfigError(f"'sweep.{shown(key)}': the suite does not run '{shown(name)}';"
-                              f"{did_you_mean(name, algorithms)} it runs: {', '.join(algorithms)}")
+            raise ConfigError(
+                f"'sweep.{shown(key)}': the suite does not run '{shown(name)}';"
+                f"{did_you_mean(name, algorithms)} it runs: {', '.join(algorithms)}"
+            )
         fields = [f.name for f in dataclasses.fields(algorithms[name])]
         if option not in fields:
-            raise ConfigError(f"'sweep.{shown(key)}': unknown key 'algorithms.{name}.{shown(option)}';"
-                              f"{did_you_mean(option, fields)}".rstrip(";"))
+            raise ConfigError(
+                f"'sweep.{shown(key)}': unknown key 'algorithms.{name}.{shown(option)}';"
+                f"{did_you_mean(option, fields)}".rstrip(";")
+            )
         if not isinstance(values, list) or not values:
-            raise ConfigError(f"'sweep.{key}' must be a non-empty list of values such as [0.03,0.1], not {shown(repr(values))}")
+            raise ConfigError(
+                f"'sweep.{key}' must be a non-empty list of values such as [0.03,0.1], not {shown(repr(values))}"
+            )
         if len({json.dumps(value, sort_keys=True) for value in values}) != len(values):
             raise ConfigError(f"'sweep.{key}' lists a value twice")
         for value in values:
             if isinstance(value, (dict, list)) or not set(str(value)) <= _SWEEP_VALUE_CHARACTERS:
-                raise ConfigError(f"'sweep.{key}': value {shown(repr(value))} must be a number, a boolean or a plain word")
+                raise ConfigError(
+                    f"'sweep.{key}': value {shown(repr(value))} must be a number, a boolean or a plain word"
+                )
         grid[key] = values
     return grid
 
@@ -1005,8 +1101,9 @@ def _expand_arms(algorithms: dict[str, Any], grid: dict[str, list]) -> dict[str,
             # Values that differ as written but not as options (1 and 1.0, 0.1 and '0.1') would train one
             # configuration twice, or one point would replace another.
             if arm in arms:
-                raise ConfigError(f"'sweep' gives {arm} twice (written {written_as[arm]} and {written}): "
-                                  "list each value once")
+                raise ConfigError(
+                    f"'sweep' gives {arm} twice (written {written_as[arm]} and {written}): list each value once"
+                )
             arms[arm], written_as[arm] = arm_config, written
     return arms
 
@@ -1055,7 +1152,9 @@ def _preset(kind: str, name: str, key: str) -> dict:
     path = CONFIGS_DIR / kind / f"{name}.yaml"
     if not isinstance(name, str) or "/" in name or not _is_file(path):
         known = sorted(p.stem for p in (CONFIGS_DIR / kind).glob("*.yaml"))
-        raise ConfigError(f"'{key}' names unknown preset '{shown(name)}';{did_you_mean(name, known)} known: {', '.join(known)}")
+        raise ConfigError(
+            f"'{key}' names unknown preset '{shown(name)}';{did_you_mean(name, known)} known: {', '.join(known)}"
+        )
     return read_yaml(path)
 
 
@@ -1063,10 +1162,14 @@ def _lookup(registry, name: Any, key: str, resolve=None):
     """The registry's entry point for `name` (or `resolve(name)`), or a one-line error naming `key` (registry
     messages would echo a name of any length)."""
     if not isinstance(name, str):
-        raise ConfigError(f"'{key}' must be a {registry.kind} name (see `harness list {registry.kind}s`), not {shown(repr(name))}")
+        raise ConfigError(
+            f"'{key}' must be a {registry.kind} name (see `harness list {registry.kind}s`), not {shown(repr(name))}"
+        )
     if name not in registry:
         known = sorted(registry.names())
-        raise ConfigError(f"'{key}': unknown {registry.kind} '{shown(name)}';{did_you_mean(name, known)} known: {', '.join(known)}")
+        raise ConfigError(
+            f"'{key}': unknown {registry.kind} '{shown(name)}';{did_you_mean(name, known)} known: {', '.join(known)}"
+        )
     return resolve(name) if resolve else registry.get(name)
 
 

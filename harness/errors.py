@@ -39,7 +39,7 @@ def shown(value: Any, limit: int = SHOWN_LIMIT) -> str:
     text = "".join(c if c.isprintable() else repr(c)[1:-1] for c in text)
     if len(text) > limit:  # the middle goes: a path's file name, at its end, stays
         head = limit * 2 // 3
-        return f"{text[:head]}…{text[len(text) - (limit - head):]} ({len(text)} characters)"
+        return f"{text[:head]}…{text[len(text) - (limit - head) :]} ({len(text)} characters)"
     return text
 
 
@@ -50,9 +50,19 @@ def require(condition: bool, key: str, message: str) -> None:
 
 
 # transformers' SchedulerType values (5.17), written out so that validation needs no transformers import.
-LR_SCHEDULERS = ("linear", "cosine", "cosine_with_restarts", "polynomial", "constant", "constant_with_warmup",
-                 "inverse_sqrt", "reduce_lr_on_plateau", "cosine_with_min_lr", "cosine_warmup_with_min_lr",
-                 "warmup_stable_decay")
+LR_SCHEDULERS = (
+    "linear",
+    "cosine",
+    "cosine_with_restarts",
+    "polynomial",
+    "constant",
+    "constant_with_warmup",
+    "inverse_sqrt",
+    "reduce_lr_on_plateau",
+    "cosine_with_min_lr",
+    "cosine_warmup_with_min_lr",
+    "warmup_stable_decay",
+)
 
 
 def require_scheduler(name: str) -> None:

@@ -76,11 +76,25 @@ def build_tiny_causal_lm(model_config, tokenizer, seed: int):
     width, depth, heads = model_config.n_embd, model_config.n_layer, model_config.n_head
     architecture = model_config.architecture
     if architecture == "gpt2":
-        shape = dict(n_positions=model_config.max_positions, n_embd=width, n_layer=depth, n_head=heads,
-                     resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0, summary_first_dropout=0.0)
+        shape = dict(
+            n_positions=model_config.max_positions,
+            n_embd=width,
+            n_layer=depth,
+            n_head=heads,
+            resid_pdrop=0.0,
+            embd_pdrop=0.0,
+            attn_pdrop=0.0,
+            summary_first_dropout=0.0,
+        )
     else:
-        shape = dict(max_position_embeddings=model_config.max_positions, hidden_size=width, num_hidden_layers=depth,
-                     num_attention_heads=heads, intermediate_size=4 * width, attention_dropout=0.0)
+        shape = dict(
+            max_position_embeddings=model_config.max_positions,
+            hidden_size=width,
+            num_hidden_layers=depth,
+            num_attention_heads=heads,
+            intermediate_size=4 * width,
+            attention_dropout=0.0,
+        )
         if architecture == "gpt_neox":  # Pythia: partial rotary, parallel residual, untied output head
             shape.update(rotary_pct=0.25, use_parallel_residual=True, hidden_dropout=0.0, tie_word_embeddings=False)
         else:  # qwen2 / llama: grouped-query attention in the real ones; one KV head per query head here
@@ -159,9 +173,7 @@ def load_causal_lm(folder: Path | str, device: str = "cpu", trust_remote_code: b
     """Load a causal LM in eval mode; safetensors only, never a pickle (`use_safetensors=True`)."""
     from transformers import AutoModelForCausalLM
 
-    model = AutoModelForCausalLM.from_pretrained(
-        folder, use_safetensors=True, trust_remote_code=trust_remote_code
-    )
+    model = AutoModelForCausalLM.from_pretrained(folder, use_safetensors=True, trust_remote_code=trust_remote_code)
     return model.to(device).eval()
 
 
@@ -179,7 +191,10 @@ def auto_tokenizer(source: Path | str, trust_remote_code: bool = False):
     from transformers import AutoTokenizer, PreTrainedTokenizerFast
 
     config_file = Path(source) / "tokenizer_config.json"
-    if config_file.is_file() and json.loads(config_file.read_text()).get("tokenizer_class") in GENERIC_TOKENIZER_CLASSES:
+    if (
+        config_file.is_file()
+        and json.loads(config_file.read_text()).get("tokenizer_class") in GENERIC_TOKENIZER_CLASSES
+    ):
         return PreTrainedTokenizerFast.from_pretrained(source)
     return AutoTokenizer.from_pretrained(source, trust_remote_code=trust_remote_code)
 

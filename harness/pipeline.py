@@ -17,15 +17,20 @@ import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from harness.errors import UserError
 from harness import record
 from harness.config import ResolvedConfig, flatten
+from harness.errors import UserError
+from harness.executors.local import run_in_process, run_in_subprocesses
+from harness.generation.select import resolve_generator_name
+from harness.judges.preflight import check_judge_endpoint
 from harness.plan import EVALUATE, PREPARE_KINDS, REPORT, TRAIN, Plan, build_plan
-from harness.runs import write_json
+from harness.report.leaderboard_runs import write_report_and_leaderboard
+from harness.runs import SuiteLock, require_writable, write_json
 from harness.stages.files import Invocation, stage_file
 from harness.stages.outcomes import BLOCKED, FAILED
 from harness.tasks.common import TaskDataError
-from harness.tracking import default_tracking_uri
+from harness.tracking import Tracker, default_tracking_uri
+from harness.tracking_retry import call_retried
 
 logger = logging.getLogger(__name__)
 
@@ -33,7 +38,7 @@ logger = logging.getLogger(__name__)
 @dataclass
 class CellOutcome:
     name: str
-    algorithm: str
+    arm: str
     seed: int
     status: str  # complete | skipped | failed
     run_id: str | None
@@ -76,9 +81,6 @@ def ready_to_run(config: ResolvedConfig):
     """Everything that can refuse a run, checked before anything of it is made (no run folder, no MLflow run) and
     before the CLI prints its banner: the output folder, the judge's endpoint, the Ray cluster, the tracking
     store. Yields the Tracker the run writes with; the cluster (when executor=ray) stays joined for the block."""
-    from harness.judges.preflight import check_judge_endpoint
-    from harness.runs import require_writable
-    from harness.tracking import Tracker
 
     plan = build_plan(config)
     tracking_uri = tracking_uri_of(config)
@@ -96,7 +98,6 @@ def ready_to_run(config: ResolvedConfig):
 
 def run_suite(config: ResolvedConfig, reporter, tracker) -> RunOutcome:
     """The run, inside `ready_to_run` (the CLI checks first, then prints its banner); `tracker` is the one it yielded."""
-    from harness.runs import SuiteLock
 
     plan = build_plan(config)
     plan.root.mkdir(parents=True, exist_ok=True)
@@ -109,7 +110,6 @@ def run_suite(config: ResolvedConfig, reporter, tracker) -> RunOutcome:
 
 
 def _run_locked(config: ResolvedConfig, plan: Plan, tracker, reporter) -> RunOutcome:
-    from harness.generation.select import resolve_generator_name
 
     suite = config.suite
     parent_run_id = tracker.start_invocation(
@@ -121,7 +121,10 @@ def _run_locked(config: ResolvedConfig, plan: Plan, tracker, reporter) -> RunOut
     config_file.parent.mkdir(parents=True, exist_ok=True)
     config_file.write_text(config.to_yaml())
     invocation = Invocation(
-        str(config_file), plan.config_hash, tracker.uri, parent_run_id,
+        str(config_file),
+        plan.config_hash,
+        tracker.uri,
+        parent_run_id,
         resolve_generator_name(suite.evaluation.generator),  # "auto" decided once, for every stage
         str(stage_dir),
         os.getcwd(),
@@ -154,11 +157,14 @@ def _execute_and_report(config, plan, tracker, reporter, parent_run_id, stages, 
         # (first: a tracking store that never came back fails the calls below).
         write_json(plan.root / "timings.json", [t for result in outcomes.values() for t in result.get("timings", [])])
         cells = _cells(plan, outcomes)
-        tracker.set_tags(parent_run_id, {
-            record.TAG_FAILED_CELLS: sum(cell.status == "failed" for cell in cells),
-            # The cells this invocation used, computed now or kept: the report's current configuration.
-            record.TAG_CELL_RUNS: ",".join(cell.run_id for cell in cells if cell.run_id),
-        })
+        tracker.set_tags(
+            parent_run_id,
+            {
+                record.TAG_FAILED_CELLS: sum(cell.status == "failed" for cell in cells),
+                # The cells this invocation used, computed now or kept: the report's current configuration.
+                record.TAG_CELL_RUNS: ",".join(cell.run_id for cell in cells if cell.run_id),
+            },
+        )
         tracker.finish(parent_run_id, status)
     result = RunOutcome(suite.name, tracker.uri, record.experiment_name(suite.name), parent_run_id, cells)
     result.report_path, result.leaderboard = write_report(config, tracker.uri)
@@ -171,7 +177,6 @@ def _execute(config, stages, files, reporter, tracker) -> dict[str, dict]:
         from harness.executors.ray_cluster import run_on_ray
 
         return run_on_ray(stages, files, reporter, config.suite, tracker)
-    from harness.executors.local import run_in_process, run_in_subprocesses
 
     if executor.max_parallel == 1:
         return run_in_process(stages, files, reporter)
@@ -203,7 +208,9 @@ def _cells(plan: Plan, outcomes: dict[str, dict]) -> list[CellOutcome]:
             result = upstream
         run_id = result.get("run_id") or _cell_run_id(Path(stage.folder))
         status = "failed" if result["status"] == FAILED else result["status"]
-        cells.append(CellOutcome(stage.cell, stage.algorithm, stage.seed, status, run_id, result.get("summary", {}), result["failure"]))
+        cells.append(
+            CellOutcome(stage.cell, stage.arm, stage.seed, status, run_id, result.get("summary", {}), result["failure"])
+        )
     return cells
 
 
@@ -219,8 +226,13 @@ def write_report(config: ResolvedConfig, tracking_uri: str):
     Its reads ride out a store outage like the run's writes: once the store has answered this command, a
     transient failure anywhere in it retries the whole report (reading again, then replacing the leaderboard runs
     and the file: nothing doubles) until the store is back or `tracking.retry_seconds` have passed."""
-    from harness.report.leaderboard_runs import write_report_and_leaderboard
-    from harness.tracking_retry import call_retried
 
-    return call_retried(tracking_uri, config.suite.tracking.retry_seconds, "the report", write_report_and_leaderboard,
-                        tracking_uri, config.suite.name, Path(config.suite.reports_dir))
+    return call_retried(
+        tracking_uri,
+        config.suite.tracking.retry_seconds,
+        "the report",
+        write_report_and_leaderboard,
+        tracking_uri,
+        config.suite.name,
+        Path(config.suite.reports_dir),
+    )

@@ -28,7 +28,15 @@ from harness.runs import OutputFolder
 
 # Stage kinds, in the order a seed's stages run.
 TASK, BASE, SFT, REWARD_MODEL, JUDGE, TRAIN, EVALUATE, REPORT = (
-    "task", "base", "sft", "reward_model", "judge", "train", "evaluate", "report")
+    "task",
+    "base",
+    "sft",
+    "reward_model",
+    "judge",
+    "train",
+    "evaluate",
+    "report",
+)
 PREPARE_KINDS = (TASK, BASE, SFT, REWARD_MODEL, JUDGE)  # JUDGE only with judge.kind trained
 # Kinds that run a model and so ask for a GPU when the suite runs on CUDA.
 MODEL_KINDS = (SFT, REWARD_MODEL, JUDGE, TRAIN, EVALUATE)
@@ -39,7 +47,7 @@ class Stage:
     id: str  # unique in the plan: "sft-s0", "train:dpo-s0", "evaluate:dpo-s0", "report"
     kind: str
     seed: int | None
-    algorithm: str | None  # the cell's arm ("dpo", "dpo@beta=0.03"; BASELINE for the SFT row); None for prepare stages
+    arm: str | None  # the cell's arm ("dpo", "dpo@beta=0.03"; BASELINE for the SFT row); None for prepare stages
     hash: str
     folder: str  # the run folder whose completion marker says the stage is done ("" for the report)
     waits_on: list[str] = field(default_factory=list)
@@ -51,8 +59,8 @@ class Stage:
 
     @property
     def cell(self) -> str | None:
-        """The cell's name, "<algorithm>-s<seed>", for train and evaluate stages."""
-        return f"{self.algorithm}-s{self.seed}" if self.algorithm else None
+        """The cell's name, "<arm>-s<seed>", for train and evaluate stages."""
+        return f"{self.arm}-s{self.seed}" if self.arm else None
 
     @property
     def done(self) -> bool:
@@ -65,8 +73,14 @@ class Stage:
             return f"{self.cell} train"
         if self.kind == EVALUATE:
             return f"{self.cell} evaluate"
-        names = {TASK: "task data", BASE: "base model", SFT: "SFT", REWARD_MODEL: "reward model", JUDGE: "trained judge",
-                 REPORT: "report"}
+        names = {
+            TASK: "task data",
+            BASE: "base model",
+            SFT: "SFT",
+            REWARD_MODEL: "reward model",
+            JUDGE: "trained judge",
+            REPORT: "report",
+        }
         return names[self.kind] + (f" (seed {self.seed})" if self.seed is not None else "")
 
     def to_dict(self) -> dict:
@@ -86,8 +100,8 @@ class Plan:
     def prepare_stage(self, kind: str, seed: int) -> Stage | None:
         return next((s for s in self.stages if s.kind == kind and s.seed == seed), None)
 
-    def cell_folder(self, algorithm: str, seed: int) -> Path:
-        evaluate = self.stage(f"{EVALUATE}:{algorithm}-s{seed}")
+    def cell_folder(self, arm: str, seed: int) -> Path:
+        evaluate = self.stage(f"{EVALUATE}:{arm}-s{seed}")
         return Path(evaluate.folder)
 
 
@@ -107,7 +121,9 @@ def prepare_hashes(config: ResolvedConfig, seed: int) -> dict[str, str]:
     reward_model = fingerprint(sft, dataclasses.asdict(suite.reward_model), suite.precision)
     hashes = {TASK: task, BASE: base, SFT: sft, REWARD_MODEL: reward_model}
     if suite.judge.kind == "trained":  # its own branch of the chain: it learns from the task data alone
-        hashes[JUDGE] = fingerprint(task, suite.judge.template, dataclasses.asdict(suite.judge.training), suite.precision)
+        hashes[JUDGE] = fingerprint(
+            task, suite.judge.template, dataclasses.asdict(suite.judge.training), suite.precision
+        )
     return hashes
 
 
@@ -146,11 +162,21 @@ def build_plan(config: ResolvedConfig) -> Plan:
     model_gpus = _gpus_per_stage(suite)
     launcher = suite.launcher
 
-    def stage(stage_id, kind, seed, algorithm, stage_hash, folder, waits_on=(), soft_waits=(), processes=1):
+    def stage(stage_id, kind, seed, arm, stage_hash, folder, waits_on=(), soft_waits=(), processes=1):
         gpus = (model_gpus * processes) if kind in MODEL_KINDS else 0
         return Stage(
-            stage_id, kind, seed, algorithm, stage_hash, str(folder), list(waits_on), list(soft_waits),
-            gpus, suite.executor.cpus_per_stage, suite.executor.memory_gb, processes,
+            stage_id,
+            kind,
+            seed,
+            arm,
+            stage_hash,
+            str(folder),
+            list(waits_on),
+            list(soft_waits),
+            gpus,
+            suite.executor.cpus_per_stage,
+            suite.executor.memory_gb,
+            processes,
         )
 
     stages: list[Stage] = []
@@ -159,37 +185,87 @@ def build_plan(config: ResolvedConfig) -> Plan:
         hashes = prepare_hashes(config, seed)
         prepare = root / "prepare"
         stages.append(stage(f"task-s{seed}", TASK, seed, None, hashes[TASK], prepare / f"task-s{seed}-{hashes[TASK]}"))
-        stages.append(stage(f"base-s{seed}", BASE, seed, None, hashes[BASE], prepare / f"base-s{seed}-{hashes[BASE]}", [f"task-s{seed}"]))
+        stages.append(
+            stage(
+                f"base-s{seed}",
+                BASE,
+                seed,
+                None,
+                hashes[BASE],
+                prepare / f"base-s{seed}-{hashes[BASE]}",
+                [f"task-s{seed}"],
+            )
+        )
         policy = f"base-s{seed}"
         if suite.sft.enabled:
-            stages.append(stage(f"sft-s{seed}", SFT, seed, None, hashes[SFT], prepare / f"sft-s{seed}-{hashes[SFT]}", [policy]))
+            stages.append(
+                stage(f"sft-s{seed}", SFT, seed, None, hashes[SFT], prepare / f"sft-s{seed}-{hashes[SFT]}", [policy])
+            )
             policy = f"sft-s{seed}"
         reward_id = f"reward_model-s{seed}"
-        stages.append(stage(reward_id, REWARD_MODEL, seed, None, hashes[REWARD_MODEL],
-                            prepare / f"reward_model-s{seed}-{hashes[REWARD_MODEL]}", [policy]))
+        stages.append(
+            stage(
+                reward_id,
+                REWARD_MODEL,
+                seed,
+                None,
+                hashes[REWARD_MODEL],
+                prepare / f"reward_model-s{seed}-{hashes[REWARD_MODEL]}",
+                [policy],
+            )
+        )
 
         evaluate_waits = [reward_id]
         if JUDGE in hashes:
             judge_id = f"judge-s{seed}"
-            stages.append(stage(judge_id, JUDGE, seed, None, hashes[JUDGE], prepare / f"judge-s{seed}-{hashes[JUDGE]}",
-                                [f"task-s{seed}"]))
+            stages.append(
+                stage(
+                    judge_id,
+                    JUDGE,
+                    seed,
+                    None,
+                    hashes[JUDGE],
+                    prepare / f"judge-s{seed}-{hashes[JUDGE]}",
+                    [f"task-s{seed}"],
+                )
+            )
             evaluate_waits.append(judge_id)
         baseline_hash = cell_hash(config, BASELINE, hashes[REWARD_MODEL])
         baseline_id = f"{EVALUATE}:{BASELINE}-s{seed}"
-        stages.append(stage(baseline_id, EVALUATE, seed, BASELINE, baseline_hash,
-                            root / "cells" / f"{BASELINE}-s{seed}-{baseline_hash}", evaluate_waits))
+        stages.append(
+            stage(
+                baseline_id,
+                EVALUATE,
+                seed,
+                BASELINE,
+                baseline_hash,
+                root / "cells" / f"{BASELINE}-s{seed}-{baseline_hash}",
+                evaluate_waits,
+            )
+        )
         cells.append(baseline_id)
-        for algorithm in config.selected_arms:
-            the_hash = cell_hash(config, algorithm, hashes[REWARD_MODEL])
-            folder = root / "cells" / f"{algorithm}-s{seed}-{the_hash}"
-            train_id = f"{TRAIN}:{algorithm}-s{seed}"
+        for arm in config.selected_arms:
+            the_hash = cell_hash(config, arm, hashes[REWARD_MODEL])
+            folder = root / "cells" / f"{arm}-s{seed}-{the_hash}"
+            train_id = f"{TRAIN}:{arm}-s{seed}"
             # An inference-time method trains nothing: one process, whatever the launcher says.
-            processes = launcher.num_processes if trains_policy(algorithm) else 1
-            stages.append(stage(train_id, TRAIN, seed, algorithm, the_hash, folder / "train", [reward_id],
-                                processes=processes))
-            stages.append(stage(f"{EVALUATE}:{algorithm}-s{seed}", EVALUATE, seed, algorithm, the_hash, folder,
-                                [train_id, *evaluate_waits[1:]], [baseline_id]))
-            cells.append(f"{EVALUATE}:{algorithm}-s{seed}")
+            processes = launcher.num_processes if trains_policy(arm) else 1
+            stages.append(
+                stage(train_id, TRAIN, seed, arm, the_hash, folder / "train", [reward_id], processes=processes)
+            )
+            stages.append(
+                stage(
+                    f"{EVALUATE}:{arm}-s{seed}",
+                    EVALUATE,
+                    seed,
+                    arm,
+                    the_hash,
+                    folder,
+                    [train_id, *evaluate_waits[1:]],
+                    [baseline_id],
+                )
+            )
+            cells.append(f"{EVALUATE}:{arm}-s{seed}")
     stages.append(stage(REPORT, REPORT, None, None, "", "", soft_waits=cells))
     return Plan(suite.name, root, fingerprint(config.to_dict()), stages)
 

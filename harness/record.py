@@ -41,7 +41,7 @@ ARM_SEPARATOR = "@"
 
 
 def arm_name(algorithm: str, point: dict) -> str:
-    """"dpo" for no point, "dpo@beta=0.03" for {"beta": 0.03}; keys in the order the sweep lists them."""
+    """ "dpo" for no point, "dpo@beta=0.03" for {"beta": 0.03}; keys in the order the sweep lists them."""
     if not point:
         return algorithm
     return algorithm + ARM_SEPARATOR + ",".join(f"{key}={value}" for key, value in point.items())
@@ -63,8 +63,13 @@ FAMILY_ONLINE_POLICY_GRADIENT = "online policy gradient"
 FAMILY_ACTOR_CRITIC = "actor-critic"
 FAMILY_ONLINE_PREFERENCE = "online preference"
 FAMILY_INFERENCE_TIME = "inference-time"
-FAMILIES = (FAMILY_OFFLINE_PREFERENCE, FAMILY_ONLINE_POLICY_GRADIENT, FAMILY_ACTOR_CRITIC,
-            FAMILY_ONLINE_PREFERENCE, FAMILY_INFERENCE_TIME)
+FAMILIES = (
+    FAMILY_OFFLINE_PREFERENCE,
+    FAMILY_ONLINE_POLICY_GRADIENT,
+    FAMILY_ACTOR_CRITIC,
+    FAMILY_ONLINE_PREFERENCE,
+    FAMILY_INFERENCE_TIME,
+)
 
 # -- tags -------------------------------------------------------------------------------------------------
 
@@ -131,8 +136,14 @@ COST_PROCESSES = "processes"  # ranks the training ran on
 COST_COMPLETIONS_PER_ANSWER = "completions_per_answer"  # best-of-n: candidates drawn per evaluation answer
 COST_EVAL_COMPLETIONS_GENERATED = "eval_completions_generated"  # best-of-n: every candidate drawn in evaluation
 # The order the report shows costs in: what was consumed first, then what it cost.
-COST_METRICS = (COST_PROMPTS_SEEN, COST_COMPLETIONS_GENERATED, COST_TOKENS_GENERATED, COST_OPTIMIZER_STEPS,
-                COST_WALL_TIME_S, COST_PEAK_MEMORY_MB)
+COST_METRICS = (
+    COST_PROMPTS_SEEN,
+    COST_COMPLETIONS_GENERATED,
+    COST_TOKENS_GENERATED,
+    COST_OPTIMIZER_STEPS,
+    COST_WALL_TIME_S,
+    COST_PEAK_MEMORY_MB,
+)
 PREPARE_PREFIX = "prepare/"  # SFT and reward-model training curves (on the invocation) and RM accuracy
 PREPARE_JUDGE_AGREEMENT = "judge_gold_agreement_held_out"  # prepare/<this> on each cell: its seed's trained judge
 # against the gold reward on held-out preference pairs (judge.kind trained)

@@ -49,9 +49,7 @@ class Registry:
     def entry(self, name: str) -> Entry:
         if name not in self._entries:
             known = ", ".join(sorted(self._entries))
-            raise UnknownNameError(
-                f"unknown {self.kind} '{name}';{did_you_mean(name, self._entries)} known: {known}"
-            )
+            raise UnknownNameError(f"unknown {self.kind} '{name}';{did_you_mean(name, self._entries)} known: {known}")
         return self._entries[name]
 
     def get(self, name: str):
@@ -77,16 +75,34 @@ ALGORITHMS = Registry("algorithm")
 ALGORITHMS.register("dpo", "harness.algorithms.dpo", "Direct Preference Optimization (TRL DPOTrainer)")
 ALGORITHMS.register("ipo", "harness.algorithms.dpo:IPO", "Identity Preference Optimization (TRL DPOTrainer, ipo loss)")
 ALGORITHMS.register("simpo", "harness.algorithms.simpo", "SimPO: reference-free, length-normalised margin loss")
-ALGORITHMS.register("kto", "harness.algorithms.kto", "Kahneman-Tversky Optimization on unpaired examples (TRL KTOTrainer)")
-ALGORITHMS.register("online_dpo", "harness.algorithms.online_dpo", "Online DPO: pairs sampled from the policy each step, labelled by the training reward")
+ALGORITHMS.register(
+    "kto", "harness.algorithms.kto", "Kahneman-Tversky Optimization on unpaired examples (TRL KTOTrainer)"
+)
+ALGORITHMS.register(
+    "online_dpo",
+    "harness.algorithms.online_dpo",
+    "Online DPO: pairs sampled from the policy each step, labelled by the training reward",
+)
 ALGORITHMS.register("grpo", "harness.algorithms.grpo", "Group Relative Policy Optimization (TRL GRPOTrainer)")
-ALGORITHMS.register("dr_grpo", "harness.algorithms.grpo:DR_GRPO", "Dr. GRPO: GRPO without length and std normalisation (TRL GRPOTrainer)")
-ALGORITHMS.register("dapo", "harness.algorithms.grpo:DAPO", "DAPO: clip-higher, token-level loss, truncation masking (TRL GRPOTrainer)")
+ALGORITHMS.register(
+    "dr_grpo",
+    "harness.algorithms.grpo:DR_GRPO",
+    "Dr. GRPO: GRPO without length and std normalisation (TRL GRPOTrainer)",
+)
+ALGORITHMS.register(
+    "dapo", "harness.algorithms.grpo:DAPO", "DAPO: clip-higher, token-level loss, truncation masking (TRL GRPOTrainer)"
+)
 ALGORITHMS.register("gspo", "harness.algorithms.grpo:GSPO", "GSPO: sequence-level importance ratios (TRL GRPOTrainer)")
 ALGORITHMS.register("rloo", "harness.algorithms.rloo", "REINFORCE Leave-One-Out (TRL RLOOTrainer)")
-ALGORITHMS.register("reinforce_pp", "harness.algorithms.reinforce_pp", "REINFORCE++: batch-normalised advantages, no critic, our own")
+ALGORITHMS.register(
+    "reinforce_pp", "harness.algorithms.reinforce_pp", "REINFORCE++: batch-normalised advantages, no critic, our own"
+)
 ALGORITHMS.register("ppo", "harness.algorithms.ppo", "PPO-RLHF actor-critic, our own (docs/PPO.md)")
-ALGORITHMS.register("best_of_n", "harness.algorithms.best_of_n", "Best-of-n: n SFT samples, the training reward's best kept (no training)")
+ALGORITHMS.register(
+    "best_of_n",
+    "harness.algorithms.best_of_n",
+    "Best-of-n: n SFT samples, the training reward's best kept (no training)",
+)
 
 # Tasks: `Config`, `build_task_data(config, seed) -> TaskData`, HAS_GOLD_REWARD and `gold_reward(...)`.
 TASKS = Registry("task")

@@ -10,6 +10,8 @@ from __future__ import annotations
 import logging
 from pathlib import Path
 
+from harness.modeling import auto_tokenizer, resolve_device
+
 logger = logging.getLogger(__name__)
 
 
@@ -29,20 +31,25 @@ class ProxyRewardModel:
     correct: the policy's tokens are decoded and the classifier re-encodes them (a silent source of bugs when
     ids are passed across tokenizers)."""
 
-    def __init__(self, folder: Path | str, device: str = "cpu", batch_size: int = 64, score_index: int | None = None,
-                 trust_remote_code: bool = False):
+    def __init__(
+        self,
+        folder: Path | str,
+        device: str = "cpu",
+        batch_size: int = 64,
+        score_index: int | None = None,
+        trust_remote_code: bool = False,
+    ):
         import json
 
         from transformers import AutoModelForSequenceClassification
-
-        from harness.modeling import auto_tokenizer, resolve_device
 
         self.device = resolve_device(device)
         self.tokenizer = auto_tokenizer(folder, trust_remote_code=trust_remote_code)
         if self.tokenizer.pad_token_id is None:
             raise ValueError(f"reward model tokenizer in '{folder}' has no pad token: batches cannot be scored")
-        self.model = AutoModelForSequenceClassification.from_pretrained(folder, use_safetensors=True,
-                                                                        trust_remote_code=trust_remote_code)
+        self.model = AutoModelForSequenceClassification.from_pretrained(
+            folder, use_safetensors=True, trust_remote_code=trust_remote_code
+        )
         self.model.to(self.device).eval()
         self.batch_size = batch_size
         if score_index is None:  # the harness's own reward models say which logit is the reward beside them
@@ -98,13 +105,17 @@ def gold_reward_function(gold, task_module, device: str, batch_size: int):
 
     def held_out_reward(prompts: list[str], completions: list[str], stopped: list[bool]) -> list[float]:
         if not scorers:
-            scorers.append(ProxyRewardModel(gold.name_or_path, device, batch_size, gold.score_index, gold.trust_remote_code))
+            scorers.append(
+                ProxyRewardModel(gold.name_or_path, device, batch_size, gold.score_index, gold.trust_remote_code)
+            )
         return scorers[0].score(prompts, completions, stopped)
 
     return held_out_reward
 
 
-def training_reward_function(source: str, missing_stop_penalty: float, task_module, reward_model_dir: Path, device: str):
+def training_reward_function(
+    source: str, missing_stop_penalty: float, task_module, reward_model_dir: Path, device: str
+):
     """The reward online algorithms optimise: the proxy RM minus the missing-stop penalty, or the gold reward.
 
     The reward model is loaded on the first call: offline algorithms (DPO) receive the function and never

@@ -29,6 +29,7 @@ import logging
 import os
 import shutil
 from pathlib import Path
+
 from harness.errors import UserError
 
 logger = logging.getLogger(__name__)
@@ -98,7 +99,9 @@ class OutputFolder:
                 problem = f"stage '{self.folder}' was complete, but its file '{relative}' has been deleted since"
                 break
             except OSError as error:
-                problem = f"stage '{self.folder}' was complete, but its file '{relative}' cannot be read ({error.strerror})"
+                problem = (
+                    f"stage '{self.folder}' was complete, but its file '{relative}' cannot be read ({error.strerror})"
+                )
                 break
             if actual != size:
                 problem = (
@@ -215,7 +218,14 @@ class OutOfSpace(RunRefused):
 # `ulimit -f`) allows. Libraries that wrap the OS error keep its words: safetensors' Rust I/O error says
 # "No space left on device (os error 28)".
 NO_SPACE_ERRNOS = (errno.ENOSPC, errno.EDQUOT, errno.EFBIG)
-NO_SPACE_WORDS = ("No space left on device", "os error 28", "Disk quota exceeded", "os error 122", "File too large", "os error 27")
+NO_SPACE_WORDS = (
+    "No space left on device",
+    "os error 28",
+    "Disk quota exceeded",
+    "os error 122",
+    "File too large",
+    "os error 27",
+)
 # torch.save reports a failed write without the OS error ("PytorchStreamWriter failed writing file",
 # "unexpected pos 576 vs 534" after "basic_ios::clear: iostream error"): a write error of that kind, with the
 # folder's device nearly full right after, is a full disk.
@@ -342,7 +352,20 @@ def manifest(config_hash: str, data_fingerprint: str) -> dict:
     import platform
 
     versions = {}
-    for package in ("harness", "torch", "transformers", "trl", "peft", "accelerate", "datasets", "mlflow", "omegaconf", "sacrebleu", "rouge-score", "vllm"):
+    for package in (
+        "harness",
+        "torch",
+        "transformers",
+        "trl",
+        "peft",
+        "accelerate",
+        "datasets",
+        "mlflow",
+        "omegaconf",
+        "sacrebleu",
+        "rouge-score",
+        "vllm",
+    ):
         try:
             versions[package] = importlib.metadata.version(package)
         except importlib.metadata.PackageNotFoundError:

@@ -39,7 +39,11 @@ _LONG_TOKEN = re.compile(r"(?<![A-Za-z0-9_+/=.\-])[A-Za-z0-9_+=]{24,}(?![A-Za-z0
 
 def _mixed_token(token: str) -> bool:
     """A long run of characters with upper case, lower case and digits in it: how random keys look."""
-    return sum(c.isupper() for c in token) >= 2 and sum(c.islower() for c in token) >= 2 and sum(c.isdigit() for c in token) >= 2
+    return (
+        sum(c.isupper() for c in token) >= 2
+        and sum(c.islower() for c in token) >= 2
+        and sum(c.isdigit() for c in token) >= 2
+    )
 
 
 def looks_like_secret(value: str) -> bool:

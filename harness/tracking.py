@@ -17,13 +17,20 @@ import contextlib
 import logging
 from pathlib import Path
 
-from harness.errors import UserError
 from harness import record
+from harness.errors import UserError
 from harness.record import experiment_name
 from harness.secrets import redact
 from harness.tracking_retry import DEFAULT_RETRY_SECONDS, RetryingClient, first_line
 
-__all__ = ["PARAM_VALUE_LIMIT", "Tracker", "TrackingError", "artifact_location", "default_tracking_uri", "experiment_name"]
+__all__ = [
+    "PARAM_VALUE_LIMIT",
+    "Tracker",
+    "TrackingError",
+    "artifact_location",
+    "default_tracking_uri",
+    "experiment_name",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -80,7 +87,9 @@ class Tracker:
         except TrackingError:  # the store answered, then stayed away for the whole window: already one line
             raise
         except Exception as error:  # any store failure: say which URI, in one line
-            raise TrackingError(f"cannot use MLflow tracking URI '{redact(uri)}': {redact(first_line(error))}") from None
+            raise TrackingError(
+                f"cannot use MLflow tracking URI '{redact(uri)}': {redact(first_line(error))}"
+            ) from None
 
     def start_invocation(self, suite: str, tags: dict[str, str]) -> str:
         run = self.client.create_run(
@@ -95,8 +104,11 @@ class Tracker:
             self.experiment_id,
             run_name=name,
             tags={
-                record.TAG_KIND: record.KIND_CELL, record.TAG_CELL: name, record.PARENT_RUN_TAG: parent_run_id,
-                **_alive_tags(), **tags,
+                record.TAG_KIND: record.KIND_CELL,
+                record.TAG_CELL: name,
+                record.PARENT_RUN_TAG: parent_run_id,
+                **_alive_tags(),
+                **tags,
             },
         )
         return run.info.run_id
@@ -180,7 +192,9 @@ class Tracker:
         from mlflow.entities import Metric
 
         timestamp = int(time.time() * 1000)
-        batch = [Metric(key, float(value), timestamp, step) for key, value in metrics.items() if math.isfinite(float(value))]
+        batch = [
+            Metric(key, float(value), timestamp, step) for key, value in metrics.items() if math.isfinite(float(value))
+        ]
         for start in range(0, len(batch), 500):
             self.client.log_batch(run_id, metrics=batch[start : start + 500])
 
@@ -218,7 +232,9 @@ def _alive(run, beats: dict[str, str | None]) -> bool:
     """Whether another live command writes `run`, judged by its heartbeat or, while that invocation is RUNNING,
     its invocation's (the invocation beats for its cells, whose stage processes come and go). A run from before
     heartbeats falls back to its owner's process on this host."""
-    found = [beat for beat in (beats.get(run.info.run_id), beats.get(run.data.tags.get(record.PARENT_RUN_TAG, ""))) if beat]
+    found = [
+        beat for beat in (beats.get(run.info.run_id), beats.get(run.data.tags.get(record.PARENT_RUN_TAG, ""))) if beat
+    ]
     if not found:
         return _written_by_another_live_process(run.data.tags.get(record.TAG_OWNER))
     return any(_beater_alive(beat) for beat in found)

@@ -98,9 +98,14 @@ def first_line(error: BaseException) -> str:
     """The reason in a few words: MLflow's connection errors carry a whole urllib3 repr."""
     text = str(error).strip()
     lowered = text.lower()
-    for marker, reason in (("connection refused", "connection refused"), ("timeout", "timed out"),
-                           ("connection reset", "connection reset"), ("connection aborted", "connection aborted"),
-                           ("remote end closed", "connection closed"), ("database is locked", "database is locked")):
+    for marker, reason in (
+        ("connection refused", "connection refused"),
+        ("timeout", "timed out"),
+        ("connection reset", "connection reset"),
+        ("connection aborted", "connection aborted"),
+        ("remote end closed", "connection closed"),
+        ("database is locked", "database is locked"),
+    ):
         if marker in lowered:
             return reason
     return (text.splitlines()[0] if text else type(error).__name__)[:200]
@@ -181,7 +186,9 @@ class RetryingClient:
             if attempts["count"] > 1:
                 earlier = self._created_since(experiment_id, run_name, tags or {}, started_ms)
                 if earlier is not None:
-                    logger.warning("MLflow run %s was created by an attempt whose answer was lost; using it", earlier.info.run_id)
+                    logger.warning(
+                        "MLflow run %s was created by an attempt whose answer was lost; using it", earlier.info.run_id
+                    )
                     return earlier
             return self._client.create_run(*call_args, **call_kwargs)
 
@@ -226,7 +233,11 @@ def call_retried(uri: str, retry_seconds: float, what: str, function, *args, **k
                 if not gave_up_earlier:
                     logger.warning(
                         "MLflow tracking URI '%s' did not answer (%s): %s; retrying for up to %.0fs "
-                        "(tracking.retry_seconds)", redact(uri), what, first_line(error), retry_seconds,
+                        "(tracking.retry_seconds)",
+                        redact(uri),
+                        what,
+                        first_line(error),
+                        retry_seconds,
                     )
             remaining = retry_seconds - (now - down_since)
             if gave_up_earlier or remaining <= 0:
@@ -243,7 +254,9 @@ def call_retried(uri: str, retry_seconds: float, what: str, function, *args, **k
             wait = min(wait * 2, LONGEST_WAIT_SECONDS)
             continue
         if down_since is not None:
-            logger.warning("MLflow tracking URI '%s' answers again after %.0fs", redact(uri), time.monotonic() - down_since)
+            logger.warning(
+                "MLflow tracking URI '%s' answers again after %.0fs", redact(uri), time.monotonic() - down_since
+            )
         _mark_answered(uri)
         with _lock:
             _given_up.pop(uri, None)

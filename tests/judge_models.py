@@ -92,14 +92,21 @@ def build_varied_judge(folder: Path, seed: int = 0) -> Path:
 def build_held_out_reward_model(folder: Path, seed: int = 0) -> Path:
     """A stand-in for a held-out gold reward model (gold.source=reward_model): a random tiny GPT-2 sequence
     classifier with one output, saved with its word tokenizer (unknown words read as <unk>)."""
-    from transformers import GPT2Config, GPT2ForSequenceClassification
-
     import torch
+    from transformers import GPT2Config, GPT2ForSequenceClassification
 
     tokenizer = build_judge_tokenizer()
     torch.manual_seed(seed)
-    config = GPT2Config(vocab_size=len(tokenizer), n_positions=512, n_embd=64, n_layer=1, n_head=2, num_labels=1,
-                        pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id)
+    config = GPT2Config(
+        vocab_size=len(tokenizer),
+        n_positions=512,
+        n_embd=64,
+        n_layer=1,
+        n_head=2,
+        num_labels=1,
+        pad_token_id=tokenizer.pad_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+    )
     model = GPT2ForSequenceClassification(config)
     model.save_pretrained(folder, safe_serialization=True)
     tokenizer.save_pretrained(folder)
@@ -162,8 +169,10 @@ class InvertedJudge:
         def turned(order: OrderVerdict) -> OrderVerdict:
             return OrderVerdict(None if order.first_better is None else 1.0 - order.first_better, order.raw)
 
-        return [PairVerdict(turned(v.candidate_first), turned(v.candidate_second))
-                for v in self.judge.compare(prompts, candidates, others, candidates_stopped, others_stopped)]
+        return [
+            PairVerdict(turned(v.candidate_first), turned(v.candidate_second))
+            for v in self.judge.compare(prompts, candidates, others, candidates_stopped, others_stopped)
+        ]
 
     def close(self) -> None:
         self.judge.close()

@@ -68,8 +68,10 @@ SPEC = AlgorithmSpec(
     family=record.FAMILY_INFERENCE_TIME,
     kl_knob="n",  # candidates per answer: the bound log n - (n-1)/n grows with it
     kl_knob_raises_kl=True,
-    describe_data=lambda config: (f"{config.n} samples from the SFT policy per answer, the one the training reward "
-                                  "scores highest kept (no training)"),
+    describe_data=lambda config: (
+        f"{config.n} samples from the SFT policy per answer, the one the training reward "
+        "scores highest kept (no training)"
+    ),
     trains_policy=False,  # nothing trains, nothing is logged per step: no curves, nothing watched
 )
 
@@ -91,6 +93,10 @@ def train(context):
     return TrainResult(
         checkpoint_dir=context.base_dir,
         final_step=0,
-        spend={record.COST_PROMPTS_SEEN: 0.0, record.COST_COMPLETIONS_GENERATED: 0.0, record.COST_TOKENS_GENERATED: 0.0,
-               record.COST_OPTIMIZER_STEPS: 0.0},
+        spend={
+            record.COST_PROMPTS_SEEN: 0.0,
+            record.COST_COMPLETIONS_GENERATED: 0.0,
+            record.COST_TOKENS_GENERATED: 0.0,
+            record.COST_OPTIMIZER_STEPS: 0.0,
+        },
     )

@@ -6,6 +6,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
+from harness.algorithms.lora import save_policy
+from harness.modeling import auto_tokenizer
+
 # (prompts, completions, stopped) -> one scalar training reward per completion
 RewardFunction = Callable[[list[str], list[str], list[bool]], list[float]]
 # (step, {name: value}) -> None; names arrive without the "train/" prefix
@@ -50,8 +53,6 @@ def snapshot_steps(total_steps: int, count: int) -> set[int]:
 def save_snapshot(model, base_dir: Path, folder: Path) -> None:
     """An intermediate checkpoint as a standard HF folder (merged when the policy trains with LoRA):
     safetensors weights plus the policy's tokenizer, taken from the initial policy's folder `base_dir`."""
-    from harness.algorithms.lora import save_policy
-    from harness.modeling import auto_tokenizer
 
     save_policy(model, base_dir, folder)
     auto_tokenizer(base_dir).save_pretrained(folder)

@@ -33,8 +33,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from harness import record
+from harness.algorithms.preference_pairs import PAIRS_SOURCES, describe_pairs, train_on_pairs
 from harness.algorithms.spec import AlgorithmSpec, Preset
-from harness.algorithms.preference_pairs import PAIRS_SOURCES, describe_pairs
 from harness.errors import require, require_scheduler
 
 SPEC = AlgorithmSpec(
@@ -50,8 +50,23 @@ SPEC = AlgorithmSpec(
 LABEL_SMOOTHING_LOSSES = ("robust", "exo_pair", "aot", "aot_unpaired")
 
 # DPOTrainer's loss types (TRL 1.16 dpo_trainer `_compute_loss`), refused here rather than at train start.
-TRL_LOSSES = ("sigmoid", "hinge", "ipo", "exo_pair", "nca_pair", "robust", "bco_pair", "sppo_hard", "aot",
-              "aot_unpaired", "apo_zero", "apo_down", "discopop", "sft", "sigmoid_norm")
+TRL_LOSSES = (
+    "sigmoid",
+    "hinge",
+    "ipo",
+    "exo_pair",
+    "nca_pair",
+    "robust",
+    "bco_pair",
+    "sppo_hard",
+    "aot",
+    "aot_unpaired",
+    "apo_zero",
+    "apo_down",
+    "discopop",
+    "sft",
+    "sigmoid_norm",
+)
 
 
 @dataclass
@@ -75,7 +90,9 @@ class Config:
     # by the suite's reward model (the report's params say which)
 
     def __post_init__(self):
-        require(self.loss_type in TRL_LOSSES, "loss_type", f"must be one of TRL 1.16's DPO losses: {', '.join(TRL_LOSSES)}")
+        require(
+            self.loss_type in TRL_LOSSES, "loss_type", f"must be one of TRL 1.16's DPO losses: {', '.join(TRL_LOSSES)}"
+        )
         require_scheduler(self.lr_scheduler)
         require(self.beta > 0, "beta", "must be > 0")
         require(0 <= self.label_smoothing < 0.5, "label_smoothing", "must be in [0, 0.5)")
@@ -94,15 +111,19 @@ class Config:
 def train(context):
     from trl import DPOConfig, DPOTrainer
 
-    from harness.algorithms.preference_pairs import train_on_pairs
-
     config: Config = context.config
-    return train_on_pairs(context, arguments_class=DPOConfig, trainer_class=DPOTrainer, watched=SPEC.watched, objective=dict(
-        beta=config.beta,
-        loss_type=[config.loss_type],
-        label_smoothing=config.label_smoothing,
-        precompute_ref_log_probs=False,
-    ))
+    return train_on_pairs(
+        context,
+        arguments_class=DPOConfig,
+        trainer_class=DPOTrainer,
+        watched=SPEC.watched,
+        objective=dict(
+            beta=config.beta,
+            loss_type=[config.loss_type],
+            label_smoothing=config.label_smoothing,
+            precompute_ref_log_probs=False,
+        ),
+    )
 
 
 # -- variants: other defaults of the same Config, nothing else ----------------------------------------------

@@ -103,12 +103,17 @@ class Config:
         require(self.num_generations >= 2, "num_generations", "must be >= 2 (advantages are relative to a group)")
         require(self.prompts_per_step > 0, "prompts_per_step", "must be > 0")
         require(self.learning_rate > 0, "learning_rate", "must be > 0")
-        require(self.loss_type in ("grpo", "bnpo", "dapo", "dr_grpo"), "loss_type", "must be grpo, bnpo, dapo or dr_grpo")
+        require(
+            self.loss_type in ("grpo", "bnpo", "dapo", "dr_grpo"), "loss_type", "must be grpo, bnpo, dapo or dr_grpo"
+        )
         require(self.scale_rewards in ("group", "batch", "none"), "scale_rewards", "must be group, batch or none")
         require(0 < self.epsilon < 1, "epsilon", "must be in (0, 1)")
         require(self.epsilon_high >= self.epsilon, "epsilon_high", "must be >= epsilon")
-        require(self.importance_sampling_level in ("token", "sequence"), "importance_sampling_level",
-                "must be token or sequence")
+        require(
+            self.importance_sampling_level in ("token", "sequence"),
+            "importance_sampling_level",
+            "must be token or sequence",
+        )
         require(self.num_iterations > 0, "num_iterations", "must be > 0")
         require(self.steps_per_generation > 0, "steps_per_generation", "must be > 0")
         require(self.vllm_mode in ("colocate", "server"), "vllm_mode", "must be colocate or server")
@@ -139,8 +144,14 @@ def train(context):
         **GRPO_FEATURES_OFF,
         **vllm_rollout_arguments(config),
     )
-    return train_online(context, trainer_class=GRPOTrainer, config_class=GRPOConfig, objective=objective,
-                        watched=SPEC.watched, sequence_kl=grpo_sequence_kl)
+    return train_online(
+        context,
+        trainer_class=GRPOTrainer,
+        config_class=GRPOConfig,
+        objective=objective,
+        watched=SPEC.watched,
+        sequence_kl=grpo_sequence_kl,
+    )
 
 
 def check_vllm_rollouts_possible(config: Config, name: str) -> None:
@@ -156,7 +167,9 @@ def check_vllm_rollouts_possible(config: Config, name: str) -> None:
     if not config.use_vllm:
         return
     if not torch.cuda.is_available():
-        raise ConfigError(f"'algorithms.{name}.use_vllm' needs a CUDA GPU (TRL's vLLM rollouts fail on CPU); set it to false")
+        raise ConfigError(
+            f"'algorithms.{name}.use_vllm' needs a CUDA GPU (TRL's vLLM rollouts fail on CPU); set it to false"
+        )
     if importlib.util.find_spec("vllm") is None:
         raise ConfigError(f"'algorithms.{name}.use_vllm' needs vllm installed: run scripts/install_vllm.sh")
 
@@ -211,8 +224,13 @@ raised.""",
 )
 
 GSPO = Preset(
-    values={"loss_type": "grpo", "importance_sampling_level": "sequence", "epsilon": 3e-4, "epsilon_high": 4e-4,
-            "steps_per_generation": 4},
+    values={
+        "loss_type": "grpo",
+        "importance_sampling_level": "sequence",
+        "epsilon": 3e-4,
+        "epsilon_high": 4e-4,
+        "steps_per_generation": 4,
+    },
     curves=(*SPEC.curves, "clip_ratio/region_mean"),
     about="""GSPO: Group Sequence Policy Optimization (Zheng et al. 2025, arXiv:2507.18071): GRPO's group advantages
 with a sequence-level importance ratio, s_i = exp(mean over the completion's tokens of log pi/pi_old)

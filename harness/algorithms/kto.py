@@ -48,8 +48,8 @@ import logging
 from dataclasses import dataclass
 
 from harness import record
+from harness.algorithms.preference_pairs import PAIRS_SOURCES, describe_pairs, train_on_pairs
 from harness.algorithms.spec import AlgorithmSpec
-from harness.algorithms.preference_pairs import PAIRS_SOURCES, describe_pairs
 from harness.errors import require, require_scheduler
 
 logger = logging.getLogger(__name__)
@@ -58,12 +58,13 @@ SPEC = AlgorithmSpec(
     family=record.FAMILY_OFFLINE_PREFERENCE,
     kl_knob="beta",  # scale of the log-ratio inside the sigmoid: larger beta keeps the policy closer to the reference
     kl_knob_raises_kl=False,
-    describe_data=lambda config: (f"unpaired examples from {describe_pairs(config.pairs_source)}: each pair's chosen "
-                                   "completion as desirable, its rejected one as undesirable"),
+    describe_data=lambda config: (
+        f"unpaired examples from {describe_pairs(config.pairs_source)}: each pair's chosen "
+        "completion as desirable, its rejected one as undesirable"
+    ),
     curves=("loss", "kl", "rewards/margins"),
     watched=("loss", "grad_norm", "kl", "rewards/chosen", "rewards/rejected"),
 )
-
 
 
 @dataclass
@@ -97,11 +98,12 @@ class Config:
 def train(context):
     from trl import KTOConfig, KTOTrainer
 
-    from harness.algorithms.preference_pairs import train_on_pairs
-
     config: Config = context.config
     return train_on_pairs(
-        context, arguments_class=KTOConfig, trainer_class=KTOTrainer, watched=SPEC.watched,
+        context,
+        arguments_class=KTOConfig,
+        trainer_class=KTOTrainer,
+        watched=SPEC.watched,
         objective=dict(
             beta=config.beta,
             loss_type="kto",

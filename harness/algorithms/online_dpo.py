@@ -46,12 +46,13 @@ SPEC = AlgorithmSpec(
     family=record.FAMILY_ONLINE_PREFERENCE,
     kl_knob="beta",  # the implicit KL strength of the DPO loss: larger beta keeps the policy closer to the reference
     kl_knob_raises_kl=False,
-    describe_data=lambda config: ("pairs it samples from its current policy each step (two completions per "
-                                   "prompt), labelled by the training reward"),
+    describe_data=lambda config: (
+        "pairs it samples from its current policy each step (two completions per "
+        "prompt), labelled by the training reward"
+    ),
     curves=("loss", "rewards/margins", "rewards/accuracies", "objective/scores", "objective/scores_margin"),
     watched=("loss", "grad_norm", "rewards/margins", "objective/scores"),
 )
-
 
 
 @dataclass
@@ -112,7 +113,9 @@ def train(context):
             max_steps=steps,
         ),
         # The global batch stays config.prompts_per_step whatever the number of processes (module docstring).
-        per_device_train_batch_size=per_device_batch_size(config.prompts_per_step, f"algorithms.{name}.prompts_per_step"),
+        per_device_train_batch_size=per_device_batch_size(
+            config.prompts_per_step, f"algorithms.{name}.prompts_per_step"
+        ),
         beta=[config.beta],
         loss_type="sigmoid",  # DPO's loss, as the paper
         missing_eos_penalty=None,  # the training reward already holds the suite's missing-stop penalty
@@ -136,16 +139,27 @@ def train(context):
         train_dataset=Dataset.from_list([{"prompt": prompt} for prompt in prompts]),
         processing_class=tokenizer,
         peft_config=peft_config(context.suite, name),
-        callbacks=harness_callbacks(context.log_metrics, context.progress, context, steps, watched=SPEC.watched,
-                                    sequence_kl=lambda logs: sequence_kl(logs, config.beta)),
+        callbacks=harness_callbacks(
+            context.log_metrics,
+            context.progress,
+            context,
+            steps,
+            watched=SPEC.watched,
+            sequence_kl=lambda logs: sequence_kl(logs, config.beta),
+        ),
     )
     judge.trainer = trainer  # it logs the completions' length into the trainer's statistics
     completions_per_step = 2 * config.prompts_per_step
-    return train_and_save(trainer, context, tokenizer, lambda trained: {  # global: prompts and completions of all ranks
-        "prompts_seen": float(steps * config.prompts_per_step),
-        "completions_generated": float(steps * completions_per_step),
-        "tokens_generated": logged_completion_tokens(trained, completions_per_step),  # the judge logs it per step
-    })
+    return train_and_save(
+        trainer,
+        context,
+        tokenizer,
+        lambda trained: {  # global: prompts and completions of all ranks
+            "prompts_seen": float(steps * config.prompts_per_step),
+            "completions_generated": float(steps * completions_per_step),
+            "tokens_generated": logged_completion_tokens(trained, completions_per_step),  # the judge logs it per step
+        },
+    )
 
 
 class PairJudge:
@@ -166,8 +180,10 @@ class PairJudge:
 
         stopped = [self.eos_token_id in ids for ids in completion_ids]
         if self.trainer is not None:
-            lengths = [ids.index(self.eos_token_id) + 1 if stop else sum(token != self.pad_token_id for token in ids)
-                       for ids, stop in zip(completion_ids, stopped)]
+            lengths = [
+                ids.index(self.eos_token_id) + 1 if stop else sum(token != self.pad_token_id for token in ids)
+                for ids, stop in zip(completion_ids, stopped)
+            ]
             device = self.trainer.accelerator.device
             gathered = self.trainer.accelerator.gather(torch.tensor(lengths, dtype=torch.float32, device=device))
             self.trainer.stats.setdefault("completions/mean_length", []).append(gathered.mean().item())

@@ -437,8 +437,12 @@ def sample_rollouts(context, setup: Setup, policy) -> Sampled:
     unwrapped_policy.generation_config = setup.generation_config
     try:
         prompt_ids, prompt_mask, prompt_starts, raw_response_ids = generate(
-            unwrapped_policy, setup.tokenizer, local_prompts, setup.generation_config,
-            context.config.rollout_batch_size, accelerator,
+            unwrapped_policy,
+            setup.tokenizer,
+            local_prompts,
+            setup.generation_config,
+            context.config.rollout_batch_size,
+            accelerator,
         )
     finally:
         unwrapped_policy.generation_config = saved_generation_config
@@ -546,8 +550,12 @@ def score_rollout(policy, reference, critic, rollouts: Rollouts, temperature: fl
         for start in range(0, batch_size, chunk_size):
             rows = slice(start, start + chunk_size)
             inputs, chunk_mask, length = trimmed_forward_inputs(
-                rollouts.prompt_ids[rows], rollouts.prompt_mask[rows], response_ids[rows], mask[rows],
-                rollouts.prompt_starts[rows], rollouts.response_lengths[rows],
+                rollouts.prompt_ids[rows],
+                rollouts.prompt_mask[rows],
+                response_ids[rows],
+                mask[rows],
+                rollouts.prompt_starts[rows],
+                rollouts.response_lengths[rows],
             )
             chunk_responses = response_ids[rows, :length]
             policy_logits = response_logits(policy, inputs, length)
@@ -749,7 +757,11 @@ def accumulate_minibatch_gradients(
                 logp_new = logprobs.token_logprobs_from_logits(logits, response_ids, settings.temperature, mask=mask)
                 # PPO.md §2.9: clipped surrogate, clamped log-ratio, L_pg = sum m pg / N.
                 policy_output = ppo_math.clipped_policy_loss(
-                    logp_new, micro.logp_old[:, :length], micro.advantages[:, :length], mask, token_count,
+                    logp_new,
+                    micro.logp_old[:, :length],
+                    micro.advantages[:, :length],
+                    mask,
+                    token_count,
                     settings.clip_epsilon,
                 )
                 loss = loss + policy_output.loss
@@ -768,7 +780,11 @@ def accumulate_minibatch_gradients(
                         logits, response_ids, settings.temperature, mask=mask
                     )
                     policy_output = ppo_math.clipped_policy_loss(
-                        logp_new, micro.logp_old[:, :length], micro.advantages[:, :length], mask, token_count,
+                        logp_new,
+                        micro.logp_old[:, :length],
+                        micro.advantages[:, :length],
+                        mask,
+                        token_count,
                         settings.clip_epsilon,
                     )
                     del logits
@@ -777,7 +793,11 @@ def accumulate_minibatch_gradients(
                 # PPO.md §2.9: value loss clipped around the rollout-time values, L_v = sum m vf / N; the critic
                 # has its own optimizer, so L_v is added unweighted (the two networks share no parameter).
                 value_output = ppo_math.clipped_value_loss(
-                    values_new, micro.values_old[:, :length], micro.returns[:, :length], mask, token_count,
+                    values_new,
+                    micro.values_old[:, :length],
+                    micro.returns[:, :length],
+                    mask,
+                    token_count,
                     settings.value_clip,
                 )
                 loss = loss + value_output.loss
@@ -942,8 +962,16 @@ def start_progress(context, setup: Setup) -> None:
 
 
 def finish_update(
-    context, setup: Setup, policy, update: int, statistics: dict, sampled: Sampled, spend: Spend, metrics: dict,
-    label: str, entropy_coef: float = 0.0,
+    context,
+    setup: Setup,
+    policy,
+    update: int,
+    statistics: dict,
+    sampled: Sampled,
+    spend: Spend,
+    metrics: dict,
+    label: str,
+    entropy_coef: float = 0.0,
 ) -> dict[str, float]:
     """Complete one update: count the spend, add the timings and the shared curves to the algorithm's
     ``statistics`` and ``metrics``, stop on a non-finite value, log the row, save a snapshot when one is due
@@ -980,7 +1008,12 @@ def finish_update(
         context.progress(1)
     logger.info(
         "%s update %d/%d: reward %.4f kl %.4f clipfrac %.3f",
-        label, update, setup.num_updates, row["reward"], row["kl"], row["clip_ratio/region_mean"],
+        label,
+        update,
+        setup.num_updates,
+        row["reward"],
+        row["kl"],
+        row["clip_ratio/region_mean"],
     )
     return row
 

@@ -72,8 +72,9 @@ from pathlib import Path
 from typing import Any
 
 from harness import record
-from harness.algorithms.spec import AlgorithmSpec
+from harness.algorithms import onpolicy
 from harness.algorithms.onpolicy import AdapterDisabledReference
+from harness.algorithms.spec import AlgorithmSpec
 from harness.errors import ConfigError, require
 
 logger = logging.getLogger(__name__)
@@ -82,7 +83,9 @@ SPEC = AlgorithmSpec(
     family=record.FAMILY_ACTOR_CRITIC,
     kl_knob="kl_coef",  # beta of the per-token KL penalty in the reward
     kl_knob_raises_kl=False,
-    describe_data=lambda config: "one completion per prompt sampled from its current policy each update, scored by the training reward",
+    describe_data=lambda config: (
+        "one completion per prompt sampled from its current policy each update, scored by the training reward"
+    ),
     curves=("reward", "completions/mean_length", "entropy", "ppo/value_loss"),  # KL: the shared kl_per_sequence
     watched=("loss", "grad_norm", "reward", "kl", "ppo/value_loss"),
 )
@@ -203,7 +206,6 @@ PREFIX = f"{NAME}/"
 
 
 def train(context):
-    from harness.algorithms import onpolicy
     from harness.algorithms import ppo_math
 
     config: Config = context.config
@@ -228,8 +230,15 @@ def train(context):
         learning_rate = policy_scheduler.get_last_lr()[0]
         critic_learning_rate = critic_scheduler.get_last_lr()[0]
         statistics = learn_from_rollouts(
-            learner, sampled.rollouts, sampled.scores, kl_controller.value, settings, config, setup.local_minibatch,
-            setup.minibatch_generator, train_policy,
+            learner,
+            sampled.rollouts,
+            sampled.scores,
+            kl_controller.value,
+            settings,
+            config,
+            setup.local_minibatch,
+            setup.minibatch_generator,
+            train_policy,
         )
         policy_scheduler.step()  # once per rollout (TRL; PPO.md §2.8)
         critic_scheduler.step()
@@ -241,7 +250,15 @@ def train(context):
             f"{PREFIX}critic_learning_rate": critic_learning_rate,
         }
         onpolicy.finish_update(
-            context, setup, learner.policy, update, statistics, sampled, spend, learning_rates, "PPO",
+            context,
+            setup,
+            learner.policy,
+            update,
+            statistics,
+            sampled,
+            spend,
+            learning_rates,
+            "PPO",
             config.entropy_coef,
         )
     return onpolicy.finish(context, setup, learner.policy, spend)
@@ -270,8 +287,6 @@ class Learner:
 def build_learner(context, tokenizer, accelerator) -> Learner:
     """Policy, reference and critic loaded from the context's checkpoints (PPO.md §2.1), prepared for the run."""
     import torch
-
-    from harness.algorithms import onpolicy
 
     config: Config = context.config
     suite = context.suite
@@ -315,7 +330,6 @@ def learn_from_rollouts(
     Every returned statistic is global (reduced over all ranks, so every rank returns the same numbers), as is
     ``_tokens`` (response tokens of the whole batch); ``optimizer_steps`` counts synchronous steps.
     """
-    from harness.algorithms import onpolicy
     from harness.algorithms import ppo_math
 
     accelerator = learner.accelerator
@@ -325,7 +339,12 @@ def learn_from_rollouts(
         scores = scores.clamp(-config.score_clip, config.score_clip)  # PPO.md §2.3 optional clipping
     # PPO.md §2.2 step 6: old and reference log-probs and values, teacher-forced, no grad.
     logp_old, logp_ref, values_old, rollout_entropy = onpolicy.score_rollout(
-        learner.policy, learner.reference, learner.critic, rollouts, settings.temperature, config.rollout_batch_size,
+        learner.policy,
+        learner.reference,
+        learner.critic,
+        rollouts,
+        settings.temperature,
+        config.rollout_batch_size,
         accelerator,
     )
     seconds_score = time.perf_counter() - started
@@ -342,8 +361,16 @@ def learn_from_rollouts(
     # §2.7: once per rollout batch, over the valid tokens of all ranks (all-reduced sum m, sum A m, sum (A-mu)^2 m).
     advantages = onpolicy.whiten(advantages, mask, accelerator, shift_mean=True)
     batch = onpolicy.TrainingBatch(
-        rollouts.prompt_ids, rollouts.prompt_mask, rollouts.response_ids, mask, logp_old, values_old, advantages,
-        returns, rollouts.prompt_starts, rollouts.response_lengths,
+        rollouts.prompt_ids,
+        rollouts.prompt_mask,
+        rollouts.response_ids,
+        mask,
+        logp_old,
+        values_old,
+        advantages,
+        returns,
+        rollouts.prompt_starts,
+        rollouts.response_lengths,
     )
 
     # ---- K epochs of minibatch updates (PPO.md §2.8, §2.9) -----------------------------------------------
@@ -365,7 +392,15 @@ def learn_from_rollouts(
 
     # ---- Statistics (PPO.md §2.13), gathered or reduced over ranks ---------------------------------------
     rollout_statistics = onpolicy.rollout_statistics(
-        scores, per_token_kl, logp_old, logp_ref, mask, rollouts.has_stop, rollout_entropy, kl_coef, accelerator,
+        scores,
+        per_token_kl,
+        logp_old,
+        logp_ref,
+        mask,
+        rollouts.has_stop,
+        rollout_entropy,
+        kl_coef,
+        accelerator,
         PREFIX,
     )
     value_statistics = _value_statistics(returns, values_old, mask, raw_advantage_moments, accelerator)
@@ -381,7 +416,6 @@ def learn_from_rollouts(
 
 def _value_statistics(returns, values_old, mask, raw_advantage_moments, accelerator) -> dict[str, float]:
     """Critic health (PPO.md §2.13 val/*): explained variance 1 - Var(G - V)/Var(G), raw advantage moments."""
-    from harness.algorithms import onpolicy
 
     _, returns_mean, returns_variance = onpolicy.global_moments(returns, mask, accelerator)
     _, values_mean, _ = onpolicy.global_moments(values_old, mask, accelerator)
@@ -397,8 +431,6 @@ def _value_statistics(returns, values_old, mask, raw_advantage_moments, accelera
     }
 
 
-
-
 # ---------------------------------------------------------------------------------------------------------
 # The critic: a copy of the reward model read at every position (PPO.md §2.1)
 # ---------------------------------------------------------------------------------------------------------
@@ -410,7 +442,7 @@ def _has_own_tokenizer(folder: Path) -> bool:
 
 
 def _critic_source(base_dir: Path, reward_model_dir: Path, tokenizer, trust_remote_code: bool) -> str:
-    """"reward_model" when the critic can start from the RM (same vocabulary), "policy" otherwise (PPO.md §2.1).
+    """ "reward_model" when the critic can start from the RM (same vocabulary), "policy" otherwise (PPO.md §2.1).
 
     A critic reads the policy's token ids, so it must share the policy's vocabulary. A reward model with
     another vocabulary and no tokenizer of its own can neither score text nor initialise a critic: refused.
@@ -520,5 +552,3 @@ def _token_value_model_class():
             return self.classifier.score(response_hidden).squeeze(-1).float()
 
     return TokenValueModel
-
-

@@ -20,8 +20,17 @@ logger = logging.getLogger(__name__)
 PAIRS_SOURCES = ("dataset", "reward_model")
 
 
-def train_on_pairs(context, *, arguments_class, trainer_class, objective: dict, watched, rows_per_pair: int = 1,
-                   to_rows=None, trainer_arguments: dict | None = None):
+def train_on_pairs(
+    context,
+    *,
+    arguments_class,
+    trainer_class,
+    objective: dict,
+    watched,
+    rows_per_pair: int = 1,
+    to_rows=None,
+    trainer_arguments: dict | None = None,
+):
     """Train context.config's policy with TRL's `trainer_class` and its `arguments_class` on the pairs: what
     dpo, ipo, simpo and kto share, each passing its own objective (the trainer arguments that make it that
     algorithm), its watched statistics and, for KTO, how pairs become rows (`to_rows(pairs, count, seed)`,
@@ -48,11 +57,18 @@ def train_on_pairs(context, *, arguments_class, trainer_class, objective: dict, 
     steps = steps_for_budget(context.suite.budget, config.batch_size, completions_per_prompt=2)
     count = steps * config.batch_size
     arguments = arguments_class(
-        **common_training_arguments(context.suite, context.seed, context.output_dir, learning_rate=config.learning_rate,
-                                    lr_scheduler=config.lr_scheduler, max_steps=steps),
+        **common_training_arguments(
+            context.suite,
+            context.seed,
+            context.output_dir,
+            learning_rate=config.learning_rate,
+            lr_scheduler=config.lr_scheduler,
+            max_steps=steps,
+        ),
         # The global batch stays config.batch_size pairs whatever the number of processes.
-        per_device_train_batch_size=per_device_batch_size(rows_per_pair * config.batch_size,
-                                                          f"algorithms.{name}.batch_size"),
+        per_device_train_batch_size=per_device_batch_size(
+            rows_per_pair * config.batch_size, f"algorithms.{name}.batch_size"
+        ),
         disable_dropout=True,
         max_length=tokenizer.model_max_length,
         **objective,
@@ -71,17 +87,24 @@ def train_on_pairs(context, *, arguments_class, trainer_class, objective: dict, 
         callbacks=harness_callbacks(context.log_metrics, context.progress, context, steps, watched=watched),
         **(trainer_arguments or {}),
     )
-    return train_and_save(trainer, context, tokenizer, lambda _: {  # global: the pairs of all ranks
-        "prompts_seen": float(count),  # steps x the global batch: a pair's two completions are one prompt
-        **generated,  # completions and tokens sampled for the pairs: 0 with the dataset's pairs
-    })
+    return train_and_save(
+        trainer,
+        context,
+        tokenizer,
+        lambda _: {  # global: the pairs of all ranks
+            "prompts_seen": float(count),  # steps x the global batch: a pair's two completions are one prompt
+            **generated,  # completions and tokens sampled for the pairs: 0 with the dataset's pairs
+        },
+    )
 
 
 def describe_pairs(pairs_source: str) -> str:
     """The report's sentence on the pairs an offline preference algorithm learned from, given its pairs_source."""
     if pairs_source == "reward_model":
-        return ("pairs sampled from the SFT policy (two completions per training prompt, both stopped), labelled by "
-                "the suite's reward model")
+        return (
+            "pairs sampled from the SFT policy (two completions per training prompt, both stopped), labelled by "
+            "the suite's reward model"
+        )
     return "the task's preference pairs (the reward model's training data)"
 
 
@@ -145,8 +168,13 @@ def reward_model_pairs(context, count: int, algorithm: str) -> tuple[list[dict],
         "tokens_generated": float(sum(shard[2] for shard in shards)),
         "pairs_dropped_truncated": float(sum(shard[3] for shard in shards)),
     }
-    logger.info("%s: %d reward-model-labelled pairs from %d prompts (%d dropped: a sample did not stop)",
-                algorithm, len(pairs), count, int(spend["pairs_dropped_truncated"]))
+    logger.info(
+        "%s: %d reward-model-labelled pairs from %d prompts (%d dropped: a sample did not stop)",
+        algorithm,
+        len(pairs),
+        count,
+        int(spend["pairs_dropped_truncated"]),
+    )
     return pairs, spend
 
 

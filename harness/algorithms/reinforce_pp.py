@@ -54,6 +54,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from harness import record
+from harness.algorithms import onpolicy
 from harness.algorithms.spec import AlgorithmSpec
 from harness.errors import require
 
@@ -63,14 +64,15 @@ SPEC = AlgorithmSpec(
     family=record.FAMILY_ONLINE_POLICY_GRADIENT,
     kl_knob="kl_coef",  # beta of the per-token KL penalty in the reward
     kl_knob_raises_kl=False,
-    describe_data=lambda config: "one completion per prompt sampled from its current policy each update, scored by the training reward",
+    describe_data=lambda config: (
+        "one completion per prompt sampled from its current policy each update, scored by the training reward"
+    ),
     curves=("reward", "completions/mean_length", "entropy"),  # KL: the shared kl_per_sequence
     watched=("loss", "grad_norm", "reward", "kl"),
 )
 
 NAME = "reinforce_pp"  # the registry name: config keys in errors, the prefix of its own statistics
 PREFIX = f"{NAME}/"
-
 
 
 @dataclass
@@ -140,7 +142,6 @@ class Config:
 
 
 def train(context):
-    from harness.algorithms import onpolicy
 
     config: Config = context.config
     setup = onpolicy.prepare(context, NAME, "REINFORCE++")  # the checks and seeds PPO has
@@ -154,12 +155,24 @@ def train(context):
         sampled = onpolicy.sample_rollouts(context, setup, learner.policy)
         learning_rate = scheduler.get_last_lr()[0]
         statistics = learn_from_rollouts(
-            learner, sampled.rollouts, sampled.scores, settings, config, setup.local_minibatch,
+            learner,
+            sampled.rollouts,
+            sampled.scores,
+            settings,
+            config,
+            setup.local_minibatch,
             setup.minibatch_generator,
         )
         scheduler.step()  # once per update
         onpolicy.finish_update(
-            context, setup, learner.policy, update, statistics, sampled, spend, {"learning_rate": learning_rate},
+            context,
+            setup,
+            learner.policy,
+            update,
+            statistics,
+            sampled,
+            spend,
+            {"learning_rate": learning_rate},
             "REINFORCE++",
         )
     return onpolicy.finish(context, setup, learner.policy, spend)
@@ -177,7 +190,6 @@ class Learner:
 
 
 def build_learner(context, accelerator) -> Learner:
-    from harness.algorithms import onpolicy
 
     config: Config = context.config
     policy, reference, lora = onpolicy.load_policy_and_reference(context, NAME, accelerator)
@@ -199,7 +211,6 @@ def advantages(scores, logp_old, logp_ref, mask, config: Config, accelerator):
     """
     import torch
 
-    from harness.algorithms import onpolicy
     from harness.algorithms import ppo_math
 
     rewards, per_token_kl = ppo_math.per_token_rewards(
@@ -215,19 +226,31 @@ def learn_from_rollouts(
 ) -> dict[str, float]:
     """One update from this rank's rollouts (`onpolicy.Rollouts`) and sequence scores: log-probs, advantages,
     the epochs of clipped-surrogate steps and the update's statistics (global over ranks, as PPO's)."""
-    from harness.algorithms import onpolicy
 
     accelerator = learner.accelerator
     started = time.perf_counter()
     logp_old, logp_ref, _, rollout_entropy = onpolicy.score_rollout(
-        learner.policy, learner.reference, None, rollouts, settings.temperature, config.rollout_batch_size,
+        learner.policy,
+        learner.reference,
+        None,
+        rollouts,
+        settings.temperature,
+        config.rollout_batch_size,
         accelerator,
     )
     seconds_score = time.perf_counter() - started
     token_advantages, per_token_kl = advantages(scores, logp_old, logp_ref, rollouts.mask, config, accelerator)
     batch = onpolicy.TrainingBatch(
-        rollouts.prompt_ids, rollouts.prompt_mask, rollouts.response_ids, rollouts.mask, logp_old, None,
-        token_advantages, None, rollouts.prompt_starts, rollouts.response_lengths,
+        rollouts.prompt_ids,
+        rollouts.prompt_mask,
+        rollouts.response_ids,
+        rollouts.mask,
+        logp_old,
+        None,
+        token_advantages,
+        None,
+        rollouts.prompt_starts,
+        rollouts.response_lengths,
     )
 
     started = time.perf_counter()
@@ -245,8 +268,16 @@ def learn_from_rollouts(
     seconds_train = time.perf_counter() - started
 
     rollout_statistics = onpolicy.rollout_statistics(
-        scores, per_token_kl, logp_old, logp_ref, rollouts.mask, rollouts.has_stop, rollout_entropy, config.kl_coef,
-        accelerator, PREFIX,
+        scores,
+        per_token_kl,
+        logp_old,
+        logp_ref,
+        rollouts.mask,
+        rollouts.has_stop,
+        rollout_entropy,
+        config.kl_coef,
+        accelerator,
+        PREFIX,
     )
     seconds_score, seconds_train = onpolicy.slowest_rank_seconds([seconds_score, seconds_train], accelerator)
     return {

@@ -12,11 +12,15 @@ import logging
 from pathlib import Path
 
 from harness.algorithms.context import no_progress
+from harness.modeling import auto_tokenizer, load_tokenizer
+from harness.rewards import REWARD_METADATA, ProxyRewardModel
 
 logger = logging.getLogger(__name__)
 
 
-def train_reward_model(sft_dir: Path, task_data, suite, seed: int, output_dir: Path, log_metrics, progress=no_progress) -> tuple[Path, dict]:
+def train_reward_model(
+    sft_dir: Path, task_data, suite, seed: int, output_dir: Path, log_metrics, progress=no_progress
+) -> tuple[Path, dict]:
     import torch
     from datasets import Dataset
     from transformers import AutoModelForSequenceClassification
@@ -29,7 +33,6 @@ def train_reward_model(sft_dir: Path, task_data, suite, seed: int, output_dir: P
         silence_console_logging,
         train_resuming,
     )
-    from harness.modeling import load_tokenizer
 
     if not task_data.preferences:
         raise ValueError("the task produced no preference pairs for the reward model")
@@ -68,9 +71,6 @@ def load_reward_model(task_data, suite, output_dir: Path) -> tuple[Path, dict]:
     into the stage folder, record which logit is the reward, and measure it on the held-out pairs."""
     from transformers import AutoModelForSequenceClassification
 
-    from harness.modeling import auto_tokenizer
-    from harness.rewards import REWARD_METADATA
-
     config = suite.reward_model
     tokenizer = auto_tokenizer(config.name_or_path, trust_remote_code=config.trust_remote_code)
     model = AutoModelForSequenceClassification.from_pretrained(
@@ -95,7 +95,6 @@ def load_reward_model(task_data, suite, output_dir: Path) -> tuple[Path, dict]:
 
 def heldout_accuracy(reward_model_dir: Path, pairs: list[dict], device: str) -> float:
     """Fraction of held-out pairs whose chosen completion the reward model scores higher (ties count 1/2)."""
-    from harness.rewards import ProxyRewardModel
 
     if not pairs:
         return float("nan")

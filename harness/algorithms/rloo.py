@@ -47,7 +47,6 @@ SPEC = AlgorithmSpec(
 )
 
 
-
 @dataclass
 class Config:
     beta: float = 0.05
@@ -92,5 +91,11 @@ def train(context):
     )
     # RLOOTrainer's `kl` is a token mean like GRPOTrainer's (of k1 instead of k3), so the same conversion gives
     # nats per sequence (module docstring).
-    return train_online(context, trainer_class=RLOOTrainer, config_class=RLOOConfig, objective=objective,
-                        watched=SPEC.watched, sequence_kl=grpo_sequence_kl)
+    return train_online(
+        context,
+        trainer_class=RLOOTrainer,
+        config_class=RLOOConfig,
+        objective=objective,
+        watched=SPEC.watched,
+        sequence_kl=grpo_sequence_kl,
+    )

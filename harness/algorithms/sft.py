@@ -11,6 +11,8 @@ import logging
 from pathlib import Path
 
 from harness.algorithms.context import no_progress
+from harness.algorithms.lora import peft_config
+from harness.modeling import load_tokenizer
 
 logger = logging.getLogger(__name__)
 
@@ -26,8 +28,6 @@ def run_sft(base_dir: Path, task_data, suite, seed: int, output_dir: Path, log_m
         silence_console_logging,
         train_resuming,
     )
-    from harness.algorithms.lora import peft_config
-    from harness.modeling import load_tokenizer
 
     if not task_data.sft:
         raise ValueError("the task produced an empty SFT corpus")

@@ -43,8 +43,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from harness import record
+from harness.algorithms.preference_pairs import PAIRS_SOURCES, describe_pairs, train_on_pairs
 from harness.algorithms.spec import AlgorithmSpec
-from harness.algorithms.preference_pairs import PAIRS_SOURCES, describe_pairs
 from harness.errors import require, require_scheduler
 
 SPEC = AlgorithmSpec(
@@ -55,7 +55,6 @@ SPEC = AlgorithmSpec(
     curves=("loss", "rewards/margins", "rewards/accuracies"),
     watched=("loss", "grad_norm", "rewards/margins", "rewards/chosen"),
 )
-
 
 
 @dataclass
@@ -87,11 +86,12 @@ class Config:
 def train(context):
     from trl import DPOConfig
 
-    from harness.algorithms.preference_pairs import train_on_pairs
-
     config: Config = context.config
     return train_on_pairs(
-        context, arguments_class=DPOConfig, trainer_class=simpo_trainer_class(), watched=SPEC.watched,
+        context,
+        arguments_class=DPOConfig,
+        trainer_class=simpo_trainer_class(),
+        watched=SPEC.watched,
         objective=dict(beta=config.beta, precompute_ref_log_probs=True),  # no reference model is built (docstring)
         trainer_arguments=dict(gamma=config.gamma),
     )

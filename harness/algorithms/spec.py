@@ -20,6 +20,7 @@ from types import ModuleType
 from typing import Any, Callable
 
 from harness.errors import UserError
+from harness.registry import ALGORITHMS, did_you_mean
 
 
 @dataclass(frozen=True)
@@ -75,7 +76,6 @@ class Algorithm:
 @functools.lru_cache(maxsize=None)
 def algorithm(name: str) -> Algorithm:
     """The registered algorithm `name` (registry.UnknownNameError, with the closest names, when none is)."""
-    from harness.registry import ALGORITHMS, did_you_mean
 
     entry = ALGORITHMS.entry(name)
     module_name, _, preset_name = entry.target.partition(":")
@@ -86,8 +86,10 @@ def algorithm(name: str) -> Algorithm:
     fields = [field.name for field in dataclasses.fields(module.Config)]
     for key in preset.values:
         if key not in fields:
-            raise PresetError(f"{module.__file__}: preset {preset_name} of '{name}' sets '{key}', which is not an "
-                              f"option of {module_name}.Config;{did_you_mean(key, fields)}".rstrip(";"))
+            raise PresetError(
+                f"{module.__file__}: preset {preset_name} of '{name}' sets '{key}', which is not an "
+                f"option of {module_name}.Config;{did_you_mean(key, fields)}".rstrip(";")
+            )
     spec = module.SPEC if preset.curves is None else dataclasses.replace(module.SPEC, curves=preset.curves)
     return Algorithm(name, module, spec, dict(preset.values), preset.about.strip())
 

@@ -22,6 +22,8 @@ import functools
 import math
 
 from harness import record
+from harness.algorithms.lora import peft_config
+from harness.modeling import load_tokenizer
 
 # GRPOTrainer features none of our GRPO-family algorithms uses, pinned off so that a TRL release that changes
 # a default cannot switch one on (they are code, not options: changing one makes it another algorithm).
@@ -49,7 +51,6 @@ def train_online(context, *, trainer_class, config_class, objective: dict, watch
     context.config must have num_generations, prompts_per_step, learning_rate and lr_scheduler."""
     from datasets import Dataset
 
-    from harness.algorithms.lora import peft_config
     from harness.algorithms.trl_support import (
         check_process_group,
         common_training_arguments,
@@ -59,7 +60,6 @@ def train_online(context, *, trainer_class, config_class, objective: dict, watch
         steps_for_budget,
         train_and_save,
     )
-    from harness.modeling import load_tokenizer
 
     config = context.config
     name = record.algorithm_of(context.algorithm)
@@ -113,19 +113,25 @@ def train_online(context, *, trainer_class, config_class, objective: dict, watch
         train_dataset=Dataset.from_list([{"prompt": prompt} for prompt in prompts]),
         processing_class=tokenizer,
         peft_config=peft_config(context.suite, name),
-        callbacks=harness_callbacks(context.log_metrics, context.progress, context, steps, watched=watched,
-                                    sequence_kl=sequence_kl),
+        callbacks=harness_callbacks(
+            context.log_metrics, context.progress, context, steps, watched=watched, sequence_kl=sequence_kl
+        ),
     )
     # TRL samples a whole rollout (steps_per_generation batches at once, each trained on num_iterations times),
     # the last one even when training stops before its final minibatch.
     per_rollout = arguments.steps_per_generation * iterations
     rollouts = math.ceil(steps / per_rollout)
-    return train_and_save(trainer, context, tokenizer, lambda trained: {  # global: prompts and completions of all ranks
-        "prompts_seen": float(batches * config.prompts_per_step),
-        "completions_generated": float(rollouts * arguments.steps_per_generation * completions_per_step),
-        # TRL logs the mean completion length once per rollout, over its global generation batch.
-        "tokens_generated": logged_completion_tokens(trained, trained.args.generation_batch_size),
-    })
+    return train_and_save(
+        trainer,
+        context,
+        tokenizer,
+        lambda trained: {  # global: prompts and completions of all ranks
+            "prompts_seen": float(batches * config.prompts_per_step),
+            "completions_generated": float(rollouts * arguments.steps_per_generation * completions_per_step),
+            # TRL logs the mean completion length once per rollout, over its global generation batch.
+            "tokens_generated": logged_completion_tokens(trained, trained.args.generation_batch_size),
+        },
+    )
 
 
 def trl_reward_function(reward_function, eos_token_id: int):

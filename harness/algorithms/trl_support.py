@@ -17,6 +17,9 @@ import math
 from transformers import TrainerCallback
 
 from harness import record
+from harness.algorithms.context import TrainResult, save_snapshot
+from harness.algorithms.lora import save_policy
+from harness.errors import ConfigError
 from harness.runs import RESUME_CHECKPOINTS_DIR
 
 
@@ -74,7 +77,6 @@ def check_process_group(num_processes: int) -> None:
 def per_device_batch_size(global_batch: int, key: str) -> int:
     """The per-device batch that keeps the global batch (the config's number) whatever the number of processes:
     global / world size, which must divide exactly, so the same budget is spent in the same number of steps."""
-    from harness.errors import ConfigError
 
     world_size = launched_world_size()
     if global_batch % world_size != 0:
@@ -106,7 +108,8 @@ class StepMetricsCallback(TrainerCallback):
         numeric = {
             _metric_name(key): float(value)
             for key, value in (logs or {}).items()
-            if isinstance(value, (int, float)) and math.isfinite(float(value))
+            if isinstance(value, (int, float))
+            and math.isfinite(float(value))
             and (_metric_name(key), state.global_step) not in self.logged
         }
         if numeric and state.max_steps > 0:
@@ -167,8 +170,6 @@ class SnapshotCallback(TrainerCallback):
         self.trainer = None
 
     def on_step_end(self, args, state, control, model=None, **kwargs):
-        from harness.algorithms.context import save_snapshot
-        from harness.algorithms.lora import save_policy
 
         if state.global_step not in self.steps:
             return
@@ -243,15 +244,15 @@ def train_and_save(trainer, context, tokenizer, spend):
     keep the console quiet, train (resuming from the newest complete checkpoint), save the policy to
     output_dir/model; returns the TrainResult with `spend(trainer)` (global counts, read after training because
     some come from the trainer's log) and the optimizer steps taken."""
-    from harness.algorithms.context import TrainResult
 
     attach_trainer(trainer)  # snapshots gather sharded weights through it (ZeRO-3, FSDP)
     silence_console_logging(trainer)
     train_resuming(trainer, context.output_dir)
     checkpoint = save_trained_policy(trainer, context.base_dir, tokenizer, context.output_dir)
     steps = trainer.state.global_step
-    return TrainResult(checkpoint_dir=checkpoint, final_step=steps,
-                       spend={**spend(trainer), "optimizer_steps": float(steps)})
+    return TrainResult(
+        checkpoint_dir=checkpoint, final_step=steps, spend={**spend(trainer), "optimizer_steps": float(steps)}
+    )
 
 
 def train_resuming(trainer, output_dir) -> None:
@@ -284,7 +285,6 @@ def newest_complete_checkpoint(folder) -> str | None:
 
 def save_trained_policy(trainer, base_dir, tokenizer, output_dir):
     """Write the trained policy to output_dir/model as a standard HF folder (merged when trained with LoRA)."""
-    from harness.algorithms.lora import save_policy
 
     checkpoint = output_dir / "model"
     trainer.accelerator.wait_for_everyone()
@@ -335,8 +335,13 @@ def grpo_sequence_kl(logs: dict, terminated_only: bool = False) -> float | None:
 def logged_completion_tokens(trainer, completions_per_entry: int) -> float:
     """Tokens generated, from the trainer's log history (so it survives a resume): each entry with a
     `completions/mean_length` (gathered over ranks) stands for `completions_per_entry` completions."""
-    return float(sum(entry["completions/mean_length"] * completions_per_entry
-                     for entry in trainer.state.log_history if "completions/mean_length" in entry))
+    return float(
+        sum(
+            entry["completions/mean_length"] * completions_per_entry
+            for entry in trainer.state.log_history
+            if "completions/mean_length" in entry
+        )
+    )
 
 
 def _metric_name(key: str) -> str:

@@ -40,4 +40,8 @@ def report_finished(reporter, stage: Stage, result: dict) -> None:
         reporter.stage(stage.label, "skip", "complete in an earlier run")
     else:
         seconds = sum(t["seconds"] for t in result.get("timings", []) if t["stage"] == stage.label)
-        reporter.stage(stage.label, "done", "  ".join(filter(None, [f"{seconds:.1f}s" if seconds else "", headline(result["summary"])])))
+        reporter.stage(
+            stage.label,
+            "done",
+            "  ".join(filter(None, [f"{seconds:.1f}s" if seconds else "", headline(result["summary"])])),
+        )

@@ -52,8 +52,12 @@ def run_in_subprocesses(
                     pending.remove(stage)
                     continue
                 if stage.gpus > len(devices):
-                    outcomes[stage.id] = outcome(stage, FAILED, bad_input=True, failure=(
-                        f"{stage.id} asks for {stage.gpus} GPU(s) and this machine shows {len(devices)}"))
+                    outcomes[stage.id] = outcome(
+                        stage,
+                        FAILED,
+                        bad_input=True,
+                        failure=(f"{stage.id} asks for {stage.gpus} GPU(s) and this machine shows {len(devices)}"),
+                    )
                     pending.remove(stage)
                     continue
                 if len(running) >= max_parallel or stage.gpus > len(free):
@@ -89,7 +93,9 @@ def _start(path: Path, devices: list[str], gpu_machine: bool, threads: int) -> s
     if gpu_machine:  # a stage that asked for none sees none, so it cannot take memory on another's GPU
         environment["CUDA_VISIBLE_DEVICES"] = ",".join(devices)
     with open(log_path(path), "a") as log:
-        return start_group([sys.executable, "-m", "harness.stages", str(path)], stdout=log, stderr=subprocess.STDOUT, env=environment)
+        return start_group(
+            [sys.executable, "-m", "harness.stages", str(path)], stdout=log, stderr=subprocess.STDOUT, env=environment
+        )
 
 
 def _finished(stage: Stage, path: Path, code: int) -> dict:

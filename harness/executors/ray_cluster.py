@@ -28,10 +28,12 @@ import os
 import socket
 from pathlib import Path
 
+from harness import record
 from harness.executors import report_finished, settled_without_running, waits
 from harness.plan import EVALUATE, TRAIN, Stage
-from harness.runs import RunRefused
+from harness.runs import RunRefused, read_json
 from harness.stages.outcomes import BLOCKED, FAILED, one_line, outcome
+from harness.stages.runner import execute
 from harness.tracking_retry import ANSWERED_ENV
 
 logger = logging.getLogger(__name__)
@@ -52,9 +54,10 @@ def head_of(address: str) -> tuple[str, int] | None:
 
     if address in ("local", "auto"):
         return None
-    rest = address[len("ray://"):] if address.startswith("ray://") else address
+    rest = address[len("ray://") :] if address.startswith("ray://") else address
     bracketed = re.fullmatch(r"\[([0-9A-Fa-f:.]+)\]:(\d{1,5})", rest)  # [IPv6]:port
     host, _, port = (bracketed.group(1), None, bracketed.group(2)) if bracketed else rest.rpartition(":")
+
     def refused(why: str) -> RunRefused:
         return RunRefused(f"ray.address={address} is not an address Ray can join ({why}): use {ADDRESS_FORMS}")
 
@@ -67,7 +70,10 @@ def head_of(address: str) -> tuple[str, int] | None:
             ipaddress.ip_address(host)
         except ValueError:
             raise refused(f"'{host}' is not an IP address") from None
-    elif not re.fullmatch(r"(?=.{1,253}$)([A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?)(\.[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?)*", host):
+    elif not re.fullmatch(
+        r"(?=.{1,253}$)([A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?)(\.[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?)*",
+        host,
+    ):
         raise refused(f"'{host}' is not a host name")
     return host, int(port)
 
@@ -90,9 +96,15 @@ def reach_head(address: str) -> None:
             except socket.timeout:
                 last = f"no answer within {CONNECT_SECONDS:.0f}s"
             except OSError as error:
-                last = "nothing listens there (connection refused)" if isinstance(error, ConnectionRefusedError) else (error.strerror or str(error))
-    raise RunRefused(f"cannot join the Ray cluster at ray.address={address}: tried a TCP connection to {host}:{port}: "
-                     f"{last}; start it with `ray start --head --port {port}` or fix ray.address")
+                last = (
+                    "nothing listens there (connection refused)"
+                    if isinstance(error, ConnectionRefusedError)
+                    else (error.strerror or str(error))
+                )
+    raise RunRefused(
+        f"cannot join the Ray cluster at ray.address={address}: tried a TCP connection to {host}:{port}: "
+        f"{last}; start it with `ray start --head --port {port}` or fix ray.address"
+    )
 
 
 def _resolve(address: str, host: str, port: int) -> list:
@@ -129,7 +141,9 @@ def joined_cluster(suite, tracking_uri: str):
                 configure_logging=False,
             )
         except Exception as error:  # an unreachable head, a refused connection: one line naming the address
-            raise RunRefused(f"cannot join the Ray cluster at ray.address={address}: {_why_not_joined(error, log)}") from None
+            raise RunRefused(
+                f"cannot join the Ray cluster at ray.address={address}: {_why_not_joined(error, log)}"
+            ) from None
     log.unlink(missing_ok=True)  # joined: nothing in it anyone needs
     try:
         if tracking_uri.startswith("sqlite:") and address != "local" and not _every_node_is_this_machine(ray):
@@ -174,8 +188,10 @@ def _why_not_joined(error: BaseException, log: Path) -> str:
         said = ""
     if "InvalidAuthToken" in said or "InvalidAuthToken" in str(error) or "auth" in type(error).__name__.lower():
         log.unlink(missing_ok=True)  # the reason is all it said
-        return ("the cluster requires an authentication token this run does not have: set RAY_AUTH_TOKEN (or put it "
-                "in ~/.ray/auth_token) with RAY_AUTH_MODE=token")
+        return (
+            "the cluster requires an authentication token this run does not have: set RAY_AUTH_TOKEN (or put it "
+            "in ~/.ray/auth_token) with RAY_AUTH_MODE=token"
+        )
     return f"{one_line(error)} (Ray's log: {log})"
 
 
@@ -238,9 +254,6 @@ def _run(ray, stages, files, reporter, suite, tracker) -> dict[str, dict]:
 
 def _stage_task(path: str, hard: list[str], known: dict[str, dict], pending: list[str], *results: dict) -> dict:
     """Runs on a Ray worker: the stage, unless something it needs did not complete."""
-    from harness.plan import Stage
-    from harness.runs import read_json
-    from harness.stages.runner import execute
 
     outcomes = {**known, **dict(zip(pending, results))}
     failed = [dependency for dependency in hard if outcomes[dependency]["status"] in (FAILED, BLOCKED)]
@@ -253,7 +266,6 @@ def _stage_task(path: str, hard: list[str], known: dict[str, dict], pending: lis
 def _close_cell_run(stage: Stage, tracker, reason: str, status: str = "FAILED") -> None:
     """A cell whose worker died left its MLflow run RUNNING: end it, so nothing stays RUNNING; the rerun
     reopens the same run (its id is in the cell folder) instead of creating a second one."""
-    from harness import record
 
     if stage.kind not in (TRAIN, EVALUATE):
         return

@@ -17,6 +17,7 @@ import logging
 from pathlib import Path
 
 from harness.generation.base import Generation, SamplingSettings
+from harness.modeling import load_causal_lm, load_tokenizer, resolve_device
 
 logger = logging.getLogger(__name__)
 
@@ -32,8 +33,6 @@ class HFGenerator:
     def generate(self, checkpoint: Path, prompts: list[str], n: int, sampling: SamplingSettings, seed: int):
         import torch
         from transformers import GenerationConfig
-
-        from harness.modeling import load_causal_lm, load_tokenizer, resolve_device
 
         device = resolve_device(self.device)
         tokenizer = load_tokenizer(checkpoint)
@@ -65,7 +64,9 @@ class HFGenerator:
                 prompt_index = start + prompt_offset
                 prompt_ids = [
                     token
-                    for token, keep in zip(encoded["input_ids"][prompt_offset].tolist(), encoded["attention_mask"][prompt_offset].tolist())
+                    for token, keep in zip(
+                        encoded["input_ids"][prompt_offset].tolist(), encoded["attention_mask"][prompt_offset].tolist()
+                    )
                     if keep
                 ]
                 completion_ids, stopped = truncate_after_eos(ids, eos_id)

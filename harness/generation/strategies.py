@@ -25,6 +25,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from harness.generation.base import Generation, SamplingSettings
+from harness.rewards import with_missing_stop_penalty
 
 # Best-of-n's candidates use seed + this: a prime far from any seed a suite lists (and from the training-
 # temperature draws' offset, harness.metrics.scorers.TRAIN_TEMPERATURE_SEED_OFFSET), so that they share no draw
@@ -41,8 +42,15 @@ class Sampling:
     def check(self, has_gold_scorer: bool) -> None:
         """Nothing to refuse: plain sampling needs no particular scorer."""
 
-    def draw(self, generator, checkpoint: Path, prompts: list[str], samples_per_prompt: int,
-             sampling: SamplingSettings, seed: int) -> list[Generation]:
+    def draw(
+        self,
+        generator,
+        checkpoint: Path,
+        prompts: list[str],
+        samples_per_prompt: int,
+        sampling: SamplingSettings,
+        seed: int,
+    ) -> list[Generation]:
         return generator.generate(checkpoint, prompts, samples_per_prompt, sampling, seed)
 
     def select(self, samples: list) -> list:
@@ -65,11 +73,19 @@ class BestOfN:
         if self.reward_source == "gold" and not has_gold_scorer:
             raise ValueError("best-of-n selects by the gold reward (reward.source gold) but there is no gold scorer")
 
-    def draw(self, generator, checkpoint: Path, prompts: list[str], samples_per_prompt: int,
-             sampling: SamplingSettings, seed: int) -> list[Generation]:
+    def draw(
+        self,
+        generator,
+        checkpoint: Path,
+        prompts: list[str],
+        samples_per_prompt: int,
+        sampling: SamplingSettings,
+        seed: int,
+    ) -> list[Generation]:
         """n candidates per sample slot: slot j's are the prompt's draws j*n .. j*n+n-1, on a stream of their own."""
-        return generator.generate(checkpoint, prompts, samples_per_prompt * self.n, sampling,
-                                  seed + BEST_OF_N_SEED_OFFSET)
+        return generator.generate(
+            checkpoint, prompts, samples_per_prompt * self.n, sampling, seed + BEST_OF_N_SEED_OFFSET
+        )
 
     def select(self, candidates: list) -> list:
         """The kept sample of each (prompt, slot), in (prompt, slot) order, renumbered to its slot, with the
@@ -79,21 +95,25 @@ class BestOfN:
         kl_estimates = _kl_estimates_by_prompt(candidates, scores, n)
         kept = []
         for members in _groups(candidates, n):
-            best = max(range(len(members)), key=lambda position: scores[members[position]])  # max keeps the first of equals
+            best = max(
+                range(len(members)), key=lambda position: scores[members[position]]
+            )  # max keeps the first of equals
             sample = candidates[members[best]]
             has_gold = sample.gold_reward is not None
-            kept.append(dataclasses.replace(
-                sample,
-                sample_index=sample.sample_index // n,
-                # No forward passes: the best-of-n policy has no model; its KL is the bound, the same for every
-                # sample, and beside it each sample carries its prompt's estimate.
-                kl=best_of_n_kl_bound(n),
-                best_of_n_kl_estimate=kl_estimates[sample.prompt_index],
-                best_of=n,
-                kept_candidate=best,
-                candidate_selection_rewards=[scores[i] for i in members],
-                candidate_gold_rewards=[candidates[i].gold_reward for i in members] if has_gold else None,
-            ))
+            kept.append(
+                dataclasses.replace(
+                    sample,
+                    sample_index=sample.sample_index // n,
+                    # No forward passes: the best-of-n policy has no model; its KL is the bound, the same for every
+                    # sample, and beside it each sample carries its prompt's estimate.
+                    kl=best_of_n_kl_bound(n),
+                    best_of_n_kl_estimate=kl_estimates[sample.prompt_index],
+                    best_of=n,
+                    kept_candidate=best,
+                    candidate_selection_rewards=[scores[i] for i in members],
+                    candidate_gold_rewards=[candidates[i].gold_reward for i in members] if has_gold else None,
+                )
+            )
         return kept
 
     def _selection_rewards(self, candidates: list) -> list[float]:
@@ -102,10 +122,12 @@ class BestOfN:
         which already charges a missing stop)."""
         if self.reward_source == "gold":
             return [sample.gold_reward for sample in candidates]
-        from harness.rewards import with_missing_stop_penalty
 
-        return with_missing_stop_penalty([sample.proxy_reward for sample in candidates],
-                                         [sample.stopped for sample in candidates], self.missing_stop_penalty)
+        return with_missing_stop_penalty(
+            [sample.proxy_reward for sample in candidates],
+            [sample.stopped for sample in candidates],
+            self.missing_stop_penalty,
+        )
 
 
 def _groups(candidates: list, n: int) -> list[list[int]]:

@@ -85,8 +85,8 @@ class VLLMGenerator:
         self.enforce_eager = (
             enforce_eager if enforce_eager is not None else os.environ.get("HARNESS_VLLM_ENFORCE_EAGER", "1") != "0"
         )
-        self.in_process_engine = in_process_engine if in_process_engine is not None else _env_flag(
-            "HARNESS_VLLM_IN_PROCESS_ENGINE"
+        self.in_process_engine = (
+            in_process_engine if in_process_engine is not None else _env_flag("HARNESS_VLLM_IN_PROCESS_ENGINE")
         )
         self.last_timings: dict[str, float] = {}  # engine start, generation and process wall time of the last call
         self.last_generated_tokens = 0  # tokens vLLM generated in the last call, before EOS truncation

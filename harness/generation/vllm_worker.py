@@ -30,6 +30,9 @@ import sys
 import time
 from pathlib import Path
 
+from harness.generation.hf import truncate_after_eos
+from harness.modeling import load_tokenizer
+
 logger = logging.getLogger(__name__)
 
 # Written next to the result file after every chunk of prompts, so the parent can drive a progress bar.
@@ -37,8 +40,9 @@ PROGRESS_SUFFIX = ".progress"
 
 
 def main(argv: list[str]) -> int:
-    return serve_request(argv, lambda request, result_path: run_request(
-        request, progress_path=result_path.with_suffix(PROGRESS_SUFFIX)))
+    return serve_request(
+        argv, lambda request, result_path: run_request(request, progress_path=result_path.with_suffix(PROGRESS_SUFFIX))
+    )
 
 
 def serve_request(argv: list[str], handle) -> int:
@@ -78,8 +82,6 @@ def one_line(error: BaseException) -> str:
 
 
 def run_request(request: dict, progress_path: Path) -> dict:
-    from harness.generation.hf import truncate_after_eos
-    from harness.modeling import load_tokenizer
 
     checkpoint = Path(request["checkpoint"])
     # The tokenizer first: a bad folder fails here in a second, before vLLM's slow import and engine start.

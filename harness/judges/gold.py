@@ -23,8 +23,14 @@ class GoldJudge:
     def __init__(self, gold_scorer):
         self.gold_scorer = gold_scorer  # callable(prompts, completions, stopped) -> list[float]
 
-    def compare(self, prompts: list[str], candidates: list[str], others: list[str],
-                candidates_stopped: list[bool], others_stopped: list[bool]) -> list[PairVerdict]:
+    def compare(
+        self,
+        prompts: list[str],
+        candidates: list[str],
+        others: list[str],
+        candidates_stopped: list[bool],
+        others_stopped: list[bool],
+    ) -> list[PairVerdict]:
         candidate_scores = self.gold_scorer(prompts, candidates, candidates_stopped)
         other_scores = self.gold_scorer(prompts, others, others_stopped)
         return [

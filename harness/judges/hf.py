@@ -15,13 +15,13 @@ import logging
 from harness.judges.base import OrderVerdict
 from harness.judges.pairwise import PairwiseJudge, answer_token_ids, probability_verdict
 from harness.judges.templates import JudgeTemplate, prompt_token_ids
+from harness.modeling import auto_tokenizer, context_length, load_causal_lm, resolve_device
 
 logger = logging.getLogger(__name__)
 
 
 class HFJudge(PairwiseJudge):
     def __init__(self, model_folder: str, template: JudgeTemplate, batch_size: int, device: str):
-        from harness.modeling import auto_tokenizer, context_length, load_causal_lm, resolve_device
 
         self.model_folder, self.template, self.batch_size = str(model_folder), template, batch_size
         self.device = resolve_device(device)
@@ -37,8 +37,10 @@ class HFJudge(PairwiseJudge):
         ids = [prompt_token_ids(self.tokenizer, self.template.messages(*order)) for order in orders]
         longest = max(len(row) for row in ids)
         if self.context is not None and longest > self.context:
-            raise ValueError(f"a judge prompt of {longest} tokens exceeds the {self.context} positions of judge model "
-                             f"'{self.model_folder}' (shorten judge.template or the answers)")
+            raise ValueError(
+                f"a judge prompt of {longest} tokens exceeds the {self.context} positions of judge model "
+                f"'{self.model_folder}' (shorten judge.template or the answers)"
+            )
         verdicts: list[OrderVerdict | None] = [None] * len(ids)
         by_length = sorted(range(len(ids)), key=lambda index: len(ids[index]))  # little padding per batch
         for start in range(0, len(by_length), self.batch_size):
@@ -79,4 +81,3 @@ class HFJudge(PairwiseJudge):
         gc.collect()
         if torch.cuda.is_available():
             torch.cuda.empty_cache()
-

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import logging
 
+from harness.judges.templates import load_template
+
 logger = logging.getLogger(__name__)
 
 
@@ -13,7 +15,6 @@ def open_judge(judge_config, model_folder, device: str):
     `model_folder`: the judge model's folder or Hub id (kind model: judge.model; kind trained: the folder the
     judge stage wrote), or, for backend openai, the model name the endpoint serves. The gold judge is
     harness.judges.gold's and is not opened here."""
-    from harness.judges.templates import load_template
 
     if judge_config.kind not in ("model", "trained"):
         raise ValueError(f"open_judge opens model and trained judges, not judge.kind {judge_config.kind}")
@@ -30,6 +31,12 @@ def open_judge(judge_config, model_folder, device: str):
     if backend == "openai":
         from harness.judges.openai import OpenAIJudge
 
-        return OpenAIJudge(judge_config.base_url, str(model_folder), template, judge_config.batch_size,
-                           judge_config.max_new_tokens, judge_config.api_key_env)
+        return OpenAIJudge(
+            judge_config.base_url,
+            str(model_folder),
+            template,
+            judge_config.batch_size,
+            judge_config.max_new_tokens,
+            judge_config.api_key_env,
+        )
     raise ValueError(f"unknown judge.backend {backend}")

@@ -42,8 +42,15 @@ class JudgeEndpointError(JudgeError):
 
 
 class OpenAIJudge(PairwiseJudge):
-    def __init__(self, base_url: str, model: str, template: JudgeTemplate, batch_size: int, max_new_tokens: int,
-                 api_key_env: str = ""):
+    def __init__(
+        self,
+        base_url: str,
+        model: str,
+        template: JudgeTemplate,
+        batch_size: int,
+        max_new_tokens: int,
+        api_key_env: str = "",
+    ):
         self.url = base_url.rstrip("/") + "/chat/completions"
         self.model, self.template, self.batch_size, self.max_new_tokens = model, template, batch_size, max_new_tokens
         self._api_key = _api_key(api_key_env)
@@ -72,8 +79,7 @@ class OpenAIJudge(PairwiseJudge):
             text = (choice["message"].get("content") or "").strip()
         except (KeyError, IndexError, TypeError, AttributeError):
             raise JudgeEndpointError(f"judge endpoint {self.url} sent no chat completion choice") from None
-        generated = [entry for entry in (choice.get("logprobs") or {}).get("content") or []
-                     if isinstance(entry, dict)]
+        generated = [entry for entry in (choice.get("logprobs") or {}).get("content") or [] if isinstance(entry, dict)]
         tokens = [str(entry.get("token") or "") for entry in generated]
         return reply_verdict(tokens, [_alternatives(entry) for entry in generated], text, self.template.answers)
 
@@ -101,7 +107,8 @@ class OpenAIJudge(PairwiseJudge):
             except urllib.error.URLError as error:
                 if not isinstance(error.reason, TimeoutError):  # refused, unknown host: retrying will not help
                     raise JudgeEndpointError(
-                        f"judge endpoint {self.url} is unreachable: {self._scrubbed(str(error.reason))}") from None
+                        f"judge endpoint {self.url} is unreachable: {self._scrubbed(str(error.reason))}"
+                    ) from None
                 problem, transient = f"timed out after {REQUEST_TIMEOUT_S:.0f} s", True
             except TimeoutError:
                 problem, transient = f"timed out after {REQUEST_TIMEOUT_S:.0f} s", True
@@ -128,8 +135,11 @@ class OpenAIJudge(PairwiseJudge):
 
 def _alternatives(entry: dict) -> list[tuple[str, float]]:
     """One generated token's top log-probabilities as (token text, log-probability) pairs."""
-    return [(str(top.get("token") or ""), float(top["logprob"])) for top in entry.get("top_logprobs") or []
-            if isinstance(top, dict) and isinstance(top.get("logprob"), int | float)]
+    return [
+        (str(top.get("token") or ""), float(top["logprob"]))
+        for top in entry.get("top_logprobs") or []
+        if isinstance(top, dict) and isinstance(top.get("logprob"), int | float)
+    ]
 
 
 def _api_key(api_key_env: str) -> str:

@@ -32,15 +32,23 @@ class PairwiseJudge:
     # A model judge is shown each request as the task wrote it, not in the policy's chat markup.
     reads_task_prompt = True
 
-    def compare(self, prompts: list[str], candidates: list[str], others: list[str],
-                candidates_stopped: list[bool], others_stopped: list[bool]) -> list[PairVerdict]:
+    def compare(
+        self,
+        prompts: list[str],
+        candidates: list[str],
+        others: list[str],
+        candidates_stopped: list[bool],
+        others_stopped: list[bool],
+    ) -> list[PairVerdict]:
         """Each candidate against the other answer at the same index, in both orders. Model judges read only
         the text; the stopped flags are the gold judge's."""
         lengths = {len(prompts), len(candidates), len(others), len(candidates_stopped), len(others_stopped)}
         if len(lengths) != 1:
-            raise ValueError(f"judge.compare needs lists of one length, got {len(prompts)} prompts, "
-                             f"{len(candidates)} candidates, {len(others)} others and "
-                             f"{len(candidates_stopped)}/{len(others_stopped)} stopped flags")
+            raise ValueError(
+                f"judge.compare needs lists of one length, got {len(prompts)} prompts, "
+                f"{len(candidates)} candidates, {len(others)} others and "
+                f"{len(candidates_stopped)}/{len(others_stopped)} stopped flags"
+            )
         count = len(prompts)
         if not count:
             return []
@@ -56,8 +64,9 @@ class PairwiseJudge:
         pass
 
 
-def probability_verdict(first_logprob: float, second_logprob: float, labels: tuple[str, str],
-                        text: str = "") -> OrderVerdict | None:
+def probability_verdict(
+    first_logprob: float, second_logprob: float, labels: tuple[str, str], text: str = ""
+) -> OrderVerdict | None:
     """P(first label) / (P(first label) + P(second label)) from the two labels' log-probabilities; None when
     neither has any probability (both -inf) or a value is not a number. The raw record keeps both
     log-probabilities and any generated text."""
@@ -95,8 +104,9 @@ def parse_answer(text: str, labels: tuple[str, str]) -> int | None:
     return None
 
 
-def reply_verdict(tokens: list[str], top_logprobs: list[list[tuple[str, float]]], text: str,
-                  labels: tuple[str, str]) -> OrderVerdict:
+def reply_verdict(
+    tokens: list[str], top_logprobs: list[list[tuple[str, float]]], text: str, labels: tuple[str, str]
+) -> OrderVerdict:
     """One order's verdict from a generated reply: `tokens` are its generated tokens as text, `top_logprobs`
     the (token text, log-probability) alternatives at each of them. The labels' renormalised probabilities at
     the reply's answer token (`answer_position`) when both labels are among its alternatives; else the text,
@@ -167,6 +177,8 @@ def answer_token_ids(tokenizer, labels: tuple[str, str], where: str) -> tuple[in
             raise ValueError(f"judge answer label '{label}' is not a token of the tokenizer of {where}")
         ids.append(encoded[0])
     if ids[0] == ids[1]:
-        raise ValueError(f"judge answer labels {labels[0]!r} and {labels[1]!r} start with the same token in the "
-                         f"tokenizer of {where}: their probabilities cannot be told apart (use labels such as A and B)")
+        raise ValueError(
+            f"judge answer labels {labels[0]!r} and {labels[1]!r} start with the same token in the "
+            f"tokenizer of {where}: their probabilities cannot be told apart (use labels such as A and B)"
+        )
     return ids[0], ids[1]

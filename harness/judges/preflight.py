@@ -27,10 +27,14 @@ def check_judge_endpoint(judge) -> None:
         key = os.environ.get(judge.api_key_env)
         if not key:
             if looks_like_secret(judge.api_key_env):  # a key pasted where its variable's name belongs: never echoed
-                raise ConfigError("'judge.api_key_env' holds what looks like an API key, not the name of an environment "
-                                  "variable: export the key (e.g. as OPENAI_API_KEY) and pass that name")
-            raise ConfigError(f"'judge.api_key_env' names {judge.api_key_env}, which is not set in the environment: "
-                              f"export the judge's API key as {judge.api_key_env}")
+                raise ConfigError(
+                    "'judge.api_key_env' holds what looks like an API key, not the name of an environment "
+                    "variable: export the key (e.g. as OPENAI_API_KEY) and pass that name"
+                )
+            raise ConfigError(
+                f"'judge.api_key_env' names {judge.api_key_env}, which is not set in the environment: "
+                f"export the judge's API key as {judge.api_key_env}"
+            )
         headers["Authorization"] = f"Bearer {key}"
     url = judge.base_url.rstrip("/") + "/models"
     shown_url = redact(url)  # a URL may carry credentials (user:password@host, ?api_key=...)
@@ -39,8 +43,11 @@ def check_judge_endpoint(judge) -> None:
         with urllib.request.urlopen(request, timeout=PREFLIGHT_TIMEOUT_SECONDS) as response:
             json.loads(response.read() or b"{}")
     except urllib.error.HTTPError as error:
-        raise ConfigError(f"judge endpoint {shown_url} answered HTTP {error.code} ({error.reason}); check judge.base_url "
-                          "and the key") from None
+        raise ConfigError(
+            f"judge endpoint {shown_url} answered HTTP {error.code} ({error.reason}); check judge.base_url and the key"
+        ) from None
     except (urllib.error.URLError, TimeoutError, OSError, ValueError) as error:
         reason = getattr(error, "reason", error)
-        raise ConfigError(f"judge endpoint {shown_url} is unreachable ({redact(str(reason))}); start the server or fix judge.base_url") from None
+        raise ConfigError(
+            f"judge endpoint {shown_url} is unreachable ({redact(str(reason))}); start the server or fix judge.base_url"
+        ) from None

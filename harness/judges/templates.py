@@ -82,8 +82,10 @@ def load_template(name_or_path: str) -> JudgeTemplate:
         raise ConfigError(f"{where}: 'user' lacks the placeholder(s) {', '.join('{' + m + '}' for m in missing)}")
     strangers = sorted({name for name in found if name not in PLACEHOLDERS})
     if strangers:
-        raise ConfigError(f"{where}: 'user' has unknown placeholder(s) {', '.join('{' + s + '}' for s in strangers)}; "
-                          f"only {{prompt}}, {{first}} and {{second}} are filled")
+        raise ConfigError(
+            f"{where}: 'user' has unknown placeholder(s) {', '.join('{' + s + '}' for s in strangers)}; "
+            f"only {{prompt}}, {{first}} and {{second}} are filled"
+        )
     if _PLACEHOLDER.search(system):
         raise ConfigError(f"{where}: 'system' has a placeholder; only 'user' is filled in")
     return JudgeTemplate(

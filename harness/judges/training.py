@@ -28,8 +28,13 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+from harness.config import ModelConfig
 from harness.judges.base import TIE, PairVerdict, gold_agreement
+from harness.judges.hf import HFJudge
 from harness.judges.pairwise import answer_token_ids
+from harness.judges.templates import prompt_token_ids
+from harness.modeling import build_tiny_causal_lm, build_word_tokenizer, resolve_device, save_checkpoint
+from harness.tasks.common import words_of
 
 logger = logging.getLogger(__name__)
 
@@ -56,7 +61,6 @@ class _Example:
 def _judge_vocabulary(task_data, template) -> list[str]:
     """The task's words, the template's words (rendered with empty answers) and the two answer labels, so that
     nothing the judge is shown during training is an unknown word and each label is one token."""
-    from harness.tasks.common import words_of
 
     template_text = " ".join(message["content"] for message in template.messages("", "", ""))
     return sorted(set(words_of(task_data)) | set(template_text.split()) | set(template.answers))
@@ -64,7 +68,6 @@ def _judge_vocabulary(task_data, template) -> list[str]:
 
 def _render(tokenizer, template, prompt: str, first: str, second: str) -> list[int]:
     """Token ids of the comparison up to where the judge answers, exactly as the judge backends render it."""
-    from harness.judges.templates import prompt_token_ids
 
     return prompt_token_ids(tokenizer, template.messages(prompt, first, second))
 
@@ -113,8 +116,9 @@ def _hidden_states(model, opening: list[int], examples: list[_Example], pad_id: 
         cache.batch_repeat_interleave(count)
     mask = torch.cat([torch.ones((count, len(opening)), dtype=torch.long, device=device), real], dim=1)
     positions = torch.arange(len(opening), len(opening) + width, device=device).expand(count, -1)
-    hidden = body(input_ids=ids, attention_mask=mask, past_key_values=cache, position_ids=positions,
-                  use_cache=False).last_hidden_state
+    hidden = body(
+        input_ids=ids, attention_mask=mask, past_key_values=cache, position_ids=positions, use_cache=False
+    ).last_hidden_state
     return hidden, ids, real
 
 
@@ -171,12 +175,15 @@ def _build_judge_model(training, tokenizer, max_positions: int, seed: int):
     size stayed at chance: held-out agreement with gold 0.53 after 3 epochs, against 0.81 for Llama. On a toy
     comparison task the tied Qwen2 failed too while Llama and GPT-NeoX, both untied, learnt it in a few hundred
     steps: the untied head seems to be what matters."""
-    from harness.config import ModelConfig
-    from harness.modeling import build_tiny_causal_lm
 
     heads = _attention_heads(training.n_embd)
-    shape = ModelConfig(n_layer=training.n_layer, n_embd=training.n_embd, n_head=heads, max_positions=max_positions,
-                        architecture="llama")
+    shape = ModelConfig(
+        n_layer=training.n_layer,
+        n_embd=training.n_embd,
+        n_head=heads,
+        max_positions=max_positions,
+        architecture="llama",
+    )
     return build_tiny_causal_lm(shape, tokenizer, seed)
 
 
@@ -189,8 +196,9 @@ def _attention_heads(width: int) -> int:
     raise ValueError(f"judge.training.n_embd={width} must be even: rotary positions rotate pairs of dimensions")
 
 
-def _train(model, opening: list[int], examples: list[_Example], training, seed: int, pad_id: int,
-           device: str) -> tuple[float, float]:
+def _train(
+    model, opening: list[int], examples: list[_Example], training, seed: int, pad_id: int, device: str
+) -> tuple[float, float]:
     """AdamW with linear decay to 0; returns the final answer-token and language-modelling losses."""
     import torch
 
@@ -215,9 +223,12 @@ def _train(model, opening: list[int], examples: list[_Example], training, seed: 
         answer_losses.append(answer_loss.item())
         language_losses.append(language_loss.item())
         if (step + 1) % steps_per_epoch == 0:
-            logger.info("judge training: epoch %d, answer loss %.4f, language-modelling loss %.4f",
-                        (step + 1) // steps_per_epoch, _mean(answer_losses[-steps_per_epoch:]),
-                        _mean(language_losses[-steps_per_epoch:]))
+            logger.info(
+                "judge training: epoch %d, answer loss %.4f, language-modelling loss %.4f",
+                (step + 1) // steps_per_epoch,
+                _mean(answer_losses[-steps_per_epoch:]),
+                _mean(language_losses[-steps_per_epoch:]),
+            )
     model.eval()
     return _mean(answer_losses[-FINAL_LOSS_STEPS:]), _mean(language_losses[-FINAL_LOSS_STEPS:])
 
@@ -228,21 +239,26 @@ def _train(model, opening: list[int], examples: list[_Example], training, seed: 
 def _held_out_verdicts(folder: Path, template, pairs: list[dict], device: str) -> list[PairVerdict]:
     """The saved judge's verdicts on held-out pairs, chosen answer as the candidate, through the hf backend the
     evaluator opens it with (so the figure is the evaluator's judge, reloaded from its folder)."""
-    from harness.judges.hf import HFJudge
 
     if not pairs:
         return []
     judge = HFJudge(str(folder), template, HELD_OUT_BATCH_SIZE, device)
     try:
         stopped = [True] * len(pairs)  # dataset answers all ended; model judges ignore the flags anyway
-        return judge.compare([pair["prompt"] for pair in pairs], [pair["chosen"] for pair in pairs],
-                             [pair["rejected"] for pair in pairs], stopped, stopped)
+        return judge.compare(
+            [pair["prompt"] for pair in pairs],
+            [pair["chosen"] for pair in pairs],
+            [pair["rejected"] for pair in pairs],
+            stopped,
+            stopped,
+        )
     finally:
         judge.close()
 
 
-def _held_out_agreement(verdicts: list[PairVerdict], pairs: list[dict],
-                        gold_reward: Callable[[str, str, bool], float] | None) -> dict:
+def _held_out_agreement(
+    verdicts: list[PairVerdict], pairs: list[dict], gold_reward: Callable[[str, str, bool], float] | None
+) -> dict:
     """Agreement of the judge's verdicts on held-out pairs with the gold reward (without noise) where there is
     one and with the pairs' own noisy labels, the judge's order agreement, and the noisy labels' agreement with
     gold (what the training labels themselves reach)."""
@@ -280,8 +296,15 @@ def _mean(values: list[float | None]) -> float | None:
 # --- the entry point -----------------------------------------------------------------------------------------
 
 
-def train_judge(task_data, template, training, folder: Path, seed: int, device: str,
-                gold_reward: Callable[[str, str, bool], float] | None = None) -> dict:
+def train_judge(
+    task_data,
+    template,
+    training,
+    folder: Path,
+    seed: int,
+    device: str,
+    gold_reward: Callable[[str, str, bool], float] | None = None,
+) -> dict:
     """Train the judge on `task_data.preferences`, save it as a Hugging Face folder in `folder`, and measure it on
     up to `training.held_out_pairs` of `task_data.heldout_preferences`.
 
@@ -296,14 +319,14 @@ def train_judge(task_data, template, training, folder: Path, seed: int, device: 
     """
     import torch
 
-    from harness.modeling import build_word_tokenizer, resolve_device, save_checkpoint
-
     if not task_data.preferences:
         raise ValueError("the task produced no preference pairs to train the judge on")
     started = time.perf_counter()
     device = resolve_device(device)
     held_out = task_data.heldout_preferences[: training.held_out_pairs]
-    tokenizer = build_word_tokenizer(_judge_vocabulary(task_data, template), TOKENIZER_LENGTH_UNTIL_MEASURED, chatml=True)
+    tokenizer = build_word_tokenizer(
+        _judge_vocabulary(task_data, template), TOKENIZER_LENGTH_UNTIL_MEASURED, chatml=True
+    )
     label_ids = answer_token_ids(tokenizer, template.answers, "the judge being trained")
     rendered = _both_orders(tokenizer, template, task_data.preferences, label_ids)
     longest = max(len(ids) for ids, _ in rendered + _both_orders(tokenizer, template, held_out, label_ids))
@@ -316,7 +339,9 @@ def train_judge(task_data, template, training, folder: Path, seed: int, device: 
 
     torch.manual_seed(seed)
     model = _build_judge_model(training, tokenizer, max_positions, seed).to(device)
-    final_loss, final_language_loss = _train(model, opening, train_examples, training, seed, tokenizer.pad_token_id, device)
+    final_loss, final_language_loss = _train(
+        model, opening, train_examples, training, seed, tokenizer.pad_token_id, device
+    )
     train_seconds = time.perf_counter() - started
     save_checkpoint(model, tokenizer, folder)
     del model

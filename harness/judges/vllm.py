@@ -16,9 +16,12 @@ import logging
 import tempfile
 from pathlib import Path
 
+from harness.generation.hf import truncate_after_eos
+from harness.generation.vllm import VLLMGenerator, _memory_hint, run_worker
 from harness.judges.base import OrderVerdict
 from harness.judges.pairwise import JudgeError, PairwiseJudge, answer_token_ids, reply_verdict
 from harness.judges.templates import JudgeTemplate, prompt_token_ids
+from harness.modeling import auto_tokenizer
 
 logger = logging.getLogger(__name__)
 
@@ -28,8 +31,6 @@ WORKER_MODULE = "harness.judges.vllm_worker"
 
 class VLLMJudge(PairwiseJudge):
     def __init__(self, model: str, template: JudgeTemplate, batch_size: int, max_new_tokens: int, device: str):
-        from harness.generation.vllm import VLLMGenerator
-        from harness.modeling import auto_tokenizer
 
         self.model, self.template, self.max_new_tokens = str(model), template, max_new_tokens
         self.tokenizer = auto_tokenizer(self.model)
@@ -61,20 +62,20 @@ class VLLMJudge(PairwiseJudge):
         """The labels' probabilities at the reply's answer token when both are among its top log-probabilities,
         else the parsed text (harness.judges.pairwise.reply_verdict). Every token, generated or an alternative,
         is read as the text the tokenizer decodes it to, as the openai backend reads an API's tokens."""
-        from harness.generation.hf import truncate_after_eos
 
         token_ids, _ = truncate_after_eos(output["token_ids"], self.tokenizer.eos_token_id)
         text = self.tokenizer.decode(token_ids, skip_special_tokens=True).strip()
         tokens = [self._token_text(token) for token in token_ids]
-        alternatives = [[(self._token_text(int(token)), logprob) for token, logprob in position.items()]
-                        for position in output["top_logprobs"][: len(token_ids)]]
+        alternatives = [
+            [(self._token_text(int(token)), logprob) for token, logprob in position.items()]
+            for position in output["top_logprobs"][: len(token_ids)]
+        ]
         return reply_verdict(tokens, alternatives, text, self.template.answers)
 
     def _token_text(self, token_id: int) -> str:
         return self.tokenizer.decode([token_id], skip_special_tokens=True)
 
     def _run_worker(self, request: dict, folder: Path) -> dict:
-        from harness.generation.vllm import _memory_hint, run_worker
 
         what = f"judge {self.model} ({len(request['prompt_ids'])} judge prompts)"
         result, _ = run_worker(WORKER_MODULE, request, folder, self.engine._wait, self.engine.timeout_s, what)

@@ -68,11 +68,15 @@ def judge_request(request: dict) -> dict:
         for output in llm.generate(chunk, settings, use_tqdm=False):
             (completion,) = output.outputs
             # Every generated position's alternatives: the answer may come after markdown ("**B**").
-            outputs.append({
-                "token_ids": list(completion.token_ids),
-                "top_logprobs": [{str(token): entry.logprob for token, entry in position.items()}
-                                 for position in completion.logprobs or []],
-            })
+            outputs.append(
+                {
+                    "token_ids": list(completion.token_ids),
+                    "top_logprobs": [
+                        {str(token): entry.logprob for token, entry in position.items()}
+                        for position in completion.logprobs or []
+                    ],
+                }
+            )
     return {
         "outputs": outputs,
         "timings": {"engine_start_s": engine_ready - started, "generate_s": time.perf_counter() - engine_ready},

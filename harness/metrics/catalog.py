@@ -22,6 +22,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Literal
 
+from harness.metrics.text import bleu, distinct_n
+
 logger = logging.getLogger(__name__)
 
 Direction = Literal["higher", "lower", "neutral"]
@@ -59,7 +61,6 @@ class Corpus:
     def bleu(self) -> tuple[float, str]:
         """sacrebleu's corpus BLEU against each prompt's reference, and its signature (computed once: the
         evaluator records the signature beside the number)."""
-        from harness.metrics.text import bleu
 
         return bleu(self.hypotheses, [sample["reference"].strip() for sample in self.samples])
 
@@ -164,35 +165,77 @@ class Comparison:
 VS_SFT = Comparison("sft")
 VS_REFERENCE = Comparison("reference")
 COMPARISONS = (VS_SFT, VS_REFERENCE)
-_OPPONENTS = {"sft": "the SFT baseline's completion at the same (prompt, sample slot)",
-              "reference": "the prompt's reference answer (scored as stopped), where there is one"}
+_OPPONENTS = {
+    "sft": "the SFT baseline's completion at the same (prompt, sample slot)",
+    "reference": "the prompt's reference answer (scored as stopped), where there is one",
+}
 
 
 def _pairwise_metrics(comparison: Comparison) -> list[Metric]:
     versus, opponent = comparison.versus, _OPPONENTS[comparison.versus]
     return [
-        Metric(comparison.gold_win_rate, "higher", FRACTION, "sample", "pairwise",
-               f"gold reward against {opponent}: win 1, tie 1/2, loss 0", field=comparison.gold_points,
-               label=f"win rate against {versus} (gold)", versus=versus, headline=True),
-        Metric(comparison.judge_win_rate, "higher", FRACTION, "sample", "pairwise",
-               f"the pairwise judge against {opponent}, both orders: 1 when both prefer the completion, 0 when both "
-               "prefer the other, 1/2 otherwise", field=comparison.judge_points,
-               label=f"win rate against {versus} (judge)", versus=versus, headline=True),
-        Metric(f"judge_order_agreement_vs_{versus}", "higher", FRACTION, "sample", "pairwise",
-               f"fraction of comparisons with {versus} where the judge's two orders pick the same answer",
-               field=comparison.judge_orders_agree, versus=versus),
-        Metric(f"judge_unparseable_rate_vs_{versus}", "lower", FRACTION, "sample", "pairwise",
-               f"fraction of the judge's answers (two per comparison with {versus}) that could not be parsed",
-               field=comparison.judge_unparseable, field_scale=0.5, versus=versus),
-        Metric(f"judge_gold_agreement_vs_{versus}", "higher", FRACTION, "sample", "pairwise",
-               f"comparisons with {versus} where gold does not tie: 1 when the judge picks gold's winner, "
-               "1/2 when it ties, 0 when it picks gold's loser", field=comparison.judge_gold_agreement, versus=versus),
+        Metric(
+            comparison.gold_win_rate,
+            "higher",
+            FRACTION,
+            "sample",
+            "pairwise",
+            f"gold reward against {opponent}: win 1, tie 1/2, loss 0",
+            field=comparison.gold_points,
+            label=f"win rate against {versus} (gold)",
+            versus=versus,
+            headline=True,
+        ),
+        Metric(
+            comparison.judge_win_rate,
+            "higher",
+            FRACTION,
+            "sample",
+            "pairwise",
+            f"the pairwise judge against {opponent}, both orders: 1 when both prefer the completion, 0 when both "
+            "prefer the other, 1/2 otherwise",
+            field=comparison.judge_points,
+            label=f"win rate against {versus} (judge)",
+            versus=versus,
+            headline=True,
+        ),
+        Metric(
+            f"judge_order_agreement_vs_{versus}",
+            "higher",
+            FRACTION,
+            "sample",
+            "pairwise",
+            f"fraction of comparisons with {versus} where the judge's two orders pick the same answer",
+            field=comparison.judge_orders_agree,
+            versus=versus,
+        ),
+        Metric(
+            f"judge_unparseable_rate_vs_{versus}",
+            "lower",
+            FRACTION,
+            "sample",
+            "pairwise",
+            f"fraction of the judge's answers (two per comparison with {versus}) that could not be parsed",
+            field=comparison.judge_unparseable,
+            field_scale=0.5,
+            versus=versus,
+        ),
+        Metric(
+            f"judge_gold_agreement_vs_{versus}",
+            "higher",
+            FRACTION,
+            "sample",
+            "pairwise",
+            f"comparisons with {versus} where gold does not tie: 1 when the judge picks gold's winner, "
+            "1/2 when it ties, 0 when it picks gold's loser",
+            field=comparison.judge_gold_agreement,
+            versus=versus,
+        ),
     ]
 
 
 def _distinct(n: int) -> Callable[[Corpus], float]:
     def compute(corpus: Corpus) -> float:
-        from harness.metrics.text import distinct_n
 
         return distinct_n(corpus.hypotheses, n)
 
@@ -224,48 +267,163 @@ _KL_SUM = "summed over the response at the evaluation temperature (nats per sequ
 BEST_OF_N_KL_ESTIMATE = "best_of_n_kl_estimate"
 
 METRICS: dict[str, Metric] = _registry(
-    Metric("gold_reward", "higher", GOLD_UNITS, "sample", "reward",
-           "the task's exact reward, or a held-out reward model (gold.source reward_model)", field="gold_reward",
-           label="gold reward", headline=True),
-    Metric("proxy_reward", "higher", RM_UNITS, "sample", "reward",
-           "score of the reward model the online algorithms optimised", field="proxy_reward", label="proxy reward",
-           headline=True),
-    Metric("kl", "lower", NATS, "sample", "kl",
-           f"exact KL(policy||reference) over the vocabulary, {_KL_SUM}; for best-of-n the analytic upper bound "
-           "log n - (n-1)/n (tag harness.kl_is_bound)", field="kl", label="KL(π‖π_ref) per response",
-           headline=True),
-    Metric(BEST_OF_N_KL_ESTIMATE, "lower", NATS, "sample", "kl",
-           "best-of-n only: KL(best-of-n||the policy it samples) in nats per sequence, estimated per prompt from "
-           "the selection rewards of all its candidates (their empirical distribution), averaged over prompts; "
-           "at or below the bound eval/kl, biased low when a prompt has few candidates",
-           field=BEST_OF_N_KL_ESTIMATE, label="estimated KL(best-of-n‖π_ref) per response"),
-    Metric("kl_k1", "lower", NATS, "sample", "kl",
-           f"k1 estimate Σ(log p − log q) at the sampled tokens, {_KL_SUM}", field="kl_k1",
-           label="k1 KL estimate per response"),
-    Metric("kl_k3", "lower", NATS, "sample", "kl",
-           f"k3 estimate Σ(q/p − log(q/p) − 1) at the sampled tokens, {_KL_SUM}", field="kl_k3",
-           label="k3 KL estimate per response"),
-    Metric("kl_train_temperature", "lower", NATS, "corpus", "kl",
-           "exact KL(policy||reference) at the training temperature (sampling.temperature), on separate untruncated "
-           "draws at that temperature; only where it differs from the evaluation temperature",
-           compute=_kl_train_temperature, label="KL(π‖π_ref) per response at the training temperature"),
-    Metric("bleu", "higher", BLEU_POINTS, "corpus", "text",
-           "sacrebleu corpus BLEU against the prompts' references (signature in tag harness.bleu_signature)",
-           compute=_bleu, label="BLEU"),
-    Metric("rouge1", "higher", FRACTION, "sample", "text", "ROUGE-1 F-measure against the reference",
-           field="rouge1", label="ROUGE-1"),
-    Metric("rouge2", "higher", FRACTION, "sample", "text", "ROUGE-2 F-measure against the reference",
-           field="rouge2", label="ROUGE-2"),
-    Metric("rougeL", "higher", FRACTION, "sample", "text", "ROUGE-L F-measure against the reference",
-           field="rougeL", label="ROUGE-L"),
-    Metric("length", "neutral", TOKENS, "sample", "text", "response length without the EOS token",
-           field="length", label="response length"),
-    Metric("stop_rate", "higher", FRACTION, "sample", "text", "fraction of responses that ended with EOS",
-           field="stopped", label="stop rate"),
-    Metric("distinct_1", "higher", FRACTION, "corpus", "text", "unique unigrams / all unigrams across responses",
-           compute=_distinct(1), label="distinct-1"),
-    Metric("distinct_2", "higher", FRACTION, "corpus", "text", "unique bigrams / all bigrams across responses",
-           compute=_distinct(2), label="distinct-2"),
+    Metric(
+        "gold_reward",
+        "higher",
+        GOLD_UNITS,
+        "sample",
+        "reward",
+        "the task's exact reward, or a held-out reward model (gold.source reward_model)",
+        field="gold_reward",
+        label="gold reward",
+        headline=True,
+    ),
+    Metric(
+        "proxy_reward",
+        "higher",
+        RM_UNITS,
+        "sample",
+        "reward",
+        "score of the reward model the online algorithms optimised",
+        field="proxy_reward",
+        label="proxy reward",
+        headline=True,
+    ),
+    Metric(
+        "kl",
+        "lower",
+        NATS,
+        "sample",
+        "kl",
+        f"exact KL(policy||reference) over the vocabulary, {_KL_SUM}; for best-of-n the analytic upper bound "
+        "log n - (n-1)/n (tag harness.kl_is_bound)",
+        field="kl",
+        label="KL(π‖π_ref) per response",
+        headline=True,
+    ),
+    Metric(
+        BEST_OF_N_KL_ESTIMATE,
+        "lower",
+        NATS,
+        "sample",
+        "kl",
+        "best-of-n only: KL(best-of-n||the policy it samples) in nats per sequence, estimated per prompt from "
+        "the selection rewards of all its candidates (their empirical distribution), averaged over prompts; "
+        "at or below the bound eval/kl, biased low when a prompt has few candidates",
+        field=BEST_OF_N_KL_ESTIMATE,
+        label="estimated KL(best-of-n‖π_ref) per response",
+    ),
+    Metric(
+        "kl_k1",
+        "lower",
+        NATS,
+        "sample",
+        "kl",
+        f"k1 estimate Σ(log p − log q) at the sampled tokens, {_KL_SUM}",
+        field="kl_k1",
+        label="k1 KL estimate per response",
+    ),
+    Metric(
+        "kl_k3",
+        "lower",
+        NATS,
+        "sample",
+        "kl",
+        f"k3 estimate Σ(q/p − log(q/p) − 1) at the sampled tokens, {_KL_SUM}",
+        field="kl_k3",
+        label="k3 KL estimate per response",
+    ),
+    Metric(
+        "kl_train_temperature",
+        "lower",
+        NATS,
+        "corpus",
+        "kl",
+        "exact KL(policy||reference) at the training temperature (sampling.temperature), on separate untruncated "
+        "draws at that temperature; only where it differs from the evaluation temperature",
+        compute=_kl_train_temperature,
+        label="KL(π‖π_ref) per response at the training temperature",
+    ),
+    Metric(
+        "bleu",
+        "higher",
+        BLEU_POINTS,
+        "corpus",
+        "text",
+        "sacrebleu corpus BLEU against the prompts' references (signature in tag harness.bleu_signature)",
+        compute=_bleu,
+        label="BLEU",
+    ),
+    Metric(
+        "rouge1",
+        "higher",
+        FRACTION,
+        "sample",
+        "text",
+        "ROUGE-1 F-measure against the reference",
+        field="rouge1",
+        label="ROUGE-1",
+    ),
+    Metric(
+        "rouge2",
+        "higher",
+        FRACTION,
+        "sample",
+        "text",
+        "ROUGE-2 F-measure against the reference",
+        field="rouge2",
+        label="ROUGE-2",
+    ),
+    Metric(
+        "rougeL",
+        "higher",
+        FRACTION,
+        "sample",
+        "text",
+        "ROUGE-L F-measure against the reference",
+        field="rougeL",
+        label="ROUGE-L",
+    ),
+    Metric(
+        "length",
+        "neutral",
+        TOKENS,
+        "sample",
+        "text",
+        "response length without the EOS token",
+        field="length",
+        label="response length",
+    ),
+    Metric(
+        "stop_rate",
+        "higher",
+        FRACTION,
+        "sample",
+        "text",
+        "fraction of responses that ended with EOS",
+        field="stopped",
+        label="stop rate",
+    ),
+    Metric(
+        "distinct_1",
+        "higher",
+        FRACTION,
+        "corpus",
+        "text",
+        "unique unigrams / all unigrams across responses",
+        compute=_distinct(1),
+        label="distinct-1",
+    ),
+    Metric(
+        "distinct_2",
+        "higher",
+        FRACTION,
+        "corpus",
+        "text",
+        "unique bigrams / all bigrams across responses",
+        compute=_distinct(2),
+        label="distinct-2",
+    ),
     *(metric for comparison in COMPARISONS for metric in _pairwise_metrics(comparison)),
 )
 

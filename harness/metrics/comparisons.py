@@ -23,8 +23,15 @@ class Comparisons:
     against the references where `judge_vs_reference`. `gold_scorer`: scores the references, where the samples
     have a gold reward."""
 
-    def __init__(self, rows: list[dict], baseline_samples: list[dict] | None, gold_scorer: GoldScorer | None,
-                 judge, judge_vs_sft: bool, judge_vs_reference: bool):
+    def __init__(
+        self,
+        rows: list[dict],
+        baseline_samples: list[dict] | None,
+        gold_scorer: GoldScorer | None,
+        judge,
+        judge_vs_sft: bool,
+        judge_vs_reference: bool,
+    ):
         self.rows, self.baseline_samples, self.gold_scorer = rows, baseline_samples, gold_scorer
         self.judge, self.judge_vs_sft, self.judge_vs_reference = judge, judge_vs_sft, judge_vs_reference
 
@@ -33,10 +40,15 @@ class Comparisons:
         comparisons = []
         if self.baseline_samples is not None:
             comparisons.append(_against_sft(samples, self.baseline_samples, has_gold, self.judge_vs_sft))
-        comparisons.append(_against_references(samples, self.gold_scorer if has_gold else None,
-                                               self.judge_vs_reference))
-        _judge_and_record(samples, [c for c in comparisons if c is not None], self.judge,
-                          _judge_prompts(self.rows, samples, self.judge))
+        comparisons.append(
+            _against_references(samples, self.gold_scorer if has_gold else None, self.judge_vs_reference)
+        )
+        _judge_and_record(
+            samples,
+            [c for c in comparisons if c is not None],
+            self.judge,
+            _judge_prompts(self.rows, samples, self.judge),
+        )
 
 
 @dataclass
@@ -58,11 +70,19 @@ def _against_sft(samples: list[Sample], baseline_samples: list[dict], has_gold: 
     gold_points = None
     if has_gold:
         if any(other.get("gold_reward") is None for other in others):
-            raise ValueError("the SFT baseline's samples have no gold_reward: evaluate the baseline with the same "
-                             "gold scorer before the win rate against it")
+            raise ValueError(
+                "the SFT baseline's samples have no gold_reward: evaluate the baseline with the same "
+                "gold scorer before the win rate against it"
+            )
         gold_points = win_points([s.gold_reward for s in samples], [o["gold_reward"] for o in others])
-    return _Pairs(VS_SFT, list(range(len(samples))), [o["completion"] for o in others],
-                  [bool(o["stopped"]) for o in others], gold_points, judged)
+    return _Pairs(
+        VS_SFT,
+        list(range(len(samples))),
+        [o["completion"] for o in others],
+        [bool(o["stopped"]) for o in others],
+        gold_points,
+        judged,
+    )
 
 
 def _aligned_baseline(samples: list[Sample], baseline_samples: list[dict]) -> list[dict]:
@@ -79,8 +99,10 @@ def _aligned_baseline(samples: list[Sample], baseline_samples: list[dict]) -> li
                 "was evaluated with other prompts or samples_per_prompt; evaluate it again with this configuration"
             )
         if other["prompt"] != sample.prompt:
-            raise ValueError(f"the SFT baseline's prompt {key[0]} is not this evaluation's prompt {key[0]}: the two "
-                             "were evaluated on different prompts")
+            raise ValueError(
+                f"the SFT baseline's prompt {key[0]} is not this evaluation's prompt {key[0]}: the two "
+                "were evaluated on different prompts"
+            )
         others.append(other)
     return others
 
@@ -100,10 +122,12 @@ def _against_references(samples: list[Sample], gold_scorer: GoldScorer | None, j
     if gold_scorer is not None:
         # Each distinct (prompt, reference) once: a prompt's samples all face the same reference.
         distinct = list(dict.fromkeys(zip(prompts, references)))
-        scores = dict(zip(distinct, gold_scorer([p for p, _ in distinct], [r for _, r in distinct],
-                                                [True] * len(distinct))))
-        gold_points = win_points([samples[i].gold_reward for i in indices],
-                                  [scores[pair] for pair in zip(prompts, references)])
+        scores = dict(
+            zip(distinct, gold_scorer([p for p, _ in distinct], [r for _, r in distinct], [True] * len(distinct)))
+        )
+        gold_points = win_points(
+            [samples[i].gold_reward for i in indices], [scores[pair] for pair in zip(prompts, references)]
+        )
     return _Pairs(VS_REFERENCE, indices, references, [True] * len(indices), gold_points, judged)
 
 
@@ -141,8 +165,13 @@ def _judge_and_record(samples: list[Sample], comparisons: list[_Pairs], judge, j
         _record_comparison(samples, pairs.indices, pairs.comparison, pairs.gold_points, own)
 
 
-def _record_comparison(samples: list[Sample], indices: list[int], comparison: Comparison,
-                       gold_points: list[float] | None, verdicts: list | None) -> None:
+def _record_comparison(
+    samples: list[Sample],
+    indices: list[int],
+    comparison: Comparison,
+    gold_points: list[float] | None,
+    verdicts: list | None,
+) -> None:
     """Write one comparison's fields into samples[indices] (null into the other samples, so every row of the
     file has the same fields): the gold points where there is gold, the judge's verdict where there is a judge,
     and their agreement where there are both."""
@@ -158,8 +187,10 @@ def _record_comparison(samples: list[Sample], indices: list[int], comparison: Co
         sample.comparisons[comparison.judge_probability] = None if verdict is None else verdict.candidate_probability
         sample.comparisons[comparison.judge_orders_agree] = None if verdict is None else float(verdict.orders_agree)
         sample.comparisons[comparison.judge_unparseable] = None if verdict is None else verdict.unparseable
-        sample.comparisons[comparison.judge_raw] = (None if verdict is None
-                                                    else [verdict.candidate_first.raw, verdict.candidate_second.raw])
+        sample.comparisons[comparison.judge_raw] = (
+            None if verdict is None else [verdict.candidate_first.raw, verdict.candidate_second.raw]
+        )
         if gold_points is not None:
             sample.comparisons[comparison.judge_gold_agreement] = (
-                None if verdict is None else gold_agreement(verdict.points, gold_points[rank]))
+                None if verdict is None else gold_agreement(verdict.points, gold_points[rank])
+            )

@@ -23,11 +23,14 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from harness.generation.base import SamplingSettings
 from harness.generation.strategies import Sampling
 from harness.metrics.catalog import Corpus, summarise
 from harness.metrics.comparisons import Comparisons
 from harness.metrics.sample import Sample
 from harness.metrics.scorers import GoldReward, GoldScorer, PolicyKL, ProxyReward, Rouge, draws_at_train_temperature
+from harness.modeling import resolve_device
+from harness.rewards import as_completion
 
 logger = logging.getLogger(__name__)
 
@@ -83,8 +86,6 @@ class Evaluation:
 def evaluate_checkpoint(checkpoint: Path, generator, settings: EvaluationSettings) -> Evaluation:
     """Draw `config.samples_per_prompt` samples per evaluation prompt from `checkpoint` with `generator` by the
     settings' strategy, and score them (module docstring)."""
-    from harness.generation.base import SamplingSettings
-    from harness.modeling import resolve_device
 
     config, strategy = settings.config, settings.strategy
     device = resolve_device(settings.device)
@@ -106,10 +107,28 @@ def evaluate_checkpoint(checkpoint: Path, generator, settings: EvaluationSetting
     for scorer in rewards:
         scorer.score(drawn)
     samples = strategy.select(drawn)
-    kl = (PolicyKL(checkpoint, settings.reference_dir, device, config, generator, prompts, settings.seed,
-                   settings.train_temperature) if strategy.policy_is_a_model else None)
-    comparisons = Comparisons(rows, settings.baseline_samples, settings.gold_scorer, settings.judge,
-                              settings.judge_vs_sft, settings.judge_vs_reference)
+    kl = (
+        PolicyKL(
+            checkpoint,
+            settings.reference_dir,
+            device,
+            config,
+            generator,
+            prompts,
+            settings.seed,
+            settings.train_temperature,
+        )
+        if strategy.policy_is_a_model
+        else None
+    )
+    comparisons = Comparisons(
+        rows,
+        settings.baseline_samples,
+        settings.gold_scorer,
+        settings.judge,
+        settings.judge_vs_sft,
+        settings.judge_vs_reference,
+    )
     for scorer in ([kl] if kl else []) + [Rouge(), comparisons]:
         scorer.score(samples)
 
@@ -118,15 +137,16 @@ def evaluate_checkpoint(checkpoint: Path, generator, settings: EvaluationSetting
     rows_written = [sample.to_row() for sample in samples]
     corpus = Corpus(rows_written, train_temperature_samples or None)
     summary = summarise(corpus)
-    seconds = {"generate": generate_seconds + extra_generate_seconds,
-               "score": time.perf_counter() - scoring_started - extra_generate_seconds}
+    seconds = {
+        "generate": generate_seconds + extra_generate_seconds,
+        "score": time.perf_counter() - scoring_started - extra_generate_seconds,
+    }
     completions_generated = len(generations) + (kl.completions_generated if kl else 0)
     return Evaluation(rows_written, summary, corpus.bleu[1], seconds, completions_generated, train_temperature_samples)
 
 
 def _sample(generation, prompts: list[str], rows: list[dict]) -> Sample:
     """A draw as an unscored sample."""
-    from harness.rewards import as_completion
 
     return Sample(
         prompt_index=generation.prompt_index,

@@ -44,8 +44,13 @@ class Sample:
 
     def to_row(self) -> dict:
         """The eval/samples.jsonl row (and what harness.metrics.catalog.summarise reads)."""
-        row: dict[str, Any] = {"prompt_index": self.prompt_index, "sample_index": self.sample_index,
-                               "prompt": self.prompt, "completion": self.completion, "reference": self.reference}
+        row: dict[str, Any] = {
+            "prompt_index": self.prompt_index,
+            "sample_index": self.sample_index,
+            "prompt": self.prompt,
+            "completion": self.completion,
+            "reference": self.reference,
+        }
         _put(row, "gold_reward", self.gold_reward)
         _put(row, "proxy_reward", self.proxy_reward)
         _put(row, "kl", self.kl)

@@ -22,7 +22,11 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Protocol
 
+from harness.generation.base import SamplingSettings
 from harness.metrics.sample import Sample
+from harness.metrics.text import rouge
+from harness.modeling import load_causal_lm, load_tokenizer
+from harness.rewards import ProxyRewardModel, as_completion
 
 # The training-temperature draws use seed + this: a prime far from any seed a suite lists, so that their stream
 # never coincides with an evaluation's (best-of-n's candidates use another, generation.strategies).
@@ -37,8 +41,9 @@ class Scorer(Protocol):
 
 def draws_at_train_temperature(config, train_temperature: float | None, policy_is_a_model: bool) -> bool:
     """Whether the evaluation draws a second set of samples at the training temperature (module docstring)."""
-    return (train_temperature is not None and policy_is_a_model
-            and not math.isclose(train_temperature, config.temperature))
+    return (
+        train_temperature is not None and policy_is_a_model and not math.isclose(train_temperature, config.temperature)
+    )
 
 
 class GoldReward:
@@ -48,8 +53,9 @@ class GoldReward:
         self.gold_scorer = gold_scorer
 
     def score(self, samples: list[Sample]) -> None:
-        scores = self.gold_scorer([s.prompt for s in samples], [s.completion for s in samples],
-                                  [s.stopped for s in samples])
+        scores = self.gold_scorer(
+            [s.prompt for s in samples], [s.completion for s in samples], [s.stopped for s in samples]
+        )
         for sample, value in zip(samples, scores):
             sample.gold_reward = value
 
@@ -61,7 +67,6 @@ class ProxyReward:
         self.reward_model_dir, self.device, self.batch_size = reward_model_dir, device, batch_size
 
     def score(self, samples: list[Sample]) -> None:
-        from harness.rewards import ProxyRewardModel
 
         model = ProxyRewardModel(self.reward_model_dir, self.device, self.batch_size)
         scores = model.score([s.prompt for s in samples], [s.completion for s in samples], [s.stopped for s in samples])
@@ -75,8 +80,17 @@ class PolicyKL:
     from the evaluation's, the draws at it behind kl_train_temperature (module docstring), kept in
     `train_temperature_samples` with the time and the completions they took."""
 
-    def __init__(self, checkpoint: Path, reference_dir: Path, device: str, config, generator, prompts: list[str],
-                 seed: int, train_temperature: float | None):
+    def __init__(
+        self,
+        checkpoint: Path,
+        reference_dir: Path,
+        device: str,
+        config,
+        generator,
+        prompts: list[str],
+        seed: int,
+        train_temperature: float | None,
+    ):
         self.checkpoint, self.reference_dir, self.device, self.config = checkpoint, reference_dir, device, config
         self.generator, self.prompts, self.seed, self.train_temperature = generator, prompts, seed, train_temperature
         self.train_temperature_samples: list[dict] = []  # prompt_index, sample_index, completion, stopped, kl, ...
@@ -87,16 +101,25 @@ class PolicyKL:
         import torch
 
         from harness.metrics.kl import response_kl
-        from harness.modeling import load_causal_lm, load_tokenizer
 
         config = self.config
         pad_id = load_tokenizer(self.checkpoint).pad_token_id
-        policy, reference = load_causal_lm(self.checkpoint, self.device), load_causal_lm(self.reference_dir, self.device)
+        policy, reference = (
+            load_causal_lm(self.checkpoint, self.device),
+            load_causal_lm(self.reference_dir, self.device),
+        )
 
         def kl_of(draws, temperature: float) -> dict[str, list[float]]:
             with torch.inference_mode():
-                return response_kl(policy, reference, [g.prompt_ids for g in draws], [g.completion_ids for g in draws],
-                                   pad_id=pad_id, temperature=temperature, batch_size=config.batch_size)
+                return response_kl(
+                    policy,
+                    reference,
+                    [g.prompt_ids for g in draws],
+                    [g.completion_ids for g in draws],
+                    pad_id=pad_id,
+                    temperature=temperature,
+                    batch_size=config.batch_size,
+                )
 
         kl = kl_of([s.generation for s in samples], config.temperature)
         for index, sample in enumerate(samples):
@@ -105,21 +128,29 @@ class PolicyKL:
             self._score_at_train_temperature(kl_of)
 
     def _score_at_train_temperature(self, kl_of) -> None:
-        from harness.generation.base import SamplingSettings
-        from harness.rewards import as_completion
 
         config = self.config
         # Untruncated: the exact KL at T is the KL of the distribution these responses are drawn from.
         at_train = SamplingSettings(self.train_temperature, 0, 1.0, config.max_new_tokens)
         drawing = time.perf_counter()
-        draws = self.generator.generate(self.checkpoint, self.prompts, config.samples_per_prompt, at_train,
-                                        self.seed + TRAIN_TEMPERATURE_SEED_OFFSET)
+        draws = self.generator.generate(
+            self.checkpoint,
+            self.prompts,
+            config.samples_per_prompt,
+            at_train,
+            self.seed + TRAIN_TEMPERATURE_SEED_OFFSET,
+        )
         self.generate_seconds = time.perf_counter() - drawing
         self.completions_generated = len(draws)
         train_kl = kl_of(draws, self.train_temperature)
         self.train_temperature_samples = [
-            {"prompt_index": g.prompt_index, "sample_index": g.sample_index, "completion": as_completion(g.text),
-             "stopped": g.stopped, **{name: values[i] for name, values in train_kl.items()}}
+            {
+                "prompt_index": g.prompt_index,
+                "sample_index": g.sample_index,
+                "completion": as_completion(g.text),
+                "stopped": g.stopped,
+                **{name: values[i] for name, values in train_kl.items()},
+            }
             for i, g in enumerate(draws)
         ]
 
@@ -128,9 +159,11 @@ class Rouge:
     """rouge1, rouge2, rougeL against the prompt's reference."""
 
     def score(self, samples: list[Sample]) -> None:
-        from harness.metrics.text import rouge
 
         scores = rouge([s.completion.strip() for s in samples], [s.reference.strip() for s in samples])
         for index, sample in enumerate(samples):
-            sample.rouge1, sample.rouge2, sample.rougeL = (scores["rouge1"][index], scores["rouge2"][index],
-                                                           scores["rougeL"][index])
+            sample.rouge1, sample.rouge2, sample.rougeL = (
+                scores["rouge1"][index],
+                scores["rouge2"][index],
+                scores["rougeL"][index],
+            )

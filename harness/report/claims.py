@@ -19,9 +19,18 @@ import math
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
-from harness.report.frame import BASELINE_ALGORITHM, EVAL_PREFIX, algorithm_order, complete_cells, metric_direction
-from harness.report.frame import split_configurations
+from harness.metrics.catalog import METRICS
+from harness.report import frontier
+from harness.report.frame import (
+    BASELINE_ALGORITHM,
+    EVAL_PREFIX,
+    algorithm_order,
+    complete_cells,
+    metric_direction,
+    split_configurations,
+)
 from harness.report.stats import PairedDifference, holm, paired_difference, seeds_needed
+from harness.report.tables import PAIRWISE_METRICS, WIN_RATE_METRICS
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -95,14 +104,20 @@ class ClaimBook:
             comparison.holm_p = holm_p
             difference = comparison.difference
             if not math.isnan(holm_p) and not comparison.real:
-                comparison.seeds_needed = seeds_needed(difference.mean - comparison.null, difference.sd,
-                                                       ALPHA / m, POWER)
+                comparison.seeds_needed = seeds_needed(
+                    difference.mean - comparison.null, difference.sd, ALPHA / m, POWER
+                )
         self.settled = True
         return self
 
     def of(self, kind: str, metric: str | None = None, level: float | None = None) -> list[Comparison]:
-        return [comparison for comparison in self.comparisons if comparison.kind == kind
-                and (metric is None or comparison.metric == metric) and (level is None or comparison.level == level)]
+        return [
+            comparison
+            for comparison in self.comparisons
+            if comparison.kind == kind
+            and (metric is None or comparison.metric == metric)
+            and (level is None or comparison.level == level)
+        ]
 
 
 # --- per-seed values ------------------------------------------------------------------------------
@@ -122,8 +137,16 @@ def seed_table(cells: "pd.DataFrame", metric: str) -> "pd.DataFrame":
     return table.reindex(columns=[name for name in algorithm_order(complete["arm"]) if name in table.columns])
 
 
-def compare(kind: str, metric: str, values: "pd.DataFrame", first: str, second: str, *,
-            higher_is_better: bool, level: float | None = None) -> Comparison:
+def compare(
+    kind: str,
+    metric: str,
+    values: "pd.DataFrame",
+    first: str,
+    second: str,
+    *,
+    higher_is_better: bool,
+    level: float | None = None,
+) -> Comparison:
     """first − second over the seeds where both have a value."""
     both = values[[first, second]].dropna()
     difference = paired_difference((both[first] - both[second]).to_numpy(float))
@@ -144,13 +167,14 @@ def bound_kl_algorithms(cells: "pd.DataFrame") -> list[str]:
 # --- the report's comparisons ---------------------------------------------------------------------
 
 
-def every_pair(book: ClaimBook, kind: str, metric: str, values: "pd.DataFrame", higher_is_better: bool,
-               level: float | None = None) -> None:
+def every_pair(
+    book: ClaimBook, kind: str, metric: str, values: "pd.DataFrame", higher_is_better: bool, level: float | None = None
+) -> None:
     """better − worse (by mean over seeds) for every pair of columns: every difference reads as a lead."""
     names = list(values.columns)
     means = values.mean()
     for position, one in enumerate(names):
-        for other in names[position + 1:]:
+        for other in names[position + 1 :]:
             first, second = (one, other) if (means[one] >= means[other]) == higher_is_better else (other, one)
             book.add(compare(kind, metric, values, first, second, higher_is_better=higher_is_better, level=level))
 
@@ -161,15 +185,22 @@ def best_against_runner_up(book: ClaimBook, metric: str, values: "pd.DataFrame",
     direction = metric_direction(metric)
     if direction == "neutral":
         return
-    from harness.metrics.catalog import METRICS
 
     if metric in METRICS and METRICS[metric].group == "kl":  # the catalog's KL group, as tables' bold reads it
         values = values.drop(columns=[BASELINE_ALGORITHM, *bound_kl], errors="ignore")
     means = values.mean().dropna().sort_values(ascending=direction == "lower", kind="mergesort")
     if len(means) < 2:
         return
-    book.add(compare(BEST_VERSUS_RUNNER_UP, metric, values, means.index[0], means.index[1],
-                     higher_is_better=direction == "higher"))
+    book.add(
+        compare(
+            BEST_VERSUS_RUNNER_UP,
+            metric,
+            values,
+            means.index[0],
+            means.index[1],
+            higher_is_better=direction == "higher",
+        )
+    )
 
 
 def matched_kl_comparisons(book: ClaimBook, metric: str, seed_values: "pd.DataFrame") -> None:
@@ -182,7 +213,9 @@ def matched_kl_comparisons(book: ClaimBook, metric: str, seed_values: "pd.DataFr
         every_pair(book, MATCHED_KL, metric, values, higher_is_better=True, level=float(level))
 
 
-def leader(comparisons: list[Comparison], contenders: list[str], means: dict[str, float]) -> tuple[str | None, list[str]]:
+def leader(
+    comparisons: list[Comparison], contenders: list[str], means: dict[str, float]
+) -> tuple[str | None, list[str]]:
     """(the leader, []) when the algorithm with the best mean has a real difference in its favour against every
     other contender; else (None, the contenders it cannot be told apart from, itself first)."""
     if not contenders:
@@ -199,12 +232,17 @@ def leader(comparisons: list[Comparison], contenders: list[str], means: dict[str
     return (top, []) if len(tied) == 1 else (None, sorted(tied, key=lambda name: -means[name]))
 
 
-def report_claims(cells: "pd.DataFrame", metrics: list[str], headline: str, win_rates: list[str],
-                  matched_kl: "pd.DataFrame | None", matched_kl_metric: str | None) -> ClaimBook:
+def report_claims(
+    cells: "pd.DataFrame",
+    metrics: list[str],
+    headline: str,
+    win_rates: list[str],
+    matched_kl: "pd.DataFrame | None",
+    matched_kl_metric: str | None,
+) -> ClaimBook:
     """The report's comparisons, settled: every pair of algorithms on the `headline` metric; the best against
     the runner-up on each other metric of `metrics`; each algorithm's win rate (`win_rates`) against 1/2; every
     pair at every matched-KL level (`matched_kl`: frontier.matched_kl_values)."""
-    from harness.metrics.catalog import METRICS
 
     book = ClaimBook()
     headline_values = seed_table(cells, headline)
@@ -229,7 +267,6 @@ def report_claims(cells: "pd.DataFrame", metrics: list[str], headline: str, win_
 
 def chosen_frontier(records: "SuiteRecords") -> "Frontier":
     """Gold's frontier where the task has gold, else the proxy's: the matched-KL table compares one reward."""
-    from harness.report import frontier
 
     gold = frontier.build_frontier(records.cells, records.histories, frontier.GOLD)
     return gold if not gold.points.empty else frontier.build_frontier(records.cells, records.histories, frontier.PROXY)
@@ -239,14 +276,14 @@ def suite_claims(records: "SuiteRecords", summary: "pd.DataFrame", chosen: "Fron
     """The report's comparisons of a suite (what `harness report` and `harness leaderboard` both state), from
     what `records.load_suite_records` read and `tables.summarise` computed."""
     from harness.report.leaderboard_runs import headline_metric
-    from harness.report.tables import PAIRWISE_METRICS, WIN_RATE_METRICS
 
     chosen = chosen if chosen is not None else chosen_frontier(records)
     present = list(dict.fromkeys(summary.dropna(subset=["mean"])["metric"]))
     compared = [metric for metric in present if metric not in PAIRWISE_METRICS]
     win_rates = [metric for metric in WIN_RATE_METRICS if metric in present]
-    return report_claims(records.cells, compared, headline_metric(records.cells), win_rates,
-                         chosen.seed_values, chosen.metric)
+    return report_claims(
+        records.cells, compared, headline_metric(records.cells), win_rates, chosen.seed_values, chosen.metric
+    )
 
 
 def verdicts_against_baseline(book: ClaimBook, headline: str) -> dict[str, str]:

@@ -29,6 +29,7 @@ if TYPE_CHECKING:
     import pandas as pd
 
 from harness import record
+from harness.metrics.catalog import METRICS
 from harness.record import (
     COST_PREFIX,
     EVAL_PREFIX,
@@ -57,8 +58,11 @@ EVALUATION_PARAM_PREFIX = "evaluation."
 # Params the report reads: every section a cell's identity covers (the header states them), the other
 # algorithms' sections, LoRA settings and the device.
 _LOADED_SECTIONS = tuple(
-    dict.fromkeys(record.cell_sections(record.BASELINE) + record.TRAINED_CELL_SECTIONS
-                  + (record.ALGORITHMS_SECTION, record.LORA_SECTION, "device"))
+    dict.fromkeys(
+        record.cell_sections(record.BASELINE)
+        + record.TRAINED_CELL_SECTIONS
+        + (record.ALGORITHMS_SECTION, record.LORA_SECTION, "device")
+    )
 )
 CONFIG_KEY_LENGTH = 8
 
@@ -132,22 +136,20 @@ def algorithm_order(names) -> list[str]:
 
 def eval_metric_names(df: "pd.DataFrame") -> list[str]:
     """Bare eval metric names present in `df`, catalog order first, then any unknown ones sorted."""
-    from harness.metrics.catalog import METRICS
 
-    present = {column[len(EVAL_PREFIX):] for column in df.columns if column.startswith(EVAL_PREFIX)}
+    present = {column[len(EVAL_PREFIX) :] for column in df.columns if column.startswith(EVAL_PREFIX)}
     known = [name for name in METRICS if name in present]
     return known + sorted(present - set(known))
 
 
 def cost_metric_names(df: "pd.DataFrame") -> list[str]:
-    present = {column[len(COST_PREFIX):] for column in df.columns if column.startswith(COST_PREFIX)}
+    present = {column[len(COST_PREFIX) :] for column in df.columns if column.startswith(COST_PREFIX)}
     known = [name for name in record.COST_METRICS if name in present]
     return known + sorted(present - set(known))
 
 
 def metric_direction(name: str) -> str:
     """'higher', 'lower' or 'neutral' for a bare metric name; unknown metrics have no direction."""
-    from harness.metrics.catalog import METRICS
 
     info = METRICS.get(name)
     return info.direction if info is not None else "neutral"
@@ -172,7 +174,7 @@ def _sqlite_path(tracking_uri: str) -> Path | None:
     if not tracking_uri.startswith(prefix):
         return None
     # "sqlite:////abs/db" keeps its leading slash after the prefix; "sqlite:///rel.db" is relative.
-    return Path(tracking_uri[len(prefix):])
+    return Path(tracking_uri[len(prefix) :])
 
 
 def find_experiment(client, suite: str, tracking_uri: str):

@@ -75,8 +75,19 @@ FINAL_ONLY_STEP = -1
 LEVEL_SPAN = 20.0
 SERIES = (1, 2, 5)
 # family, kl_knob and kl_knob_raises_kl: what the algorithm declared on its cells (frame.IDENTITY_COLUMNS).
-POINT_COLUMNS = ["algorithm", "arm", "family", "kl_knob", "kl_knob_raises_kl", "kl_is_bound", "seed", "step", KL, GOLD,
-                 PROXY]
+POINT_COLUMNS = [
+    "algorithm",
+    "arm",
+    "family",
+    "kl_knob",
+    "kl_knob_raises_kl",
+    "kl_is_bound",
+    "seed",
+    "step",
+    KL,
+    GOLD,
+    PROXY,
+]
 # best-of-n's KL(best-of-n || SFT) estimated from its drawn candidates (harness/metrics/catalog.py); eval/kl is the bound.
 BEST_OF_N_KL_ESTIMATE = "best_of_n_kl_estimate"
 
@@ -119,6 +130,7 @@ def _sharing_their_baseline(cells: "pd.DataFrame") -> "pd.DataFrame":
     newer run touched (a sweep point since dropped, or one left out when the SFT settings changed) keeps an
     older configuration as its current one; its points come from another SFT policy or reward model and must not
     join a front anchored on this SFT point."""
+
     def chain(row) -> dict:
         return row_config_params(BASELINE_ALGORITHM, row)
 
@@ -160,8 +172,9 @@ def _estimated_kl_where_logged(points: "pd.DataFrame", cells: "pd.DataFrame") ->
         return points
     estimates = points["run_id"].map(cells.set_index("run_id")[column].astype(float))
     estimated = points["kl_is_bound"] & estimates.notna()
-    return points.assign(**{KL: points[KL].where(~estimated, estimates)},
-                         kl_is_bound=points["kl_is_bound"] & ~estimated)
+    return points.assign(
+        **{KL: points[KL].where(~estimated, estimates)}, kl_is_bound=points["kl_is_bound"] & ~estimated
+    )
 
 
 def _final_points(cells: "pd.DataFrame") -> "pd.DataFrame":
@@ -212,8 +225,9 @@ def achievable_front(kl, reward) -> list[int]:
 
 
 def _on_or_below_chord(kl, reward, left: int, middle: int, right: int) -> bool:
-    cross = ((kl[middle] - kl[left]) * (reward[right] - reward[left])
-             - (reward[middle] - reward[left]) * (kl[right] - kl[left]))
+    cross = (kl[middle] - kl[left]) * (reward[right] - reward[left]) - (reward[middle] - reward[left]) * (
+        kl[right] - kl[left]
+    )
     return cross >= 0
 
 
@@ -337,14 +351,23 @@ def matched_kl_values(points: "pd.DataFrame", metric: str, levels: list[float]) 
         for level in levels:
             for seed, front in by_seed.items():
                 furthest = float(own.loc[own["seed"] == seed, KL].max())
-                rows.append({"algorithm": algorithm, "family": family, "kl_is_bound": bound, "level": level,
-                             "seed": seed, "value": reward_at(front[KL].to_numpy(), front[metric].to_numpy(), level),
-                             "short": furthest < level})
+                rows.append(
+                    {
+                        "algorithm": algorithm,
+                        "family": family,
+                        "kl_is_bound": bound,
+                        "level": level,
+                        "seed": seed,
+                        "value": reward_at(front[KL].to_numpy(), front[metric].to_numpy(), level),
+                        "short": furthest < level,
+                    }
+                )
     return pd.DataFrame(rows, columns=SEED_VALUE_COLUMNS)
 
 
-def matched_kl_table(points: "pd.DataFrame", metric: str, levels: list[float] | None = None,
-                     confidence: float = 0.95) -> tuple[list[float], "pd.DataFrame", "pd.DataFrame"]:
+def matched_kl_table(
+    points: "pd.DataFrame", metric: str, levels: list[float] | None = None, confidence: float = 0.95
+) -> tuple[list[float], "pd.DataFrame", "pd.DataFrame"]:
     """(levels, table, seed values): one table row per (trained algorithm, level) with the mean over seeds of
     `matched_kl_values`, its t interval (NaN bounds with one seed), n (seeds with a value), seeds (the
     algorithm's seed count) and short (some seed's points stop short of the level). `levels`: `kl_levels` of
@@ -358,14 +381,26 @@ def matched_kl_table(points: "pd.DataFrame", metric: str, levels: list[float] | 
     for (algorithm, level), group in values.groupby(["algorithm", "level"], sort=False):
         mean, low, high, n = mean_ci(group["value"].to_numpy(float), confidence)
         first = group.iloc[0]
-        rows.append({"algorithm": algorithm, "family": first["family"], "kl_is_bound": first["kl_is_bound"],
-                     "level": level, "mean": mean, "low": low, "high": high, "n": n, "seeds": len(group),
-                     "short": bool(group["short"].any())})
+        rows.append(
+            {
+                "algorithm": algorithm,
+                "family": first["family"],
+                "kl_is_bound": first["kl_is_bound"],
+                "level": level,
+                "mean": mean,
+                "low": low,
+                "high": high,
+                "n": n,
+                "seeds": len(group),
+                "short": bool(group["short"].any()),
+            }
+        )
     return levels, pd.DataFrame(rows, columns=TABLE_COLUMNS), values
 
 
-def build_frontier(cells: "pd.DataFrame", histories: "pd.DataFrame | None", metric: str = GOLD,
-                   confidence: float = 0.95) -> Frontier:
+def build_frontier(
+    cells: "pd.DataFrame", histories: "pd.DataFrame | None", metric: str = GOLD, confidence: float = 0.95
+) -> Frontier:
     points = checkpoint_points(cells, histories)
     points = points.dropna(subset=[metric])
     levels, table, values = matched_kl_table(points, metric, confidence=confidence)

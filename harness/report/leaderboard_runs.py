@@ -42,18 +42,21 @@ from urllib.parse import urlencode
 
 from harness import record
 from harness.metrics.catalog import headline_metrics
-from harness.report.tables import clipped_bounds, reported_text
 from harness.report.frame import (
+    algorithm_order,
     complete_cells,
-    row_config_params,
     cost_metric_names,
     current_configs,
     find_experiment,
     kind_filter,
     metric_direction,
     open_client,
+    row_config_params,
     search_all_runs,
 )
+from harness.report.records import REPORT_ARTIFACT_PATH, load_suite_records, quiet_downloads
+from harness.report.tables import INTERVAL_OVER_PROMPTS, clipped_bounds, interval_label, reported_text, summarise
+from harness.tracking import PARAM_VALUE_LIMIT, artifact_location
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -136,9 +139,6 @@ def leaderboard_rows(records: "SuiteRecords", confidence: float = 0.95) -> list[
     them. Current configurations first, in the report's arm order."""
     import pandas as pd
 
-    from harness.report.frame import algorithm_order
-    from harness.report.tables import INTERVAL_OVER_PROMPTS, summarise
-
     cells = complete_cells(records.cells)
     if cells.empty:
         return []
@@ -178,13 +178,15 @@ def leaderboard_rows(records: "SuiteRecords", confidence: float = 0.95) -> list[
 def _interval_basis(summary: "pd.DataFrame", seeds: int, prompts: int) -> str:
     """What the row's intervals are over: "t over 3 seeds", and where a metric has fewer finite values than the
     row has seeds (a cell that did not log it), how many that metric has: "t over 3 seeds (gold_reward: 2)"."""
-    from harness.report.tables import interval_label
 
     label = interval_label(seeds, set(summary["interval"]), prompts)
     if seeds < 2:
         return label  # one cell: a bootstrap over its prompts, per metric, or no interval
-    fewer = [f"{row.metric}: {row.n}" + ("" if row.n >= 2 else ", no interval")
-             for row in summary.itertuples() if 0 < row.n < seeds]
+    fewer = [
+        f"{row.metric}: {row.n}" + ("" if row.n >= 2 else ", no interval")
+        for row in summary.itertuples()
+        if 0 < row.n < seeds
+    ]
     return f"{label} ({'; '.join(fewer)})" if fewer else label
 
 
@@ -262,9 +264,12 @@ def cells_view_state(cells: "pd.DataFrame", headline: str) -> dict:
     present = set(cells.columns)
     columns = [_column("tags", tag) for tag in (record.TAG_ARM, record.TAG_SEED, record.TAG_STATUS)]
     metrics = [headline] + [name for name in _SHOWN_METRICS if name != headline]
-    columns += [_column("metrics", record.EVAL_PREFIX + name) for name in metrics if record.EVAL_PREFIX + name in present]
-    columns += [_column("metrics", record.COST_PREFIX + name) for name in _SHOWN_COSTS
-                if record.COST_PREFIX + name in present]
+    columns += [
+        _column("metrics", record.EVAL_PREFIX + name) for name in metrics if record.EVAL_PREFIX + name in present
+    ]
+    columns += [
+        _column("metrics", record.COST_PREFIX + name) for name in _SHOWN_COSTS if record.COST_PREFIX + name in present
+    ]
     return {
         "searchFilter": f"tags.`{record.TAG_KIND}` = '{record.KIND_CELL}'",
         "orderByKey": _column("metrics", record.EVAL_PREFIX + headline),
@@ -290,7 +295,6 @@ def publish_leaderboard(tracking_uri: str, suite: str, *, records: "SuiteRecords
     (module docstring: concurrent publishers converge on one run per key), and return the link
     that opens them sorted by the headline metric. `records`: what `load_suite_records` read, when the caller
     (the report) already has it. Raises frame.ReportError when the suite has no finished cells."""
-    from harness.report.records import load_suite_records
 
     started = time.perf_counter()
     records = records if records is not None else load_suite_records(tracking_uri, suite)
@@ -306,14 +310,22 @@ def publish_leaderboard(tracking_uri: str, suite: str, *, records: "SuiteRecords
     now_ms = int(time.time() * 1000)
     state = view_state(rows, headline)
     experiment_tags = [
-        (experiment_id, record.SHARED_VIEW_TAG_PREFIX + record.LEADERBOARD_VIEW_KEY,
-         view_tag_value(state, f"{suite} leaderboard by {headline}", now_ms)),
-        (suite_experiment.experiment_id, record.SHARED_VIEW_TAG_PREFIX + record.CELLS_VIEW_KEY,
-         view_tag_value(cells_view_state(records.cells, headline), f"{suite} cells by {headline}", now_ms)),
+        (
+            experiment_id,
+            record.SHARED_VIEW_TAG_PREFIX + record.LEADERBOARD_VIEW_KEY,
+            view_tag_value(state, f"{suite} leaderboard by {headline}", now_ms),
+        ),
+        (
+            suite_experiment.experiment_id,
+            record.SHARED_VIEW_TAG_PREFIX + record.CELLS_VIEW_KEY,
+            view_tag_value(cells_view_state(records.cells, headline), f"{suite} cells by {headline}", now_ms),
+        ),
         (experiment_id, record.TAG_HEADLINE, headline),
         (experiment_id, record.NOTE_TAG, _experiment_note(suite, headline)),
-        *((experiment, record.EXPERIMENT_KIND_TAG, record.EXPERIMENT_KIND_TRAINING)
-          for experiment in (experiment_id, suite_experiment.experiment_id)),
+        *(
+            (experiment, record.EXPERIMENT_KIND_TAG, record.EXPERIMENT_KIND_TRAINING)
+            for experiment in (experiment_id, suite_experiment.experiment_id)
+        ),
     ]
     for experiment, name, value in experiment_tags:
         _idempotently(client.set_experiment_tag, experiment, name, value)
@@ -329,7 +341,6 @@ def publish_leaderboard(tracking_uri: str, suite: str, *, records: "SuiteRecords
 
 
 def _leaderboard_experiment(client, tracking_uri: str, suite: str) -> str:
-    from harness.tracking import artifact_location
 
     name = record.leaderboard_experiment_name(suite)
     found = client.get_experiment_by_name(name)
@@ -353,12 +364,13 @@ def _figures(client, records: "SuiteRecords", folder: Path) -> list[Path]:
     """The report's PNGs: those the report logged on the newest invocation run (the same files, no second
     drawing: drawing is most of a publish's time), else drawn here."""
     from harness.report.markdown import draw_plots, plot_file_names
-    from harness.report.records import REPORT_ARTIFACT_PATH, quiet_downloads
 
     names = list(plot_file_names(records.suite).values())
     newest = records.newest_invocation
     try:
-        logged = {Path(item.path).name for item in client.list_artifacts(newest, REPORT_ARTIFACT_PATH)} if newest else set()
+        logged = (
+            {Path(item.path).name for item in client.list_artifacts(newest, REPORT_ARTIFACT_PATH)} if newest else set()
+        )
         if logged.issuperset(names):
             with quiet_downloads():
                 return [
@@ -374,7 +386,6 @@ def _figures(client, records: "SuiteRecords", folder: Path) -> list[Path]:
 def write_report_and_leaderboard(tracking_uri: str, suite: str, out_dir: str | Path) -> tuple[Path, LeaderboardLink]:
     """`markdown.write_report` then `publish_leaderboard` on one reading of the store (each alone reads it)."""
     from harness.report.markdown import write_report
-    from harness.report.records import load_suite_records
 
     records = load_suite_records(tracking_uri, suite)
     report = write_report(tracking_uri, suite, out_dir, records=records)
@@ -415,8 +426,9 @@ def _leaderboard_runs_by_key(client, experiment_id: str, key: str | None = None)
     return {found: sorted(runs, key=_canonical_order) for found, runs in by_key.items()}
 
 
-def write_rows(client, experiment_id: str, suite: str, suite_experiment_id: str, rows: list[LeaderboardRow],
-               figures: list[Path]) -> list[str]:
+def write_rows(
+    client, experiment_id: str, suite: str, suite_experiment_id: str, rows: list[LeaderboardRow], figures: list[Path]
+) -> list[str]:
     """The first phase of a publish: each row written into its key's run (updated in place), created where the
     key has none. Returns the run ids, in the rows' order."""
     existing = _leaderboard_runs_by_key(client, experiment_id)
@@ -464,8 +476,13 @@ def _write_row(client, run, suite: str, suite_experiment_id: str, row: Leaderboa
     params = [Param(key, _param_value(value)) for key, value in row.params.items() if key not in run.data.params]
     tag_list = [RunTag(name, value) for name, value in tags.items()]
     for start in range(0, max(len(metrics), len(params), len(tag_list)), _PARAM_BATCH):
-        _idempotently(client.log_batch, run_id, metrics=metrics[start : start + _PARAM_BATCH],
-                      params=params[start : start + _PARAM_BATCH], tags=tag_list[start : start + _PARAM_BATCH])
+        _idempotently(
+            client.log_batch,
+            run_id,
+            metrics=metrics[start : start + _PARAM_BATCH],
+            params=params[start : start + _PARAM_BATCH],
+            tags=tag_list[start : start + _PARAM_BATCH],
+        )
     for figure in figures:
         client.log_artifact(run_id, str(figure), record.LEADERBOARD_FIGURES_ARTIFACT_PATH)
     client.set_terminated(run_id, status="FINISHED")
@@ -499,7 +516,6 @@ def _row_tags(row: LeaderboardRow, suite: str, suite_experiment_id: str) -> dict
 
 
 def _param_value(value) -> str:
-    from harness.tracking import PARAM_VALUE_LIMIT
 
     text = str(value)
     return text if len(text) <= PARAM_VALUE_LIMIT else text[: PARAM_VALUE_LIMIT - 3] + "..."
@@ -523,6 +539,6 @@ def _experiment_note(suite: str, headline: str) -> str:
         f"The leaderboard of suite `{suite}`: one run per algorithm and configuration, the means over seeds of "
         f"the cell runs in experiment `{record.experiment_name(suite)}` with their 95% interval bounds "
         f"(`<metric>{record.CI_LOW_SUFFIX}`, `<metric>{record.CI_HIGH_SUFFIX}`), as in reports/{suite}.md. "
-        f"Rewritten by every `harness run` and `harness report`. The view \"{record.LEADERBOARD_VIEW_KEY}\" sorts "
+        f'Rewritten by every `harness run` and `harness report`. The view "{record.LEADERBOARD_VIEW_KEY}" sorts '
         f"by `{headline}`; the figures are logged under `{record.LEADERBOARD_FIGURES_ARTIFACT_PATH}/` on each run."
     )

@@ -14,7 +14,9 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from harness import record
+from harness.metrics.catalog import METRICS, column_label, direction_arrow
 from harness.record import experiment_name
+from harness.registry import ALGORITHMS
 from harness.report import claims, frontier
 from harness.report.frame import (
     BASELINE_ALGORITHM,
@@ -25,6 +27,7 @@ from harness.report.frame import (
     complete_cells,
     split_configurations,
 )
+from harness.report.leaderboard_runs import headline_metric
 from harness.report.plots import (
     CURVE_X_LABEL,
     plot_frontier,
@@ -33,10 +36,9 @@ from harness.report.plots import (
     plot_training_comparison,
     plot_training_curves,
 )
-from harness.report.leaderboard_runs import headline_metric
-from harness.report.stats import MAX_SEEDS_NEEDED
 from harness.report.records import REPORT_ARTIFACT_PATH, SuiteRecords, load_suite_records, log_report_files
 from harness.report.samples import WIN_RATE_METRIC
+from harness.report.stats import MAX_SEEDS_NEEDED
 from harness.report.tables import (
     BOOTSTRAP_RESAMPLES,
     BOOTSTRAP_SEED,
@@ -61,8 +63,12 @@ if TYPE_CHECKING:
 logger = logging.getLogger(__name__)
 
 # Cost columns that count things print as integers; the others carry one decimal.
-_INTEGER_COSTS = (record.COST_PROMPTS_SEEN, record.COST_COMPLETIONS_GENERATED, record.COST_TOKENS_GENERATED,
-                  record.COST_OPTIMIZER_STEPS)
+_INTEGER_COSTS = (
+    record.COST_PROMPTS_SEEN,
+    record.COST_COMPLETIONS_GENERATED,
+    record.COST_TOKENS_GENERATED,
+    record.COST_OPTIMIZER_STEPS,
+)
 _COST_HEADERS = {
     record.COST_PROMPTS_SEEN: "prompts seen",
     record.COST_COMPLETIONS_GENERATED: "completions generated",
@@ -78,23 +84,40 @@ _SHORT_COMMIT = 12
 # Evaluation params that do not shape the samples: the generator has its own line, batch size only changes
 # speed, and the prompt and sample counts have theirs.
 _NOT_SAMPLING_PARAMS = (
-    "evaluation.generator", "evaluation.batch_size", "evaluation.num_prompts", "evaluation.samples_per_prompt",
+    "evaluation.generator",
+    "evaluation.batch_size",
+    "evaluation.num_prompts",
+    "evaluation.samples_per_prompt",
 )
 # Package versions the header names, from each cell's manifest.json; vllm only where it was installed.
 _REPORTED_PACKAGES = ("torch", "transformers", "trl", "peft", "mlflow", "vllm")
 _OPTIONAL_PACKAGES = ("peft", "vllm")  # not in manifests written before they were recorded
-_BUILT_MODEL_SHAPE = (("n_layer", "{} layers"), ("n_head", "{} heads"), ("n_embd", "hidden size {}"),
-                      ("max_positions", "context {} tokens"))
+_BUILT_MODEL_SHAPE = (
+    ("n_layer", "{} layers"),
+    ("n_head", "{} heads"),
+    ("n_embd", "hidden size {}"),
+    ("max_positions", "context {} tokens"),
+)
 # Sampling params in the order a reader looks for them; others follow alphabetically.
 _SAMPLING_ORDER = ("temperature", "top_k", "top_p", "max_new_tokens")
 # The figures, in the order the report shows them: file suffix, section title, alt text.
 PLOTS = (
-    ("frontier", "Reward vs KL frontier", "Gold and proxy reward against KL, each algorithm's achievable front (upper concave hull)"),
-    ("training_comparison", "Training: every algorithm on shared axes",
-     "Training reward and KL per sequence of every algorithm against the fraction of the training budget"),
+    (
+        "frontier",
+        "Reward vs KL frontier",
+        "Gold and proxy reward against KL, each algorithm's achievable front (upper concave hull)",
+    ),
+    (
+        "training_comparison",
+        "Training: every algorithm on shared axes",
+        "Training reward and KL per sequence of every algorithm against the fraction of the training budget",
+    ),
     ("reward_vs_kl", "Reward against KL", "Gold and proxy reward against KL and √KL, one point per seed"),
-    ("training_curves", "Training diagnostics per family",
-     "Each algorithm's own training curves, grouped per family, against the fraction of the training budget"),
+    (
+        "training_curves",
+        "Training diagnostics per family",
+        "Each algorithm's own training curves, grouped per family, against the fraction of the training budget",
+    ),
     ("reward_vs_cost", "Reward against cost", "Gold reward against tokens generated and wall time"),
 )
 # Figures shown inside a section of their own rather than among the figures at the end.
@@ -149,19 +172,37 @@ def draw_plots(records: SuiteRecords, out_dir: Path, plot_names: dict) -> list[P
     """Draw the report's figures (PLOTS order) into out_dir; the leaderboard runs log the same files."""
     suite, cells = records.suite, records.cells
     return [
-        plot_frontier(cells, records.histories, out_dir / plot_names["frontier"],
-                      title=f"{suite}: reward against KL, each algorithm's achievable front over its sweep points and "
-                            "checkpoints"),
-        plot_training_comparison(cells, records.histories, out_dir / plot_names["training_comparison"],
-                                 title=f"{suite}: every algorithm while it trains (mean over seeds; marker: family)"),
-        plot_reward_vs_kl(cells, out_dir / plot_names["reward_vs_kl"],
-                          title=f"{suite}: reward against KL to the reference policy (one point per seed; "
-                                "lines through intermediate checkpoints)",
-                          histories=records.histories),
-        plot_training_curves(cells, records.histories, out_dir / plot_names["training_curves"],
-                             title=f"{suite}: each algorithm's own training curves, per family (line style: seed)"),
-        plot_reward_vs_cost(cells, out_dir / plot_names["reward_vs_cost"],
-                            title=f"{suite}: gold reward against training cost (one point per seed)"),
+        plot_frontier(
+            cells,
+            records.histories,
+            out_dir / plot_names["frontier"],
+            title=f"{suite}: reward against KL, each algorithm's achievable front over its sweep points and "
+            "checkpoints",
+        ),
+        plot_training_comparison(
+            cells,
+            records.histories,
+            out_dir / plot_names["training_comparison"],
+            title=f"{suite}: every algorithm while it trains (mean over seeds; marker: family)",
+        ),
+        plot_reward_vs_kl(
+            cells,
+            out_dir / plot_names["reward_vs_kl"],
+            title=f"{suite}: reward against KL to the reference policy (one point per seed; "
+            "lines through intermediate checkpoints)",
+            histories=records.histories,
+        ),
+        plot_training_curves(
+            cells,
+            records.histories,
+            out_dir / plot_names["training_curves"],
+            title=f"{suite}: each algorithm's own training curves, per family (line style: seed)",
+        ),
+        plot_reward_vs_cost(
+            cells,
+            out_dir / plot_names["reward_vs_cost"],
+            title=f"{suite}: gold reward against training cost (one point per seed)",
+        ),
     ]
 
 
@@ -237,8 +278,10 @@ def _gold_sentence(cells: "pd.DataFrame") -> str:
     held_out = [label for label in labels if label.startswith("held-out RM")]
     text = ", ".join(labels)
     if held_out:
-        text += (" — a reward model no algorithm trained on, reported as `gold_reward` and kept apart from "
-                 "`proxy_reward` (the RM the algorithms optimised)")
+        text += (
+            " — a reward model no algorithm trained on, reported as `gold_reward` and kept apart from "
+            "`proxy_reward` (the RM the algorithms optimised)"
+        )
     return text
 
 
@@ -248,11 +291,15 @@ def _judge_sentence(cells: "pd.DataFrame") -> str:
         return "none"
     kind = _param(cells, "judge.kind")
     template = _param(cells, "judge.template") if kind != "gold" else None
-    text = (f"{', '.join(labels)}{f'; template `{template}`' if template else ''}; every comparison asked in both "
-            "orders (the candidate first, then second), a disagreement counts as a tie")
+    text = (
+        f"{', '.join(labels)}{f'; template `{template}`' if template else ''}; every comparison asked in both "
+        "orders (the candidate first, then second), a disagreement counts as a tie"
+    )
     if kind == "trained":
-        text += ("; the trained judge learns from the same Bradley-Terry-noisy preference pairs as the reward model "
-                 "and the offline losses, so its win rates are a second proxy, not an independent judge")
+        text += (
+            "; the trained judge learns from the same Bradley-Terry-noisy preference pairs as the reward model "
+            "and the offline losses, so its win rates are a second proxy, not an independent judge"
+        )
     return text
 
 
@@ -270,8 +317,11 @@ def _data_lines(reported: "pd.DataFrame") -> list[str]:
     for name in algorithm_order(reported["algorithm"]):
         if name == BASELINE_ALGORITHM or "data" not in reported:
             continue
-        sentences = [sentence for sentence in reported.loc[reported["algorithm"] == name, "data"]
-                     if isinstance(sentence, str) and sentence]
+        sentences = [
+            sentence
+            for sentence in reported.loc[reported["algorithm"] == name, "data"]
+            if isinstance(sentence, str) and sentence
+        ]
         lines += [f"  - `{name}`: {sentence}" for sentence in dict.fromkeys(sentences)]
     return ["- **Data:**", *lines] if lines else []
 
@@ -305,8 +355,11 @@ def _base_model(cells: "pd.DataFrame") -> str:
     if name:
         parts.append(f"`{name}`")
     if source == "build":
-        shape = [template.format(_param(cells, f"model.{key}")) for key, template in _BUILT_MODEL_SHAPE
-                 if _param(cells, f"model.{key}")]
+        shape = [
+            template.format(_param(cells, f"model.{key}"))
+            for key, template in _BUILT_MODEL_SHAPE
+            if _param(cells, f"model.{key}")
+        ]
         parts.append("built by the harness" + (f" ({', '.join(shape)})" if shape else ""))
     elif source:
         parts.append(f"loaded from {source}")
@@ -319,17 +372,20 @@ def _prompt_format(cells: "pd.DataFrame") -> str:
         return "not recorded"
     text = " / ".join(values) + (" (differs between cells)" if len(values) > 1 else "")
     system = _param(cells, "model.system_prompt")
-    return text + (f", system prompt \"{system}\"" if system and "chat template" in values else "")
+    return text + (f', system prompt "{system}"' if system and "chat template" in values else "")
 
 
 def _weights_trained(cells: "pd.DataFrame") -> str:
     """Full fine-tuning, or which stages trained LoRA adapters and their shape."""
-    from harness.registry import ALGORITHMS
 
     # The stages `lora.stages` may name (SFT and every registered algorithm), among those these cells ran, in the
     # registry's order: its list of names, which imports no algorithm's module.
-    adapted = {stage for row in cells.to_dict("records") if isinstance(row.get("lora_stages"), str)
-               for stage in row["lora_stages"].split(",")}
+    adapted = {
+        stage
+        for row in cells.to_dict("records")
+        if isinstance(row.get("lora_stages"), str)
+        for stage in row["lora_stages"].split(",")
+    }
     stages = [stage for stage in (BASELINE_ALGORITHM, *ALGORITHMS.names()) if stage in adapted]
     if not stages:
         return "all (full fine-tuning)"
@@ -440,7 +496,9 @@ def _versions(manifests: dict) -> str:
         return "not recorded (no manifest.json artifact)"
     parts = []
     for package in _REPORTED_PACKAGES:
-        values = _manifest_values(manifests, lambda manifest: (manifest.get("versions") or {}).get(package))
+        values = _manifest_values(
+            manifests, lambda manifest, package=package: (manifest.get("versions") or {}).get(package)
+        )
         if not values:
             if package not in _OPTIONAL_PACKAGES:
                 parts.append(f"{package} not recorded")
@@ -485,6 +543,7 @@ def _parse_number(text) -> float | None:
 def _kl_validity_notes(cells: "pd.DataFrame") -> list[str]:
     """When `kl` is not KL(π‖π_ref) of the distribution that was sampled, or not at the temperature the online
     algorithms trained at, say so (DESIGN §6)."""
+
     def values(key: str) -> set[float]:
         if key not in cells.columns:
             return set()
@@ -502,13 +561,17 @@ def _kl_validity_notes(cells: "pd.DataFrame") -> list[str]:
     evaluation_temperatures = values("evaluation.temperature")
     if any(t != 1.0 for t in evaluation_temperatures):
         shown = ", ".join(f"{t:g}" for t in sorted(evaluation_temperatures))
-        notes.append(f"evaluation samples are drawn at temperature {shown}: `kl` is between the policy and the "
-                     "reference both at that temperature, not at 1.")
+        notes.append(
+            f"evaluation samples are drawn at temperature {shown}: `kl` is between the policy and the "
+            "reference both at that temperature, not at 1."
+        )
     training_temperatures = values("sampling.temperature") - evaluation_temperatures
     if training_temperatures:
         shown = ", ".join(f"{t:g}" for t in sorted(training_temperatures))
-        notes.append(f"the online algorithms sampled at temperature {shown} in training: `kl_train_temperature` is "
-                     "the exact KL at that temperature, on separate untruncated draws at that temperature.")
+        notes.append(
+            f"the online algorithms sampled at temperature {shown} in training: `kl_train_temperature` is "
+            "the exact KL at that temperature, on separate untruncated draws at that temperature."
+        )
     return notes
 
 
@@ -516,7 +579,6 @@ def _kl_validity_notes(cells: "pd.DataFrame") -> list[str]:
 
 
 def _arrow(metric: str) -> str:
-    from harness.metrics.catalog import direction_arrow
 
     try:
         return direction_arrow(metric)
@@ -526,7 +588,6 @@ def _arrow(metric: str) -> str:
 
 def _with_arrows(table: "pd.DataFrame") -> "pd.DataFrame":
     """Metric columns headed by the registry: name, arrow and unit ("kl ↓ (nats)")."""
-    from harness.metrics.catalog import column_label
 
     metrics = [column for column in table.columns if column not in ("seeds", "interval")]
     return table.rename(columns={metric: column_label(metric) for metric in metrics})
@@ -627,9 +688,17 @@ def _seeds_needed_text(comparison: claims.Comparison) -> str:
 def _pairs_table(comparisons: list[claims.Comparison]) -> str:
     import pandas as pd
 
-    rows = [{"comparison": f"{c.first} − {c.second}", "difference": _difference_text(c),
-             "seeds": str(c.difference.n), "Holm p": _holm_text(c), "verdict": _verdict_text(c),
-             "seeds needed": _seeds_needed_text(c)} for c in comparisons]
+    rows = [
+        {
+            "comparison": f"{c.first} − {c.second}",
+            "difference": _difference_text(c),
+            "seeds": str(c.difference.n),
+            "Holm p": _holm_text(c),
+            "verdict": _verdict_text(c),
+            "seeds needed": _seeds_needed_text(c),
+        }
+        for c in comparisons
+    ]
     return _markdown_table(pd.DataFrame(rows), index=False, left=("comparison", "verdict"))
 
 
@@ -644,8 +713,10 @@ def _leader_sentence(comparisons: list[claims.Comparison], means: dict[str, floa
     if top is not None:
         return f"{where}: **{top} leads**: its paired difference to each of the other {len(contenders) - 1} is real."
     shown = ", ".join(tied[:_MOST_NAMED]) + (f" and {len(tied) - _MOST_NAMED} more" if len(tied) > _MOST_NAMED else "")
-    return (f"{where}: no clear winner among {shown} ({tied[0]} has the best mean; its lead over the others named "
-            "is not real).")
+    return (
+        f"{where}: no clear winner among {shown} ({tied[0]} has the best mean; its lead over the others named "
+        "is not real)."
+    )
 
 
 def _headline_differences(book: claims.ClaimBook, cells: "pd.DataFrame", headline: str) -> str:
@@ -656,10 +727,12 @@ def _headline_differences(book: claims.ClaimBook, cells: "pd.DataFrame", headlin
     real = sum(c.real for c in comparisons)
     return (
         f"### Paired differences on {headline} {_arrow(headline)}\n\n"
-        + _leader_sentence(comparisons, means, f"On {headline}") + "\n\n"
+        + _leader_sentence(comparisons, means, f"On {headline}")
+        + "\n\n"
         + f"{real} of the {len(comparisons)} differences are real.\n\n"
         + f"<details><summary>Every pair on {headline}: first − second</summary>\n\n"
-        + _pairs_table(comparisons) + "\n\n</details>"
+        + _pairs_table(comparisons)
+        + "\n\n</details>"
     ).replace("  ", " ")
 
 
@@ -670,9 +743,11 @@ def _noise_paragraph(book: claims.ClaimBook) -> str:
         metric = comparison.metric
         verdict = _verdict_text(comparison, better=f"{comparison.first} better", worse=f"{comparison.second} better")
         needed = _seeds_needed_text(comparison)
-        lines.append(f"- {metric} {_arrow(metric)}: {comparison.first} − {comparison.second} "
-                     f"{_difference_text(comparison)}, Holm p {_holm_text(comparison)}: {verdict}"
-                     + (f" (seeds needed {needed})" if needed else ""))
+        lines.append(
+            f"- {metric} {_arrow(metric)}: {comparison.first} − {comparison.second} "
+            f"{_difference_text(comparison)}, Holm p {_holm_text(comparison)}: {verdict}"
+            + (f" (seeds needed {needed})" if needed else "")
+        )
     if not lines:
         return ""
     return "**Best against runner-up on the other metrics** (by mean; paired, Holm-corrected):\n\n" + "\n".join(lines)
@@ -698,21 +773,23 @@ def _win_rate_verdict(row, comparisons: dict, opponent: str) -> str:
     if row.interval == INTERVAL_OVER_SEEDS and comparison is not None:
         verdict = _verdict_text(comparison, better=f"beats {opponent}", worse=f"loses to {opponent}")
         needed = _seeds_needed_text(comparison)
-        return "inside the noise" + (f" (seeds needed {needed})" if needed else "") if verdict == "not real" else verdict
+        return (
+            "inside the noise" + (f" (seeds needed {needed})" if needed else "") if verdict == "not real" else verdict
+        )
     if row.verdict in ("no interval", "inside the noise"):
         return row.verdict
     return f"{row.verdict} (1 seed: prompt noise only, uncorrected)"
 
 
-def _one_win_rate_section(records: SuiteRecords, summary: "pd.DataFrame", metric: str,
-                          book: claims.ClaimBook) -> str:
-    from harness.metrics.catalog import METRICS
+def _one_win_rate_section(records: SuiteRecords, summary: "pd.DataFrame", metric: str, book: claims.ClaimBook) -> str:
 
     info = METRICS[metric]
     if metric == WIN_RATE_METRIC:
         title = f"## Win rate against {BASELINE_ALGORITHM}"
-        what = (f"Each completion's gold reward against the {BASELINE_ALGORITHM} baseline's completion for the "
-                "same prompt and sample slot (same seed): win 1, tie 1/2, loss 0.")
+        what = (
+            f"Each completion's gold reward against the {BASELINE_ALGORITHM} baseline's completion for the "
+            "same prompt and sample slot (same seed): win 1, tie 1/2, loss 0."
+        )
     else:
         title = f"## {info.label[0].upper()}{info.label[1:]} (`{metric}`)"
         what = f"Per completion: {info.description}."
@@ -772,8 +849,10 @@ def _held_out_judge_agreement(cells: "pd.DataFrame") -> str:
         return ""
     per_seed = cells.dropna(subset=[column]).groupby("seed")[column].first()
     shown = ", ".join(f"seed {seed} {value:.3f}" for seed, value in per_seed.items())
-    return (f"**Trained judge against gold on held-out preference pairs** (never trained on, relabelled by the gold "
-            f"reward without noise): {shown}; mean {per_seed.mean():.3f}.")
+    return (
+        f"**Trained judge against gold on held-out preference pairs** (never trained on, relabelled by the gold "
+        f"reward without noise): {shown}; mean {per_seed.mean():.3f}."
+    )
 
 
 def _bracket(metric: str, low: float, high: float) -> str:
@@ -820,8 +899,12 @@ def _knob(points: "pd.DataFrame") -> str:
         return "—"
     knob, raises_kl = declared["kl_knob"].iloc[-1], bool(declared["kl_knob_raises_kl"].iloc[-1])
     arrow = "↑" if raises_kl else "↓"
-    values = {point.split("=", 1)[1] for arm in points["arm"].unique()
-              for point in record.sweep_point_of(arm).split(",") if point.startswith(knob + "=")}
+    values = {
+        point.split("=", 1)[1]
+        for arm in points["arm"].unique()
+        for point in record.sweep_point_of(arm).split(",")
+        if point.startswith(knob + "=")
+    }
     return f"{knob} {arrow}" + (f" ({', '.join(sorted(values, key=_numbers_first))})" if values else "")
 
 
@@ -854,8 +937,11 @@ def _matched_kl_text(chosen: frontier.Frontier, book: claims.ClaimBook) -> str:
     for algorithm, own in table.groupby("algorithm", sort=False):
         first = own.iloc[0]
         name = f"{algorithm} {_BOUND_MARK}" if first["kl_is_bound"] else algorithm
-        row = {"family": first["family"] if isinstance(first["family"], str) else "unknown",
-               "seeds": str(int(first["seeds"])), "knob": _knob(points[points["algorithm"] == algorithm])}
+        row = {
+            "family": first["family"] if isinstance(first["family"], str) else "unknown",
+            "seeds": str(int(first["seeds"])),
+            "knob": _knob(points[points["algorithm"] == algorithm]),
+        }
         for item in own.itertuples():
             value = format_estimate(item.mean, (item.high - item.low) / 2)
             row[f"KL {frontier.format_level(item.level)}"] = f"{value} {_SHORT_MARK}" if item.short else value
@@ -864,9 +950,11 @@ def _matched_kl_text(chosen: frontier.Frontier, book: claims.ClaimBook) -> str:
     text = explanation + "\n\n" + _markdown_table(shown, left=("family",))
     bound = table[table["kl_is_bound"].astype(bool)]["algorithm"].drop_duplicates().tolist()
     if bound:
-        text += (f"\n\n{_BOUND_MARK} KL is an upper bound (best-of-n: log n − (n−1)/n), not an estimate: the true "
-                 "point lies at or left of it, so these values are lower bounds on its reward at that KL, and "
-                 f"{', '.join(bound)} take part in no comparison below.")
+        text += (
+            f"\n\n{_BOUND_MARK} KL is an upper bound (best-of-n: log n − (n−1)/n), not an estimate: the true "
+            "point lies at or left of it, so these values are lower bounds on its reward at that KL, and "
+            f"{', '.join(bound)} take part in no comparison below."
+        )
     return text + "\n\n" + _matched_kl_verdicts(chosen, book)
 
 
@@ -883,12 +971,17 @@ def _matched_kl_verdicts(chosen: frontier.Frontier, book: claims.ClaimBook) -> s
         if sentence:
             sentences.append(f"- {sentence[0].upper()}{sentence[1:]}")
         if comparisons:
-            folded.append(f"<details><summary>Every pair at KL {frontier.format_level(level)}: first − second"
-                          f"</summary>\n\n{_pairs_table(comparisons)}\n\n</details>")
+            folded.append(
+                f"<details><summary>Every pair at KL {frontier.format_level(level)}: first − second"
+                f"</summary>\n\n{_pairs_table(comparisons)}\n\n</details>"
+            )
     if not sentences:
         return "**Who leads at matched KL:** fewer than two algorithms with a measured KL: nothing to compare."
-    return "**Who leads at matched KL** (paired over seeds, Holm-corrected):\n\n" + "\n".join(sentences) + (
-        "\n\n" + "\n\n".join(folded) if folded else "")
+    return (
+        "**Who leads at matched KL** (paired over seeds, Holm-corrected):\n\n"
+        + "\n".join(sentences)
+        + ("\n\n" + "\n\n".join(folded) if folded else "")
+    )
 
 
 # --- other configurations, failures, cost, figures, runs ----------------------------------------
@@ -987,11 +1080,12 @@ def _runs_section(records: SuiteRecords) -> str:
     parent = records.newest_invocation
     logged = (
         f" The report and its figures are also logged under `{REPORT_ARTIFACT_PATH}/` on the newest invocation "
-        f"run `{parent}`." if parent else ""
+        f"run `{parent}`."
+        if parent
+        else ""
     )
     intro = (
         "## Runs\n\nEvery number above comes from these MLflow runs; each holds the resolved config (params), "
         f"the manifest and the per-sample generations (`eval/samples.jsonl`).{logged}"
     )
     return intro + "\n\n" + runs.to_markdown(index=False, disable_numparse=True)
-

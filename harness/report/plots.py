@@ -40,6 +40,7 @@ from harness.report.frame import (
     declared_curves,
     split_configurations,
 )
+from harness.report.frontier import KL, REWARDS, build_frontier, mean_points
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -158,8 +159,13 @@ def _legend_below(figure, axes, columns: int = 6) -> None:
         # No more columns than the figure's width holds at "small" type (about 13 characters an inch, the handle
         # taking five): a legend wider than its figure is cut at the edge.
         fitting = int(figure.get_figwidth() * 13 // (max(len(label) for label in labels) + 5))
-        figure.legend([handles[label] for label in labels], labels, loc="outside lower center",
-                      ncols=max(1, min(len(labels), columns, fitting)), fontsize="small")
+        figure.legend(
+            [handles[label] for label in labels],
+            labels,
+            loc="outside lower center",
+            ncols=max(1, min(len(labels), columns, fitting)),
+            fontsize="small",
+        )
 
 
 def _label(algorithm: str) -> str:
@@ -179,8 +185,15 @@ def _scatter_by_algorithm(ax, cells: "pd.DataFrame", x, y_column: str, styles: d
         points = cells[cells["arm"] == arm]
         if points.empty:
             continue
-        ax.scatter(x(points), points[y_column], label=_label(arm), edgecolors="black", linewidths=0.5,
-                   zorder=3, **_marker_style(style))
+        ax.scatter(
+            x(points),
+            points[y_column],
+            label=_label(arm),
+            edgecolors="black",
+            linewidths=0.5,
+            zorder=3,
+            **_marker_style(style),
+        )
 
 
 def _baseline_line(ax, cells: "pd.DataFrame", y_column: str, label: str) -> None:
@@ -201,8 +214,16 @@ def _checkpoint_paths(ax, cells: "pd.DataFrame", histories, reward_metric: str, 
         reward = runs[runs["metric"] == reward_metric].set_index("step")["value"]
         path = kl.to_frame("kl").join(reward.to_frame("reward"), how="inner").sort_index()
         if len(path) > 1 and arm in styles:
-            ax.plot(transform(path["kl"]), path["reward"], color=styles[arm].get("color"), linewidth=0.9,
-                    alpha=0.6, marker=".", markersize=4, zorder=2)
+            ax.plot(
+                transform(path["kl"]),
+                path["reward"],
+                color=styles[arm].get("color"),
+                linewidth=0.9,
+                alpha=0.6,
+                marker=".",
+                markersize=4,
+                zorder=2,
+            )
 
 
 def _draw_reward_panel(ax, cells: "pd.DataFrame", reward: tuple, use_sqrt: bool, styles: dict, histories=None) -> None:
@@ -249,12 +270,12 @@ def plot_reward_vs_kl(df: "pd.DataFrame", out_path: str | Path, title: str | Non
 # --- the frontier ------------------------------------------------------------------------------
 
 
-def plot_frontier(df: "pd.DataFrame", histories: "pd.DataFrame | None", out_path: str | Path,
-                  title: str | None = None) -> Path:
+def plot_frontier(
+    df: "pd.DataFrame", histories: "pd.DataFrame | None", out_path: str | Path, title: str | None = None
+) -> Path:
     """Gold reward (and proxy reward, where logged) against KL: the seed-mean point of every arm's every
     evaluated checkpoint, faint; each algorithm's achievable front (the upper concave hull of its points) as a line from the SFT point (see
     `frontier`). Writes a PNG and returns its path."""
-    from harness.report.frontier import REWARDS, build_frontier
 
     frontiers = [build_frontier(df, histories, metric) for metric in REWARDS]
     shown = [frontier for frontier in frontiers if not frontier.points.empty] or frontiers[:1]
@@ -269,12 +290,13 @@ def plot_frontier(df: "pd.DataFrame", histories: "pd.DataFrame | None", out_path
         _draw_frontier(ax, frontier, colours)
     _legend_below(figure, axes, columns=3)  # its labels are long: the algorithm, its family, the bound
     suites = ", ".join(sorted(set(df["suite"].dropna()))) or "harness"
-    figure.suptitle(title or f"{suites}: reward against KL, each algorithm's achievable front over its sweep and checkpoints")
+    figure.suptitle(
+        title or f"{suites}: reward against KL, each algorithm's achievable front over its sweep and checkpoints"
+    )
     return _save(figure, out_path)
 
 
 def _draw_frontier(ax, frontier, colours: dict) -> None:
-    from harness.report.frontier import KL, mean_points
 
     ax.set_xlabel(KL_AXIS_LABEL)
     ax.set_ylabel(axis_label(frontier.metric))
@@ -294,22 +316,47 @@ def _draw_frontier(ax, frontier, colours: dict) -> None:
         for is_bound, group in own.groupby("kl_is_bound"):
             # Hollow where the KL is an upper bound: the true point lies at or left of it.
             face = "none" if is_bound else colour
-            ax.scatter(group[KL], group[frontier.metric], marker=marker, s=30, facecolors=face, edgecolors=colour,
-                       alpha=_FAINT, zorder=2)
+            ax.scatter(
+                group[KL],
+                group[frontier.metric],
+                marker=marker,
+                s=30,
+                facecolors=face,
+                edgecolors=colour,
+                alpha=_FAINT,
+                zorder=2,
+            )
         bound = bool(own["kl_is_bound"].any())
         name = f"{algorithm} ({family or 'family unknown'}{'; KL is an upper bound' if bound else ''})"
-        ax.plot(front[KL], front[frontier.metric], color=colour, linewidth=1.6, marker=marker, markersize=6,
-                markerfacecolor="none" if bound else colour, label=name, zorder=3)
+        ax.plot(
+            front[KL],
+            front[frontier.metric],
+            color=colour,
+            linewidth=1.6,
+            marker=marker,
+            markersize=6,
+            markerfacecolor="none" if bound else colour,
+            label=name,
+            zorder=3,
+        )
     if not baseline.empty:
-        ax.scatter(baseline[KL], baseline[frontier.metric], label=f"{BASELINE_ALGORITHM} (KL 0: the reference)",
-                   edgecolors="black", linewidths=0.5, zorder=4, **_BASELINE_STYLE)
+        ax.scatter(
+            baseline[KL],
+            baseline[frontier.metric],
+            label=f"{BASELINE_ALGORITHM} (KL 0: the reference)",
+            edgecolors="black",
+            linewidths=0.5,
+            zorder=4,
+            **_BASELINE_STYLE,
+        )
 
 
 # --- training curves ----------------------------------------------------------------------------
 
 
-def plot_training_comparison(df: "pd.DataFrame", histories: "pd.DataFrame", out_path: str | Path,
-                             title: str | None = None) -> Path:
+def plot_training_comparison(
+    df: "pd.DataFrame", histories: "pd.DataFrame", out_path: str | Path, title: str | None = None
+) -> Path:
     """The figure that compares algorithms while they train: KL per sequence (record.TRAIN_KL_PER_SEQUENCE, nats,
     every algorithm that logs it) and the training reward (train/reward: the reward of the sampled completions,
     online algorithms) against the fraction of the budget, one line per algorithm (its seeds' mean), colour by
@@ -342,12 +389,22 @@ def _draw_compared_curve(ax, rows: "pd.DataFrame", title: str, y_label: str, sty
     for arm, style in styles.items():
         line = means[means["arm"] == arm]
         if not line.empty:
-            ax.plot(line["x"], line["value"], color=style["color"], marker=style["marker"], markersize=5,
-                    linestyle=style.get("linestyle", "-"), markevery=max(1, len(line) // 8), linewidth=1.5,
-                    label=_label(arm))
+            ax.plot(
+                line["x"],
+                line["value"],
+                color=style["color"],
+                marker=style["marker"],
+                markersize=5,
+                linestyle=style.get("linestyle", "-"),
+                markevery=max(1, len(line) // 8),
+                linewidth=1.5,
+                label=_label(arm),
+            )
     clipped = _clip_one_outlier(ax, means)
-    ax.set_title(title + (f"\ny clipped at {clipped[0]:.3g}: {clipped[1]} reaches {clipped[2]:.3g}" if clipped else ""),
-                 fontsize="medium")
+    ax.set_title(
+        title + (f"\ny clipped at {clipped[0]:.3g}: {clipped[1]} reaches {clipped[2]:.3g}" if clipped else ""),
+        fontsize="medium",
+    )
 
 
 def _seed_means(rows: "pd.DataFrame") -> "pd.DataFrame":
@@ -370,8 +427,9 @@ def _clip_one_outlier(ax, means: "pd.DataFrame") -> tuple[float, str, float] | N
     return limit, str(peaks.index[0]), float(peaks.iloc[0])
 
 
-def plot_training_curves(df: "pd.DataFrame", histories: "pd.DataFrame", out_path: str | Path,
-                         title: str | None = None) -> Path:
+def plot_training_curves(
+    df: "pd.DataFrame", histories: "pd.DataFrame", out_path: str | Path, title: str | None = None
+) -> Path:
     """Each algorithm's own diagnostics (the curves it declared on its cell runs; every train/ metric it logged
     when it declared none) grouped per family: one panel per (family, curve), a line per (arm, seed) of that family,
     colour by arm, line style by seed, x the fraction of the budget. Algorithms of one family share a trainer
@@ -391,7 +449,7 @@ def plot_training_curves(df: "pd.DataFrame", histories: "pd.DataFrame", out_path
         _say_empty(axes[0], "no training curves logged")
     for ax, (title_text, y_label, panel) in zip(axes, panels):
         _draw_curves(ax, panel, title_text, y_label, styles, fell_back)
-    for ax in axes[len(panels):] if panels else axes:
+    for ax in axes[len(panels) :] if panels else axes:
         ax.set_axis_off()
     _legend_below(figure, axes[: len(panels)], columns=7)
     suites = ", ".join(sorted(set(df["suite"].dropna()))) or "harness"
@@ -457,9 +515,17 @@ def _draw_curves(ax, curves: "pd.DataFrame", title: str, y_label: str, styles: d
             if line.empty:
                 continue
             # Markers keep short runs (a handful of logged steps) readable as points, not a bare polyline.
-            ax.plot(line["x"], line["value"], color=style["color"], linewidth=1.2, marker=style["marker"],
-                    markersize=4, markevery=max(1, len(line) // 6),
-                    linestyle=_SEED_LINESTYLES[seed_index % len(_SEED_LINESTYLES)], label=_label(arm))
+            ax.plot(
+                line["x"],
+                line["value"],
+                color=style["color"],
+                linewidth=1.2,
+                marker=style["marker"],
+                markersize=4,
+                markevery=max(1, len(line) // 6),
+                linestyle=_SEED_LINESTYLES[seed_index % len(_SEED_LINESTYLES)],
+                label=_label(arm),
+            )
     ax.set_xlim(0, 1.02)
     ax.set_xlabel(CURVE_X_LABEL + (_CURVE_X_FALLBACK if fell_back else ""), fontsize="small")
     ax.set_ylabel(y_label)

@@ -199,4 +199,3 @@ def log_report_files(tracking_uri: str, run_id: str | None, paths: list[Path]) -
             logger.warning("could not log %s to run %s: %s", path.name, run_id, error)
             return
     logger.info("logged %d report files to run %s under %s/", len(paths), run_id, REPORT_ARTIFACT_PATH)
-

@@ -26,8 +26,9 @@ PER_SAMPLE_FIELDS = sample_fields()
 _GOLD = "gold_reward"
 
 
-def per_sample_values(samples: "pd.DataFrame | None", metric: str,
-                      baseline: "pd.DataFrame | None" = None) -> "pd.DataFrame | None":
+def per_sample_values(
+    samples: "pd.DataFrame | None", metric: str, baseline: "pd.DataFrame | None" = None
+) -> "pd.DataFrame | None":
     """(prompt_index, value) per completion for a sample-level metric (value: the field times its scale; null
     fields left out); None when not available.
 

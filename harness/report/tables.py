@@ -18,6 +18,7 @@ import math
 from typing import TYPE_CHECKING
 
 from harness import record
+from harness.metrics.catalog import COMPARISONS, METRICS, names_in
 from harness.report.frame import (
     BASELINE_ALGORITHM,
     COST_PREFIX,
@@ -25,13 +26,12 @@ from harness.report.frame import (
     ReportError,
     algorithm_order,
     complete_cells,
-    row_config_params,
     cost_metric_names,
     eval_metric_names,
     metric_direction,
+    row_config_params,
     split_configurations,
 )
-from harness.metrics.catalog import COMPARISONS, METRICS, names_in
 from harness.report.samples import WIN_RATE_METRIC, per_sample_values
 from harness.report.stats import ConfidenceInterval, bootstrap_mean_ci, mean_ci
 
@@ -54,8 +54,9 @@ REWARD_AND_KL_METRICS = names_in("reward", "kl")
 # Win rates and judge statistics: tables of their own (`win_rate_table`), not columns of the main one.
 PAIRWISE_METRICS = names_in("pairwise")
 # The pairwise metrics that are win rates (1/2 is a coin flip), gold's and the judge's, against SFT and the reference.
-WIN_RATE_METRICS = tuple(name for comparison in COMPARISONS
-                         for name in (comparison.gold_win_rate, comparison.judge_win_rate))
+WIN_RATE_METRICS = tuple(
+    name for comparison in COMPARISONS for name in (comparison.gold_win_rate, comparison.judge_win_rate)
+)
 SUMMARY_COLUMNS = ["arm", "metric", "direction", "mean", "low", "high", "half_width", "n", "seeds", "interval"]
 
 
@@ -75,8 +76,11 @@ def _single_seed_interval(cell: dict, metric: str, samples: dict, baseline_run_i
     if values is None or values.empty:
         return ConfidenceInterval(logged, math.nan, math.nan, 1), NO_INTERVAL
     interval = bootstrap_mean_ci(
-        values["value"].to_numpy(float), values["prompt_index"].to_numpy(),
-        n_resamples=BOOTSTRAP_RESAMPLES, seed=BOOTSTRAP_SEED, confidence=confidence,
+        values["value"].to_numpy(float),
+        values["prompt_index"].to_numpy(),
+        n_resamples=BOOTSTRAP_RESAMPLES,
+        seed=BOOTSTRAP_SEED,
+        confidence=confidence,
     )
     mean = logged if math.isfinite(logged) else interval.mean
     return interval._replace(mean=mean), INTERVAL_OVER_PROMPTS
@@ -140,7 +144,7 @@ def _interval_of(row) -> ConfidenceInterval:
 
 
 def format_estimate(mean: float, half_width: float, digits: int = DIGITS) -> str:
-    """"mean ± half-width", just the mean when there is no interval (one seed), "—" when nothing was logged."""
+    """ "mean ± half-width", just the mean when there is no interval (one seed), "—" when nothing was logged."""
     if math.isnan(mean):
         return MISSING
     if math.isnan(half_width):
@@ -274,7 +278,11 @@ _OPPONENT_NAMES = {"sft": BASELINE, "reference": "the reference"}
 
 
 def win_rate_table(
-    df: "pd.DataFrame", samples: dict | None = None, confidence: float = 0.95, *, summary: "pd.DataFrame | None" = None,
+    df: "pd.DataFrame",
+    samples: dict | None = None,
+    confidence: float = 0.95,
+    *,
+    summary: "pd.DataFrame | None" = None,
     metric: str = WIN_RATE_METRIC,
 ) -> "pd.DataFrame":
     """A win rate (`metric`: by default the gold reward against the SFT baseline; also win_rate_vs_reference

@@ -36,16 +36,32 @@ _DEFAULT_RANKS = {"headline": 0, "win_rate": 1, VERDICT_COLUMN: 2, KL_METRIC: 3,
 
 def add_leaderboard_options(parser) -> None:
     """The `leaderboard` sub-command's arguments (on the parser cli.py creates for it)."""
-    parser.add_argument("items", nargs="*", metavar="suite=NAME|key=value",
-                        help="suite=NAME (a name in suites/ or a YAML path) followed by key=value overrides")
-    parser.add_argument("--sort", default=None, metavar="METRIC",
-                        help="metric to sort by, best first (default: the headline, gold_reward or proxy_reward)")
+    parser.add_argument(
+        "items",
+        nargs="*",
+        metavar="suite=NAME|key=value",
+        help="suite=NAME (a name in suites/ or a YAML path) followed by key=value overrides",
+    )
+    parser.add_argument(
+        "--sort",
+        default=None,
+        metavar="METRIC",
+        help="metric to sort by, best first (default: the headline, gold_reward or proxy_reward)",
+    )
     chosen = parser.add_mutually_exclusive_group()
-    chosen.add_argument("--metrics", default=None, metavar="A,B,C",
-                        help="comma-separated metrics to show instead of the default columns")
+    chosen.add_argument(
+        "--metrics",
+        default=None,
+        metavar="A,B,C",
+        help="comma-separated metrics to show instead of the default columns",
+    )
     chosen.add_argument("--all", action="store_true", help="every metric the suite logged")
-    parser.add_argument("--format", choices=FORMATS, default="table",
-                        help="table (fitted to the terminal; plain text when piped), markdown, csv or json")
+    parser.add_argument(
+        "--format",
+        choices=FORMATS,
+        default="table",
+        help="table (fitted to the terminal; plain text when piped), markdown, csv or json",
+    )
 
 
 def command_leaderboard(args) -> int:
@@ -59,8 +75,14 @@ def command_leaderboard(args) -> int:
 
     config = _load(args.items)
     records = load_suite_records(tracking_uri_of(config), config.suite.name)
-    board = build_leaderboard(records.cells, records.samples, sort_by=args.sort, metrics=_parse_metrics(args.metrics),
-                              every_metric=args.all, records=records)
+    board = build_leaderboard(
+        records.cells,
+        records.samples,
+        sort_by=args.sort,
+        metrics=_parse_metrics(args.metrics),
+        every_metric=args.all,
+        records=records,
+    )
     console = Console(highlight=False, soft_wrap=True)
     if args.format == "table":
         width = console.width if console.is_terminal else None
@@ -108,8 +130,15 @@ class Leaderboard:
     intervals: str  # what the intervals are, for the title: "95%: t over 3 seeds"
 
 
-def build_leaderboard(cells: "pd.DataFrame", samples: dict, *, sort_by: str | None = None,
-                      metrics: list[str] | None = None, every_metric: bool = False, records=None) -> Leaderboard:
+def build_leaderboard(
+    cells: "pd.DataFrame",
+    samples: dict,
+    *,
+    sort_by: str | None = None,
+    metrics: list[str] | None = None,
+    every_metric: bool = False,
+    records=None,
+) -> Leaderboard:
     """The leaderboard of the cell frame of `frame.load_cell_runs` (with its per-sample tables, as
     `records.load_suite_records` reads them): rows in `tables.leaderboard_frame` order, sorted by `sort_by`
     (default the headline metric), columns the default set, `metrics`, or every metric. `records` (the whole
@@ -140,8 +169,9 @@ def build_leaderboard(cells: "pd.DataFrame", samples: dict, *, sort_by: str | No
     if "seeds" in ranks:
         columns.append(Column("seeds", "seeds", "", tuple(str(int(n)) for n in frame["seeds"]), ranks["seeds"]))
     for name in shown:
-        cells_text = [texts.get((arm, name)) if name in with_interval else _mean_text(frame.at[arm, name])
-                      for arm in arms]
+        cells_text = [
+            texts.get((arm, name)) if name in with_interval else _mean_text(frame.at[arm, name]) for arm in arms
+        ]
         columns.append(_metric_column(name, cells_text, ranks[name]))
     if VERDICT_COLUMN in ranks:
         verdicts = tuple(_plain_text(value) for value in frame[VERDICT_COLUMN])
@@ -164,8 +194,10 @@ def _require_known(names: list[str], logged: list[str], option: str) -> None:
 
     for name in names:
         if name not in logged:
-            raise ConfigError(f"unknown metric '{name}' for {option};{did_you_mean(name, logged)} "
-                              f"this suite logged: {', '.join(logged)}")
+            raise ConfigError(
+                f"unknown metric '{name}' for {option};{did_you_mean(name, logged)} "
+                f"this suite logged: {', '.join(logged)}"
+            )
 
 
 def _shown_metrics(frame, logged: list[str], headline: str, metrics, every_metric: bool):
@@ -200,7 +232,11 @@ def _interval_text(row) -> str:
     from harness.report.tables import DIGITS, format_interval
 
     metric = METRICS.get(row.metric)
-    if metric is None or metric.bounds is None or not (math.isfinite(row.mean) and math.isfinite(row.low) and math.isfinite(row.high)):
+    if (
+        metric is None
+        or metric.bounds is None
+        or not (math.isfinite(row.mean) and math.isfinite(row.low) and math.isfinite(row.high))
+    ):
         return format_interval(row.mean, row.low, row.high, row.interval)
     from harness.report.tables import clipped_bounds
 
@@ -230,8 +266,9 @@ def _metric_column(name: str, texts: list, rank: int) -> Column:
     return Column(name, header, unit, tuple(text or MISSING for text in texts), rank)
 
 
-def _record(frame, summary: "pd.DataFrame", arm: str, shown: list[str], with_interval: set,
-            interval: str | None) -> dict:
+def _record(
+    frame, summary: "pd.DataFrame", arm: str, shown: list[str], with_interval: set, interval: str | None
+) -> dict:
     from harness.report.tables import clipped_bounds
 
     row = {"algorithm": arm, "seeds": int(frame.at[arm, "seeds"]), "interval": interval}
@@ -290,8 +327,10 @@ def render_table(board: Leaderboard, width: int | None, *, styled: bool = False)
     widths = [_column_width(column) for column in kept]
 
     def line(values) -> str:
-        cells = [value.rjust(size) if column.numeric else value.ljust(size)
-                 for value, size, column in zip(values, widths, kept)]
+        cells = [
+            value.rjust(size) if column.numeric else value.ljust(size)
+            for value, size, column in zip(values, widths, kept)
+        ]
         return GUTTER.join(cells).rstrip()
 
     def header(text: str) -> str:
@@ -346,7 +385,9 @@ def render_csv(board: Leaderboard) -> str:
 
 def render_json(board: Leaderboard) -> str:
     """{"suite", "sorted_by", "rows": [...]}: the csv's rows, missing values as null."""
-    return json.dumps({"suite": board.suite, "sorted_by": board.sorted_by, "rows": list(board.records)}, indent=2) + "\n"
+    return (
+        json.dumps({"suite": board.suite, "sorted_by": board.sorted_by, "rows": list(board.records)}, indent=2) + "\n"
+    )
 
 
 RENDERERS = {"markdown": render_markdown, "csv": render_csv, "json": render_json}

@@ -2,16 +2,15 @@
 
 from __future__ import annotations
 
+from harness.modeling import build_tiny_causal_lm, build_word_tokenizer, load_pretrained_base, save_checkpoint
 from harness.plan import TASK
 from harness.stages.context import StageContext
 from harness.stages.inputs import task_module
 from harness.stages.outcomes import COMPLETE, outcome
-from harness.tasks.common import words_of
+from harness.tasks.common import load_task_data, words_of
 
 
 def run(context: StageContext) -> dict:
-    from harness.modeling import build_tiny_causal_lm, build_word_tokenizer, load_pretrained_base, save_checkpoint
-    from harness.tasks.common import load_task_data
 
     seed, model_config = context.stage.seed, context.suite.model
     with context.timed("other") as folder:

@@ -10,6 +10,7 @@ import dataclasses
 import traceback
 
 from harness import record
+from harness.algorithms.spec import algorithm
 from harness.config import flatten
 from harness.runs import OutOfSpace, manifest, write_json
 from harness.stages.inputs import Prepared
@@ -30,7 +31,7 @@ def open_cell_run(context, prepared: Prepared) -> str:
         tracker.set_tags(earlier, {record.TAG_STATUS: record.STATUS_RUNNING})
         return earlier
     stage, suite = context.stage, context.suite
-    arm = stage.algorithm
+    arm = stage.arm
     run_id = tracker.start_cell(
         context.invocation.parent_run_id,
         stage.cell,
@@ -54,8 +55,9 @@ def open_cell_run(context, prepared: Prepared) -> str:
     id_file.write_text(run_id)
     config_dict = context.config.to_dict()
     # The cell's own algorithm section, at its sweep point: algorithms.dpo.beta is the value this arm trained with.
-    config_dict["algorithms"] = ({} if arm == record.BASELINE
-                                 else {record.algorithm_of(arm): dataclasses.asdict(context.config.arms[arm])})
+    config_dict["algorithms"] = (
+        {} if arm == record.BASELINE else {record.algorithm_of(arm): dataclasses.asdict(context.config.arms[arm])}
+    )
     tracker.log_params(run_id, flatten(config_dict))
     write_json(folder / "resolved_config.json", config_dict)
     write_json(folder / "manifest.json", manifest(stage.hash, prepared.inputs.data_fingerprint))
@@ -70,9 +72,13 @@ def _algorithm_tags(context, arm: str) -> dict[str, str]:
     """What the arm's algorithm declares (harness.algorithms.spec.AlgorithmSpec), so that a report is rebuilt
     from MLflow alone; empty values for the SFT baseline, which has no algorithm."""
     if arm == record.BASELINE:
-        return {record.TAG_FAMILY: "", record.TAG_KL_KNOB: "", record.TAG_KL_KNOB_RAISES_KL: "false",
-                record.TAG_CURVES: "", record.TAG_DATA: ""}
-    from harness.algorithms.spec import algorithm
+        return {
+            record.TAG_FAMILY: "",
+            record.TAG_KL_KNOB: "",
+            record.TAG_KL_KNOB_RAISES_KL: "false",
+            record.TAG_CURVES: "",
+            record.TAG_DATA: "",
+        }
 
     spec = algorithm(record.algorithm_of(arm)).spec
     return {

@@ -15,6 +15,7 @@ from harness.plan import BASE, JUDGE, REWARD_MODEL, SFT, TASK, Stage, build_plan
 from harness.runs import OutputFolder, discard_resume_checkpoints, read_json
 from harness.stages.files import Invocation
 from harness.stages.inputs import Prepared, TaskInputs, as_chat, check_prompt_lengths, file_fingerprint, task_module
+from harness.tasks.common import load_task_data
 
 logger = logging.getLogger(__name__)
 
@@ -49,7 +50,9 @@ class StageContext:
         self.timings: list[dict] = []
         self._tracker = None
         if self.plan.config_hash != self.invocation.config_hash:  # the resolved file must reload as itself
-            raise ConfigError(f"'{self.invocation.config_file}' does not resolve to the configuration it was written from")
+            raise ConfigError(
+                f"'{self.invocation.config_file}' does not resolve to the configuration it was written from"
+            )
         threads = self.suite.executor.cpus_per_stage
         if threads:
             import torch
@@ -69,7 +72,7 @@ class StageContext:
         return Path(self.stage.folder)
 
     def cell_folder(self) -> Path:
-        return self.plan.cell_folder(self.stage.algorithm, self.stage.seed)
+        return self.plan.cell_folder(self.stage.arm, self.stage.seed)
 
     def prepared_folder(self, kind: str, seed: int) -> Path:
         return Path(self.plan.prepare_stage(kind, seed).folder)
@@ -102,7 +105,9 @@ class StageContext:
 
         def log(step: int, metrics: dict[str, float]) -> None:
             self.tracker.log_metrics(
-                self.invocation.parent_run_id, {f"{prefix}/s{seed}/{key}": value for key, value in metrics.items()}, step
+                self.invocation.parent_run_id,
+                {f"{prefix}/s{seed}/{key}": value for key, value in metrics.items()},
+                step,
             )
 
         return log
@@ -110,7 +115,6 @@ class StageContext:
     # -- a seed's prepared inputs, read from complete prepare folders ---------------------------------------
 
     def task_inputs(self, seed: int) -> TaskInputs:
-        from harness.tasks.common import load_task_data
 
         task_file = self.prepared_folder(TASK, seed) / "data.json"
         base_model = self.prepared_folder(BASE, seed) / "model"
@@ -127,6 +131,11 @@ class StageContext:
         reward_folder = self.prepared_folder(REWARD_MODEL, seed)
         judge_stage = self.plan.prepare_stage(JUDGE, seed)
         judge_folder = Path(judge_stage.folder) if judge_stage else None
-        return Prepared(inputs, sft_dir, reward_folder / "model", read_json(reward_folder / "metrics.json"),
-                        judge_folder / "model" if judge_folder else None,
-                        read_json(judge_folder / "metrics.json") if judge_folder else {})
+        return Prepared(
+            inputs,
+            sft_dir,
+            reward_folder / "model",
+            read_json(reward_folder / "metrics.json"),
+            judge_folder / "model" if judge_folder else None,
+            read_json(judge_folder / "metrics.json") if judge_folder else {},
+        )

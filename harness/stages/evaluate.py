@@ -7,6 +7,11 @@ import json
 from pathlib import Path
 
 from harness import record
+from harness.algorithms.spec import algorithm
+from harness.generation.strategies import BestOfN, Sampling
+from harness.metrics.evaluator import EvaluationSettings, evaluate_checkpoint
+from harness.registry import GENERATORS
+from harness.rewards import gold_reward_function
 from harness.runs import OutputFolder, read_json, write_json
 from harness.stages.cell_run import cell_attempt, finish_cell_run, open_cell_run
 from harness.stages.context import StageContext
@@ -18,7 +23,7 @@ def run(context: StageContext) -> dict:
     """Evaluate a cell's checkpoint (and its intermediate ones), log eval/* and cost/*, and close its run.
     An inference-time arm (best-of-n: trains_policy False) is evaluated as the best of its Config's `n` draws
     from its checkpoint (the SFT policy) per answer, its eval/kl the analytic bound, tagged as one."""
-    arm, seed = context.stage.algorithm, context.stage.seed
+    arm, seed = context.stage.arm, context.stage.seed
     prepared = context.prepared(seed)
     run_id = open_cell_run(context, prepared)
     tracker, folder = context.tracker, context.cell_folder()
@@ -35,19 +40,34 @@ def run(context: StageContext) -> dict:
         # last step, so it is the value MLflow shows (the latest step) and the one the report tables use.
         final_step = int(cost.get(record.COST_TRAIN_STEPS, 0))
         for step, snapshot in _snapshots(folder / "train" / "snapshots"):
-            partial = _evaluate(context, f"{context.stage.cell} step {step}", prepared, snapshot, baseline_samples,
-                                graders, folder / "eval_snapshots" / f"step-{step}", strategy)
+            partial = _evaluate(
+                context,
+                f"{context.stage.cell} step {step}",
+                prepared,
+                snapshot,
+                baseline_samples,
+                graders,
+                folder / "eval_snapshots" / f"step-{step}",
+                strategy,
+            )
             tracker.log_metrics(run_id, {f"{record.EVAL_PREFIX}{k}": v for k, v in partial["summary"].items()}, step)
-        evaluation = _evaluate(context, context.stage.cell, prepared, checkpoint, baseline_samples, graders,
-                               folder / "eval", strategy)
+        evaluation = _evaluate(
+            context, context.stage.cell, prepared, checkpoint, baseline_samples, graders, folder / "eval", strategy
+        )
         graders.close()
         tags = {record.TAG_BLEU_SIGNATURE: evaluation["bleu_signature"]}
         if not strategy.policy_is_a_model:
             # Best-of-n spends at inference: n completions (and n reward-model scores) per answer.
-            cost.update({record.COST_COMPLETIONS_PER_ANSWER: float(strategy.n),
-                         record.COST_EVAL_COMPLETIONS_GENERATED: float(evaluation["completions_generated"])})
+            cost.update(
+                {
+                    record.COST_COMPLETIONS_PER_ANSWER: float(strategy.n),
+                    record.COST_EVAL_COMPLETIONS_GENERATED: float(evaluation["completions_generated"]),
+                }
+            )
             tags[record.TAG_KL_IS_BOUND] = "true"
-        tracker.log_metrics(run_id, {f"{record.EVAL_PREFIX}{k}": v for k, v in evaluation["summary"].items()}, final_step)
+        tracker.log_metrics(
+            run_id, {f"{record.EVAL_PREFIX}{k}": v for k, v in evaluation["summary"].items()}, final_step
+        )
         tracker.log_metrics(run_id, {f"{record.COST_PREFIX}{k}": v for k, v in cost.items()})
         tracker.set_tags(run_id, tags)
         tracker.log_artifact(run_id, folder / "eval" / "samples.jsonl", "eval")
@@ -64,22 +84,26 @@ def _generation_strategy(context: StageContext):
     """How the cell's samples are drawn: the checkpoint's own, or for an inference-time algorithm (best-of-n)
     the best of its Config's `n` draws by the reward the online algorithms optimise
     (harness/algorithms/best_of_n.py)."""
-    from harness.algorithms.spec import algorithm
-    from harness.generation.strategies import BestOfN, Sampling
 
-    arm = context.stage.algorithm
+    arm = context.stage.arm
     if arm == record.BASELINE or algorithm(record.algorithm_of(arm)).spec.trains_policy:
         return Sampling()
     reward = context.suite.reward
     return BestOfN(context.config.arms[arm].n, reward.source, reward.missing_stop_penalty)
 
 
-def _evaluate(context: StageContext, name: str, prepared: Prepared, checkpoint: Path, baseline_samples,
-              graders: "_Graders", folder: Path, strategy) -> dict:
+def _evaluate(
+    context: StageContext,
+    name: str,
+    prepared: Prepared,
+    checkpoint: Path,
+    baseline_samples,
+    graders: "_Graders",
+    folder: Path,
+    strategy,
+) -> dict:
     """One checkpoint's evaluation, kept in `folder` (samples.jsonl, summary.json); `strategy`: how its samples
     are drawn (harness.generation.strategies)."""
-    from harness.metrics.evaluator import EvaluationSettings, evaluate_checkpoint
-    from harness.registry import GENERATORS
 
     stage = OutputFolder(folder)
     label = f"{name} evaluate"
@@ -106,17 +130,26 @@ def _evaluate(context: StageContext, name: str, prepared: Prepared, checkpoint: 
         if settings.draws_at_train_temperature():
             count *= 2  # the prompts are sampled again at the training temperature, for kl_train_temperature
         with context.reporter.progress(f"{name} sampling", count) as advance:
-            generator = GENERATORS.get(context.invocation.generator).create(suite.device, suite.evaluation.batch_size,
-                                                                            advance)
+            generator = GENERATORS.get(context.invocation.generator).create(
+                suite.device, suite.evaluation.batch_size, advance
+            )
             result = evaluate_checkpoint(checkpoint, generator, settings)
         with stage.writing():
             with open(folder / "samples.jsonl", "w") as handle:
                 for sample in result.samples:
                     handle.write(json.dumps(sample) + "\n")
-            write_json(folder / "summary.json", {"summary": result.summary, "bleu_signature": result.bleu_signature,
-                                                 "completions_generated": result.completions_generated})
+            write_json(
+                folder / "summary.json",
+                {
+                    "summary": result.summary,
+                    "bleu_signature": result.bleu_signature,
+                    "completions_generated": result.completions_generated,
+                },
+            )
         stage.complete({"seconds": result.seconds})
-        context.timings.append({"stage": f"{label} (generate)", "kind": "generate", "seconds": result.seconds["generate"]})
+        context.timings.append(
+            {"stage": f"{label} (generate)", "kind": "generate", "seconds": result.seconds["generate"]}
+        )
         context.timings.append({"stage": f"{label} (score)", "kind": "score", "seconds": result.seconds["score"]})
         context.reporter.stage(label, "done", f"{sum(result.seconds.values()):.1f}s")
     return read_json(folder / "summary.json")
@@ -136,11 +169,11 @@ class _Graders:
     actually evaluated (a resumed cell whose evaluations are complete loads nothing)."""
 
     def __init__(self, context: StageContext, prepared: Prepared):
-        from harness.rewards import gold_reward_function
 
         self.suite, self.prepared = context.suite, prepared
-        self.gold = gold_reward_function(self.suite.gold, prepared.inputs.task_module, self.suite.device,
-                                         self.suite.evaluation.batch_size)
+        self.gold = gold_reward_function(
+            self.suite.gold, prepared.inputs.task_module, self.suite.device, self.suite.evaluation.batch_size
+        )
         self._judge = None
 
     def judge(self):
@@ -167,5 +200,7 @@ def _snapshots(folder: Path) -> list[tuple[int, Path]]:
     """The intermediate checkpoints a training stage saved, as (step, folder), in training order."""
     if not folder.is_dir():
         return []
-    found = [(int(path.name.split("-")[-1]), path) for path in folder.glob("step-*") if (path / "config.json").is_file()]
+    found = [
+        (int(path.name.split("-")[-1]), path) for path in folder.glob("step-*") if (path / "config.json").is_file()
+    ]
     return sorted(found)

@@ -9,6 +9,9 @@ from pathlib import Path
 from typing import Any
 
 from harness.errors import ConfigError
+from harness.modeling import context_length, load_tokenizer
+from harness.registry import TASKS
+from harness.tasks.chat import ChatTemplateError, apply_chat_template, uses_chat_template
 from harness.tasks.common import TaskDataError
 
 
@@ -32,7 +35,6 @@ class Prepared:
 
 
 def task_module(name: str):
-    from harness.registry import TASKS
 
     return TASKS.get(name)
 
@@ -40,8 +42,6 @@ def task_module(name: str):
 def as_chat(task_data, model_folder: Path, model_config):
     """The task data with its prompts in the policy's chat template when the suite and tokenizer call for it,
     and the prompt format the cells record ("chat template" or "plain text")."""
-    from harness.modeling import load_tokenizer
-    from harness.tasks.chat import ChatTemplateError, apply_chat_template, uses_chat_template
 
     tokenizer = load_tokenizer(model_folder, trust_remote_code=model_config.trust_remote_code)
     try:
@@ -54,7 +54,6 @@ def as_chat(task_data, model_folder: Path, model_config):
 
 def check_prompt_lengths(task_data, model_folder: Path, suite) -> None:
     """Refuse a prompt that leaves no room in the context for its completion."""
-    from harness.modeling import context_length, load_tokenizer
 
     limit = context_length(model_folder)
     if limit is None:

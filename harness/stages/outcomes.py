@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from harness.metrics.catalog import headline_metrics
 from harness.plan import Stage
 from harness.runs import OutputFolder
 
@@ -11,8 +12,18 @@ COMPLETE, SKIPPED, FAILED, BLOCKED = "complete", "skipped", "failed", "blocked"
 
 
 def outcome(stage: Stage, status: str, **fields) -> dict:
-    return {"stage": stage.id, "kind": stage.kind, "cell": stage.cell, "status": status, "run_id": None,
-            "summary": {}, "failure": "", "bad_input": False, "timings": [], **fields}
+    return {
+        "stage": stage.id,
+        "kind": stage.kind,
+        "cell": stage.cell,
+        "status": status,
+        "run_id": None,
+        "summary": {},
+        "failure": "",
+        "bad_input": False,
+        "timings": [],
+        **fields,
+    }
 
 
 def skipped_outcome(stage: Stage) -> dict:
@@ -27,6 +38,5 @@ def one_line(error: BaseException) -> str:
 
 
 def headline(summary: dict) -> str:
-    from harness.metrics.catalog import headline_metrics
 
     return "  ".join(f"{key}={summary[key]:.3f}" for key in headline_metrics() if key in summary)

@@ -6,6 +6,8 @@ from __future__ import annotations
 import logging
 import sys
 
+from harness.config import CONFIGS_DIR
+from harness.processes import start_group, wait_or_stop
 from harness.stages.context import StageContext
 from harness.stages.files import log_path
 
@@ -18,17 +20,23 @@ def launch_ranks(context: StageContext) -> None:
     gloo group on the CPU because the algorithm asks Accelerate for the CPU there (suite.device)."""
     import subprocess
 
-    from harness.config import CONFIGS_DIR
-    from harness.processes import start_group, wait_or_stop
-
     launcher, stage_path = context.suite.launcher, context.path
     command = [
-        sys.executable, "-m", "accelerate.commands.launch",
-        "--config_file", str(CONFIGS_DIR / "accelerate" / f"{launcher.config}.yaml"),
-        "--num_processes", str(launcher.num_processes),
-        "--num_machines", "1",
-        "--main_process_port", str(_free_port()),
-        "-m", "harness.stages", str(stage_path), "--rank",
+        sys.executable,
+        "-m",
+        "accelerate.commands.launch",
+        "--config_file",
+        str(CONFIGS_DIR / "accelerate" / f"{launcher.config}.yaml"),
+        "--num_processes",
+        str(launcher.num_processes),
+        "--num_machines",
+        "1",
+        "--main_process_port",
+        str(_free_port()),
+        "-m",
+        "harness.stages",
+        str(stage_path),
+        "--rank",
     ]
     logger.info("launching: %s", " ".join(command))
     ranks_log = log_path(stage_path).with_suffix(".ranks.log")

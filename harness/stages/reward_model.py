@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
+from harness.algorithms.reward_model import load_reward_model, train_reward_model
 from harness.plan import SFT
 from harness.stages.context import StageContext
 from harness.stages.outcomes import COMPLETE, outcome
 
 
 def run(context: StageContext) -> dict:
-    from harness.algorithms.reward_model import load_reward_model, train_reward_model
 
     seed, suite = context.stage.seed, context.suite
     inputs = context.task_inputs(seed)
@@ -18,7 +18,12 @@ def run(context: StageContext) -> dict:
         if trained:
             with context.reporter.progress(f"reward model (seed {seed}) steps") as advance:
                 _, metrics = train_reward_model(
-                    policy, inputs.task_data, suite, seed, folder, context.parent_logger("prepare/reward_model"),
+                    policy,
+                    inputs.task_data,
+                    suite,
+                    seed,
+                    folder,
+                    context.parent_logger("prepare/reward_model"),
                     advance,
                 )
         else:

@@ -5,10 +5,10 @@ from __future__ import annotations
 from harness.stages.context import StageContext
 from harness.stages.inputs import task_module
 from harness.stages.outcomes import COMPLETE, outcome
+from harness.tasks.common import save_task_data
 
 
 def run(context: StageContext) -> dict:
-    from harness.tasks.common import save_task_data
 
     with context.timed("other") as folder:
         module = task_module(context.config.task_name)

@@ -9,6 +9,9 @@ import resource
 import time
 
 from harness import record
+from harness.algorithms.context import TrainContext, no_progress
+from harness.algorithms.spec import algorithm
+from harness.rewards import training_reward_function
 from harness.runs import OutputFolder, discard_resume_checkpoints, read_json, write_json
 from harness.stages.cell_run import cell_attempt, open_cell_run
 from harness.stages.context import StageContext
@@ -39,9 +42,13 @@ def run(context: StageContext) -> dict:
                 train_in_rank(context, prepared, run_id)
             result = read_json(stage.folder / TRAIN_RESULT)
         seconds = time.perf_counter() - started
-        cost = {**result["spend"], record.COST_TRAIN_STEPS: float(result["final_step"]), record.COST_WALL_TIME_S: seconds,
-                record.COST_PEAK_MEMORY_MB: result["peak_memory_mb"],
-                record.COST_PROCESSES: float(context.stage.processes)}
+        cost = {
+            **result["spend"],
+            record.COST_TRAIN_STEPS: float(result["final_step"]),
+            record.COST_WALL_TIME_S: seconds,
+            record.COST_PEAK_MEMORY_MB: result["peak_memory_mb"],
+            record.COST_PROCESSES: float(context.stage.processes),
+        }
         discard_resume_checkpoints(stage.folder)  # the final model is saved: no pickle outlives the stage
         stage.complete({"checkpoint": result["checkpoint"], "cost": cost})
     context.timings.append({"stage": label, "kind": "train", "seconds": seconds})
@@ -52,12 +59,9 @@ def run(context: StageContext) -> dict:
 def train_in_rank(context: StageContext, prepared: Prepared, run_id: str) -> None:
     """The algorithm's training in this process: the only one, or one rank of `accelerate launch`. Only the
     main process logs and writes the result; the algorithm reduces what it logs over the ranks."""
-    from harness.algorithms.context import TrainContext, no_progress
-    from harness.algorithms.spec import algorithm
-    from harness.rewards import training_reward_function
 
     main_process = int(os.environ.get("RANK", "0")) == 0
-    arm, seed, suite = context.stage.algorithm, context.stage.seed, context.suite
+    arm, seed, suite = context.stage.arm, context.stage.seed, context.suite
     name = record.algorithm_of(arm)
     peak_before = _reset_peak_memory()
     train_context = TrainContext(
@@ -69,27 +73,42 @@ def train_in_rank(context: StageContext, prepared: Prepared, run_id: str) -> Non
         reward_model_dir=prepared.reward_model_dir,
         task_data=prepared.inputs.task_data,
         reward_function=training_reward_function(
-            suite.reward.source, suite.reward.missing_stop_penalty, prepared.inputs.task_module,
-            prepared.reward_model_dir, suite.device,
+            suite.reward.source,
+            suite.reward.missing_stop_penalty,
+            prepared.inputs.task_module,
+            prepared.reward_model_dir,
+            suite.device,
         ),
         output_dir=context.folder,
         snapshots=suite.evaluation.checkpoints,
         log_metrics=(
-            (lambda step, metrics: context.tracker.log_metrics(
-                run_id, {f"{record.TRAIN_PREFIX}{k}": v for k, v in metrics.items()}, step))
-            if main_process else (lambda step, metrics: None)
+            (
+                lambda step, metrics: context.tracker.log_metrics(
+                    run_id, {f"{record.TRAIN_PREFIX}{k}": v for k, v in metrics.items()}, step
+                )
+            )
+            if main_process
+            else (lambda step, metrics: None)
         ),
     )
-    progress = (context.reporter.progress(f"{context.stage.label} steps") if main_process
-                else contextlib.nullcontext(no_progress))
+    progress = (
+        context.reporter.progress(f"{context.stage.label} steps")
+        if main_process
+        else contextlib.nullcontext(no_progress)
+    )
     with progress as advance:
         train_context.progress = advance
         result = algorithm(name).train(train_context)
     if main_process:
-        write_json(context.folder / TRAIN_RESULT, {
-            "checkpoint": str(result.checkpoint_dir), "spend": result.spend, "final_step": result.final_step,
-            "peak_memory_mb": _peak_memory_mb(peak_before),
-        })
+        write_json(
+            context.folder / TRAIN_RESULT,
+            {
+                "checkpoint": str(result.checkpoint_dir),
+                "spend": result.spend,
+                "final_step": result.final_step,
+                "peak_memory_mb": _peak_memory_mb(peak_before),
+            },
+        )
 
 
 def _reset_peak_memory() -> float:

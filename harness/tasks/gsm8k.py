@@ -59,11 +59,11 @@ from harness.tasks.loading import (
     as_completion,
     distinct_prompts,
     iter_source_rows,
+    log_split,
+    one_line,
     require_distinct_splits,
     require_limits,
     require_text_options,
-    log_split,
-    one_line,
     row_error,
     take_converted,
     text_field,
@@ -290,7 +290,10 @@ def build_task_data(config: GSM8KConfig, seed: int) -> TaskData:
     train_prompts = distinct_prompts(train_problems, config.num_train_prompts)
     # Separate streams, so that changing one split's size leaves the other's pairs as they were.
     preferences = _synthetic_pairs(
-        train_problems, config.num_preference_pairs, random.Random(f"gsm8k:{seed}:preferences"), "gsm8k preference pairs"
+        train_problems,
+        config.num_preference_pairs,
+        random.Random(f"gsm8k:{seed}:preferences"),
+        "gsm8k preference pairs",
     )
     heldout_preferences = _synthetic_pairs(
         heldout_problems, config.num_heldout_pairs, random.Random(f"gsm8k:{seed}:heldout"), "gsm8k held-out pairs"

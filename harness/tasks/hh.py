@@ -42,11 +42,11 @@ from harness.tasks.loading import (
     as_completion,
     distinct_prompts,
     iter_source_rows,
+    log_split,
+    messages_field,
     require_distinct_splits,
     require_limits,
     require_text_options,
-    log_split,
-    messages_field,
     row_error,
     take_converted,
     text_field,
@@ -253,4 +253,3 @@ def gold_reward(prompt: str, completion: str, stopped: bool) -> float:
     raise NotImplementedError(
         "task 'hh' has no gold reward (HAS_GOLD_REWARD is False): score HH with a reward model or a judge"
     )
-

@@ -49,11 +49,11 @@ from harness.tasks.loading import (
     TaskDataError,
     distinct_prompts,
     iter_source_rows,
+    label_field,
+    log_split,
     require_distinct_splits,
     require_limits,
     require_text_options,
-    label_field,
-    log_split,
     take_converted,
     text_field,
     training_prompts,
@@ -234,7 +234,10 @@ def build_task_data(config: IMDBConfig, seed: int) -> TaskData:
     train_prompts = distinct_prompts(train_rows, config.num_train_prompts)
     preferences = _require_pairs(
         _label_pairs(
-            train_reviews, config.num_preference_pairs, config.completion_min_words, random.Random(f"imdb:{seed}:preferences")
+            train_reviews,
+            config.num_preference_pairs,
+            config.completion_min_words,
+            random.Random(f"imdb:{seed}:preferences"),
         ),
         config.num_preference_pairs,
         train_source,

@@ -44,12 +44,16 @@ logger = logging.getLogger(__name__)
 
 LOCAL_FILE_SUFFIXES = (".jsonl", ".json", ".parquet")
 # Every adapter's Config has these size limits; each feeds a stage, so each must be at least 1.
-LIMIT_FIELDS = ("num_sft_examples", "num_preference_pairs", "num_heldout_pairs", "num_train_prompts", "num_eval_prompts")
+LIMIT_FIELDS = (
+    "num_sft_examples",
+    "num_preference_pairs",
+    "num_heldout_pairs",
+    "num_train_prompts",
+    "num_eval_prompts",
+)
 MESSAGE_ROLES = ("system", "user", "assistant")
 # Values quoted in error messages are cut to this many characters so that a message stays one short line.
 QUOTE_LIMIT = 60
-
-
 
 
 def one_line(text: str, limit: int = QUOTE_LIMIT) -> str:
@@ -388,9 +392,7 @@ def take_converted(
     if dropped:
         logger.info("%s: dropped %d rows on purpose (duplicates, filtered or unusable)", what, dropped)
     if not converted:
-        raise TaskDataError(
-            f"{what}: no usable rows ({dropped} dropped on purpose, {len(skipped)} malformed skipped)"
-        )
+        raise TaskDataError(f"{what}: no usable rows ({dropped} dropped on purpose, {len(skipped)} malformed skipped)")
     wanted = count if wanted is None else wanted
     if wanted is not None and len(converted) < wanted:
         logger.warning("%s: asked for %d rows, the source gave %d", what, wanted, len(converted))

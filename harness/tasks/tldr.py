@@ -41,10 +41,10 @@ from harness.tasks.loading import (
     as_completion,
     distinct_prompts,
     iter_source_rows,
+    log_split,
     require_distinct_splits,
     require_limits,
     require_text_options,
-    log_split,
     row_error,
     take_converted,
     text_field,
@@ -101,7 +101,14 @@ class TLDRConfig:
     def __post_init__(self) -> None:
         # Every split feeds a stage: an empty one is refused here, not minutes later inside a trainer.
         require_limits(self)
-        text_options = ("sft_dataset", "sft_split", "eval_split", "preference_dataset", "preference_split", "heldout_split")
+        text_options = (
+            "sft_dataset",
+            "sft_split",
+            "eval_split",
+            "preference_dataset",
+            "preference_split",
+            "heldout_split",
+        )
         require_text_options(self, text_options)
         require_distinct_splits(self, "sft_split", "eval_split")
 
@@ -158,7 +165,10 @@ def build_task_data(config: TLDRConfig, seed: int) -> TaskData:
     train_prompts = distinct_prompts(train_rows, config.num_train_prompts)
 
     pair_splits = []
-    pair_requests = ((config.preference_split, config.num_preference_pairs), (config.heldout_split, config.num_heldout_pairs))
+    pair_requests = (
+        (config.preference_split, config.num_preference_pairs),
+        (config.heldout_split, config.num_heldout_pairs),
+    )
     for split, count in pair_requests:
         source = _source(config, "preference", split)
         pairs = take_converted(

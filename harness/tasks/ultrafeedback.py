@@ -44,11 +44,11 @@ from harness.tasks.loading import (
     SourceRow,
     distinct_prompts,
     iter_source_rows,
+    log_split,
+    number_field,
     require_distinct_splits,
     require_limits,
     require_text_options,
-    log_split,
-    number_field,
     take_converted,
     training_prompts,
     unseen_prompts,
@@ -96,7 +96,11 @@ class UltraFeedbackConfig:
         require_text_options(self, ("dataset", "train_split", "test_split"))
         require_distinct_splits(self, "train_split", "test_split")
         formats = ", ".join(PROMPT_FORMATS)
-        require(self.prompt_format in PROMPT_FORMATS, "prompt_format", f"must be one of {formats}, got '{self.prompt_format}'")
+        require(
+            self.prompt_format in PROMPT_FORMATS,
+            "prompt_format",
+            f"must be one of {formats}, got '{self.prompt_format}'",
+        )
 
 
 # The registry loads every task module's `Config`.

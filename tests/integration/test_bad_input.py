@@ -49,7 +49,9 @@ FIXTURES_FOR_CASES = {
     "nul_yaml": lambda tmp: write(tmp / "nul.yaml", MINIMAL_SUITE.encode() + b"\x00\x01\n"),
     "twice_yaml": lambda tmp: write(tmp / "twice.yaml", MINIMAL_SUITE + "seeds: [0]\nseeds: [1]\n"),
     "only_empty_yaml": lambda tmp: write(tmp / "only-empty.yaml", MINIMAL_SUITE + "only: []\n"),
-    "nan_yaml": lambda tmp: write(tmp / "nan.yaml", "task: {name: synthetic_reviews}\nalgorithms: {dpo: {beta: .nan}}\n"),
+    "nan_yaml": lambda tmp: write(
+        tmp / "nan.yaml", "task: {name: synthetic_reviews}\nalgorithms: {dpo: {beta: .nan}}\n"
+    ),
     "malformed_rows": lambda tmp: write(
         tmp / "malformed-rows.yaml",
         "task:\n"
@@ -58,11 +60,19 @@ FIXTURES_FOR_CASES = {
         f"  preference_path: {FIXTURES / 'tldr' / 'preference'}\n"
         "algorithms: {dpo: {}}\n",
     ),
-    "without_template": lambda tmp: _save_tiny_model(tmp / "model-without-chat-template") or tmp / "model-without-chat-template",
+    "without_template": lambda tmp: (
+        _save_tiny_model(tmp / "model-without-chat-template") or tmp / "model-without-chat-template"
+    ),
 }
 
-SMALL = ["task.num_sft_examples=20", "task.num_preference_pairs=10", "task.num_heldout_pairs=5",
-         "task.num_train_prompts=8", "task.num_eval_prompts=4", "seeds=[0]"]
+SMALL = [
+    "task.num_sft_examples=20",
+    "task.num_preference_pairs=10",
+    "task.num_heldout_pairs=5",
+    "task.num_train_prompts=8",
+    "task.num_eval_prompts=4",
+    "seeds=[0]",
+]
 RUN = ["run", "suite=tiny"]
 HUGE = "x" * 100_000  # a value pasted by mistake (a file's contents, a log): named, never echoed back
 
@@ -99,35 +109,97 @@ CASES: list[tuple[str, list[str], str]] = [
     ("heads do not divide", [*RUN, "model.n_embd=31"], "'model.n_embd' must be divisible by model.n_head"),
     ("unknown model source", [*RUN, "model.source=s3"], "'model.source' must be one of build, path, hub"),
     ("fp16", [*RUN, "precision=fp16"], "'precision' must be fp32 or bf16"),
-    ("unknown generator", [*RUN, "evaluation.generator=vlm"], "'evaluation.generator' must be one of hf, vllm, auto; did you mean 'vllm'?"),
-    ("gold on a task without one", ["run", "suite=<<malformed_rows>>", "reward.source=gold"], "task 'tldr' has no gold reward"),
+    (
+        "unknown generator",
+        [*RUN, "evaluation.generator=vlm"],
+        "'evaluation.generator' must be one of hf, vllm, auto; did you mean 'vllm'?",
+    ),
+    (
+        "gold on a task without one",
+        ["run", "suite=<<malformed_rows>>", "reward.source=gold"],
+        "task 'tldr' has no gold reward",
+    ),
     ("tracking URI not a URI", [*RUN, "tracking.uri=mlflow.db"], "'tracking.uri' must be a URI"),
-    ("checkpoint folder is not a model", [*RUN, "model.source=path", "model.name_or_path=<<not_a_model>>"],
-     "is not a Hugging Face model folder (no config.json)"),
-    ("pickled checkpoint only", [*RUN, "model.source=path", "model.name_or_path=<<pickled>>"], "has no .safetensors weights"),
+    (
+        "checkpoint folder is not a model",
+        [*RUN, "model.source=path", "model.name_or_path=<<not_a_model>>"],
+        "is not a Hugging Face model folder (no config.json)",
+    ),
+    (
+        "pickled checkpoint only",
+        [*RUN, "model.source=path", "model.name_or_path=<<pickled>>"],
+        "has no .safetensors weights",
+    ),
     ("malformed suite YAML", ["run", "suite=<<bad_yaml>>"], "is not valid YAML"),
     ("suite YAML is a list", ["run", "suite=<<list_yaml>>"], "must hold a mapping"),
-    ("unreachable tracking server", [*RUN, "tracking.uri=http://127.0.0.1:9", "output_dir=<<tmp>>/out-unreachable"],
-     "cannot use MLflow tracking URI 'http://127.0.0.1:9'"),
-    ("read-only output folder (full disk)", [*RUN, "output_dir=/proc/harness-output"], "output_dir '/proc/harness-output' is not writable"),
+    (
+        "unreachable tracking server",
+        [*RUN, "tracking.uri=http://127.0.0.1:9", "output_dir=<<tmp>>/out-unreachable"],
+        "cannot use MLflow tracking URI 'http://127.0.0.1:9'",
+    ),
+    (
+        "read-only output folder (full disk)",
+        [*RUN, "output_dir=/proc/harness-output"],
+        "output_dir '/proc/harness-output' is not writable",
+    ),
     ("output folder is a file", [*RUN, "output_dir=<<a_file>>"], "is not a folder"),
-    ("rows missing a column", ["run", "suite=<<malformed_rows>>", *SMALL, "output_dir=<<tmp>>/out-rows"],
-     "malformed.jsonl row 3: missing column 'completion'"),
-    ("prompt longer than the context", [*RUN, *SMALL, "model.max_positions=8", "sampling.max_new_tokens=4",
-                                        "evaluation.max_new_tokens=4", "output_dir=<<tmp>>/out-long"],
-     "exceeds the model's context of 8"),
-    ("chat template mode as a YAML boolean", [*RUN, "model.chat_template=on"],
-     "'model.chat_template' must be one of auto, always, never, got True (YAML reads on/off/yes/no as booleans)"),
-    ("chat template required, model has none", [*RUN, *SMALL, "model.source=path", "model.name_or_path=<<without_template>>",
-                                                 "model.chat_template=always", "output_dir=<<tmp>>/out-chat"],
-     "'model.chat_template' is always, but the model's tokenizer has no chat template"),
-    ("unknown model family", [*RUN, "model.architecture=gpt3"], "'model.architecture' must be one of gpt2, gpt_neox, qwen2, llama; did you mean 'gpt2'?"),
+    (
+        "rows missing a column",
+        ["run", "suite=<<malformed_rows>>", *SMALL, "output_dir=<<tmp>>/out-rows"],
+        "malformed.jsonl row 3: missing column 'completion'",
+    ),
+    (
+        "prompt longer than the context",
+        [
+            *RUN,
+            *SMALL,
+            "model.max_positions=8",
+            "sampling.max_new_tokens=4",
+            "evaluation.max_new_tokens=4",
+            "output_dir=<<tmp>>/out-long",
+        ],
+        "exceeds the model's context of 8",
+    ),
+    (
+        "chat template mode as a YAML boolean",
+        [*RUN, "model.chat_template=on"],
+        "'model.chat_template' must be one of auto, always, never, got True (YAML reads on/off/yes/no as booleans)",
+    ),
+    (
+        "chat template required, model has none",
+        [
+            *RUN,
+            *SMALL,
+            "model.source=path",
+            "model.name_or_path=<<without_template>>",
+            "model.chat_template=always",
+            "output_dir=<<tmp>>/out-chat",
+        ],
+        "'model.chat_template' is always, but the model's tokenizer has no chat template",
+    ),
+    (
+        "unknown model family",
+        [*RUN, "model.architecture=gpt3"],
+        "'model.architecture' must be one of gpt2, gpt_neox, qwen2, llama; did you mean 'gpt2'?",
+    ),
     ("LoRA on the reward model", [*RUN, "lora.stages=[reward_model]"], "'lora.stages' names 'reward_model'"),
     ("LoRA of rank zero", [*RUN, "lora.r=0"], "'lora.r' must be > 0"),
     # Issue 15: the four that got through a new user's corpus.
-    ("tracking store MLflow cannot use", [*RUN, "tracking.uri=ftp://nowhere"], "'tracking.uri' has scheme 'ftp', which MLflow cannot keep runs in"),
-    ("infinite KL coefficient", [*RUN, "algorithms.ppo.kl_coef=inf"], "'algorithms.ppo.kl_coef' must be a finite number, not inf"),
-    ("empty only", [*RUN, "only=[]"], "'only' is empty: name at least one algorithm of suite 'tiny' (dpo, ipo, simpo, kto, online_dpo, grpo, dr_grpo, dapo, gspo, rloo, reinforce_pp, ppo, best_of_n), or leave it out"),
+    (
+        "tracking store MLflow cannot use",
+        [*RUN, "tracking.uri=ftp://nowhere"],
+        "'tracking.uri' has scheme 'ftp', which MLflow cannot keep runs in",
+    ),
+    (
+        "infinite KL coefficient",
+        [*RUN, "algorithms.ppo.kl_coef=inf"],
+        "'algorithms.ppo.kl_coef' must be a finite number, not inf",
+    ),
+    (
+        "empty only",
+        [*RUN, "only=[]"],
+        "'only' is empty: name at least one algorithm of suite 'tiny' (dpo, ipo, simpo, kto, online_dpo, grpo, dr_grpo, dapo, gspo, rloo, reinforce_pp, ppo, best_of_n), or leave it out",
+    ),
     ("100 kB value", [*RUN, f"algorithms.dpo.beta={HUGE}"], "bad value for 'algorithms.dpo.beta': Value 'xxxxxxxx"),
     # Issue 15: a new corpus, tried before it was added (what each gave before is in the issue's closing note).
     ("empty only in a suite file", ["run", "suite=<<only_empty_yaml>>"], "'only' is empty"),
@@ -163,27 +235,66 @@ CASES: list[tuple[str, list[str], str]] = [
     ("executor given a list", [*RUN, "executor=[ray]"], "bad value for 'executor.name'"),
     ("no parallelism", [*RUN, "executor.max_parallel=0"], "'executor.max_parallel' must be >= 1"),
     ("fractional parallelism", [*RUN, "executor.max_parallel=1.5"], "bad value for 'executor.max_parallel'"),
-    ("misspelled executor key", [*RUN, "executor.max_paralel=2"], "unknown key 'executor.max_paralel'; did you mean 'max_parallel'?"),
+    (
+        "misspelled executor key",
+        [*RUN, "executor.max_paralel=2"],
+        "unknown key 'executor.max_paralel'; did you mean 'max_parallel'?",
+    ),
     ("unknown nested executor key", [*RUN, "executor.slurm.partition=gpu"], "unknown key 'executor.slurm'"),
     ("misspelled ray key", [*RUN, "ray.adress=auto"], "unknown key 'ray.adress'; did you mean 'address'?"),
     ("ray section given a scalar", [*RUN, "ray=auto"], "'ray' must be a mapping"),
     ("unknown launcher preset", [*RUN, "launcher.config=nope"], "'launcher.config' names unknown preset 'nope'"),
-    ("misspelled launcher key", [*RUN, "launcher.num_process=2"], "unknown key 'launcher.num_process'; did you mean 'num_processes'?"),
+    (
+        "misspelled launcher key",
+        [*RUN, "launcher.num_process=2"],
+        "unknown key 'launcher.num_process'; did you mean 'num_processes'?",
+    ),
     ("zero processes", [*RUN, "launcher.num_processes=0"], "'launcher.num_processes' must be >= 1"),
     ("launcher given a preset name", [*RUN, "launcher=ddp"], "'launcher' must be a mapping"),
-    ("unreachable judge endpoint", [*RUN, "judge.kind=model", "judge.model=m", "judge.backend=openai",
-                                    "judge.base_url=http://127.0.0.1:9/v1", "output_dir=<<tmp>>/out-judge"],
-     "judge endpoint http://127.0.0.1:9/v1/models is unreachable"),
-    ("judge key variable unset", [*RUN, "judge.kind=model", "judge.model=m", "judge.backend=openai",
-                                  "judge.base_url=http://127.0.0.1:9/v1", "judge.api_key_env=HARNESS_NO_SUCH_KEY_VAR"],
-     "'judge.api_key_env' names HARNESS_NO_SUCH_KEY_VAR, which is not set"),
-    ("an API key where its variable's name belongs", [*RUN, "judge.api_key_env=sk-live-123"],
-     "'judge.api_key_env' must be the name of an environment variable"),
-    ("unknown judge template", [*RUN, "judge.kind=gold", "judge.template=tl;dr"], "'judge.template' names unknown template"),
-    ("held-out RM folder missing", [*RUN, "gold.source=reward_model", "gold.name_or_path=<<tmp>>/no-rm"],
-     "is not a Hugging Face model folder"),
-    ("optimising the held-out RM", [*RUN, "gold.source=reward_model", "gold.name_or_path=org/rm", "reward.source=gold"],
-     "a held-out reward model stays held out"),
+    (
+        "unreachable judge endpoint",
+        [
+            *RUN,
+            "judge.kind=model",
+            "judge.model=m",
+            "judge.backend=openai",
+            "judge.base_url=http://127.0.0.1:9/v1",
+            "output_dir=<<tmp>>/out-judge",
+        ],
+        "judge endpoint http://127.0.0.1:9/v1/models is unreachable",
+    ),
+    (
+        "judge key variable unset",
+        [
+            *RUN,
+            "judge.kind=model",
+            "judge.model=m",
+            "judge.backend=openai",
+            "judge.base_url=http://127.0.0.1:9/v1",
+            "judge.api_key_env=HARNESS_NO_SUCH_KEY_VAR",
+        ],
+        "'judge.api_key_env' names HARNESS_NO_SUCH_KEY_VAR, which is not set",
+    ),
+    (
+        "an API key where its variable's name belongs",
+        [*RUN, "judge.api_key_env=sk-live-123"],
+        "'judge.api_key_env' must be the name of an environment variable",
+    ),
+    (
+        "unknown judge template",
+        [*RUN, "judge.kind=gold", "judge.template=tl;dr"],
+        "'judge.template' names unknown template",
+    ),
+    (
+        "held-out RM folder missing",
+        [*RUN, "gold.source=reward_model", "gold.name_or_path=<<tmp>>/no-rm"],
+        "is not a Hugging Face model folder",
+    ),
+    (
+        "optimising the held-out RM",
+        [*RUN, "gold.source=reward_model", "gold.name_or_path=org/rm", "reward.source=gold"],
+        "a held-out reward model stays held out",
+    ),
 ]
 
 # One line stays a line: ConfigError cuts a message at 1000 characters, whatever deeper layer wrote it; a huge
@@ -277,15 +388,20 @@ def test_a_second_run_of_the_same_suite_is_refused_while_the_first_holds_it(tmp_
         pass
 
 
-def test_a_sweep_value_spelled_three_ways_across_a_suite_file_and_the_command_line_is_one_arm(tmp_path, monkeypatch,
-                                                                                               capsys):
+def test_a_sweep_value_spelled_three_ways_across_a_suite_file_and_the_command_line_is_one_arm(
+    tmp_path, monkeypatch, capsys
+):
     """`harness plan` as a user runs it: the suite file's `1e-1` (a string to YAML), and `0.1` and `1.0e-1` on the
     command line plan one arm, dpo@beta=0.1, with one cell hash, so it is trained once and reported in one row."""
     monkeypatch.chdir(tmp_path)
     suite = write(tmp_path / "frontier.yaml", MINIMAL_SUITE + "seeds: [0]\nsweep:\n  algorithms.dpo.beta: [1e-1]\n")
     planned = set()
-    for extra in ([], ["sweep.algorithms.dpo.beta=[0.1]"], ["sweep.algorithms.dpo.beta=[1.0e-1]"],
-                  ["only=[dpo@beta=1e-1]"]):
+    for extra in (
+        [],
+        ["sweep.algorithms.dpo.beta=[0.1]"],
+        ["sweep.algorithms.dpo.beta=[1.0e-1]"],
+        ["only=[dpo@beta=1e-1]"],
+    ):
         capsys.readouterr()
         assert main(["plan", f"suite={suite}", *extra]) == 0
         rows = [line.split()[:2] for line in capsys.readouterr().out.splitlines() if line.startswith("evaluate:dpo")]
@@ -298,25 +414,67 @@ def test_a_sweep_value_spelled_three_ways_across_a_suite_file_and_the_command_li
 PASTED_KEY = "sk-live-4f9aXk2LmQ8rT1vZ0123"
 ALNUM_KEY = "Abc123Def456Ghi789Jkl012"  # passes the config's name check: only the preflight sees it
 REFUSED_BEFORE_THE_BANNER = [
-    ("tracking store unreachable", ["tracking.uri=http://127.0.0.1:9"], "cannot use MLflow tracking URI 'http://127.0.0.1:9'", ""),
-    ("tracking URI with a password", ["tracking.uri=http://alice:Pa55word9@127.0.0.1:9"], "http://alice:***@127.0.0.1:9", "Pa55word9"),
+    (
+        "tracking store unreachable",
+        ["tracking.uri=http://127.0.0.1:9"],
+        "cannot use MLflow tracking URI 'http://127.0.0.1:9'",
+        "",
+    ),
+    (
+        "tracking URI with a password",
+        ["tracking.uri=http://alice:Pa55word9@127.0.0.1:9"],
+        "http://alice:***@127.0.0.1:9",
+        "Pa55word9",
+    ),
     ("output_dir is a file", ["output_dir=<<a_file>>"], "is not a folder", ""),
-    ("judge endpoint unreachable", ["judge.kind=model", "judge.model=m", "judge.backend=openai",
-                                    "judge.base_url=http://127.0.0.1:9/v1"], "is unreachable", ""),
-    ("judge URL with a key in it", ["judge.kind=model", "judge.model=m", "judge.backend=openai",
-                                    "judge.base_url=http://127.0.0.1:9/v1?api_key=Zz9Yy8Xx7"], "api_key=***", "Zz9Yy8Xx7"),
-    ("a key pasted into api_key_env", [f"judge.api_key_env={PASTED_KEY}"], "'judge.api_key_env' must be the name", PASTED_KEY),
-    ("an alphanumeric key pasted into api_key_env", ["judge.kind=model", "judge.model=m", "judge.backend=openai",
-                                                     "judge.base_url=http://127.0.0.1:9/v1", f"judge.api_key_env={ALNUM_KEY}"],
-     "'judge.api_key_env' holds what looks like an API key", ALNUM_KEY),
+    (
+        "judge endpoint unreachable",
+        ["judge.kind=model", "judge.model=m", "judge.backend=openai", "judge.base_url=http://127.0.0.1:9/v1"],
+        "is unreachable",
+        "",
+    ),
+    (
+        "judge URL with a key in it",
+        [
+            "judge.kind=model",
+            "judge.model=m",
+            "judge.backend=openai",
+            "judge.base_url=http://127.0.0.1:9/v1?api_key=Zz9Yy8Xx7",
+        ],
+        "api_key=***",
+        "Zz9Yy8Xx7",
+    ),
+    (
+        "a key pasted into api_key_env",
+        [f"judge.api_key_env={PASTED_KEY}"],
+        "'judge.api_key_env' must be the name",
+        PASTED_KEY,
+    ),
+    (
+        "an alphanumeric key pasted into api_key_env",
+        [
+            "judge.kind=model",
+            "judge.model=m",
+            "judge.backend=openai",
+            "judge.base_url=http://127.0.0.1:9/v1",
+            f"judge.api_key_env={ALNUM_KEY}",
+        ],
+        "'judge.api_key_env' holds what looks like an API key",
+        ALNUM_KEY,
+    ),
     ("nothing listens at ray.address", ["executor=ray", "ray.address=127.0.0.1:9"], "ray.address=127.0.0.1:9", ""),
     ("ray.address not host:port", ["executor=ray", "ray.address=256.1.1.1:6379"], "is not an address Ray can join", ""),
 ]
 
 
-@pytest.mark.parametrize("case, overrides, said, secret", REFUSED_BEFORE_THE_BANNER,
-                         ids=[case for case, _, _, _ in REFUSED_BEFORE_THE_BANNER])
-def test_a_refused_run_prints_one_line_and_no_banner_or_secret(case, overrides, said, secret, tmp_path, monkeypatch, capsys):
+@pytest.mark.parametrize(
+    "case, overrides, said, secret",
+    REFUSED_BEFORE_THE_BANNER,
+    ids=[case for case, _, _, _ in REFUSED_BEFORE_THE_BANNER],
+)
+def test_a_refused_run_prints_one_line_and_no_banner_or_secret(
+    case, overrides, said, secret, tmp_path, monkeypatch, capsys
+):
     monkeypatch.chdir(tmp_path)
     monkeypatch.delenv(ALNUM_KEY, raising=False)
     argv = materialize([*RUN, "only=[dpo]", *overrides], tmp_path)

@@ -56,9 +56,26 @@ class Cluster:
         self.address = f"127.0.0.1:{self.port}"
         self.env = environment(home, **ray_environment)
         started = subprocess.run(
-            [str(BIN / "ray"), "start", "--head", "--num-cpus", "2", "--port", str(self.port), "--node-ip-address",
-             "127.0.0.1", "--include-dashboard", "false", "--disable-usage-stats", "--temp-dir", str(self.folder)],
-            capture_output=True, text=True, timeout=180, env=self.env,
+            [
+                str(BIN / "ray"),
+                "start",
+                "--head",
+                "--num-cpus",
+                "2",
+                "--port",
+                str(self.port),
+                "--node-ip-address",
+                "127.0.0.1",
+                "--include-dashboard",
+                "false",
+                "--disable-usage-stats",
+                "--temp-dir",
+                str(self.folder),
+            ],
+            capture_output=True,
+            text=True,
+            timeout=180,
+            env=self.env,
         )
         assert started.returncode == 0, started.stderr[-2000:]
 
@@ -82,8 +99,14 @@ def open_cluster(home):
 
 def refused(cwd: Path, home: Path, address: str) -> tuple[subprocess.CompletedProcess, float]:
     started = time.monotonic()
-    result = subprocess.run(harness_run_command(*RUN, f"ray.address={address}"), cwd=cwd, capture_output=True,
-                            text=True, timeout=180, env=environment(home))
+    result = subprocess.run(
+        harness_run_command(*RUN, f"ray.address={address}"),
+        cwd=cwd,
+        capture_output=True,
+        text=True,
+        timeout=180,
+        env=environment(home),
+    )
     return result, time.monotonic() - started
 
 
@@ -101,15 +124,20 @@ def assert_refused_in_one_line(result: subprocess.CompletedProcess, seconds: flo
 def test_a_closed_port_is_refused_in_seconds(tmp_path, home):
     port = free_port()  # nothing listens there once the probe is closed
     result, seconds = refused(tmp_path, home, f"127.0.0.1:{port}")
-    assert_refused_in_one_line(result, seconds, tmp_path, f"tried a TCP connection to 127.0.0.1:{port}", "connection refused")
+    assert_refused_in_one_line(
+        result, seconds, tmp_path, f"tried a TCP connection to 127.0.0.1:{port}", "connection refused"
+    )
 
 
-@pytest.mark.parametrize("address, why", [
-    ("256.1.1.1:6379", "'256.1.1.1' is not an IP address"),
-    ("10.0.0.1", "expected <host>:<port>"),
-    ("head.example.com:99999", "port 99999 is outside 1-65535"),
-    ("head_node!:6379", "'head_node!' is not a host name"),
-])
+@pytest.mark.parametrize(
+    "address, why",
+    [
+        ("256.1.1.1:6379", "'256.1.1.1' is not an IP address"),
+        ("10.0.0.1", "expected <host>:<port>"),
+        ("head.example.com:99999", "port 99999 is outside 1-65535"),
+        ("head_node!:6379", "'head_node!' is not a host name"),
+    ],
+)
 def test_a_malformed_address_is_refused_without_connecting(tmp_path, home, address, why):
     result, seconds = refused(tmp_path, home, address)
     # "is not an address" is said by the parser, before any name lookup or connection.
@@ -131,15 +159,26 @@ def test_a_cluster_that_needs_a_token_is_refused(tmp_path, home):
 
 
 def test_the_validate_command_refuses_a_malformed_address(tmp_path, home):
-    result = subprocess.run([sys.executable, "-m", "harness", "validate", "suite=tiny", "executor=ray",
-                             "ray.address=256.1.1.1:6379"], cwd=tmp_path, capture_output=True, text=True, timeout=60)
+    result = subprocess.run(
+        [sys.executable, "-m", "harness", "validate", "suite=tiny", "executor=ray", "ray.address=256.1.1.1:6379"],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert result.returncode == 2 and "ray.address=256.1.1.1:6379 is not an address" in result.stderr, result.stderr
 
 
 def test_ranks_die_with_their_sigkilled_ray_worker(tmp_path, home, open_cluster):
     process = subprocess.Popen(
-        harness_run_command(*RUN, f"ray.address={open_cluster.address}", "launcher.num_processes=2", "executor.retries=0"),
-        cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=environment(home),
+        harness_run_command(
+            *RUN, f"ray.address={open_cluster.address}", "launcher.num_processes=2", "executor.retries=0"
+        ),
+        cwd=tmp_path,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=environment(home),
     )
     try:
         kill_the_worker_while_ranks_train(process, tmp_path)
@@ -156,8 +195,11 @@ def test_ranks_die_with_their_sigkilled_ray_worker(tmp_path, home, open_cluster)
 def kill_the_worker_while_ranks_train(process: subprocess.Popen, cwd: Path) -> None:
     pid_files = lambda: list((cwd / "runs" / "tiny" / "cells").glob("dpo-s0-*/train/worker.pid"))  # noqa: E731
     # A rank is `python -u -m harness.stages <file> --rank`; the launcher's own command line names it too.
-    ranks = lambda: [pid for pid in processes_mentioning(str(cwd))  # noqa: E731
-                     if "--rank" in command_of(pid) and "accelerate" not in command_of(pid)]
+    ranks = lambda: [
+        pid
+        for pid in processes_mentioning(str(cwd))  # noqa: E731
+        if "--rank" in command_of(pid) and "accelerate" not in command_of(pid)
+    ]
     deadline = time.monotonic() + 900
     while not (pid_files() and len(ranks()) >= 2):
         assert process.poll() is None, f"the command ended before two ranks trained: {process.communicate()}"

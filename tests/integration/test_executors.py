@@ -37,7 +37,9 @@ def free_port() -> int:
 
 
 def run(cwd: Path, *extra: str, timeout: float = 900) -> subprocess.CompletedProcess:
-    return subprocess.run(harness_run_command(*OVERRIDES, *extra), cwd=cwd, capture_output=True, text=True, timeout=timeout)
+    return subprocess.run(
+        harness_run_command(*OVERRIDES, *extra), cwd=cwd, capture_output=True, text=True, timeout=timeout
+    )
 
 
 def client_for(uri: str):
@@ -69,7 +71,10 @@ def structure(uri: str) -> dict:
             params = {k: v for k, v in run.data.params.items() if not k.startswith(PLACEMENT_PARAMS)}
             cells[run.data.tags["harness.cell"]] = (run.data.tags["harness.cell_hash"], params, run.info.status)
     parents = [run for run in runs if run.data.tags.get("harness.kind") == "invocation"]
-    return {"cells": cells, "parent_params": sorted(k for k in parents[0].data.params if not k.startswith(PLACEMENT_PARAMS))}
+    return {
+        "cells": cells,
+        "parent_params": sorted(k for k in parents[0].data.params if not k.startswith(PLACEMENT_PARAMS)),
+    }
 
 
 def sqlite_uri(cwd: Path) -> str:
@@ -89,9 +94,21 @@ def mlflow_server(tmp_path_factory):
     folder = tmp_path_factory.mktemp("mlflow-server")
     port = free_port()
     process = subprocess.Popen(
-        [str(BIN / "mlflow"), "server", "--backend-store-uri", f"sqlite:///{folder / 'mlflow.db'}",
-         "--default-artifact-root", str(folder / "artifacts"), "--host", "127.0.0.1", "--port", str(port)],
-        stdout=open(folder / "server.log", "w"), stderr=subprocess.STDOUT, start_new_session=True,
+        [
+            str(BIN / "mlflow"),
+            "server",
+            "--backend-store-uri",
+            f"sqlite:///{folder / 'mlflow.db'}",
+            "--default-artifact-root",
+            str(folder / "artifacts"),
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(port),
+        ],
+        stdout=open(folder / "server.log", "w"),
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
     )
     uri = f"http://127.0.0.1:{port}"
     _wait_for(lambda: _health(port), 120, f"mlflow server on port {port} (log: {folder / 'server.log'})")
@@ -108,9 +125,24 @@ def ray_cluster(tmp_path_factory):
     # run's driver, which does not read that file.
     environment = {**os.environ, "RAY_USAGE_STATS_ENABLED": "0", "RAY_AUTH_MODE": "disabled"}
     started = subprocess.run(
-        [str(BIN / "ray"), "start", "--head", "--num-cpus", "2", "--port", str(port), "--node-ip-address", "127.0.0.1",
-         "--include-dashboard", "false", "--disable-usage-stats"],
-        capture_output=True, text=True, timeout=180, env=environment,
+        [
+            str(BIN / "ray"),
+            "start",
+            "--head",
+            "--num-cpus",
+            "2",
+            "--port",
+            str(port),
+            "--node-ip-address",
+            "127.0.0.1",
+            "--include-dashboard",
+            "false",
+            "--disable-usage-stats",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=180,
+        env=environment,
     )
     assert started.returncode == 0, started.stderr[-2000:]
     yield f"127.0.0.1:{port}"
@@ -127,21 +159,36 @@ def test_two_stages_at_once_give_the_serial_numbers(serial, tmp_path):
     assert {"sft-s0.log", "train-dpo-s0.log", "evaluate-ppo-s0.log"} <= logs
 
 
-def test_ray_gives_the_serial_numbers_and_a_killed_worker_fails_its_cell_alone(serial, mlflow_server, ray_cluster, tmp_path):
+def test_ray_gives_the_serial_numbers_and_a_killed_worker_fails_its_cell_alone(
+    serial, mlflow_server, ray_cluster, tmp_path
+):
     ray_args = ["executor=ray", f"ray.address={ray_cluster}", f"tracking.uri={mlflow_server}"]
     # The first attempt: SIGKILL the Ray worker that trains DPO once it has saved a checkpoint.
-    process = subprocess.Popen(harness_run_command(*OVERRIDES, *ray_args), cwd=tmp_path,
-                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    process = subprocess.Popen(
+        harness_run_command(*OVERRIDES, *ray_args),
+        cwd=tmp_path,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     train = tmp_path / "runs" / "tiny" / "cells"
     pid_files = lambda: list(train.glob("dpo-s0-*/train/worker.pid"))  # noqa: E731
-    _wait_for(lambda: pid_files() and list(train.glob("dpo-s0-*/train/trainer/checkpoint-*/trainer_state.json")),
-              600, "a DPO checkpoint", process)
+    _wait_for(
+        lambda: pid_files() and list(train.glob("dpo-s0-*/train/trainer/checkpoint-*/trainer_state.json")),
+        600,
+        "a DPO checkpoint",
+        process,
+    )
     worker = int(pid_files()[0].read_text())
     os.kill(worker, signal.SIGKILL)
     stdout, stderr = process.communicate(timeout=600)
     assert process.returncode == 2, stderr[-3000:]
     assert "1 cell(s) failed: dpo-s0" in stderr
-    first = {run.data.tags["harness.cell"]: run for run in runs_of(mlflow_server) if run.data.tags.get("harness.kind") == "cell"}
+    first = {
+        run.data.tags["harness.cell"]: run
+        for run in runs_of(mlflow_server)
+        if run.data.tags.get("harness.kind") == "cell"
+    }
     assert first["dpo-s0"].info.status == "FAILED" and first["ppo-s0"].info.status == "FINISHED"
     assert "Ray task ended" in first["dpo-s0"].data.tags["harness.failure"]
 
@@ -162,15 +209,22 @@ def test_plan_lists_what_a_rerun_skips_without_importing_torch(serial):
         "import sys; from harness.cli import main; code = main(['plan', 'suite=tiny', *sys.argv[1:]]); "
         "assert 'torch' not in sys.modules, 'plan imported torch'; sys.exit(code)"
     )
-    result = subprocess.run([sys.executable, "-c", code, *OVERRIDES], cwd=serial, capture_output=True, text=True, timeout=60)
+    result = subprocess.run(
+        [sys.executable, "-c", code, *OVERRIDES], cwd=serial, capture_output=True, text=True, timeout=60
+    )
     assert result.returncode == 0, result.stderr
     lines = {line.split()[0]: line for line in result.stdout.splitlines() if line and not line.startswith("#")}
     for stage in ("task-s0", "sft-s0", "reward_model-s0", "train:dpo-s0", "evaluate:dpo-s0", "evaluate:sft-s0"):
         assert "complete: skipped" in lines[stage], lines[stage]
     assert "runs last" in lines["report"]
     # A changed DPO setting is a new cell: its stages are to run again, the rest stays skipped.
-    changed = subprocess.run([sys.executable, "-c", code, *OVERRIDES, "algorithms.dpo.beta=0.5"], cwd=serial,
-                             capture_output=True, text=True, timeout=60)
+    changed = subprocess.run(
+        [sys.executable, "-c", code, *OVERRIDES, "algorithms.dpo.beta=0.5"],
+        cwd=serial,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     lines = {line.split()[0]: line for line in changed.stdout.splitlines() if line and not line.startswith("#")}
     assert "to run" in lines["train:dpo-s0"] and "complete: skipped" in lines["train:ppo-s0"]
 

@@ -168,7 +168,9 @@ def _eval_metrics(tracking_db: Path) -> dict[str, dict[str, float]]:
     metrics = {}
     for run in runs:
         if run.data.tags.get("harness.kind") == "cell" and run.info.status == "FINISHED":
-            metrics[run.data.tags["harness.cell"]] = {k: v for k, v in run.data.metrics.items() if k.startswith("eval/")}
+            metrics[run.data.tags["harness.cell"]] = {
+                k: v for k, v in run.data.metrics.items() if k.startswith("eval/")
+            }
     return metrics
 
 

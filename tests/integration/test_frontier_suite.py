@@ -159,4 +159,7 @@ def test_a_rerun_with_one_more_point_trains_only_that_point(frontier_run):
     assert trained == {"best_of_n@n=2-s0", "best_of_n@n=2-s1"}, result.stdout[-3000:]
     after = cell_runs(frontier_run)
     assert set(before["run_id"]) < set(after["run_id"])
-    assert sorted(set(after["tags.harness.cell"]) - set(before["tags.harness.cell"])) == ["best_of_n@n=2-s0", "best_of_n@n=2-s1"]
+    assert sorted(set(after["tags.harness.cell"]) - set(before["tags.harness.cell"])) == [
+        "best_of_n@n=2-s0",
+        "best_of_n@n=2-s1",
+    ]

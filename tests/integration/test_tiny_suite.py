@@ -34,15 +34,21 @@ LEARNING_TINY = ["seeds=[0]", "judge.kind=gold"]
 # this seed: measured, which is why the test pays for the full budget.)
 OFFLINE = ("dpo", "ipo", "simpo", "kto")
 GOLD_MARGIN = {
-    **{name: 0.07 for name in OFFLINE}, "online_dpo": 0.05,
+    **{name: 0.07 for name in OFFLINE},
+    "online_dpo": 0.05,
     **{name: 0.2 for name in ("grpo", "dr_grpo", "dapo", "gspo", "rloo")},
-    "reinforce_pp": 0.4, "ppo": 0.4, "best_of_n": 0.3,
+    "reinforce_pp": 0.4,
+    "ppo": 0.4,
+    "best_of_n": 0.3,
 }
 MIN_KL = 0.05
 MIN_WIN_RATE = {
-    **{name: 0.53 for name in OFFLINE}, "online_dpo": 0.52,
+    **{name: 0.53 for name in OFFLINE},
+    "online_dpo": 0.52,
     **{name: 0.6 for name in ("grpo", "dr_grpo", "dapo", "gspo", "rloo")},
-    "reinforce_pp": 0.65, "ppo": 0.7, "best_of_n": 0.65,
+    "reinforce_pp": 0.65,
+    "ppo": 0.7,
+    "best_of_n": 0.65,
 }
 
 
@@ -106,12 +112,15 @@ def test_the_gold_reward_as_judge_reproduces_the_gold_win_rates_exactly(default_
         for sample in samples:
             other = sft[(sample["prompt_index"], sample["sample_index"])]
             mine, theirs = sample["gold_reward"], other["gold_reward"]
-            assert sample["judge_vs_sft_raw"] == [f"gold {mine:.6g} vs {theirs:.6g}",
-                                                  f"gold {theirs:.6g} vs {mine:.6g}"]
+            assert sample["judge_vs_sft_raw"] == [
+                f"gold {mine:.6g} vs {theirs:.6g}",
+                f"gold {theirs:.6g} vs {mine:.6g}",
+            ]
             assert sample["judge_vs_sft"] == points(mine, theirs), (algorithm, sample["prompt_index"])
             assert sample["judge_vs_reference"] == sample["win_vs_reference"]
-        by_hand = sum(points(s["gold_reward"], sft[(s["prompt_index"], s["sample_index"])]["gold_reward"])
-                      for s in samples) / len(samples)
+        by_hand = sum(
+            points(s["gold_reward"], sft[(s["prompt_index"], s["sample_index"])]["gold_reward"]) for s in samples
+        ) / len(samples)
         assert runs.loc[algorithm, "metrics.eval/judge_win_rate_vs_sft"] == pytest.approx(by_hand, abs=1e-12)
     for versus in ("sft", "reference"):
         judged = runs[f"metrics.eval/judge_win_rate_vs_{versus}"].dropna()
@@ -141,8 +150,20 @@ def test_mlflow_structure(default_run):
     assert dpo["params.algorithms.dpo.beta"] == "0.1"
     assert dpo["params.evaluation.samples_per_prompt"] == "8"
     trained = runs[runs["tags.harness.algorithm"] != "sft"]
-    for metric in ("gold_reward", "proxy_reward", "kl", "bleu", "rouge1", "rouge2", "rougeL",
-                   "length", "stop_rate", "distinct_1", "distinct_2", "win_rate_vs_sft"):
+    for metric in (
+        "gold_reward",
+        "proxy_reward",
+        "kl",
+        "bleu",
+        "rouge1",
+        "rouge2",
+        "rougeL",
+        "length",
+        "stop_rate",
+        "distinct_1",
+        "distinct_2",
+        "win_rate_vs_sft",
+    ):
         assert not trained[f"metrics.eval/{metric}"].isna().any(), metric
     # KL estimates from forward passes exist for every policy model; best-of-n has none (its kl is the bound).
     for metric in ("kl_k1", "kl_k3"):
@@ -211,7 +232,11 @@ def test_intermediate_checkpoints_and_reward_model_labelled_dpo_pairs(tmp_path):
     import mlflow
 
     result = run_harness(
-        tmp_path, *SCALED_DOWN_TINY, "only=[dpo,grpo]", "evaluation.checkpoints=2", "algorithms.dpo.pairs_source=reward_model",
+        tmp_path,
+        *SCALED_DOWN_TINY,
+        "only=[dpo,grpo]",
+        "evaluation.checkpoints=2",
+        "algorithms.dpo.pairs_source=reward_model",
         "algorithms.grpo.prompts_per_step=8",  # 8 steps of the 64 prompts (tiny's 32 a step leaves 2: one snapshot)
     )
     assert result.returncode == 0, result.stderr[-3000:]

@@ -62,10 +62,25 @@ class Server:
     def start(self, timeout: float = 180) -> None:
         log = open(self.folder / "server.log", "a")
         self.process = subprocess.Popen(
-            [sys.executable, "-m", "mlflow", "server", "--host", "127.0.0.1", "--port", str(self.port), "--workers", "1",
-             "--backend-store-uri", f"sqlite:///{self.folder / 'server.db'}",
-             "--artifacts-destination", str(self.folder / "artifacts")],
-            stdout=log, stderr=subprocess.STDOUT, start_new_session=True,  # its own group: its workers stop with it
+            [
+                sys.executable,
+                "-m",
+                "mlflow",
+                "server",
+                "--host",
+                "127.0.0.1",
+                "--port",
+                str(self.port),
+                "--workers",
+                "1",
+                "--backend-store-uri",
+                f"sqlite:///{self.folder / 'server.db'}",
+                "--artifacts-destination",
+                str(self.folder / "artifacts"),
+            ],
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,  # its own group: its workers stop with it
         )
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
@@ -93,8 +108,13 @@ def server(tmp_path):
 
 
 def start_harness(cwd: Path, *extra: str, suite: str = "tiny") -> subprocess.Popen:
-    return subprocess.Popen(harness_run_command(*OVERRIDES, *extra, suite=suite), cwd=cwd,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    return subprocess.Popen(
+        harness_run_command(*OVERRIDES, *extra, suite=suite),
+        cwd=cwd,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
 
 
 def finish(process: subprocess.Popen, timeout: float = 600) -> tuple[int, str, str]:
@@ -138,12 +158,16 @@ def record(uri: str, suite: str) -> dict:
         "cell_names": sorted(run.data.tags["harness.cell"] for run in cells),
         "eval": {
             run.data.tags["harness.cell"]: {k: v for k, v in run.data.metrics.items() if k.startswith("eval/")}
-            for run in cells if run.info.status == "FINISHED"
+            for run in cells
+            if run.info.status == "FINISHED"
         },
         "train": {
             run.data.tags["harness.cell"]: {
-                key: sorted((m.step, None if timing(key) else m.value) for m in client.get_metric_history(run.info.run_id, key))
-                for key in run.data.metrics if key.startswith("train/")
+                key: sorted(
+                    (m.step, None if timing(key) else m.value) for m in client.get_metric_history(run.info.run_id, key)
+                )
+                for key in run.data.metrics
+                if key.startswith("train/")
             }
             for run in cells
         },
@@ -288,8 +312,12 @@ def test_commands_opening_a_fresh_sqlite_file_at_once_all_start(tmp_path):
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     start = time.time() + 8  # after every interpreter has imported MLflow
     processes = [
-        subprocess.Popen([sys.executable, "-c", OPEN_AT_ONCE, uri, suite, str(start)], stdout=subprocess.PIPE,
-                         stderr=subprocess.PIPE, text=True)
+        subprocess.Popen(
+            [sys.executable, "-c", OPEN_AT_ONCE, uri, suite, str(start)],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
         for suite in ("tiny", "tiny", "tiny2", "tiny3")  # two of one suite: its experiment is created once
     ]
     for process in processes:
@@ -345,7 +373,10 @@ def test_another_hosts_run_is_live_while_its_heartbeat_is_fresh(tmp_path):
     tracker.set_tags(dead_cell, {TAG_HEARTBEAT: stale})
     assert tracker.client.get_run(dead_cell).data.tags[PARENT_RUN_TAG] == dead_parent
     assert sorted(tracker.kill_stale_runs("tiny")) == sorted([dead_parent, dead_cell])
-    statuses = {run_id: tracker.client.get_run(run_id).info.status for run_id in (live_parent, live_cell, dead_parent, dead_cell)}
+    statuses = {
+        run_id: tracker.client.get_run(run_id).info.status
+        for run_id in (live_parent, live_cell, dead_parent, dead_cell)
+    }
     assert statuses == {live_parent: "RUNNING", live_cell: "RUNNING", dead_parent: "KILLED", dead_cell: "KILLED"}
 
 
@@ -433,8 +464,17 @@ def test_the_report_rides_out_a_server_stopped_while_it_runs(reference, server, 
 def start_on_host(host: str, cwd: Path, *extra: str) -> subprocess.Popen:
     """`harness run` on a host of its own name: a UTS namespace (unshare) gives the process another host name,
     as a second machine has, on the same loopback server."""
-    command = ["unshare", "--user", "--map-root-user", "--uts", "sh", "-c", 'hostname "$0" && exec "$@"', host,
-               *harness_run_command(*OVERRIDES, *extra)]
+    command = [
+        "unshare",
+        "--user",
+        "--map-root-user",
+        "--uts",
+        "sh",
+        "-c",
+        'hostname "$0" && exec "$@"',
+        host,
+        *harness_run_command(*OVERRIDES, *extra),
+    ]
     return subprocess.Popen(command, cwd=cwd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 
 

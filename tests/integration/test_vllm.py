@@ -316,6 +316,9 @@ def test_greedy_completions_match_transformers_on_the_real_suites_model_families
         if ours.completion_ids == theirs.completion_ids:
             continue
         common = next(i for i, (a, b) in enumerate(zip(ours.completion_ids, theirs.completion_ids)) if a != b)
-        assert top_two_logit_gap(folder, theirs.prompt_ids + theirs.completion_ids[:common]) < 1e-3, (architecture, common)
+        assert top_two_logit_gap(folder, theirs.prompt_ids + theirs.completion_ids[:common]) < 1e-3, (
+            architecture,
+            common,
+        )
     identical = sum(ours.completion_ids == theirs.completion_ids for ours, theirs in zip(vllm, hf))
     assert identical >= len(PROMPTS) // 2  # measured: 8 of 8 for both families

@@ -49,8 +49,9 @@ TASK = types.SimpleNamespace(HAS_GOLD_REWARD=True, gold_reward=gold_reward)
 def gold_scorer(prompts: list[str], completions: list[str], stopped: list[bool]) -> list[float]:
     """What the stage hands the evaluator (harness.rewards.gold_reward_function of the task above)."""
     return [gold_reward(p, c, s) for p, c, s in zip(prompts, completions, stopped)]
-EVAL_ROWS = [{"prompt": prompt, "reference": "good a b"} for prompt in PROMPTS]
 
+
+EVAL_ROWS = [{"prompt": prompt, "reference": "good a b"} for prompt in PROMPTS]
 
 
 @pytest.fixture(scope="module")
@@ -61,12 +62,14 @@ def models(tiny_models) -> Path:
 def evaluation_config(samples_per_prompt: int):
     from harness.config import EvaluationConfig
 
-    return EvaluationConfig(num_prompts=0, samples_per_prompt=samples_per_prompt, max_new_tokens=MAX_NEW_TOKENS,
-                            batch_size=64)
+    return EvaluationConfig(
+        num_prompts=0, samples_per_prompt=samples_per_prompt, max_new_tokens=MAX_NEW_TOKENS, batch_size=64
+    )
 
 
-def evaluate(models: Path, samples_per_prompt: int = SAMPLES_PER_PROMPT, best_of=None, baseline_samples=None,
-             seed: int = SEED):
+def evaluate(
+    models: Path, samples_per_prompt: int = SAMPLES_PER_PROMPT, best_of=None, baseline_samples=None, seed: int = SEED
+):
     """`best_of`: a harness.generation.strategies.BestOfN, or None for the checkpoint's own samples."""
     from harness.generation.hf import HFGenerator
     from harness.generation.strategies import Sampling
@@ -156,7 +159,9 @@ def test_each_kept_sample_is_the_first_best_of_its_own_group_of_draws(models, dr
         raw = [first_maximum([s["proxy_reward"] for s in [draws[(p, j * n + m)] for m in range(n)]]) for p, j in kept]
         assert raw != [kept[key]["kept_candidate"] for key in kept]
     if selection == "gold":  # ties are resolved to the first of them
-        assert any(s["candidate_selection_rewards"].count(max(s["candidate_selection_rewards"])) > 1 for s in kept.values())
+        assert any(
+            s["candidate_selection_rewards"].count(max(s["candidate_selection_rewards"])) > 1 for s in kept.values()
+        )
 
     # The KL estimate: each prompt's from the selection rewards of all its candidates (both slots' groups).
     for prompt in range(len(PROMPTS)):
@@ -164,13 +169,19 @@ def test_each_kept_sample_is_the_first_best_of_its_own_group_of_draws(models, dr
         for slot in range(SAMPLES_PER_PROMPT):
             assert kept[(prompt, slot)]["best_of_n_kl_estimate"] == pytest.approx(kl_by_enumeration(pool, n), abs=1e-12)
     assert result.summary["best_of_n_kl_estimate"] == pytest.approx(
-        sum(s["best_of_n_kl_estimate"] for s in kept.values()) / len(kept), abs=1e-12)
+        sum(s["best_of_n_kl_estimate"] for s in kept.values()) / len(kept), abs=1e-12
+    )
     assert 0.0 < result.summary["best_of_n_kl_estimate"] < KL_BOUND[n]
 
     chosen = [expected[key] for key in sorted(expected)]
     summary = result.summary
-    for metric, field in (("gold_reward", "gold_reward"), ("proxy_reward", "proxy_reward"), ("length", "length"),
-                          ("stop_rate", "stopped"), ("rouge1", "rouge1")):
+    for metric, field in (
+        ("gold_reward", "gold_reward"),
+        ("proxy_reward", "proxy_reward"),
+        ("length", "length"),
+        ("stop_rate", "stopped"),
+        ("rouge1", "rouge1"),
+    ):
         assert summary[metric] == pytest.approx(sum(float(s[field]) for s in chosen) / len(chosen), abs=1e-12), metric
     points = [1.0 if s["gold_reward"] > b else 0.5 if s["gold_reward"] == b else 0.0 for s, b in zip(chosen, sft_gold)]
     assert summary["win_rate_vs_sft"] == pytest.approx(sum(points) / len(points), abs=1e-12)
@@ -202,8 +213,13 @@ def test_best_of_one_is_the_sft_policy_evaluated_on_its_own_stream(models, sft_s
     assert {k: v for k, v in plain.summary.items() if k not in estimates_only} == best_of_one.summary
     assert plain.bleu_signature == best_of_one.bleu_signature
     assert [s["completion"] for s in best_of_one.samples] != [s["completion"] for s in sft_samples]
-    added = {"best_of", "kept_candidate", "candidate_selection_rewards", "candidate_gold_rewards",
-             "best_of_n_kl_estimate"}
+    added = {
+        "best_of",
+        "kept_candidate",
+        "candidate_selection_rewards",
+        "candidate_gold_rewards",
+        "best_of_n_kl_estimate",
+    }
     ours = by_slot(best_of_one.samples)
     for key, sample in by_slot(plain.samples).items():
         assert {k: v for k, v in sample.items() if k not in estimates_only} == {
@@ -232,17 +248,20 @@ def kl_by_enumeration(outcome_rewards: list[float], n: int) -> float:
             if outcome_rewards[outcome] > outcome_rewards[best]:
                 best = outcome
         kept[best] += 1
-    total = m ** n
+    total = m**n
     return sum(count / total * math.log((count / total) * m) for count in kept if count)
 
 
-@pytest.mark.parametrize("rewards, n", [
-    ([0.0, 1.0, 2.0, 3.0], 2),  # SFT uniform over 4 distinct rewards
-    ([0.0, 1.0, 2.0, 3.0, 4.0], 4),
-    ([0.0, 1.0, 1.0, 2.0], 3),  # two responses tie at reward 1
-    ([5.0, 5.0, 5.0, 5.0, 5.0], 3),  # every response ties: best-of-n is SFT itself, KL 0
-    ([2.0, 0.0, 0.0, 0.0, 1.0, 1.0], 4),  # unsorted, with ties
-])
+@pytest.mark.parametrize(
+    "rewards, n",
+    [
+        ([0.0, 1.0, 2.0, 3.0], 2),  # SFT uniform over 4 distinct rewards
+        ([0.0, 1.0, 2.0, 3.0, 4.0], 4),
+        ([0.0, 1.0, 1.0, 2.0], 3),  # two responses tie at reward 1
+        ([5.0, 5.0, 5.0, 5.0, 5.0], 3),  # every response ties: best-of-n is SFT itself, KL 0
+        ([2.0, 0.0, 0.0, 0.0, 1.0, 1.0], 4),  # unsorted, with ties
+    ],
+)
 def test_the_kl_estimate_on_the_population_is_the_enumerated_kl(rewards, n):
     """On the population itself (the empirical distribution is SFT's), the estimate is the exact KL."""
     from harness.generation.strategies import best_of_n_kl_bound, best_of_n_kl_estimate
@@ -267,8 +286,9 @@ def test_the_kl_estimate_from_a_sample_is_close_to_the_exact_kl():
     stream = random.Random(0)
     draws = [float(stream.randrange(k)) for _ in range(20_000)]
     assert best_of_n_kl_estimate(draws, n) == pytest.approx(exact, abs=0.002)
-    assert best_of_n_kl_estimate([float(i) for i in range(100_000)], n) == pytest.approx(best_of_n_kl_bound(n),
-                                                                                          abs=1e-4)
+    assert best_of_n_kl_estimate([float(i) for i in range(100_000)], n) == pytest.approx(
+        best_of_n_kl_bound(n), abs=1e-4
+    )
     assert best_of_n_kl_estimate([0.0, 1.0], 1) == 0.0
     with pytest.raises(ValueError, match="n >= 1"):
         best_of_n_kl_estimate([1.0], 0)
@@ -288,8 +308,10 @@ def continuous_gold(prompts: list[str], completions: list[str], stopped: list[bo
     independent draw wins with probability n/(n+1) (Beirami et al. 2024, Lemma 1)."""
     import hashlib
 
-    return [int(hashlib.blake2b(f"{p}|{c}|{s}".encode(), digest_size=8).hexdigest(), 16) / 2.0 ** 64
-            for p, c, s in zip(prompts, completions, stopped)]
+    return [
+        int(hashlib.blake2b(f"{p}|{c}|{s}".encode(), digest_size=8).hexdigest(), 16) / 2.0**64
+        for p, c, s in zip(prompts, completions, stopped)
+    ]
 
 
 @pytest.fixture(scope="module")
@@ -318,16 +340,24 @@ def best_of_n_against_sft(policy: Path, generator_name: str) -> tuple[float, flo
     from harness.registry import GENERATORS
 
     k = len(WORDS)  # distinct three-word prompts
-    rows = [{"prompt": f"{WORDS[i % k]} {WORDS[i // k % k]} {WORDS[i // k // k % k]}", "reference": ""}
-            for i in range(STREAM_PROMPTS)]
-    config = EvaluationConfig(num_prompts=0, samples_per_prompt=1, max_new_tokens=STREAM_MAX_NEW_TOKENS,
-                              batch_size=64)
+    rows = [
+        {"prompt": f"{WORDS[i % k]} {WORDS[i // k % k]} {WORDS[i // k // k % k]}", "reference": ""}
+        for i in range(STREAM_PROMPTS)
+    ]
+    config = EvaluationConfig(num_prompts=0, samples_per_prompt=1, max_new_tokens=STREAM_MAX_NEW_TOKENS, batch_size=64)
 
     def run(best_of=None, baseline=None):
-        settings = EvaluationSettings(eval_rows=rows, config=config, seed=SEED, device="cpu",
-                                      reference_dir=policy / "base", reward_model_dir=policy / "reward_model",
-                                      gold_scorer=continuous_gold, baseline_samples=baseline,
-                                      strategy=best_of or Sampling())
+        settings = EvaluationSettings(
+            eval_rows=rows,
+            config=config,
+            seed=SEED,
+            device="cpu",
+            reference_dir=policy / "base",
+            reward_model_dir=policy / "reward_model",
+            gold_scorer=continuous_gold,
+            baseline_samples=baseline,
+            strategy=best_of or Sampling(),
+        )
         return evaluate_checkpoint(policy / "base", GENERATORS.get(generator_name).create("cpu", 64), settings)
 
     sft = run()
@@ -400,11 +430,19 @@ def stage_context(models: Path, root: Path, kind: str, arm: str, arms: dict, tra
     from harness.stages.context import SilentReporter
     from harness.stages.inputs import Prepared, TaskInputs
 
-    suite = SuiteConfig(name="best-of-n-test", device="cpu", evaluation=evaluation_config(SAMPLES_PER_PROMPT),
-                        reward=RewardConfig(source="proxy", missing_stop_penalty=1.0))
+    suite = SuiteConfig(
+        name="best-of-n-test",
+        device="cpu",
+        evaluation=evaluation_config(SAMPLES_PER_PROMPT),
+        reward=RewardConfig(source="proxy", missing_stop_penalty=1.0),
+    )
     task_data = types.SimpleNamespace(eval=EVAL_ROWS, train_prompts=PROMPTS, preferences=[])
-    prepared = Prepared(TaskInputs(TASK, task_data, "fingerprint", models / "base", "plain text"),
-                        models / "base", models / "reward_model", {"heldout_accuracy": 0.5})
+    prepared = Prepared(
+        TaskInputs(TASK, task_data, "fingerprint", models / "base", "plain text"),
+        models / "base",
+        models / "reward_model",
+        {"heldout_accuracy": 0.5},
+    )
 
     def cell_folder(arm_name=arm, seed=SEED):
         return root / f"{arm_name}-s{seed}"
@@ -431,12 +469,11 @@ def without_mlflow_runs(monkeypatch):
     from harness.stages import evaluate, train
 
     for module in (train, evaluate):
-        monkeypatch.setattr(module, "open_cell_run", lambda context, prepared: f"run-{context.stage.algorithm}")
+        monkeypatch.setattr(module, "open_cell_run", lambda context, prepared: f"run-{context.stage.arm}")
         monkeypatch.setattr(module, "cell_attempt", lambda context, run_id: contextlib.nullcontext())
 
 
-def test_a_best_of_n_cell_trains_nothing_and_logs_the_bound_as_a_bound(models, tmp_path, sft_gold,
-                                                                         without_mlflow_runs):
+def test_a_best_of_n_cell_trains_nothing_and_logs_the_bound_as_a_bound(models, tmp_path, sft_gold, without_mlflow_runs):
     from harness import record
     from harness.algorithms import best_of_n
     from harness.stages import evaluate, train
@@ -458,10 +495,14 @@ def test_a_best_of_n_cell_trains_nothing_and_logs_the_bound_as_a_bound(models, t
     assert "eval/kl_k1" not in metrics
     assert metrics["cost/completions_per_answer"] == 4.0
     assert metrics["cost/eval_completions_generated"] == len(PROMPTS) * SAMPLES_PER_PROMPT * 4
-    assert metrics["cost/optimizer_steps"] == metrics["cost/completions_generated"] == metrics["cost/train_steps"] == 0.0
+    assert (
+        metrics["cost/optimizer_steps"] == metrics["cost/completions_generated"] == metrics["cost/train_steps"] == 0.0
+    )
     # The baseline's samples reached the win rate, in (prompt, sample) order.
     assert tracker.metrics[f"run-{record.BASELINE}"]["eval/kl"] == 0.0
-    samples = [json.loads(line) for line in (tmp_path / f"{arm}-s{SEED}" / "eval" / "samples.jsonl").read_text().splitlines()]
+    samples = [
+        json.loads(line) for line in (tmp_path / f"{arm}-s{SEED}" / "eval" / "samples.jsonl").read_text().splitlines()
+    ]
     samples.sort(key=lambda s: (s["prompt_index"], s["sample_index"]))
     points = [1.0 if s["gold_reward"] > b else 0.5 if s["gold_reward"] == b else 0.0 for s, b in zip(samples, sft_gold)]
     assert metrics["eval/win_rate_vs_sft"] == pytest.approx(sum(points) / len(points), abs=1e-12)

@@ -5,7 +5,13 @@ from __future__ import annotations
 import pytest
 
 from harness.modeling import build_word_tokenizer
-from harness.tasks.chat import ChatTemplateError, apply_chat_template, prompt_messages, render_prompt, uses_chat_template
+from harness.tasks.chat import (
+    ChatTemplateError,
+    apply_chat_template,
+    prompt_messages,
+    render_prompt,
+    uses_chat_template,
+)
 from harness.tasks.common import TaskData
 
 WORDS = ["how", "are", "you", "fine", "thanks", "and", "be", "brief", "2", "+", "=", "?", "4", "####"]
@@ -30,7 +36,9 @@ def test_other_prompts_are_one_user_message():
         {"role": "user", "content": "SUBREDDIT: r/x\nPOST: long text\nTL;DR:"}
     ]
     # text before the first marker means it is not a transcript
-    assert prompt_messages("Note\n\nHuman: hi\n\nAssistant:") == [{"role": "user", "content": "Note\n\nHuman: hi\n\nAssistant:"}]
+    assert prompt_messages("Note\n\nHuman: hi\n\nAssistant:") == [
+        {"role": "user", "content": "Note\n\nHuman: hi\n\nAssistant:"}
+    ]
 
 
 def test_chatml_rendering_by_hand(chatml):
@@ -49,7 +57,9 @@ def test_a_template_that_writes_the_bos_does_not_get_a_second_one():
     tokenizer = build_word_tokenizer(WORDS, max_length=64)
     tokenizer.add_special_tokens({"bos_token": "<s>"})
     bos = tokenizer.bos_token_id
-    tokenizer.backend_tokenizer.post_processor = processors.TemplateProcessing(single="<s> $A", special_tokens=[("<s>", bos)])
+    tokenizer.backend_tokenizer.post_processor = processors.TemplateProcessing(
+        single="<s> $A", special_tokens=[("<s>", bos)]
+    )
     tokenizer.chat_template = "{{ bos_token }}{% for m in messages %}{{ m['content'] }} {% endfor %}"
     text = render_prompt("how are you", tokenizer)
     assert text == "how are you "
@@ -61,7 +71,9 @@ def test_modes(chatml):
     assert uses_chat_template("auto", chatml) and not uses_chat_template("auto", plain)
     assert not uses_chat_template("never", chatml)
     assert uses_chat_template("always", chatml)
-    with pytest.raises(ChatTemplateError, match="'model.chat_template' is always, but the model's tokenizer has no chat template"):
+    with pytest.raises(
+        ChatTemplateError, match="'model.chat_template' is always, but the model's tokenizer has no chat template"
+    ):
         uses_chat_template("always", plain)
 
 
@@ -88,7 +100,10 @@ def test_gsm8k_verifier_finds_the_answers_of_rendered_prompts(chatml):
     from harness.tasks import gsm8k
 
     data = TaskData(
-        sft=[], preferences=[], heldout_preferences=[], train_prompts=[],
+        sft=[],
+        preferences=[],
+        heldout_preferences=[],
+        train_prompts=[],
         eval=[{"prompt": "2 + 2 = ?", "reference": " 2 + 2 = 4\n#### 4"}],
     )
     chat = apply_chat_template(data, chatml)

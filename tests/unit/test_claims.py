@@ -68,9 +68,14 @@ def test_seeds_needed_is_the_smallest_count_whose_simulated_power_reaches_the_ta
 def test_leader_only_when_every_paired_difference_is_real():
     seeds = pd.Index([0, 1, 2, 3], name="seed")
     base = np.array([0.0, 0.5, 1.0, 1.5])  # large seed effects, shared by every algorithm of a seed
-    values = pd.DataFrame({"x": base + 1.0 + np.array([0.01, -0.01, 0.02, -0.02]),
-                           "y": base + 0.5 + np.array([0.02, 0.0, -0.02, 0.0]),
-                           "z": base + 0.9 + np.array([0.3, -0.3, 0.2, -0.2])}, index=seeds)
+    values = pd.DataFrame(
+        {
+            "x": base + 1.0 + np.array([0.01, -0.01, 0.02, -0.02]),
+            "y": base + 0.5 + np.array([0.02, 0.0, -0.02, 0.0]),
+            "z": base + 0.9 + np.array([0.3, -0.3, 0.2, -0.2]),
+        },
+        index=seeds,
+    )
     book = claims.ClaimBook()
     claims.every_pair(book, claims.HEADLINE, "gold_reward", values, higher_is_better=True)
     book.settle()
@@ -81,15 +86,19 @@ def test_leader_only_when_every_paired_difference_is_real():
     assert not by_pair[("x", "z")].real and by_pair[("x", "z")].seeds_needed > 4
     assert claims.leader(book.comparisons, ["x", "y", "z"], means) == (None, ["x", "z"])
     # Without z, x leads.
-    assert claims.leader([c for c in book.comparisons if "z" not in (c.first, c.second)], ["x", "y"], means) == ("x", [])
+    assert claims.leader([c for c in book.comparisons if "z" not in (c.first, c.second)], ["x", "y"], means) == (
+        "x",
+        [],
+    )
 
 
 def test_holm_over_many_comparisons_withholds_a_claim_one_test_alone_would_make():
     # p = 0.035 alone is below 0.05; among 3 tests with two at p ~ 1 it is still the smallest: 3 · 0.035 > 0.05.
     book = claims.ClaimBook()
     for differences in ([0.1, 0.2, 0.15], [0.1, -0.1, 0.0], [0.2, -0.2, 0.01]):
-        book.add(claims.compare_with_constant(claims.WIN_RATE, "win_rate_vs_sft", np.array(differences) + 0.5,
-                                              "a", 0.5))
+        book.add(
+            claims.compare_with_constant(claims.WIN_RATE, "win_rate_vs_sft", np.array(differences) + 0.5, "a", 0.5)
+        )
     book.settle()
     first = book.comparisons[0]
     assert first.difference.p_value < 0.05 and not first.real
@@ -113,8 +122,9 @@ def _store(tmp_path, dpo_offset: float, dpo_noise: list[float]) -> str:
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     client = mlflow.MlflowClient(tracking_uri=uri)
     experiment_id = client.create_experiment(record.experiment_name(SUITE), artifact_location=(tmp_path / "a").as_uri())
-    parent = client.create_run(experiment_id, start_time=BASE_TIME_MS,
-                               tags={record.TAG_KIND: record.KIND_INVOCATION, record.TAG_SUITE: SUITE}).info.run_id
+    parent = client.create_run(
+        experiment_id, start_time=BASE_TIME_MS, tags={record.TAG_KIND: record.KIND_INVOCATION, record.TAG_SUITE: SUITE}
+    ).info.run_id
     gold = {
         "sft": [effect for effect in SEED_EFFECT],
         "ppo": [effect + 1.0 + noise for effect, noise in zip(SEED_EFFECT, NOISE)],
@@ -122,23 +132,36 @@ def _store(tmp_path, dpo_offset: float, dpo_noise: list[float]) -> str:
         "best_of_n@n=4": [effect + 5.0 for effect in SEED_EFFECT],
     }
     win_rate = {"ppo": [0.9, 0.92, 0.88, 0.9], "dpo": [0.55, 0.45, 0.6, 0.4], "best_of_n@n=4": [0.8, 0.8, 0.8, 0.8]}
-    families = {"ppo": record.FAMILY_ACTOR_CRITIC, "dpo": record.FAMILY_OFFLINE_PREFERENCE,
-                "best_of_n": record.FAMILY_INFERENCE_TIME}
+    families = {
+        "ppo": record.FAMILY_ACTOR_CRITIC,
+        "dpo": record.FAMILY_OFFLINE_PREFERENCE,
+        "best_of_n": record.FAMILY_INFERENCE_TIME,
+    }
     minute = 0
     for arm, values in gold.items():
         name = record.algorithm_of(arm)
         for seed, value in enumerate(values):
             minute += 1
-            tags = {record.PARENT_RUN_TAG: parent, record.TAG_KIND: record.KIND_CELL, record.TAG_SUITE: SUITE,
-                    record.TAG_ARM: arm, record.TAG_ALGORITHM: name, record.TAG_SWEEP_POINT: record.sweep_point_of(arm),
-                    record.TAG_SEED: str(seed), record.TAG_CELL: f"{arm}-s{seed}",
-                    record.TAG_CELL_HASH: f"{arm}-s{seed}", record.TAG_STATUS: record.STATUS_COMPLETE}
+            tags = {
+                record.PARENT_RUN_TAG: parent,
+                record.TAG_KIND: record.KIND_CELL,
+                record.TAG_SUITE: SUITE,
+                record.TAG_ARM: arm,
+                record.TAG_ALGORITHM: name,
+                record.TAG_SWEEP_POINT: record.sweep_point_of(arm),
+                record.TAG_SEED: str(seed),
+                record.TAG_CELL: f"{arm}-s{seed}",
+                record.TAG_CELL_HASH: f"{arm}-s{seed}",
+                record.TAG_STATUS: record.STATUS_COMPLETE,
+            }
             if name != record.BASELINE:
                 tags[record.TAG_FAMILY] = families[name]
             if name == "best_of_n":
                 tags[record.TAG_KL_IS_BOUND] = "true"
             start = BASE_TIME_MS + minute * 60_000
-            run_id = client.create_run(experiment_id, start_time=start, tags=tags, run_name=f"{arm}-s{seed}").info.run_id
+            run_id = client.create_run(
+                experiment_id, start_time=start, tags=tags, run_name=f"{arm}-s{seed}"
+            ).info.run_id
             metrics = {"gold_reward": value, "kl": 0.0 if name == record.BASELINE else 1.0}
             if arm in win_rate:
                 metrics["win_rate_vs_sft"] = win_rate[arm][seed]
@@ -167,13 +190,13 @@ def test_report_says_no_clear_winner_where_a_rival_is_level_and_never_counts_a_b
     # On the headline metric best-of-n's final gold is measured (not its KL): its lead there is real.
     assert "On gold_reward: **best_of_n@n=4 leads**" in text
     assert "- At KL 1: no clear winner among ppo, dpo" in text
-    matched = text[text.index("**Who leads at matched KL**"):]
+    matched = text[text.index("**Who leads at matched KL**") :]
     assert "best_of_n" not in matched.split("<details>")[0]
     # ppo − sft is real although their unpaired intervals overlap (the seed effects dominate each mean).
     assert "real: ppo better" in _row(text, "ppo − sft")
     assert "not real" in _row(text, "ppo − dpo")
     # The win rates: ppo's is real against 1/2, dpo's is not, and the seeds it would need are estimated.
-    win_rates = text[text.index("## Win rate against sft"):]
+    win_rates = text[text.index("## Win rate against sft") :]
     assert "beats sft" in _row(win_rates, "ppo")
     assert "inside the noise (seeds needed" in _row(win_rates, "dpo")
 

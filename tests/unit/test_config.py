@@ -7,6 +7,8 @@ import json
 
 import pytest
 
+from harness import record
+from harness.algorithms.spec import algorithm
 from harness.config import (
     CONFIGS_DIR,
     ModelConfig,
@@ -18,8 +20,6 @@ from harness.config import (
     suite_names,
 )
 from harness.errors import ConfigError
-from harness import record
-from harness.algorithms.spec import algorithm
 from harness.registry import ALGORITHMS
 
 
@@ -48,8 +48,10 @@ def test_every_algorithm_declares_a_spec_and_builds_its_defaults(name):
 
 def test_variants_are_presets_of_their_base_and_inherit_its_options():
     grpo = algorithm("grpo")
-    for name, changed in {"dr_grpo": {"loss_type": "dr_grpo", "scale_rewards": "none"},
-                          "dapo": {"epsilon_high": 0.28, "mask_truncated_completions": True}}.items():
+    for name, changed in {
+        "dr_grpo": {"loss_type": "dr_grpo", "scale_rewards": "none"},
+        "dapo": {"epsilon_high": 0.28, "mask_truncated_completions": True},
+    }.items():
         variant = algorithm(name)
         assert variant.module is grpo.module and variant.defaults == changed
         assert variant.spec.family == grpo.spec.family and variant.spec.kl_knob == grpo.spec.kl_knob
@@ -105,7 +107,9 @@ def test_every_model_preset_builds(preset):
 
 
 def test_overrides_reach_their_fields():
-    config = load_config("tiny", ["seeds=[0,1,2]", "algorithms.dpo.beta=0.3", "only=[dpo]", "evaluation.samples_per_prompt=2"])
+    config = load_config(
+        "tiny", ["seeds=[0,1,2]", "algorithms.dpo.beta=0.3", "only=[dpo]", "evaluation.samples_per_prompt=2"]
+    )
     assert config.suite.seeds == [0, 1, 2]
     assert config.algorithms["dpo"].beta == 0.3
     assert config.selected_arms == ["dpo"]
@@ -143,7 +147,10 @@ def test_model_preset_sits_under_suite_values():
     [
         (["algorithms.dpo.bta=0.3"], "unknown key 'algorithms.dpo.bta'; did you mean 'beta'?"),
         (["sedes=[1]"], "unknown key 'sedes'; did you mean 'seeds'?"),
-        (["evaluation.sample_per_prompt=2"], "unknown key 'evaluation.sample_per_prompt'; did you mean 'samples_per_prompt'?"),
+        (
+            ["evaluation.sample_per_prompt=2"],
+            "unknown key 'evaluation.sample_per_prompt'; did you mean 'samples_per_prompt'?",
+        ),
         (["seeds=abc"], "'seeds'"),
         (["algorithms.dpo.beta=abc"], "'algorithms.dpo.beta'"),
         (["algorithms.dpo.beta=-1"], "'algorithms.dpo.beta' must be > 0"),
@@ -167,8 +174,14 @@ def test_model_preset_sits_under_suite_values():
         (["judge.kind=golld"], "'judge.kind' must be one of none, model, gold, trained; did you mean 'gold'?"),
         (["judge.kind=model"], "'judge.model' is required when judge.kind is model"),
         (["judge.model=x"], "'judge.model' is only read when judge.kind is model"),
-        (["judge.kind=model", "judge.model=m", "judge.backend=openai"], "'judge.base_url' is required with backend openai"),
-        (["judge.kind=model", "judge.model=./missing-judge"], "'judge.model' './missing-judge' is not a Hugging Face model folder"),
+        (
+            ["judge.kind=model", "judge.model=m", "judge.backend=openai"],
+            "'judge.base_url' is required with backend openai",
+        ),
+        (
+            ["judge.kind=model", "judge.model=./missing-judge"],
+            "'judge.model' './missing-judge' is not a Hugging Face model folder",
+        ),
         (["judge.backend=tgi"], "'judge.backend' must be one of hf, vllm, openai"),
         (["judge.base_url=127.0.0.1:8000"], "'judge.base_url' must start with http:// or https://"),
         (["judge.api_key_env=sk-abc123"], "'judge.api_key_env' must be the name of an environment variable"),
@@ -177,8 +190,14 @@ def test_model_preset_sits_under_suite_values():
         (["judge.training.epochs=0"], "'judge.training.epochs' must be > 0"),
         (["gold.source=rm"], "'gold.source' must be one of task, reward_model"),
         (["gold.source=reward_model"], "'gold.name_or_path' is required when gold.source is reward_model"),
-        (["gold.source=reward_model", "gold.name_or_path=/no/such/rm"], "'gold.name_or_path' '/no/such/rm' is not a Hugging Face model folder"),
-        (["gold.source=reward_model", "gold.name_or_path=org/rm", "reward.source=gold"], "a held-out reward model stays held out"),
+        (
+            ["gold.source=reward_model", "gold.name_or_path=/no/such/rm"],
+            "'gold.name_or_path' '/no/such/rm' is not a Hugging Face model folder",
+        ),
+        (
+            ["gold.source=reward_model", "gold.name_or_path=org/rm", "reward.source=gold"],
+            "a held-out reward model stays held out",
+        ),
     ],
 )
 def test_bad_overrides_are_refused_in_one_line(overrides, expected):
@@ -259,7 +278,10 @@ def _every_float_key():
 
     keys = [("suite", key, is_list) for key, is_list in _float_keys(SuiteConfig, "")]
     for name in ALGORITHMS.names():
-        keys += [("algorithm", key, is_list) for key, is_list in _float_keys(algorithm(name).config_class, f"algorithms.{name}.")]
+        keys += [
+            ("algorithm", key, is_list)
+            for key, is_list in _float_keys(algorithm(name).config_class, f"algorithms.{name}.")
+        ]
     for name in TASKS.names():
         keys += [(f"task:{name}", key, is_list) for key, is_list in _float_keys(TASKS.get(name).Config, "task.")]
     return keys
@@ -270,7 +292,13 @@ FLOAT_KEYS = _every_float_key()
 
 def test_the_float_key_walk_finds_the_known_ones():
     keys = {key for _, key, _ in FLOAT_KEYS}
-    assert {"algorithms.ppo.kl_coef", "algorithms.dpo.beta", "lora.alpha", "sampling.top_p", "executor.memory_gb"} <= keys
+    assert {
+        "algorithms.ppo.kl_coef",
+        "algorithms.dpo.beta",
+        "lora.alpha",
+        "sampling.top_p",
+        "executor.memory_gb",
+    } <= keys
     assert len(keys) >= 20
 
 
@@ -284,8 +312,10 @@ def test_every_float_key_refuses_non_finite_numbers(owner, key, is_list, value):
     named = f"'{key}[0]'" if is_list else f"'{key}'"
     with pytest.raises(ConfigError) as caught:
         if owner.startswith("task:"):  # one task per suite: build the task's section directly
-            field = key[len("task."):]
-            build(TASKS.get(owner[len("task:"):]).Config, {field: [float(value)] if is_list else float(value)}, "task.")
+            field = key[len("task.") :]
+            build(
+                TASKS.get(owner[len("task:") :]).Config, {field: [float(value)] if is_list else float(value)}, "task."
+            )
         else:
             load_config("tiny", [f"{key}={given}"])
     assert f"{named} must be a finite number" in str(caught.value)
@@ -386,10 +416,19 @@ def test_a_suite_file_that_repeats_a_key_is_refused(tmp_path):
         load_config(str(suite))
 
 
-@pytest.mark.parametrize("overrides", [
-    [], ["only=[dpo]"], ["seeds=[0,1]", "executor=ray", "tracking.uri=http://127.0.0.1:5000"],
-    ["sweep.algorithms.dpo.beta=[0.03,0.3]", "sweep.algorithms.dpo.learning_rate=[1e-4]", "only=['dpo@beta=0.3,learning_rate=0.0001',ppo]"],
-])
+@pytest.mark.parametrize(
+    "overrides",
+    [
+        [],
+        ["only=[dpo]"],
+        ["seeds=[0,1]", "executor=ray", "tracking.uri=http://127.0.0.1:5000"],
+        [
+            "sweep.algorithms.dpo.beta=[0.03,0.3]",
+            "sweep.algorithms.dpo.learning_rate=[1e-4]",
+            "only=['dpo@beta=0.3,learning_rate=0.0001',ppo]",
+        ],
+    ],
+)
 def test_the_resolved_yaml_loads_back_as_itself(tmp_path, overrides):
     """Stages reload the invocation's resolved YAML: every check added for a user's input must pass it."""
     config = load_config("tiny", overrides)
@@ -429,12 +468,24 @@ def test_a_sweep_makes_one_arm_per_point_with_its_value_in_the_config_and_the_ha
 
     only = "only=[dpo,grpo,ppo]"
     plain = load_config("tiny", [only])
-    swept = load_config("tiny", ["sweep.algorithms.dpo.beta=[0.03,0.1]", "sweep.algorithms.dpo.batch_size=[8,16]",
-                                 "sweep.algorithms.ppo.kl_coef=[0.1,0.2]", only])
+    swept = load_config(
+        "tiny",
+        [
+            "sweep.algorithms.dpo.beta=[0.03,0.1]",
+            "sweep.algorithms.dpo.batch_size=[8,16]",
+            "sweep.algorithms.ppo.kl_coef=[0.1,0.2]",
+            only,
+        ],
+    )
     # One algorithm's keys form a grid (in the order listed); another algorithm's sweep is independent of it.
     assert swept.selected_arms == [
-        "dpo@beta=0.03,batch_size=8", "dpo@beta=0.03,batch_size=16", "dpo@beta=0.1,batch_size=8",
-        "dpo@beta=0.1,batch_size=16", "grpo", "ppo@kl_coef=0.1", "ppo@kl_coef=0.2",
+        "dpo@beta=0.03,batch_size=8",
+        "dpo@beta=0.03,batch_size=16",
+        "dpo@beta=0.1,batch_size=8",
+        "dpo@beta=0.1,batch_size=16",
+        "grpo",
+        "ppo@kl_coef=0.1",
+        "ppo@kl_coef=0.2",
     ]
     assert swept.arms["dpo@beta=0.03,batch_size=16"].beta == 0.03
     assert swept.arms["dpo@beta=0.03,batch_size=16"].batch_size == 16
@@ -442,7 +493,7 @@ def test_a_sweep_makes_one_arm_per_point_with_its_value_in_the_config_and_the_ha
     assert swept.arms["ppo@kl_coef=0.2"].clip_epsilon == plain.algorithms["ppo"].clip_epsilon  # the rest as set
 
     def cell_hashes(config):
-        return {stage.algorithm: stage.hash for stage in build_plan(config).stages if stage.kind == "evaluate"}
+        return {stage.arm: stage.hash for stage in build_plan(config).stages if stage.kind == "evaluate"}
 
     plain_hashes, swept_hashes = cell_hashes(plain), cell_hashes(swept)
     assert len(set(swept_hashes.values())) == len(swept_hashes)  # every point its own cell
@@ -454,41 +505,64 @@ def test_a_sweep_makes_one_arm_per_point_with_its_value_in_the_config_and_the_ha
 
 def test_a_sweep_written_in_a_suite_file_equals_the_command_line_form(tmp_path):
     suite = tmp_path / "frontier.yaml"
-    suite.write_text("task: {name: synthetic_reviews}\nalgorithms: {dpo: {}, ppo: {}}\n"
-                     "sweep:\n  algorithms.dpo.beta: [0.03, 0.3]\n")
+    suite.write_text(
+        "task: {name: synthetic_reviews}\nalgorithms: {dpo: {}, ppo: {}}\nsweep:\n  algorithms.dpo.beta: [0.03, 0.3]\n"
+    )
     from_file = load_config(str(suite))
     from_command_line = load_config(str(tmp_path / "frontier.yaml"), ["sweep.algorithms.dpo.beta=[0.03,0.3]"])
     assert from_file.selected_arms == ["dpo@beta=0.03", "dpo@beta=0.3", "ppo"]
     assert fingerprint(from_file.to_dict()) == fingerprint(from_command_line.to_dict())
     # The command line replaces the file's list for that key (one more point here), and adds new keys.
-    widened = load_config(str(suite), ["sweep.algorithms.dpo.beta=[0.03,0.3,1.0]", "sweep.algorithms.ppo.kl_coef=[0.1]"])
+    widened = load_config(
+        str(suite), ["sweep.algorithms.dpo.beta=[0.03,0.3,1.0]", "sweep.algorithms.ppo.kl_coef=[0.1]"]
+    )
     assert widened.selected_arms == ["dpo@beta=0.03", "dpo@beta=0.3", "dpo@beta=1.0", "ppo@kl_coef=0.1"]
 
 
-@pytest.mark.parametrize("only, arms", [
-    ("[dpo]", ["dpo@beta=0.03", "dpo@beta=0.3"]),
-    ("[dpo@beta=0.3,grpo]", ["dpo@beta=0.3", "grpo"]),
-])
+@pytest.mark.parametrize(
+    "only, arms",
+    [
+        ("[dpo]", ["dpo@beta=0.03", "dpo@beta=0.3"]),
+        ("[dpo@beta=0.3,grpo]", ["dpo@beta=0.3", "grpo"]),
+    ],
+)
 def test_only_selects_arms_by_algorithm_or_by_point(only, arms):
     config = load_config("tiny", ["sweep.algorithms.dpo.beta=[0.03,0.3]", f"only={only}"])
     assert config.selected_arms == arms
 
 
-@pytest.mark.parametrize("override, message", [
-    ("sweep.sampling.temperature=[0.7,1.0]", "'sweep.sampling.temperature': only algorithm options (algorithms.<name>.<option>) can be swept"),
-    ("sweep.algorithms.dpo.bta=[0.1]", "'sweep.algorithms.dpo.bta': unknown key 'algorithms.dpo.bta'; did you mean 'beta'?"),
-    ("sweep.algorithms.dpx.beta=[0.1]", "'sweep.algorithms.dpx.beta': the suite does not run 'dpx'; did you mean 'dpo'?"),
-    ("sweep.algorithms.dpo.beta=0.1", "'sweep.algorithms.dpo.beta' must be a non-empty list of values"),
-    ("sweep.algorithms.dpo.beta=[]", "'sweep.algorithms.dpo.beta' must be a non-empty list of values"),
-    ("sweep.algorithms.dpo.beta=[0.1,0.1]", "'sweep.algorithms.dpo.beta' lists a value twice"),
-    ("sweep.algorithms.dpo.beta=[-1]", "sweep point dpo@beta=-1: 'algorithms.dpo.beta' must be > 0"),
-    ("sweep.algorithms.dpo.beta=[nan]", "sweep point dpo@beta=nan: 'algorithms.dpo.beta' must be a finite number"),
-    ("sweep.algorithms.dpo.beta=[abc]", "sweep point dpo@beta=abc: bad value for 'algorithms.dpo.beta'"),
-    ("sweep.algorithms.dpo.pairs_source=[a/b]", "'sweep.algorithms.dpo.pairs_source': value 'a/b' must be a number, a boolean or a plain word"),
-    ("sweep=3", "'sweep' must be a mapping"),
-    ("sweep.algorithms.dpo.beta=[1,1.0]", "'sweep' gives dpo@beta=1.0 twice (written dpo@beta=1 and dpo@beta=1.0): "
-                                          "list each value once"),
-])
+@pytest.mark.parametrize(
+    "override, message",
+    [
+        (
+            "sweep.sampling.temperature=[0.7,1.0]",
+            "'sweep.sampling.temperature': only algorithm options (algorithms.<name>.<option>) can be swept",
+        ),
+        (
+            "sweep.algorithms.dpo.bta=[0.1]",
+            "'sweep.algorithms.dpo.bta': unknown key 'algorithms.dpo.bta'; did you mean 'beta'?",
+        ),
+        (
+            "sweep.algorithms.dpx.beta=[0.1]",
+            "'sweep.algorithms.dpx.beta': the suite does not run 'dpx'; did you mean 'dpo'?",
+        ),
+        ("sweep.algorithms.dpo.beta=0.1", "'sweep.algorithms.dpo.beta' must be a non-empty list of values"),
+        ("sweep.algorithms.dpo.beta=[]", "'sweep.algorithms.dpo.beta' must be a non-empty list of values"),
+        ("sweep.algorithms.dpo.beta=[0.1,0.1]", "'sweep.algorithms.dpo.beta' lists a value twice"),
+        ("sweep.algorithms.dpo.beta=[-1]", "sweep point dpo@beta=-1: 'algorithms.dpo.beta' must be > 0"),
+        ("sweep.algorithms.dpo.beta=[nan]", "sweep point dpo@beta=nan: 'algorithms.dpo.beta' must be a finite number"),
+        ("sweep.algorithms.dpo.beta=[abc]", "sweep point dpo@beta=abc: bad value for 'algorithms.dpo.beta'"),
+        (
+            "sweep.algorithms.dpo.pairs_source=[a/b]",
+            "'sweep.algorithms.dpo.pairs_source': value 'a/b' must be a number, a boolean or a plain word",
+        ),
+        ("sweep=3", "'sweep' must be a mapping"),
+        (
+            "sweep.algorithms.dpo.beta=[1,1.0]",
+            "'sweep' gives dpo@beta=1.0 twice (written dpo@beta=1 and dpo@beta=1.0): list each value once",
+        ),
+    ],
+)
 def test_a_bad_sweep_is_refused_in_one_line_naming_it(override, message):
     with pytest.raises(ConfigError) as error:
         load_config("tiny", [override])
@@ -498,7 +572,7 @@ def test_a_bad_sweep_is_refused_in_one_line_naming_it(override, message):
 def _evaluate_hashes(config) -> dict[str, str]:
     from harness.plan import build_plan
 
-    return {stage.algorithm: stage.hash for stage in build_plan(config).stages if stage.kind == "evaluate"}
+    return {stage.arm: stage.hash for stage in build_plan(config).stages if stage.kind == "evaluate"}
 
 
 def test_a_sweep_value_spelled_three_ways_in_a_file_or_on_the_command_line_is_one_arm_with_one_hash(tmp_path):
@@ -509,10 +583,14 @@ def test_a_sweep_value_spelled_three_ways_in_a_file_or_on_the_command_line_is_on
     for spelling in ("1e-1", "1.0e-1", "0.1"):
         suite = tmp_path / spelling / "frontier.yaml"  # one suite name: the name is part of the resolved config
         suite.parent.mkdir()
-        suite.write_text(f"task: {{name: synthetic_reviews}}\nalgorithms: {{dpo: {{}}}}\n"
-                         f"sweep:\n  algorithms.dpo.beta: [{spelling}, 0.3]\n")
+        suite.write_text(
+            f"task: {{name: synthetic_reviews}}\nalgorithms: {{dpo: {{}}}}\n"
+            f"sweep:\n  algorithms.dpo.beta: [{spelling}, 0.3]\n"
+        )
         configs.append(load_config(str(suite)))
-    configs += [load_config(str(suite), [f"sweep.algorithms.dpo.beta=[{spelling},0.3]"]) for spelling in ("1e-1", "1.0e-1")]
+    configs += [
+        load_config(str(suite), [f"sweep.algorithms.dpo.beta=[{spelling},0.3]"]) for spelling in ("1e-1", "1.0e-1")
+    ]
     for config in configs:
         assert config.selected_arms == ["dpo@beta=0.1", "dpo@beta=0.3"]
         assert config.arms["dpo@beta=0.1"].beta == 0.1
@@ -525,15 +603,17 @@ def test_an_arm_is_named_by_the_validated_value_and_canonical_names_keep_their_h
     """A float option written as an integer reads as a float (1 -> 1.0: that arm's name and hash change from
     the integer spelling's); a value already written as Python writes it keeps its name, so tiny-frontier's arms
     keep their run folders."""
-    swept = load_config("tiny", ["sweep.algorithms.dpo.beta=[1,0.3]", "sweep.algorithms.ppo.kl_coef=[1e-4]",
-                                 "only=[dpo,ppo]"])
+    swept = load_config(
+        "tiny", ["sweep.algorithms.dpo.beta=[1,0.3]", "sweep.algorithms.ppo.kl_coef=[1e-4]", "only=[dpo,ppo]"]
+    )
     assert swept.selected_arms == ["dpo@beta=1.0", "dpo@beta=0.3", "ppo@kl_coef=0.0001"]
     frontier = load_config("tiny-frontier")
-    for key, values in frontier.suite.sweep.items():
+    for key in frontier.suite.sweep:
         algorithm, option = key.split(".")[1:]
         written = read_yaml(frontier.suite_file)["sweep"][key]
         assert [f"{algorithm}@{option}={value}" for value in written] == [
-            arm for arm in frontier.arms if arm.startswith(algorithm + "@")]
+            arm for arm in frontier.arms if arm.startswith(algorithm + "@")
+        ]
 
 
 def test_only_naming_a_point_in_another_spelling_selects_its_arm():
@@ -542,20 +622,28 @@ def test_only_naming_a_point_in_another_spelling_selects_its_arm():
 
 
 def test_only_naming_an_unknown_point_is_refused():
-    with pytest.raises(ConfigError, match=r"'only' names 'dpo@beta=9', which suite 'tiny' does not run; .*dpo@beta=0.3"):
+    with pytest.raises(
+        ConfigError, match=r"'only' names 'dpo@beta=9', which suite 'tiny' does not run; .*dpo@beta=0.3"
+    ):
         load_config("tiny", ["sweep.algorithms.dpo.beta=[0.03,0.3]", "only=[dpo@beta=9]"])
 
 
-@pytest.mark.parametrize("override, message", [
-    ("algorithms.dpo.loss_type=sigmoidd", "'algorithms.dpo.loss_type' must be one of TRL 1.16's DPO losses"),
-    ("algorithms.dpo.label_smoothing=0.1", "'algorithms.dpo.label_smoothing' is ignored by TRL's 'sigmoid' loss"),
-    ("algorithms.grpo.lr_scheduler=foo", "'algorithms.grpo.lr_scheduler' must be a transformers scheduler"),
-    ("algorithms.kto.lr_scheduler=foo", "'algorithms.kto.lr_scheduler' must be a transformers scheduler"),
-    ("lora.stages=[dpoo]", "'lora.stages' names 'dpoo', an unknown stage; must be algorithms, sft or an algorithm that "
-                           "trains; did you mean 'dpo'?"),
-    ("lora.stages=[best_of_n]", "'lora.stages' names 'best_of_n', which trains no policy weights"),
-    ("algorithms.best_of_n.n=0", "'algorithms.best_of_n.n' must be >= 1"),
-])
+@pytest.mark.parametrize(
+    "override, message",
+    [
+        ("algorithms.dpo.loss_type=sigmoidd", "'algorithms.dpo.loss_type' must be one of TRL 1.16's DPO losses"),
+        ("algorithms.dpo.label_smoothing=0.1", "'algorithms.dpo.label_smoothing' is ignored by TRL's 'sigmoid' loss"),
+        ("algorithms.grpo.lr_scheduler=foo", "'algorithms.grpo.lr_scheduler' must be a transformers scheduler"),
+        ("algorithms.kto.lr_scheduler=foo", "'algorithms.kto.lr_scheduler' must be a transformers scheduler"),
+        (
+            "lora.stages=[dpoo]",
+            "'lora.stages' names 'dpoo', an unknown stage; must be algorithms, sft or an algorithm that "
+            "trains; did you mean 'dpo'?",
+        ),
+        ("lora.stages=[best_of_n]", "'lora.stages' names 'best_of_n', which trains no policy weights"),
+        ("algorithms.best_of_n.n=0", "'algorithms.best_of_n.n' must be >= 1"),
+    ],
+)
 def test_what_trl_would_refuse_mid_run_is_refused_at_validation(override, message):
     with pytest.raises(ConfigError) as error:
         load_config("tiny", [override])

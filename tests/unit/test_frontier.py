@@ -94,8 +94,10 @@ def test_adding_any_point_never_lowers_a_value_nor_turns_it_into_a_dash():
             assert math.isfinite(old) and math.isfinite(new), (kl, reward, level)
             assert new >= old - 1e-12, (kl, reward, extra_kl, extra_reward, level)
         # ... and on the matched-KL table itself, through the per-seed fronts.
-        frame = _points([("sft", "sft", None, 0, 0, 0.0, reward[0])]
-                        + [("a", "a", ONLINE, 0, step, k, r) for step, (k, r) in enumerate(zip(kl[1:], reward[1:]), 1)])
+        frame = _points(
+            [("sft", "sft", None, 0, 0, 0.0, reward[0])]
+            + [("a", "a", ONLINE, 0, step, k, r) for step, (k, r) in enumerate(zip(kl[1:], reward[1:]), 1)]
+        )
         grown = pd.concat([frame, _points([("a", "a", ONLINE, 0, 99, extra_kl, extra_reward)])], ignore_index=True)
         _, table_before, _ = matched_kl_table(frame, "gold_reward", levels=[0.5, 2.0, 5.5])
         _, table_after, _ = matched_kl_table(grown, "gold_reward", levels=[0.5, 2.0, 5.5])
@@ -125,15 +127,21 @@ def _points(rows):
 SFT_POINTS = [("sft", "sft", None, seed, 0, 0.0, 0.0) for seed in (0, 1, 2)]
 # Algorithm a: two arms (sweep points), one checkpoint each, three seeds.
 A_POINTS = [
-    ("a", "a@k=1", OFFLINE, 0, 4, 0.5, 0.4), ("a", "a@k=2", OFFLINE, 0, 4, 2.0, 1.0),
-    ("a", "a@k=1", OFFLINE, 1, 4, 1.0, 0.5), ("a", "a@k=2", OFFLINE, 1, 4, 2.0, 0.9),
-    ("a", "a@k=1", OFFLINE, 2, 4, 0.5, 0.2), ("a", "a@k=2", OFFLINE, 2, 4, 1.5, 0.8),
+    ("a", "a@k=1", OFFLINE, 0, 4, 0.5, 0.4),
+    ("a", "a@k=2", OFFLINE, 0, 4, 2.0, 1.0),
+    ("a", "a@k=1", OFFLINE, 1, 4, 1.0, 0.5),
+    ("a", "a@k=2", OFFLINE, 1, 4, 2.0, 0.9),
+    ("a", "a@k=1", OFFLINE, 2, 4, 0.5, 0.2),
+    ("a", "a@k=2", OFFLINE, 2, 4, 1.5, 0.8),
 ]
 # Algorithm b: one arm, an intermediate checkpoint (step 1) and the final one (step 2), three seeds.
 B_POINTS = [
-    ("b", "b", ONLINE, 0, 1, 1.0, 0.2), ("b", "b", ONLINE, 0, 2, 4.0, 1.2),
-    ("b", "b", ONLINE, 1, 1, 1.0, 0.3), ("b", "b", ONLINE, 1, 2, 4.0, 1.3),
-    ("b", "b", ONLINE, 2, 1, 1.0, 0.1), ("b", "b", ONLINE, 2, 2, 4.0, 1.1),
+    ("b", "b", ONLINE, 0, 1, 1.0, 0.2),
+    ("b", "b", ONLINE, 0, 2, 4.0, 1.2),
+    ("b", "b", ONLINE, 1, 1, 1.0, 0.3),
+    ("b", "b", ONLINE, 1, 2, 4.0, 1.3),
+    ("b", "b", ONLINE, 2, 1, 1.0, 0.1),
+    ("b", "b", ONLINE, 2, 2, 4.0, 1.1),
 ]
 # Algorithm c: two seeds; seed 1's front ends at KL 0.8.
 C_POINTS = [("c", "c", ONLINE, 0, 1, 2.0, 0.5), ("c", "c", ONLINE, 1, 1, 0.8, 0.3)]
@@ -212,22 +220,41 @@ def test_the_figure_front_is_the_front_of_seed_means():
 
 
 def _cell_row(run_id, arm, seed, family, gold, kl, bound=False):
-    return {"run_id": run_id, "suite": "s", "arm": arm, "algorithm": record.algorithm_of(arm),
-            "sweep_point": record.sweep_point_of(arm), "family": family, "kl_is_bound": bound, "seed": seed,
-            "status": "complete", "config": "c", "start_time": pd.Timestamp(0, unit="s", tz="UTC"),
-            "run": run_id, "eval/gold_reward": gold, "eval/proxy_reward": gold + 1, "eval/kl": kl}
+    return {
+        "run_id": run_id,
+        "suite": "s",
+        "arm": arm,
+        "algorithm": record.algorithm_of(arm),
+        "sweep_point": record.sweep_point_of(arm),
+        "family": family,
+        "kl_is_bound": bound,
+        "seed": seed,
+        "status": "complete",
+        "config": "c",
+        "start_time": pd.Timestamp(0, unit="s", tz="UTC"),
+        "run": run_id,
+        "eval/gold_reward": gold,
+        "eval/proxy_reward": gold + 1,
+        "eval/kl": kl,
+    }
 
 
 def test_checkpoint_points_read_every_evaluated_step_and_the_final_value_without_history():
-    cells = pd.DataFrame([
-        _cell_row("s0", "sft", 0, None, 0.1, 0.02),  # the estimator's noise: the reference is put at KL 0
-        _cell_row("d0", "dpo@beta=0.1", 0, OFFLINE, 0.9, 2.0),
-        _cell_row("b0", "best_of_n@n=4", 0, INFERENCE, 0.4, 0.636, bound=True),  # no eval/ history: final only
-    ])
+    cells = pd.DataFrame(
+        [
+            _cell_row("s0", "sft", 0, None, 0.1, 0.02),  # the estimator's noise: the reference is put at KL 0
+            _cell_row("d0", "dpo@beta=0.1", 0, OFFLINE, 0.9, 2.0),
+            _cell_row("b0", "best_of_n@n=4", 0, INFERENCE, 0.4, 0.636, bound=True),  # no eval/ history: final only
+        ]
+    )
     histories = pd.DataFrame(
-        [("d0", "eval/kl", 5, 1.0), ("d0", "eval/gold_reward", 5, 0.5),
-         ("d0", "eval/kl", 10, 2.0), ("d0", "eval/gold_reward", 10, 0.9),
-         ("d0", "train/reward", 5, 7.0)],
+        [
+            ("d0", "eval/kl", 5, 1.0),
+            ("d0", "eval/gold_reward", 5, 0.5),
+            ("d0", "eval/kl", 10, 2.0),
+            ("d0", "eval/gold_reward", 10, 0.9),
+            ("d0", "train/reward", 5, 7.0),
+        ],
         columns=["run_id", "metric", "step", "value"],
     )
     points = checkpoint_points(cells, histories).set_index(["arm", "step"])
@@ -243,12 +270,14 @@ def test_points_trained_from_another_sft_or_reward_model_stay_off_the_front():
     """An arm no newer run touched keeps an older configuration as its current one: its cells, trained from
     another SFT policy, must not join a front anchored on this SFT point."""
     now = {"sft.epochs": "4", "reward_model.epochs": "3", "evaluation.num_prompts": "64"}
-    cells = pd.DataFrame([
-        {**_cell_row("s0", "sft", 0, None, 0.1, 0.0), **now},
-        {**_cell_row("d0", "dpo@beta=0.1", 0, OFFLINE, 0.5, 1.0), **now, "algorithms.dpo.beta": "0.1"},
-        {**_cell_row("old", "dpo@beta=0.3", 0, OFFLINE, 2.0, 0.5), **now, "sft.epochs": "2"},  # another SFT
-        {**_cell_row("s1", "dpo@beta=0.1", 1, OFFLINE, 0.5, 1.0), **now},  # seed 1 has no SFT cell: no anchor
-    ])
+    cells = pd.DataFrame(
+        [
+            {**_cell_row("s0", "sft", 0, None, 0.1, 0.0), **now},
+            {**_cell_row("d0", "dpo@beta=0.1", 0, OFFLINE, 0.5, 1.0), **now, "algorithms.dpo.beta": "0.1"},
+            {**_cell_row("old", "dpo@beta=0.3", 0, OFFLINE, 2.0, 0.5), **now, "sft.epochs": "2"},  # another SFT
+            {**_cell_row("s1", "dpo@beta=0.1", 1, OFFLINE, 0.5, 1.0), **now},  # seed 1 has no SFT cell: no anchor
+        ]
+    )
     points = checkpoint_points(cells, None)
     assert sorted(points["arm"] + "-" + points["seed"].astype(str)) == ["dpo@beta=0.1-0", "sft-0"]
 
@@ -259,11 +288,16 @@ def test_training_curves_share_the_budget_fraction_axis():
     cells = pd.DataFrame([_cell_row("g0", "grpo", 0, ONLINE, 0.5, 1.0), _cell_row("p0", "ppo", 0, None, 0.5, 1.0)])
     histories = pd.DataFrame(
         # grpo logged the budget fraction: x is it, whatever its step numbers.
-        [("g0", "train/budget_fraction", 16, 0.5), ("g0", "train/kl_per_sequence", 16, 3.0),
-         ("g0", "train/budget_fraction", 32, 1.0), ("g0", "train/kl_per_sequence", 32, 4.0),
-         # an old ppo run did not: x is step / its last step, 2/4 and 4/4.
-         ("p0", "train/kl", 2, 1.0), ("p0", "train/kl", 4, 2.0),
-         ("p0", "eval/kl", 4, 9.0)],  # eval history is not a training curve
+        [
+            ("g0", "train/budget_fraction", 16, 0.5),
+            ("g0", "train/kl_per_sequence", 16, 3.0),
+            ("g0", "train/budget_fraction", 32, 1.0),
+            ("g0", "train/kl_per_sequence", 32, 4.0),
+            # an old ppo run did not: x is step / its last step, 2/4 and 4/4.
+            ("p0", "train/kl", 2, 1.0),
+            ("p0", "train/kl", 4, 2.0),
+            ("p0", "eval/kl", 4, 9.0),
+        ],  # eval history is not a training curve
         columns=["run_id", "metric", "step", "value"],
     )
     curves, fell_back = _curves_on_budget_axis(cells, histories)
@@ -278,20 +312,36 @@ SUITE = "tiny-frontier"
 BASE_TIME_MS = 1_793_613_600_000
 # Per arm and seed: (step, kl, gold) of each evaluated checkpoint; proxy = gold + 1.
 STORE_POINTS = {
-    ("sft", 0): [(0, 0.01, 0.0)], ("sft", 1): [(0, 0.01, 0.2)],
-    ("dpo@beta=0.3", 0): [(2, 0.2, 0.1), (4, 0.5, 0.3)], ("dpo@beta=0.3", 1): [(2, 0.2, 0.3), (4, 0.5, 0.5)],
-    ("dpo@beta=0.1", 0): [(2, 1.0, 0.4), (4, 2.0, 0.8)], ("dpo@beta=0.1", 1): [(2, 1.0, 0.6), (4, 2.0, 1.0)],
+    ("sft", 0): [(0, 0.01, 0.0)],
+    ("sft", 1): [(0, 0.01, 0.2)],
+    ("dpo@beta=0.3", 0): [(2, 0.2, 0.1), (4, 0.5, 0.3)],
+    ("dpo@beta=0.3", 1): [(2, 0.2, 0.3), (4, 0.5, 0.5)],
+    ("dpo@beta=0.1", 0): [(2, 1.0, 0.4), (4, 2.0, 0.8)],
+    ("dpo@beta=0.1", 1): [(2, 1.0, 0.6), (4, 2.0, 1.0)],
     # log 4 − 3/4 = 0.636294: best-of-4's KL bound.
-    ("best_of_n@n=4", 0): [(0, math.log(4) - 0.75, 0.3)], ("best_of_n@n=4", 1): [(0, math.log(4) - 0.75, 0.5)],
+    ("best_of_n@n=4", 0): [(0, math.log(4) - 0.75, 0.3)],
+    ("best_of_n@n=4", 1): [(0, math.log(4) - 0.75, 0.5)],
 }
 # What each algorithm declares on its cells (record.TAG_FAMILY ... TAG_DATA), as the cell writer tags them.
-DPO_DATA = ("pairs sampled from the SFT policy (two completions per training prompt, both stopped), labelled by the "
-            "suite's reward model")
+DPO_DATA = (
+    "pairs sampled from the SFT policy (two completions per training prompt, both stopped), labelled by the "
+    "suite's reward model"
+)
 DECLARED = {
-    "dpo": {record.TAG_FAMILY: OFFLINE, record.TAG_KL_KNOB: "beta", record.TAG_KL_KNOB_RAISES_KL: "false",
-            record.TAG_CURVES: "loss,rewards/margins,rewards/accuracies", record.TAG_DATA: DPO_DATA},
-    "best_of_n": {record.TAG_FAMILY: INFERENCE, record.TAG_KL_KNOB: "n", record.TAG_KL_KNOB_RAISES_KL: "true",
-                  record.TAG_CURVES: "", record.TAG_DATA: "4 samples from the SFT policy per answer"},
+    "dpo": {
+        record.TAG_FAMILY: OFFLINE,
+        record.TAG_KL_KNOB: "beta",
+        record.TAG_KL_KNOB_RAISES_KL: "false",
+        record.TAG_CURVES: "loss,rewards/margins,rewards/accuracies",
+        record.TAG_DATA: DPO_DATA,
+    },
+    "best_of_n": {
+        record.TAG_FAMILY: INFERENCE,
+        record.TAG_KL_KNOB: "n",
+        record.TAG_KL_KNOB_RAISES_KL: "true",
+        record.TAG_CURVES: "",
+        record.TAG_DATA: "4 samples from the SFT policy per answer",
+    },
 }
 
 
@@ -304,21 +354,34 @@ def frontier_store(tmp_path_factory):
     uri = f"sqlite:///{root / 'mlflow.db'}"
     client = mlflow.MlflowClient(tracking_uri=uri)
     experiment_id = client.create_experiment(record.experiment_name(SUITE), artifact_location=(root / "a").as_uri())
-    parent = client.create_run(experiment_id, start_time=BASE_TIME_MS,
-                               tags={record.TAG_KIND: record.KIND_INVOCATION, record.TAG_SUITE: SUITE}).info.run_id
+    parent = client.create_run(
+        experiment_id, start_time=BASE_TIME_MS, tags={record.TAG_KIND: record.KIND_INVOCATION, record.TAG_SUITE: SUITE}
+    ).info.run_id
     for minute, ((arm, seed), checkpoints) in enumerate(STORE_POINTS.items(), start=1):
         name, point = record.algorithm_of(arm), record.sweep_point_of(arm)
-        tags = {record.PARENT_RUN_TAG: parent, record.TAG_KIND: record.KIND_CELL, record.TAG_SUITE: SUITE,
-                record.TAG_ARM: arm, record.TAG_ALGORITHM: name, record.TAG_SWEEP_POINT: point,
-                record.TAG_SEED: str(seed), record.TAG_CELL: f"{arm}-s{seed}", record.TAG_CELL_HASH: f"{arm}-s{seed}",
-                record.TAG_STATUS: record.STATUS_COMPLETE, record.TAG_TRAINING_REWARD: "proxy"}
+        tags = {
+            record.PARENT_RUN_TAG: parent,
+            record.TAG_KIND: record.KIND_CELL,
+            record.TAG_SUITE: SUITE,
+            record.TAG_ARM: arm,
+            record.TAG_ALGORITHM: name,
+            record.TAG_SWEEP_POINT: point,
+            record.TAG_SEED: str(seed),
+            record.TAG_CELL: f"{arm}-s{seed}",
+            record.TAG_CELL_HASH: f"{arm}-s{seed}",
+            record.TAG_STATUS: record.STATUS_COMPLETE,
+            record.TAG_TRAINING_REWARD: "proxy",
+        }
         tags |= DECLARED.get(name, {})
         if name == "best_of_n":
             tags[record.TAG_KL_IS_BOUND] = "true"
         start = BASE_TIME_MS + minute * 60_000
         run_id = client.create_run(experiment_id, start_time=start, tags=tags, run_name=f"{arm}-s{seed}").info.run_id
-        metrics = [Metric(f"eval/{metric}", value, start, step) for step, kl, gold in checkpoints
-                   for metric, value in (("kl", kl), ("gold_reward", gold), ("proxy_reward", gold + 1))]
+        metrics = [
+            Metric(f"eval/{metric}", value, start, step)
+            for step, kl, gold in checkpoints
+            for metric, value in (("kl", kl), ("gold_reward", gold), ("proxy_reward", gold + 1))
+        ]
         params = {"task.name": "synthetic_reviews", "evaluation.temperature": "1.0"}
         if name == "dpo":
             params |= {"algorithms.dpo.beta": point.split("=")[1], "algorithms.dpo.pairs_source": "reward_model"}
@@ -336,12 +399,20 @@ def test_report_has_the_frontier_section_table_and_figure(frontier_store, tmp_pa
     text = report.read_text(encoding="utf-8")
     figure = tmp_path / "tiny-frontier_frontier.png"
     assert figure.read_bytes().startswith(PNG_SIGNATURE)
-    section = text[text.index("## Reward vs KL frontier"):text.index("## Failed cells")]
+    section = text[text.index("## Reward vs KL frontier") : text.index("## Failed cells")]
     assert "](tiny-frontier_frontier.png)" in section and "nats per sequence" in section
     # Reaches: dpo 2.0 (both seeds), best_of_n 0.636294; top 2.0: levels 0.2, 0.5, 1, 2 in (0.1, 2.0].
     header = next(line for line in section.splitlines() if line.startswith("| algorithm"))
     assert [cell.strip() for cell in header.strip("|").split("|")] == [
-        "algorithm", "family", "seeds", "knob", "KL 0.2", "KL 0.5", "KL 1", "KL 2"]
+        "algorithm",
+        "family",
+        "seeds",
+        "knob",
+        "KL 0.2",
+        "KL 0.5",
+        "KL 1",
+        "KL 2",
+    ]
     # dpo pools both arms and every checkpoint. Seed 0's front: (0,0) (0.2,0.1) (0.5,0.3) (1,0.4) (2,0.8);
     # seed 1's: (0,0.2) (0.2,0.3) (0.5,0.5) (1,0.6) (2,1.0). At 0.5: 0.3 and 0.5, mean 0.4; at 0.2: 0.1, 0.3,
     # mean 0.2; s = 0.141421, half-width t(1) · s / √2 = 12.706 · 0.1 = 1.271.

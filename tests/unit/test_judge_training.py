@@ -19,12 +19,23 @@ from harness.tasks.synthetic import SyntheticReviewsConfig, build_task_data, gol
 
 # Splits the judge does not read are kept at one row (they cost time to build).
 SMALL_TASK = SyntheticReviewsConfig(
-    num_sft_examples=1, num_preference_pairs=2000, num_heldout_pairs=200, num_train_prompts=1, num_eval_prompts=1,
-    reference_candidates=1, max_sentences=1, label_noise_scale=0.05,
+    num_sft_examples=1,
+    num_preference_pairs=2000,
+    num_heldout_pairs=200,
+    num_train_prompts=1,
+    num_eval_prompts=1,
+    reference_candidates=1,
+    max_sentences=1,
+    label_noise_scale=0.05,
 )
 SMALL_JUDGE = JudgeTrainingConfig(epochs=4, learning_rate=1e-2, batch_size=32, n_layer=1, n_embd=32)
-TEMPLATE = JudgeTemplate(name="test", description="", system="You judge reviews .",
-                         user="{prompt} A: {first} B: {second} Which is better ?", answers=("A", "B"))
+TEMPLATE = JudgeTemplate(
+    name="test",
+    description="",
+    system="You judge reviews .",
+    user="{prompt} A: {first} B: {second} Which is better ?",
+    answers=("A", "B"),
+)
 # Measured with this task, judge and template (seeds 0-3, one thread): held-out agreement with gold 0.80, 0.87,
 # 0.77, 0.81, over about 165 pairs without a gold tie each (a standard error of about 0.03); chance is 0.5.
 BEATS_CHANCE = 0.68
@@ -69,10 +80,13 @@ def test_folder_is_a_causal_lm_whose_chat_template_renders_single_token_labels(t
         ids = tokenizer(label, add_special_tokens=False)["input_ids"]
         assert len(ids) == 1 and ids[0] != tokenizer.unk_token_id
     pair = data.heldout_preferences[0]
-    text = tokenizer.apply_chat_template(TEMPLATE.messages(pair["prompt"], pair["chosen"], pair["rejected"]),
-                                         tokenize=False, add_generation_prompt=True)
-    assert text == (f"<|im_start|>system\nYou judge reviews .<|im_end|>\n<|im_start|>user\n{pair['prompt']} A: "
-                    f"{pair['chosen']} B: {pair['rejected']} Which is better ?<|im_end|>\n<|im_start|>assistant\n")
+    text = tokenizer.apply_chat_template(
+        TEMPLATE.messages(pair["prompt"], pair["chosen"], pair["rejected"]), tokenize=False, add_generation_prompt=True
+    )
+    assert text == (
+        f"<|im_start|>system\nYou judge reviews .<|im_end|>\n<|im_start|>user\n{pair['prompt']} A: "
+        f"{pair['chosen']} B: {pair['rejected']} Which is better ?<|im_end|>\n<|im_start|>assistant\n"
+    )
     # Every word of the template and of the task is in the vocabulary: the judge reads no unknown word.
     assert tokenizer.unk_token_id not in tokenizer(text, add_special_tokens=False)["input_ids"]
 
@@ -90,8 +104,9 @@ def test_reported_agreement_is_what_the_saved_judge_says(trained):
     label_ids = [tokenizer.convert_tokens_to_ids(label) for label in TEMPLATE.answers]
 
     def first_better(prompt: str, first: str, second: str) -> float:
-        text = tokenizer.apply_chat_template(TEMPLATE.messages(prompt, first, second), tokenize=False,
-                                             add_generation_prompt=True)
+        text = tokenizer.apply_chat_template(
+            TEMPLATE.messages(prompt, first, second), tokenize=False, add_generation_prompt=True
+        )
         ids = torch.tensor([tokenizer(text, add_special_tokens=False)["input_ids"]])
         with torch.no_grad():
             logits = model(input_ids=ids).logits[0, -1, label_ids]
@@ -101,16 +116,22 @@ def test_reported_agreement_is_what_the_saved_judge_says(trained):
     for pair in data.heldout_preferences:
         chosen_first = first_better(pair["prompt"], pair["chosen"], pair["rejected"])
         chosen_second = 1.0 - first_better(pair["prompt"], pair["rejected"], pair["chosen"])
-        points = 1.0 if min(chosen_first, chosen_second) > 0.5 else 0.0 if max(chosen_first, chosen_second) < 0.5 else 0.5
+        points = (
+            1.0 if min(chosen_first, chosen_second) > 0.5 else 0.0 if max(chosen_first, chosen_second) < 0.5 else 0.5
+        )
         orders_agree.append(points != 0.5)
         gold = _gold_points(pair)
         judged.append(points)
         if gold != 0.5:
             agreements.append(0.5 if points == 0.5 else float(points == gold))
     # One pair flipping across 1/2 between the batched and unbatched passes (float rounding) is tolerated.
-    assert metrics["judge_gold_agreement_held_out"] == pytest.approx(sum(agreements) / len(agreements), abs=1.01 / len(agreements))
+    assert metrics["judge_gold_agreement_held_out"] == pytest.approx(
+        sum(agreements) / len(agreements), abs=1.01 / len(agreements)
+    )
     assert metrics["judge_label_agreement_held_out"] == pytest.approx(sum(judged) / len(judged), abs=1.01 / len(judged))
-    assert metrics["judge_order_agreement_held_out"] == pytest.approx(sum(orders_agree) / len(orders_agree), abs=1.01 / len(judged))
+    assert metrics["judge_order_agreement_held_out"] == pytest.approx(
+        sum(orders_agree) / len(orders_agree), abs=1.01 / len(judged)
+    )
 
 
 def test_training_forward_pass_equals_one_pass_over_each_whole_comparison(trained):

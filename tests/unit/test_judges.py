@@ -59,8 +59,11 @@ def short_template(tmp_path) -> Path:
 def hf_judge(folder: Path, template: str = "generic", batch_size: int = 16):
     from harness.judges.open import open_judge
 
-    return open_judge(JudgeConfig(kind="model", model=str(folder), backend="hf", template=template,
-                                  batch_size=batch_size), folder, "cpu")
+    return open_judge(
+        JudgeConfig(kind="model", model=str(folder), backend="hf", template=template, batch_size=batch_size),
+        folder,
+        "cpu",
+    )
 
 
 # --- templates -----------------------------------------------------------------------------------------------
@@ -98,8 +101,10 @@ def test_rendering_is_one_pass_and_a_missing_system_gives_no_system_message(tmp_
         ('user: "{prompt} {first} {second}"\nanswers: A\n', "two non-empty labels"),
         ('user: "{prompt} {first} {second}"\nanswers: [A, B]\nanswer: [A, B]\n', "unknown key(s) answer"),
         ('user: "{prompt} {first} {second} {reference}"\nanswers: [A, B]\n', "unknown placeholder(s) {reference}"),
-        ('system: "judge {prompt}"\nuser: "{prompt} {first} {second}"\nanswers: [A, B]\n',
-         "'system' has a placeholder"),
+        (
+            'system: "judge {prompt}"\nuser: "{prompt} {first} {second}"\nanswers: [A, B]\n',
+            "'system' has a placeholder",
+        ),
         ("answers: [A, B]\n", "has no 'user' message"),
         ("- just a list\n", "must be a mapping"),
         ('user: "{prompt}\n', "cannot be read"),
@@ -168,8 +173,14 @@ class ContainsWordJudge(PairwiseJudge):
 def test_compare_asks_both_orders_and_pairs_them_back_to_their_comparison():
     judge = ContainsWordJudge()
     verdicts = judge.compare(["p0", "p1", "p2"], ["good x", "x", "x"], ["y", "good y", "y"], [True] * 3, [False] * 3)
-    assert judge.shown == [("p0", "good x", "y"), ("p1", "x", "good y"), ("p2", "x", "y"),
-                           ("p0", "y", "good x"), ("p1", "good y", "x"), ("p2", "y", "x")]
+    assert judge.shown == [
+        ("p0", "good x", "y"),
+        ("p1", "x", "good y"),
+        ("p2", "x", "y"),
+        ("p0", "y", "good x"),
+        ("p1", "good y", "x"),
+        ("p2", "y", "x"),
+    ]
     assert [v.candidate_first.raw for v in verdicts] == ["good x / y", "x / good y", "x / y"]
     assert [v.candidate_second.raw for v in verdicts] == ["y / good x", "good y / x", "y / x"]
     assert [v.points for v in verdicts] == [1.0, 0.0, 0.5]
@@ -186,9 +197,24 @@ def test_compare_asks_both_orders_and_pairs_them_back_to_their_comparison():
 @pytest.mark.parametrize(
     "text, answer",
     [
-        ("A", 0), ("B", 1), ("B.", 1), (" A\n", 0), ("**B**", 1), ("`A`", 0), ("[[B]]", 1), ("Answer: A", 0),
-        ("Preferred: B - it is shorter", 1), ("A is better", 0), ("**Answer:** B", 1), ("A: the first one", 0),
-        ("I cannot decide", None), ("", None), ("a", None), ("Summary A", None), ("AB", None), ("Both", None),
+        ("A", 0),
+        ("B", 1),
+        ("B.", 1),
+        (" A\n", 0),
+        ("**B**", 1),
+        ("`A`", 0),
+        ("[[B]]", 1),
+        ("Answer: A", 0),
+        ("Preferred: B - it is shorter", 1),
+        ("A is better", 0),
+        ("**Answer:** B", 1),
+        ("A: the first one", 0),
+        ("I cannot decide", None),
+        ("", None),
+        ("a", None),
+        ("Summary A", None),
+        ("AB", None),
+        ("Both", None),
         ("The answer is B", None),
     ],
 )
@@ -253,8 +279,9 @@ def test_hf_judge_matches_hand_computed_oracle(judges, short_template):
 
     from harness.modeling import auto_tokenizer, load_causal_lm
 
-    verdicts = hf_judge(judges["varied"], str(short_template)).compare(PROMPTS[:2], CANDIDATES[:2], OTHERS[:2],
-                                                                       STOPPED[:2], STOPPED[:2])
+    verdicts = hf_judge(judges["varied"], str(short_template)).compare(
+        PROMPTS[:2], CANDIDATES[:2], OTHERS[:2], STOPPED[:2], STOPPED[:2]
+    )
     tokenizer, model = auto_tokenizer(judges["varied"]), load_causal_lm(judges["varied"])
     a, b = tokenizer.convert_tokens_to_ids(["A", "B"])
     for index, verdict in enumerate(verdicts):
@@ -262,9 +289,11 @@ def test_hf_judge_matches_hand_computed_oracle(judges, short_template):
             (verdict.candidate_first, verdict.candidate_second),
             ((CANDIDATES[index], OTHERS[index]), (OTHERS[index], CANDIDATES[index])),
         ):
-            text = ("<|im_start|>system\nwhich is better<|im_end|>\n"
-                    f"<|im_start|>user\n{PROMPTS[index]} A {first} B {second} A or B<|im_end|>\n"
-                    "<|im_start|>assistant\n")
+            text = (
+                "<|im_start|>system\nwhich is better<|im_end|>\n"
+                f"<|im_start|>user\n{PROMPTS[index]} A {first} B {second} A or B<|im_end|>\n"
+                "<|im_start|>assistant\n"
+            )
             ids = torch.tensor([tokenizer(text, add_special_tokens=False)["input_ids"]])
             with torch.no_grad():
                 probabilities = torch.softmax(model(input_ids=ids).logits[0, -1], dim=-1)
@@ -292,8 +321,13 @@ def test_open_judge_picks_the_backend(judges, monkeypatch):
     trained = JudgeConfig(kind="trained", backend="vllm", template="tldr")
     assert isinstance(open_judge(trained, judges["always_a"], "cpu"), HFJudge)  # trained judges always use hf
     monkeypatch.setenv("HARNESS_TEST_JUDGE_KEY", "secret")
-    remote = JudgeConfig(kind="model", model="gpt-x", backend="openai", base_url="http://127.0.0.1:9/v1",
-                         api_key_env="HARNESS_TEST_JUDGE_KEY")
+    remote = JudgeConfig(
+        kind="model",
+        model="gpt-x",
+        backend="openai",
+        base_url="http://127.0.0.1:9/v1",
+        api_key_env="HARNESS_TEST_JUDGE_KEY",
+    )
     judge = open_judge(remote, "gpt-x", "cpu")  # opening sends nothing
     assert isinstance(judge, OpenAIJudge) and judge.url == "http://127.0.0.1:9/v1/chat/completions"
     monkeypatch.delenv("HARNESS_TEST_JUDGE_KEY")
@@ -313,8 +347,9 @@ def test_vllm_verdicts_from_worker_outputs(judges):
     tokenizer = judge.tokenizer
     a, b = tokenizer.convert_tokens_to_ids(["A", "B"])
     eos = tokenizer.eos_token_id
-    both = judge._verdict({"token_ids": [b, eos],
-                           "top_logprobs": [{str(a): math.log(0.2), str(b): math.log(0.6)}, {str(eos): 0.0}]})
+    both = judge._verdict(
+        {"token_ids": [b, eos], "top_logprobs": [{str(a): math.log(0.2), str(b): math.log(0.6)}, {str(eos): 0.0}]}
+    )
     assert both.first_better == pytest.approx(0.25) and both.raw.endswith("| B")
     only_b = judge._verdict({"token_ids": [b, a], "top_logprobs": [{str(b): -0.1}, {str(a): -0.1}]})
     assert only_b == OrderVerdict(0.0, "B A")
@@ -332,11 +367,15 @@ def test_vllm_reads_the_label_probabilities_at_the_answer_token_not_the_first_to
     judge = VLLMJudge(str(judges["always_a"]), load_template("generic"), 16, 8, "cpu")
     stars, a, b = judge.tokenizer.convert_tokens_to_ids(["**", "A", "B"])
     eos = judge.tokenizer.eos_token_id
-    output = {"token_ids": [stars, b, stars, eos],
-              "top_logprobs": [{str(stars): -0.05, str(a): -3.2, str(b): -4.1},
-                               {str(b): -0.02, str(a): -4.0},
-                               {str(stars): -0.01},
-                               {str(eos): -0.001}]}
+    output = {
+        "token_ids": [stars, b, stars, eos],
+        "top_logprobs": [
+            {str(stars): -0.05, str(a): -3.2, str(b): -4.1},
+            {str(b): -0.02, str(a): -4.0},
+            {str(stars): -0.01},
+            {str(eos): -0.001},
+        ],
+    }
     verdict = judge._verdict(output)
     assert verdict.first_better == pytest.approx(1 / (1 + math.exp(3.98)))
     assert verdict.first_better < 0.5 and verdict.raw.endswith("| ** B **")
@@ -345,20 +384,30 @@ def test_vllm_reads_the_label_probabilities_at_the_answer_token_not_the_first_to
     assert judge._verdict(output) == OrderVerdict(0.0, "** B **")
     # No label anywhere in the reply: unparseable, whatever the first token's alternatives say.
     cat = judge.tokenizer.convert_tokens_to_ids("cat")
-    nothing = judge._verdict({"token_ids": [stars, cat, eos],
-                              "top_logprobs": [{str(stars): -0.05, str(a): -3.2, str(b): -4.1},
-                                               {str(cat): -0.1, str(a): -3.0, str(b): -3.5}, {str(eos): 0.0}]})
+    nothing = judge._verdict(
+        {
+            "token_ids": [stars, cat, eos],
+            "top_logprobs": [
+                {str(stars): -0.05, str(a): -3.2, str(b): -4.1},
+                {str(cat): -0.1, str(a): -3.0, str(b): -3.5},
+                {str(eos): 0.0},
+            ],
+        }
+    )
     assert nothing.first_better is None
 
 
-@pytest.mark.parametrize("tokens, position", [
-    (["**", "B", "**"], 1),
-    (["A"], 0),
-    (["Answer", ":", " A"], 2),
-    (["I", " cannot", " decide", " between", " A", " and", " B"], None),  # labels, but no answer
-    (["**", "cat", "**"], None),
-    ([" **B", "**"], 0),
-])
+@pytest.mark.parametrize(
+    "tokens, position",
+    [
+        (["**", "B", "**"], 1),
+        (["A"], 0),
+        (["Answer", ":", " A"], 2),
+        (["I", " cannot", " decide", " between", " A", " and", " B"], None),  # labels, but no answer
+        (["**", "cat", "**"], None),
+        ([" **B", "**"], 0),
+    ],
+)
 def test_answer_position(tokens, position):
     from harness.judges.pairwise import answer_position
 
@@ -372,6 +421,7 @@ def test_reply_verdict_reads_the_answer_tokens_alternatives():
     answer = [("B", -0.1), (" A", math.log(0.1)), ("A", math.log(0.2))]  # " A" and "A" both stand for A
     verdict = reply_verdict(["**", "B", "**"], [first, answer, []], "**B**", ("A", "B"))
     assert verdict.first_better == pytest.approx(0.3 / (0.3 + math.exp(-0.1)))
-    assert reply_verdict(["I", " cannot", " decide"], [first, first, first], "I cannot decide",
-                         ("A", "B")) == OrderVerdict(None, "I cannot decide")
+    assert reply_verdict(
+        ["I", " cannot", " decide"], [first, first, first], "I cannot decide", ("A", "B")
+    ) == OrderVerdict(None, "I cannot decide")
     assert reply_verdict([], [], "B", ("A", "B")) == OrderVerdict(0.0, "B")  # no log-probabilities: the text

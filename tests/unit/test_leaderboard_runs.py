@@ -53,15 +53,30 @@ def suite_store(empty_database, tmp_path_factory):  # noqa: F811
             samples[(algorithm, seed)] = rows
             summary = _eval_summary(rows, samples.get(("sft", seed)))
             run_ids[(algorithm, seed)] = _log_cell(
-                client, experiment_id, parent, root / "runs", algorithm=algorithm, seed=seed, start_minute=minute,
-                eval_values=summary, samples=rows, seeds_param="[0, 1]",
+                client,
+                experiment_id,
+                parent,
+                root / "runs",
+                algorithm=algorithm,
+                seed=seed,
+                start_minute=minute,
+                eval_values=summary,
+                samples=rows,
+                seeds_param="[0, 1]",
             )
             logged[(algorithm, seed)] = summary
             minute += 1
     client.set_tag(parent, record.TAG_CELL_RUNS, ",".join(run_ids.values()))
     client.set_terminated(parent, status="FINISHED")
-    return {"uri": uri, "root": root, "experiment_id": experiment_id, "logged": logged, "run_ids": run_ids,
-            "samples": samples, "database": database}
+    return {
+        "uri": uri,
+        "root": root,
+        "experiment_id": experiment_id,
+        "logged": logged,
+        "run_ids": run_ids,
+        "samples": samples,
+        "database": database,
+    }
 
 
 def _active_leaderboard_runs(uri):
@@ -105,7 +120,9 @@ def test_one_run_per_algorithm_with_means_and_t_bounds_by_hand(suite_store, publ
             assert metrics["win_rate_vs_sft_ci_low"] == pytest.approx(max(low, 0.0), abs=1e-9)
             assert metrics["win_rate_vs_sft_ci_high"] == pytest.approx(min(high, 1.0), abs=1e-9)
             assert metrics["cost/tokens_generated"] == 1234.0  # every cell logged the same spend
-        assert run.data.tags[record.TAG_CELL_RUNS].split(",") == [suite_store["run_ids"][(algorithm, s)] for s in (0, 1)]
+        assert run.data.tags[record.TAG_CELL_RUNS].split(",") == [
+            suite_store["run_ids"][(algorithm, s)] for s in (0, 1)
+        ]
         assert run.data.params["arm"] == algorithm and run.data.tags[record.TAG_ALGORITHM] == algorithm  # unswept
         assert run.data.tags[record.TAG_CURRENT] == "true"
 
@@ -142,20 +159,28 @@ def test_saved_view_sorts_by_the_headline_and_shows_the_leaderboard_columns(suit
     assert isinstance(envelope["name"], str) and isinstance(envelope["createdAt"], int)
     state = json.loads(envelope["state"])
     assert state["orderByKey"] == "metrics.`gold_reward`" and state["orderByAsc"] is False
-    assert state["selectedColumns"][:4] == ["tags.`report.gold_reward`", "metrics.`gold_reward`",
-                                            "metrics.`gold_reward_ci_low`", "metrics.`gold_reward_ci_high`"]
+    assert state["selectedColumns"][:4] == [
+        "tags.`report.gold_reward`",
+        "metrics.`gold_reward`",
+        "metrics.`gold_reward_ci_low`",
+        "metrics.`gold_reward_ci_high`",
+    ]
     assert "metrics.`win_rate_vs_sft`" in state["selectedColumns"]
     assert experiment.tags["mlflow.experimentKind"] == "custom_model_development"
-    assert link.url() == (f"http://127.0.0.1:5000/#/experiments/{link.experiment_id}/runs"
-                          "?workflowType=machine_learning&viewStateShareKey=leaderboard")
+    assert link.url() == (
+        f"http://127.0.0.1:5000/#/experiments/{link.experiment_id}/runs"
+        "?workflowType=machine_learning&viewStateShareKey=leaderboard"
+    )
     assert link.url("http://host:8080/").startswith("http://host:8080/#/experiments/")
     # The suite's own experiment: its cells, flat, by their eval/ headline.
     suite_experiment = _client(suite_store["uri"]).get_experiment(suite_store["experiment_id"])
     cells = json.loads(json.loads(suite_experiment.tags["mlflow.sharedViewState.cells"])["state"])
     assert cells["searchFilter"] == "tags.`harness.kind` = 'cell'"
     assert cells["orderByKey"] == "metrics.`eval/gold_reward`" and cells["orderByAsc"] is False
-    assert link.cells_url() == (f"http://127.0.0.1:5000/#/experiments/{suite_store['experiment_id']}/runs"
-                                "?workflowType=machine_learning&viewStateShareKey=cells")
+    assert link.cells_url() == (
+        f"http://127.0.0.1:5000/#/experiments/{suite_store['experiment_id']}/runs"
+        "?workflowType=machine_learning&viewStateShareKey=cells"
+    )
 
 
 def test_republishing_updates_the_same_runs_in_place_and_leaves_the_cells_alone(suite_store, published):
@@ -187,11 +212,22 @@ def test_a_rerun_with_a_changed_setting_leaves_one_row_per_configuration(suite_s
     new_dpo = []
     for seed in (0, 1):
         rows = _random_samples(np.random.default_rng(50 + seed), GROWING_PROMPTS, GROWING_PER_PROMPT, 0.8, 3.0)
-        new_dpo.append(_log_cell(
-            client, experiment_id, parent, suite_store["root"] / "runs2", algorithm="dpo", seed=seed,
-            start_minute=101 + seed, eval_values=_eval_summary(rows, suite_store["samples"][("sft", seed)]),
-            samples=rows, seeds_param="[0, 1]", dpo_beta="0.3", cell_hash=f"dpo-s{seed}-beta-0.3",
-        ))
+        new_dpo.append(
+            _log_cell(
+                client,
+                experiment_id,
+                parent,
+                suite_store["root"] / "runs2",
+                algorithm="dpo",
+                seed=seed,
+                start_minute=101 + seed,
+                eval_values=_eval_summary(rows, suite_store["samples"][("sft", seed)]),
+                samples=rows,
+                seeds_param="[0, 1]",
+                dpo_beta="0.3",
+                cell_hash=f"dpo-s{seed}-beta-0.3",
+            )
+        )
     reused = [suite_store["run_ids"][(algorithm, seed)] for algorithm in ("sft", "grpo") for seed in (0, 1)]
     client.set_tag(parent, record.TAG_CELL_RUNS, ",".join(reused + new_dpo))
     client.set_terminated(parent, status="FINISHED")
@@ -216,12 +252,21 @@ def test_without_a_gold_reward_the_headline_is_the_proxy(empty_database, tmp_pat
     uri, _, client, experiment_id = _new_store(empty_database, tmp_path)
     parent = _start_invocation(client, experiment_id, 0)
     for offset, (algorithm, value) in enumerate((("sft", 0.5), ("dpo", 0.9))):
-        _log_cell(client, experiment_id, parent, tmp_path / "runs", algorithm=algorithm, seed=0,
-                  start_minute=1 + offset, eval_values={"proxy_reward": value, "kl": 0.1 * offset})
+        _log_cell(
+            client,
+            experiment_id,
+            parent,
+            tmp_path / "runs",
+            algorithm=algorithm,
+            seed=0,
+            start_minute=1 + offset,
+            eval_values={"proxy_reward": value, "kl": 0.1 * offset},
+        )
     link = publish_leaderboard(uri, SUITE)
     assert link.headline_metric == "proxy_reward"
-    state = json.loads(json.loads(client.get_experiment(link.experiment_id).tags[
-        "mlflow.sharedViewState.leaderboard"])["state"])
+    state = json.loads(
+        json.loads(client.get_experiment(link.experiment_id).tags["mlflow.sharedViewState.leaderboard"])["state"]
+    )
     assert state["orderByKey"] == "metrics.`proxy_reward`"
 
 
@@ -236,8 +281,16 @@ def _one_seed_store(empty_database, root):  # noqa: F811
     uri, _, client, experiment_id = _new_store(empty_database, root)
     parent = _start_invocation(client, experiment_id, 0)
     for offset, (algorithm, value) in enumerate((("sft", 0.5), ("dpo", 0.9))):
-        _log_cell(client, experiment_id, parent, root / "runs", algorithm=algorithm, seed=0,
-                  start_minute=1 + offset, eval_values={"gold_reward": value, "kl": 0.1 * offset})
+        _log_cell(
+            client,
+            experiment_id,
+            parent,
+            root / "runs",
+            algorithm=algorithm,
+            seed=0,
+            start_minute=1 + offset,
+            eval_values={"gold_reward": value, "kl": 0.1 * offset},
+        )
     rows = leaderboard_rows(load_suite_records(uri, SUITE))
     return uri, client, experiment_id, _leaderboard_experiment(client, uri, SUITE), rows
 
@@ -277,8 +330,10 @@ def test_two_publishers_creating_one_key_at_once_converge_on_its_oldest_run(empt
 
     _, client, experiment_id, leaderboard_id, rows = _one_seed_store(empty_database, tmp_path)
     client.create_run(leaderboard_id, tags={record.TAG_KIND: record.KIND_LEADERBOARD})
-    client.create_run(leaderboard_id, tags={record.TAG_KIND: record.KIND_LEADERBOARD,
-                                            record.TAG_LEADERBOARD_KEY: "dpo:no-longer-published"})
+    client.create_run(
+        leaderboard_id,
+        tags={record.TAG_KIND: record.KIND_LEADERBOARD, record.TAG_LEADERBOARD_KEY: "dpo:no-longer-published"},
+    )
     dpo = next(row for row in rows if row.arm == "dpo")
     seen_by_a = _created_run(client, leaderboard_id, SUITE, dpo)
     seen_by_b = _created_run(client, leaderboard_id, SUITE, dpo)
@@ -313,12 +368,23 @@ def test_a_win_rate_reads_as_its_clipped_interval_and_a_missing_value_shows_in_t
     minute = 1
     for seed in range(3):
         for algorithm in ("sft", "dpo"):
-            values = {"gold_reward": 0.1 * seed, "kl": 0.0} if algorithm == "sft" else {
-                "kl": 1.0 + seed, "win_rate_vs_sft": (0.9, 0.95, 1.0)[seed]}
+            values = (
+                {"gold_reward": 0.1 * seed, "kl": 0.0}
+                if algorithm == "sft"
+                else {"kl": 1.0 + seed, "win_rate_vs_sft": (0.9, 0.95, 1.0)[seed]}
+            )
             if algorithm == "dpo" and seed < 2:
                 values["gold_reward"] = (0.5, 0.7)[seed]
-            _log_cell(client, experiment_id, parent, tmp_path / "runs", algorithm=algorithm, seed=seed,
-                      start_minute=minute, eval_values=values)
+            _log_cell(
+                client,
+                experiment_id,
+                parent,
+                tmp_path / "runs",
+                algorithm=algorithm,
+                seed=seed,
+                start_minute=minute,
+                eval_values=values,
+            )
             minute += 1
     client.set_terminated(parent, status="FINISHED")
     publish_leaderboard(uri, SUITE)
@@ -351,7 +417,9 @@ def test_a_row_written_over_an_older_one_drops_what_it_no_longer_has(empty_datab
     [run_id] = write_rows(client, leaderboard_id, SUITE, experiment_id, [dpo], [])
     assert "kl" in client.get_run(run_id).data.metrics and "report.kl" in client.get_run(run_id).data.tags
     narrower = dataclasses.replace(
-        dpo, current=False, metrics={name: value for name, value in dpo.metrics.items() if name != "kl"},
+        dpo,
+        current=False,
+        metrics={name: value for name, value in dpo.metrics.items() if name != "kl"},
         texts={name: text for name, text in dpo.texts.items() if name != "kl"},
     )
     _write_row(client, client.get_run(run_id), SUITE, experiment_id, narrower, [])

@@ -107,7 +107,9 @@ def test_merge_keeps_updates_below_bf16_resolution(tmp_path):
     tokenizer = build_word_tokenizer(WORDS, max_length=32)
     shape = ModelConfig(n_embd=32, n_layer=1, n_head=2, max_positions=32, architecture="qwen2")
     save_checkpoint(build_tiny_causal_lm(shape, tokenizer, seed=0).to(torch.bfloat16), tokenizer, tmp_path / "base")
-    model = get_peft_model(load_causal_lm(tmp_path / "base"), peft_config(suite_with(enabled=True, r=2, alpha=2.0), "dpo"))
+    model = get_peft_model(
+        load_causal_lm(tmp_path / "base"), peft_config(suite_with(enabled=True, r=2, alpha=2.0), "dpo")
+    )
     with torch.no_grad():
         for name, parameter in model.named_parameters():
             if "lora_A" in name or "lora_B" in name:
@@ -115,7 +117,10 @@ def test_merge_keeps_updates_below_bf16_resolution(tmp_path):
     save_policy(model, tmp_path / "base", tmp_path / "merged")
     from safetensors.torch import load_file
 
-    merged, base = load_file(str(tmp_path / "merged" / "model.safetensors")), load_file(str(tmp_path / "base" / "model.safetensors"))
+    merged, base = (
+        load_file(str(tmp_path / "merged" / "model.safetensors")),
+        load_file(str(tmp_path / "base" / "model.safetensors")),
+    )
     name = next(key for key in base if key.endswith("self_attn.q_proj.weight"))
     delta = merged[name] - base[name].float()
     assert torch.allclose(delta, torch.full_like(delta, 2e-6), atol=1e-7)

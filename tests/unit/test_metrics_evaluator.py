@@ -53,8 +53,15 @@ class RuleJudge:
     def compare(self, prompts, candidates, others, candidates_stopped, others_stopped):
         from harness.judges.base import OrderVerdict, PairVerdict
 
-        self.calls.append({"prompts": list(prompts), "candidates": list(candidates), "others": list(others),
-                           "candidates_stopped": list(candidates_stopped), "others_stopped": list(others_stopped)})
+        self.calls.append(
+            {
+                "prompts": list(prompts),
+                "candidates": list(candidates),
+                "others": list(others),
+                "candidates_stopped": list(candidates_stopped),
+                "others_stopped": list(others_stopped),
+            }
+        )
 
         def verdict(first, second):
             answer = order_answer(first, second)
@@ -71,8 +78,12 @@ def expected_verdict(candidate: str, other: str) -> dict:
         return {"points": 0.5, "probability": None, "agree": 0.0, "unparseable": unparseable}
     first, second = shown_first, 1.0 - shown_second  # P(candidate better) in each order
     points = 1.0 if first > 0.5 and second > 0.5 else 0.0 if first < 0.5 and second < 0.5 else 0.5
-    return {"points": points, "probability": (first + second) / 2, "agree": float(points != 0.5),
-            "unparseable": unparseable}
+    return {
+        "points": points,
+        "probability": (first + second) / 2,
+        "agree": float(points != 0.5),
+        "unparseable": unparseable,
+    }
 
 
 def gold_points(mine: float, theirs: float) -> float:
@@ -93,10 +104,20 @@ def test_every_registered_sample_field_gives_its_metric_and_nothing_else_does():
     sample_level = [metric for metric in METRICS.values() if metric.level == "sample"]
     # Two samples with values 1 and 4 (3 for a bool field); a third with every field null, which is skipped.
     samples = [
-        {"completion": " a b", "reference": " a b", "mystery": 7.0,
-         **{metric.field: 1.0 for metric in sample_level}, "stopped": True},
-        {"completion": " a c", "reference": " a b", "mystery": 9.0,
-         **{metric.field: 4.0 for metric in sample_level}, "stopped": False},
+        {
+            "completion": " a b",
+            "reference": " a b",
+            "mystery": 7.0,
+            **{metric.field: 1.0 for metric in sample_level},
+            "stopped": True,
+        },
+        {
+            "completion": " a c",
+            "reference": " a b",
+            "mystery": 9.0,
+            **{metric.field: 4.0 for metric in sample_level},
+            "stopped": False,
+        },
         {"completion": " b", "reference": " b", **{metric.field: None for metric in sample_level}},
     ]
     summary = summarise(Corpus(samples))
@@ -145,14 +166,21 @@ def sft_model(tiny_models, tmp_path_factory) -> Path:
 
     tokenizer = build_word_tokenizer(WORDS, max_length=64)
     tiny = ModelConfig(n_embd=32, n_layer=2, n_head=4, max_positions=64)
-    return save_checkpoint(build_tiny_causal_lm(tiny, tokenizer, seed=1), tokenizer, tmp_path_factory.mktemp("sft") / "sft")
+    return save_checkpoint(
+        build_tiny_causal_lm(tiny, tokenizer, seed=1), tokenizer, tmp_path_factory.mktemp("sft") / "sft"
+    )
 
 
 def evaluation_config():
     from harness.config import EvaluationConfig
 
-    return EvaluationConfig(num_prompts=0, samples_per_prompt=SAMPLES_PER_PROMPT, max_new_tokens=MAX_NEW_TOKENS,
-                            top_k=EVAL_TOP_K, batch_size=64)
+    return EvaluationConfig(
+        num_prompts=0,
+        samples_per_prompt=SAMPLES_PER_PROMPT,
+        max_new_tokens=MAX_NEW_TOKENS,
+        top_k=EVAL_TOP_K,
+        batch_size=64,
+    )
 
 
 def evaluate(tiny_models: Path, checkpoint: Path, sft_model: Path, eval_rows=EVAL_ROWS, **options):
@@ -161,8 +189,15 @@ def evaluate(tiny_models: Path, checkpoint: Path, sft_model: Path, eval_rows=EVA
     from harness.metrics.evaluator import EvaluationSettings, evaluate_checkpoint
 
     options.setdefault("gold_scorer", gold)
-    settings = EvaluationSettings(eval_rows=eval_rows, config=evaluation_config(), seed=SEED, device="cpu",
-                                  reference_dir=sft_model, reward_model_dir=tiny_models / "reward_model", **options)
+    settings = EvaluationSettings(
+        eval_rows=eval_rows,
+        config=evaluation_config(),
+        seed=SEED,
+        device="cpu",
+        reference_dir=sft_model,
+        reward_model_dir=tiny_models / "reward_model",
+        **options,
+    )
     return evaluate_checkpoint(checkpoint, HFGenerator("cpu", 64), settings)
 
 
@@ -178,8 +213,14 @@ def candidate(tiny_models, sft_model, baseline):
     """A trained cell: judged against the baseline's samples (handed over in reverse order: pairing is by key)
     and the references, with its KL at a training temperature of 0.7 too."""
     judge = RuleJudge()
-    result = evaluate(tiny_models, tiny_models / "base", sft_model, judge=judge,
-                      baseline_samples=list(reversed(baseline[0].samples)), train_temperature=TRAIN_TEMPERATURE)
+    result = evaluate(
+        tiny_models,
+        tiny_models / "base",
+        sft_model,
+        judge=judge,
+        baseline_samples=list(reversed(baseline[0].samples)),
+        train_temperature=TRAIN_TEMPERATURE,
+    )
     return result, judge
 
 
@@ -220,8 +261,10 @@ def test_the_judges_verdicts_land_in_the_samples_and_the_summary(baseline, candi
     # the same slot, then the rows that have a reference against it, shown as stopped.
     assert len(judge.calls) == 1
     call, split = judge.calls[0], len(result.samples)
-    versus_sft, versus_reference = ({key: values[:split] for key, values in call.items()},
-                                    {key: values[split:] for key, values in call.items()})
+    versus_sft, versus_reference = (
+        {key: values[:split] for key, values in call.items()},
+        {key: values[split:] for key, values in call.items()},
+    )
     assert len(versus_reference["others"]) == len(with_reference)
     assert versus_sft["candidates"] == [s["completion"] for s in result.samples]
     assert versus_sft["others"] == [sft[slot(s)]["completion"] for s in result.samples]
@@ -229,8 +272,10 @@ def test_the_judges_verdicts_land_in_the_samples_and_the_summary(baseline, candi
     assert versus_reference["others"] == [f" {REFERENCES[s['prompt_index']]}" for s in with_reference]
     assert versus_reference["others_stopped"] == [True] * len(with_reference)
 
-    for versus, others in (("sft", lambda s: sft[slot(s)]["completion"]),
-                           ("reference", lambda s: f" {REFERENCES[s['prompt_index']]}")):
+    for versus, others in (
+        ("sft", lambda s: sft[slot(s)]["completion"]),
+        ("reference", lambda s: f" {REFERENCES[s['prompt_index']]}"),
+    ):
         judged = result.samples if versus == "sft" else with_reference
         expected = [expected_verdict(s["completion"], others(s)) for s in judged]
         for sample, by_hand in zip(judged, expected):
@@ -240,14 +285,19 @@ def test_the_judges_verdicts_land_in_the_samples_and_the_summary(baseline, candi
             assert sample[f"judge_vs_{versus}_unparseable"] == by_hand["unparseable"]
             assert len(sample[f"judge_vs_{versus}_raw"]) == 2
             gold_says = sample[f"win_vs_{versus}"]
-            agreement = None if gold_says == 0.5 else 0.5 if by_hand["points"] == 0.5 else float(by_hand["points"] == gold_says)
+            agreement = (
+                None if gold_says == 0.5 else 0.5 if by_hand["points"] == 0.5 else float(by_hand["points"] == gold_says)
+            )
             assert sample[f"judge_gold_agree_vs_{versus}"] == agreement
         summary = result.summary
         assert summary[f"judge_win_rate_vs_{versus}"] == pytest.approx(mean(e["points"] for e in expected))
         assert summary[f"judge_order_agreement_vs_{versus}"] == pytest.approx(mean(e["agree"] for e in expected))
-        assert summary[f"judge_unparseable_rate_vs_{versus}"] == pytest.approx(mean(e["unparseable"] for e in expected) / 2)
+        assert summary[f"judge_unparseable_rate_vs_{versus}"] == pytest.approx(
+            mean(e["unparseable"] for e in expected) / 2
+        )
         assert summary[f"judge_gold_agreement_vs_{versus}"] == pytest.approx(
-            mean(s[f"judge_gold_agree_vs_{versus}"] for s in judged))
+            mean(s[f"judge_gold_agree_vs_{versus}"] for s in judged)
+        )
     every = [expected_verdict(s["completion"], sft[slot(s)]["completion"]) for s in result.samples]
     # The rule's every case occurs: wins, losses, ties by disagreement, unparseable orders.
     assert {e["points"] for e in every} == {0.0, 0.5, 1.0} and any(e["unparseable"] for e in every)
@@ -256,7 +306,8 @@ def test_the_judges_verdicts_land_in_the_samples_and_the_summary(baseline, candi
 
 
 def test_kl_at_the_training_temperature_is_the_exact_kl_of_separate_draws_at_that_temperature(
-        tiny_models, sft_model, candidate):
+    tiny_models, sft_model, candidate
+):
     """The oracle draws the same stream by hand (seed + the documented offset, untruncated, at 0.7) and computes
     the exact KL at 0.7 on it."""
     from harness.generation.base import SamplingSettings
@@ -267,12 +318,21 @@ def test_kl_at_the_training_temperature_is_the_exact_kl_of_separate_draws_at_tha
 
     result = candidate[0]
     policy = tiny_models / "base"
-    draws = HFGenerator("cpu", 64).generate(policy, PROMPTS, SAMPLES_PER_PROMPT,
-                                            SamplingSettings(TRAIN_TEMPERATURE, 0, 1.0, MAX_NEW_TOKENS),
-                                            SEED + TRAIN_TEMPERATURE_SEED_OFFSET)
-    kl = response_kl(load_causal_lm(policy, "cpu"), load_causal_lm(sft_model, "cpu"), [g.prompt_ids for g in draws],
-                     [g.completion_ids for g in draws], pad_id=load_tokenizer(policy).pad_token_id,
-                     temperature=TRAIN_TEMPERATURE)["kl"]
+    draws = HFGenerator("cpu", 64).generate(
+        policy,
+        PROMPTS,
+        SAMPLES_PER_PROMPT,
+        SamplingSettings(TRAIN_TEMPERATURE, 0, 1.0, MAX_NEW_TOKENS),
+        SEED + TRAIN_TEMPERATURE_SEED_OFFSET,
+    )
+    kl = response_kl(
+        load_causal_lm(policy, "cpu"),
+        load_causal_lm(sft_model, "cpu"),
+        [g.prompt_ids for g in draws],
+        [g.completion_ids for g in draws],
+        pad_id=load_tokenizer(policy).pad_token_id,
+        temperature=TRAIN_TEMPERATURE,
+    )["kl"]
     assert [s["kl"] for s in result.train_temperature_samples] == pytest.approx(kl, abs=1e-6)
     assert result.summary["kl_train_temperature"] == pytest.approx(sum(kl) / len(kl), abs=1e-6)
     assert result.summary["kl_train_temperature"] != pytest.approx(result.summary["kl"], rel=1e-3)
@@ -297,9 +357,16 @@ def test_best_of_n_judges_the_kept_samples(tiny_models, sft_model, baseline):
     from harness.generation.strategies import BestOfN
 
     judge = RuleJudge()
-    result = evaluate(tiny_models, sft_model, sft_model, judge=judge, judge_vs_sft=False,
-                      baseline_samples=baseline[0].samples, strategy=BestOfN(2, "gold", 1.0),
-                      train_temperature=TRAIN_TEMPERATURE)
+    result = evaluate(
+        tiny_models,
+        sft_model,
+        sft_model,
+        judge=judge,
+        judge_vs_sft=False,
+        baseline_samples=baseline[0].samples,
+        strategy=BestOfN(2, "gold", 1.0),
+        train_temperature=TRAIN_TEMPERATURE,
+    )
     assert len(judge.calls) == 1  # against the references only: judge_vs_sft is off
     kept = [s for s in result.samples if REFERENCES[s["prompt_index"]]]
     assert judge.calls[0]["candidates"] == [s["completion"] for s in kept]
@@ -312,8 +379,9 @@ def test_the_gold_judge_reproduces_the_gold_win_rates_exactly(tiny_models, sft_m
     the gold points sample for sample."""
     from harness.judges.gold import GoldJudge
 
-    result = evaluate(tiny_models, tiny_models / "base", sft_model, judge=GoldJudge(gold),
-                      baseline_samples=baseline[0].samples)
+    result = evaluate(
+        tiny_models, tiny_models / "base", sft_model, judge=GoldJudge(gold), baseline_samples=baseline[0].samples
+    )
     for versus in ("sft", "reference"):
         assert [s[f"judge_vs_{versus}"] for s in result.samples] == [s[f"win_vs_{versus}"] for s in result.samples]
         assert result.summary[f"judge_win_rate_vs_{versus}"] == result.summary[f"win_rate_vs_{versus}"]
@@ -342,8 +410,15 @@ def test_the_gold_judge_scores_the_rendered_prompt_that_gold_scores_on_a_chat_te
         return gold(prompts, completions, stopped)
 
     sft = evaluate(tiny_models, sft_model, sft_model, eval_rows=rows, gold_scorer=gold_of_rendered_prompts)
-    result = evaluate(tiny_models, tiny_models / "base", sft_model, eval_rows=rows, baseline_samples=sft.samples,
-                      gold_scorer=gold_of_rendered_prompts, judge=GoldJudge(gold_of_rendered_prompts))
+    result = evaluate(
+        tiny_models,
+        tiny_models / "base",
+        sft_model,
+        eval_rows=rows,
+        baseline_samples=sft.samples,
+        gold_scorer=gold_of_rendered_prompts,
+        judge=GoldJudge(gold_of_rendered_prompts),
+    )
     summary = result.summary
     assert len({s["win_vs_sft"] for s in result.samples}) > 1  # wins and losses: equality is no coincidence
     assert summary["judge_win_rate_vs_sft"] == summary["win_rate_vs_sft"]
@@ -379,13 +454,21 @@ def judged_samples(tiny_models, sft_model, judged_sft, judge) -> list[dict]:
     """SFT's best of 4 by gold against SFT: gold prefers it clearly, so a judge has a side of 1/2 to find."""
     from harness.generation.strategies import BestOfN
 
-    return evaluate(tiny_models, sft_model, sft_model, eval_rows=JUDGED_ROWS, judge=judge,
-                    baseline_samples=judged_sft.samples, judge_vs_reference=False,
-                    strategy=BestOfN(4, "gold", 1.0)).samples
+    return evaluate(
+        tiny_models,
+        sft_model,
+        sft_model,
+        eval_rows=JUDGED_ROWS,
+        judge=judge,
+        baseline_samples=judged_sft.samples,
+        judge_vs_reference=False,
+        strategy=BestOfN(4, "gold", 1.0),
+    ).samples
 
 
 def test_the_judge_check_passes_gold_and_catches_an_always_a_an_inverted_and_a_random_judge(
-        tiny_models, sft_model, judged_sft, tmp_path):
+    tiny_models, sft_model, judged_sft, tmp_path
+):
     from harness.config import JudgeConfig
     from harness.judges.gold import GoldJudge
     from harness.judges.open import open_judge
@@ -402,8 +485,9 @@ def test_the_judge_check_passes_gold_and_catches_an_always_a_an_inverted_and_a_r
     # Every tie: agreement exactly 1/2, orders that never agree, a win rate of exactly 1/2.
     assert [problem.split(" ")[0] for problem in problems] == ["agreement", "order", "the"], problems
 
-    problems = judge_problems(judged_samples(tiny_models, sft_model, judged_sft, InvertedJudge(GoldJudge(gold))),
-                              VS_SFT)
+    problems = judge_problems(
+        judged_samples(tiny_models, sft_model, judged_sft, InvertedJudge(GoldJudge(gold))), VS_SFT
+    )
     assert [problem.split(" ")[0] for problem in problems] == ["agreement", "the"], problems
 
     problems = judge_problems(judged_samples(tiny_models, sft_model, judged_sft, RandomJudge(seed=0)), VS_SFT)

@@ -48,13 +48,9 @@ def test_exact_kl_two_token_pair_and_argument_order():
     # KL(q‖p) = 0.25·ln(0.25/0.5) + 0.75·ln(0.75/0.5) = −0.1732868 + 0.3040988 = 0.1308120
     policy_logits = torch.tensor([0.0, 0.0])
     reference_logits = torch.tensor([0.0, LN3])
-    assert exact_token_kl(policy_logits, reference_logits).item() == pytest.approx(
-        0.1438410, abs=1e-6
-    )
+    assert exact_token_kl(policy_logits, reference_logits).item() == pytest.approx(0.1438410, abs=1e-6)
     # Swapped arguments give the other direction: guards against computing KL(ref‖policy).
-    assert exact_token_kl(reference_logits, policy_logits).item() == pytest.approx(
-        0.1308120, abs=1e-6
-    )
+    assert exact_token_kl(reference_logits, policy_logits).item() == pytest.approx(0.1308120, abs=1e-6)
 
 
 def test_exact_kl_applies_temperature_to_both_models():
@@ -204,13 +200,9 @@ def test_sequence_estimates_are_exactly_zero_for_identical_logits():
 
 def test_sequence_estimates_reject_mismatched_shapes():
     with pytest.raises(ValueError, match="same shape"):
-        sequence_kl_estimates(
-            torch.zeros(1, 2, 3), torch.zeros(1, 2, 4), torch.zeros(1, 2), torch.ones(1, 2)
-        )
+        sequence_kl_estimates(torch.zeros(1, 2, 3), torch.zeros(1, 2, 4), torch.zeros(1, 2), torch.ones(1, 2))
     with pytest.raises(ValueError, match="response_ids"):
-        sequence_kl_estimates(
-            torch.zeros(1, 2, 3), torch.zeros(1, 2, 3), torch.zeros(1, 3), torch.ones(1, 3)
-        )
+        sequence_kl_estimates(torch.zeros(1, 2, 3), torch.zeros(1, 2, 3), torch.zeros(1, 3), torch.ones(1, 3))
 
 
 def test_monte_carlo_mean_of_k1_and_k3_approaches_exact_kl():
@@ -224,15 +216,11 @@ def test_monte_carlo_mean_of_k1_and_k3_approaches_exact_kl():
     reverse_kl = 1.3627377
     policy_logits = torch.log(torch.tensor([0.9, 0.025, 0.025, 0.025, 0.025]))
     reference_logits = torch.zeros(5)
-    assert exact_token_kl(policy_logits, reference_logits).item() == pytest.approx(
-        exact_forward_kl, abs=1e-5
-    )
+    assert exact_token_kl(policy_logits, reference_logits).item() == pytest.approx(exact_forward_kl, abs=1e-5)
 
     sample_count = 100_000
     generator = torch.Generator().manual_seed(1234)
-    samples = torch.multinomial(
-        policy_logits.softmax(-1), sample_count, replacement=True, generator=generator
-    )
+    samples = torch.multinomial(policy_logits.softmax(-1), sample_count, replacement=True, generator=generator)
     estimates = sequence_kl_estimates(
         policy_logits.expand(sample_count, 1, 5),
         reference_logits.expand(sample_count, 1, 5),
@@ -316,12 +304,9 @@ def test_response_kl_batched_with_padding_matches_unbatched(policy_and_reference
     policy, reference = policy_and_reference
     # pad_id 5 is also a real token in the data: masks must come from lengths, not from ids.
     # batch_size 3 makes chunks of different widths, and the last chunk holds one empty response.
-    batched = response_kl(
-        policy, reference, PROMPTS, RESPONSES, pad_id=5, temperature=temperature, batch_size=3
-    )
+    batched = response_kl(policy, reference, PROMPTS, RESPONSES, pad_id=5, temperature=temperature, batch_size=3)
     expected = [
-        _unbatched_kl(policy, reference, prompt, response, temperature)
-        for prompt, response in zip(PROMPTS, RESPONSES)
+        _unbatched_kl(policy, reference, prompt, response, temperature) for prompt, response in zip(PROMPTS, RESPONSES)
     ]
     assert set(batched) == {"kl", "kl_k1", "kl_k3"}
     for name in ("kl", "kl_k1", "kl_k3"):

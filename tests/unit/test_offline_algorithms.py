@@ -15,9 +15,7 @@ import types
 from pathlib import Path
 
 import pytest
-
 from shared_models import WORDS
-
 
 
 def preference_pairs(count: int = 8) -> list[dict]:
@@ -28,8 +26,11 @@ def preference_pairs(count: int = 8) -> list[dict]:
         return " ".join(rng.choice(WORDS[:8]) for _ in range(n))
 
     return [
-        {"prompt": words(rng.randint(2, 3)), "chosen": " " + words(rng.randint(1, 2)) + " good",
-         "rejected": " " + words(rng.randint(3, 6))}
+        {
+            "prompt": words(rng.randint(2, 3)),
+            "chosen": " " + words(rng.randint(1, 2)) + " good",
+            "rejected": " " + words(rng.randint(3, 6)),
+        }
         for _ in range(count)
     ]
 
@@ -116,8 +117,10 @@ def assert_batch_is_pairs(step, pairs, tokenizer_dir: Path):
     rows = [tuple(row[m.bool()].tolist()) for row, m in zip(ids, mask)]
     half = len(rows) // 2
     encoded = {
-        (tuple(tokenizer(p["prompt"] + p["chosen"] + tokenizer.eos_token)["input_ids"]),
-         tuple(tokenizer(p["prompt"] + p["rejected"] + tokenizer.eos_token)["input_ids"]))
+        (
+            tuple(tokenizer(p["prompt"] + p["chosen"] + tokenizer.eos_token)["input_ids"]),
+            tuple(tokenizer(p["prompt"] + p["rejected"] + tokenizer.eos_token)["input_ids"]),
+        )
         for p in pairs
     }
     assert set(zip(rows[:half], rows[half:])) <= encoded
@@ -287,8 +290,13 @@ def test_sampled_pairs_with_a_truncated_sample_are_dropped_and_counted(tiny_mode
         HFGenerator, "generate", lambda self, checkpoint, prompts, n, settings, seed: sampled(prompts, patterns)
     )
     # The proxy prefers "good"; distinct scores, no ties.
-    monkeypatch.setattr(ProxyRewardModel, "score", lambda self, prompts, completions, stopped: [
-        float(c.count("good")) + 0.01 * i for i, c in enumerate(completions)])
+    monkeypatch.setattr(
+        ProxyRewardModel,
+        "score",
+        lambda self, prompts, completions, stopped: [
+            float(c.count("good")) + 0.01 * i for i, c in enumerate(completions)
+        ],
+    )
     config = dpo.Config(pairs_source="reward_model", batch_size=2)
     result = dpo.train(context_for("dpo", config, tiny_models, tmp_path, prompts_budget=4))
     assert result.spend["pairs_dropped_truncated"] == 2
@@ -296,6 +304,8 @@ def test_sampled_pairs_with_a_truncated_sample_are_dropped_and_counted(tiny_mode
     dataset = steps_taken[0].trainer.train_dataset
     eos = "</s>"
     assert sorted(zip(dataset["chosen"], dataset["rejected"])) == [
-        (" good a" + eos, " b c d" + eos), (" good e" + eos, " e f" + eos)]
+        (" good a" + eos, " b c d" + eos),
+        (" good e" + eos, " e f" + eos),
+    ]
     # Nothing of a truncated sample reached a training batch.
     assert all(" q" not in text for text in [*dataset["chosen"], *dataset["rejected"]])

@@ -13,9 +13,7 @@ import types
 from pathlib import Path
 
 import pytest
-
 from shared_models import WORDS
-
 
 
 class FixedRewards:
@@ -27,20 +25,30 @@ class FixedRewards:
         self.calls = []
 
     def __call__(self, prompts, completions, stopped):
-        rewards = [self.values[(len(self.calls) * len(completions) + i) % len(self.values)]
-                   for i in range(len(completions))]
+        rewards = [
+            self.values[(len(self.calls) * len(completions) + i) % len(self.values)] for i in range(len(completions))
+        ]
         self.calls.append({"completions": list(completions), "stopped": list(stopped), "rewards": rewards})
         return rewards
 
 
-def train(algorithm, config, models: Path, output_dir: Path, monkeypatch, *, prompts_budget: int, reward,
-          checkpoint_every: int = 0, snapshots: int = 0):
+def train(
+    algorithm,
+    config,
+    models: Path,
+    output_dir: Path,
+    monkeypatch,
+    *,
+    prompts_budget: int,
+    reward,
+    checkpoint_every: int = 0,
+    snapshots: int = 0,
+):
     """algorithm's train() on the tiny models; returns (the trainer it trained, the logged metrics by step,
     the TrainResult). The trainer is observed through trl_support.train_resuming, which every one calls."""
-    from harness.algorithms import trl_support
+    from harness.algorithms import spec, trl_support
     from harness.algorithms.context import TrainContext
     from harness.config import BudgetConfig, SamplingConfig, SuiteConfig
-    from harness.algorithms import spec
 
     trainers = []
     original = trl_support.train_resuming
@@ -124,12 +132,26 @@ def test_rloo_trains_with_its_settings_and_leave_one_out_advantages(tiny_models,
 
     scored = observe(monkeypatch, RLOOTrainer, "_generate_and_score_completions")
     config = rloo.Config(beta=0.0, num_generations=4, prompts_per_step=2, normalize_advantages=False)
-    trainer, logged, result = train("rloo", config, tiny_models, tmp_path, monkeypatch, prompts_budget=4,
-                                    reward=FixedRewards(REWARDS))
-    assert_arguments(trainer, {"beta": 0.0, "num_generations": 4, "normalize_advantages": False,
-                               "num_iterations": 1, "steps_per_generation": 1, "epsilon": 0.2, "epsilon_high": 0.2,
-                               "mask_truncated_completions": False, "reward_clip_range": None,
-                               "per_device_train_batch_size": 8, "temperature": 1.0, "max_completion_length": 5})
+    trainer, logged, result = train(
+        "rloo", config, tiny_models, tmp_path, monkeypatch, prompts_budget=4, reward=FixedRewards(REWARDS)
+    )
+    assert_arguments(
+        trainer,
+        {
+            "beta": 0.0,
+            "num_generations": 4,
+            "normalize_advantages": False,
+            "num_iterations": 1,
+            "steps_per_generation": 1,
+            "epsilon": 0.2,
+            "epsilon_high": 0.2,
+            "mask_truncated_completions": False,
+            "reward_clip_range": None,
+            "per_device_train_batch_size": 8,
+            "temperature": 1.0,
+            "max_completion_length": 5,
+        },
+    )
     assert result.final_step == 2 and result.spend["completions_generated"] == 16
     # The paper's leave-one-out baseline, by hand: each completion's reward minus the mean of its 3 siblings'.
     by_hand = leave_one_out(REWARDS[:4]) + leave_one_out(REWARDS[4:])
@@ -146,8 +168,9 @@ def test_rloo_logs_sequence_kl_in_nats(tiny_models, tmp_path, monkeypatch):
     from harness.algorithms import rloo
 
     config = rloo.Config(beta=0.1, num_generations=2, prompts_per_step=2)
-    _, logged, _ = train("rloo", config, tiny_models, tmp_path, monkeypatch, prompts_budget=4,
-                         reward=FixedRewards([1.0, 0.0]))
+    _, logged, _ = train(
+        "rloo", config, tiny_models, tmp_path, monkeypatch, prompts_budget=4, reward=FixedRewards([1.0, 0.0])
+    )
     step = logged[2]
     assert step["kl_per_sequence"] == pytest.approx(step["kl"] * step["completions/mean_length"])
     assert step["kl"] != 0.0  # one update has moved the policy off the reference
@@ -161,16 +184,30 @@ def test_dr_grpo_advantages_are_not_scaled_by_the_group_std(tiny_models, tmp_pat
 
     scored = observe(monkeypatch, GRPOTrainer, "_generate_and_score_completions")
     config = dr_grpo.Config(num_generations=4, prompts_per_step=2)
-    trainer, _, _ = train("dr_grpo", config, tiny_models, tmp_path, monkeypatch, prompts_budget=2,
-                          reward=FixedRewards(REWARDS))
-    assert_arguments(trainer, {"loss_type": "dr_grpo", "scale_rewards": "none", "beta": 0.04, "epsilon": 0.2,
-                               "epsilon_high": 0.2, "importance_sampling_level": "token",
-                               "mask_truncated_completions": False, "use_bias_correction_kl": True,
-                               "num_iterations": 1, "steps_per_generation": 1, "top_entropy_quantile": 1.0,
-                               "delta": None, "entropy_coef": 0.0})
+    trainer, _, _ = train(
+        "dr_grpo", config, tiny_models, tmp_path, monkeypatch, prompts_budget=2, reward=FixedRewards(REWARDS)
+    )
+    assert_arguments(
+        trainer,
+        {
+            "loss_type": "dr_grpo",
+            "scale_rewards": "none",
+            "beta": 0.04,
+            "epsilon": 0.2,
+            "epsilon_high": 0.2,
+            "importance_sampling_level": "token",
+            "mask_truncated_completions": False,
+            "use_bias_correction_kl": True,
+            "num_iterations": 1,
+            "steps_per_generation": 1,
+            "top_entropy_quantile": 1.0,
+            "delta": None,
+            "entropy_coef": 0.0,
+        },
+    )
     # A = r - mean(group), no division by the group's std (the paper's correction).
     by_hand = [r - sum(REWARDS[:4]) / 4 for r in REWARDS[:4]] + [r - sum(REWARDS[4:]) / 4 for r in REWARDS[4:]]
-    (_, _, output), = scored
+    ((_, _, output),) = scored
     assert_close(output["advantages"].tolist(), by_hand)
 
 
@@ -184,15 +221,24 @@ def test_dapo_clips_higher_masks_truncation_and_scales_by_the_group_std(tiny_mod
     reward = FixedRewards(REWARDS)
     config = dapo.Config(num_generations=4, prompts_per_step=2)
     trainer, _, _ = train("dapo", config, tiny_models, tmp_path, monkeypatch, prompts_budget=2, reward=reward)
-    assert_arguments(trainer, {"loss_type": "dapo", "scale_rewards": "group", "epsilon": 0.2, "epsilon_high": 0.28,
-                               "mask_truncated_completions": True, "importance_sampling_level": "token",
-                               "beta": 0.04})
+    assert_arguments(
+        trainer,
+        {
+            "loss_type": "dapo",
+            "scale_rewards": "group",
+            "epsilon": 0.2,
+            "epsilon_high": 0.28,
+            "mask_truncated_completions": True,
+            "importance_sampling_level": "token",
+            "beta": 0.04,
+        },
+    )
     assert trainer.epsilon_low == 0.2 and trainer.epsilon_high == 0.28  # what its loss clips with
     by_hand = []
     for group in (REWARDS[:4], REWARDS[4:]):
         mean = sum(group) / 4
         by_hand += [(r - mean) / (sample_std(group) + 1e-4) for r in group]  # TRL's std: Bessel-corrected
-    (_, _, output), = scored
+    ((_, _, output),) = scored
     assert_close(output["advantages"].tolist(), by_hand)
     # Overlong filtering: a completion the reward saw as not stopped has no token left in the loss.
     stopped = reward.calls[0]["stopped"]
@@ -217,18 +263,42 @@ def test_gspo_clips_one_sequence_level_ratio_per_completion(tiny_models, tmp_pat
         ids = torch.cat([inputs["prompt_ids"], inputs["completion_ids"]], dim=1)
         attention = torch.cat([inputs["prompt_mask"], inputs["completion_mask"]], dim=1)
         with torch.no_grad():  # the same weights the loss saw: the optimizer has not stepped yet
-            logps, _, _ = self._get_per_token_logps_and_entropies(model, ids, attention, inputs["completion_ids"].size(1))
-        losses.append((loss.item(), logps, inputs.get("old_per_token_logps"), inputs["advantages"],
-                       inputs["completion_mask"].float()))
+            logps, _, _ = self._get_per_token_logps_and_entropies(
+                model, ids, attention, inputs["completion_ids"].size(1)
+            )
+        losses.append(
+            (
+                loss.item(),
+                logps,
+                inputs.get("old_per_token_logps"),
+                inputs["advantages"],
+                inputs["completion_mask"].float(),
+            )
+        )
         return loss
 
     monkeypatch.setattr(GRPOTrainer, "_compute_loss", observed)
-    config = gspo.Config(beta=0.0, num_generations=2, prompts_per_step=2, steps_per_generation=2,
-                         learning_rate=1e-2)
-    trainer, _, _ = train("gspo", config, tiny_models, tmp_path, monkeypatch, prompts_budget=4,
-                          reward=FixedRewards([1.0, 0.0, 0.0, 2.0, 3.0, 1.0, 0.5, 0.0]))
-    assert_arguments(trainer, {"importance_sampling_level": "sequence", "loss_type": "grpo",
-                               "epsilon": 3e-4, "epsilon_high": 4e-4, "steps_per_generation": 2, "beta": 0.0})
+    config = gspo.Config(beta=0.0, num_generations=2, prompts_per_step=2, steps_per_generation=2, learning_rate=1e-2)
+    trainer, _, _ = train(
+        "gspo",
+        config,
+        tiny_models,
+        tmp_path,
+        monkeypatch,
+        prompts_budget=4,
+        reward=FixedRewards([1.0, 0.0, 0.0, 2.0, 3.0, 1.0, 0.5, 0.0]),
+    )
+    assert_arguments(
+        trainer,
+        {
+            "importance_sampling_level": "sequence",
+            "loss_type": "grpo",
+            "epsilon": 3e-4,
+            "epsilon_high": 4e-4,
+            "steps_per_generation": 2,
+            "beta": 0.0,
+        },
+    )
     low, high = 1 - 3e-4, 1 + 4e-4
     stale = losses[1::2]  # the second minibatch of each rollout
     assert len(losses) == 2 and len(stale) == 1
@@ -250,14 +320,33 @@ def test_gspo_clips_one_sequence_level_ratio_per_completion(tiny_models, tmp_pat
 def test_grpo_sets_every_result_changing_setting_from_its_config(tiny_models, tmp_path, monkeypatch):
     from harness.algorithms import grpo
 
-    config = grpo.Config(num_generations=2, prompts_per_step=2, loss_type="grpo", scale_rewards="batch",
-                         epsilon=0.1, epsilon_high=0.3, mask_truncated_completions=True,
-                         importance_sampling_level="sequence", use_bias_correction_kl=False)
-    trainer, _, _ = train("grpo", config, tiny_models, tmp_path, monkeypatch, prompts_budget=2,
-                          reward=FixedRewards([1.0, 0.0]))
-    fields = ("beta", "num_generations", "loss_type", "scale_rewards", "epsilon", "epsilon_high",
-              "importance_sampling_level", "mask_truncated_completions", "num_iterations", "steps_per_generation",
-              "use_bias_correction_kl")
+    config = grpo.Config(
+        num_generations=2,
+        prompts_per_step=2,
+        loss_type="grpo",
+        scale_rewards="batch",
+        epsilon=0.1,
+        epsilon_high=0.3,
+        mask_truncated_completions=True,
+        importance_sampling_level="sequence",
+        use_bias_correction_kl=False,
+    )
+    trainer, _, _ = train(
+        "grpo", config, tiny_models, tmp_path, monkeypatch, prompts_budget=2, reward=FixedRewards([1.0, 0.0])
+    )
+    fields = (
+        "beta",
+        "num_generations",
+        "loss_type",
+        "scale_rewards",
+        "epsilon",
+        "epsilon_high",
+        "importance_sampling_level",
+        "mask_truncated_completions",
+        "num_iterations",
+        "steps_per_generation",
+        "use_bias_correction_kl",
+    )
     # Each is a Config field (so the cell logs it as a param) and reached GRPOConfig unchanged.
     assert set(fields) <= {field.name for field in dataclasses.fields(grpo.Config)}
     assert_arguments(trainer, {name: getattr(config, name) for name in fields})
@@ -277,11 +366,22 @@ def test_online_dpo_loss_and_kl_match_a_hand_computation(tiny_models, tmp_path, 
     reward = FixedRewards([0.0, 5.0, 2.0, 1.0, 4.0, 3.0, 1.0, 6.0])  # no ties: the label is unambiguous
     beta = 0.3
     config = online_dpo.Config(beta=beta, prompts_per_step=4, learning_rate=1e-2)
-    trainer, logged, result = train("online_dpo", config, tiny_models, tmp_path, monkeypatch, prompts_budget=8,
-                                    reward=reward)
-    assert_arguments(trainer, {"beta": beta, "loss_type": "sigmoid", "missing_eos_penalty": None,
-                               "per_device_train_batch_size": 4, "max_new_tokens": 5, "temperature": 1.0,
-                               "top_k": 0, "top_p": 1.0})
+    trainer, logged, result = train(
+        "online_dpo", config, tiny_models, tmp_path, monkeypatch, prompts_budget=8, reward=reward
+    )
+    assert_arguments(
+        trainer,
+        {
+            "beta": beta,
+            "loss_type": "sigmoid",
+            "missing_eos_penalty": None,
+            "per_device_train_batch_size": 4,
+            "max_new_tokens": 5,
+            "temperature": 1.0,
+            "top_k": 0,
+            "top_p": 1.0,
+        },
+    )
     assert result.final_step == 2 and result.spend["completions_generated"] == 16
     assert len(steps) == 2 and len(forwards) == 4  # per step: the policy, then the reference
     for step in range(2):
@@ -294,8 +394,7 @@ def test_online_dpo_loss_and_kl_match_a_hand_computation(tiny_models, tmp_path, 
         losses = []
         for i in range(4):  # completion i and i + 4 answer prompt i
             chosen, rejected = (i, i + 4) if rewards[i] >= rewards[i + 4] else (i + 4, i)
-            margin = ((policy_sums[chosen] - policy_sums[rejected])
-                      - (reference_sums[chosen] - reference_sums[rejected]))
+            margin = (policy_sums[chosen] - policy_sums[rejected]) - (reference_sums[chosen] - reference_sums[rejected])
             losses.append(-math.log(1 / (1 + math.exp(-beta * margin))))
         assert steps[step][2].item() == pytest.approx(sum(losses) / 4, abs=1e-5)
         kl = sum(p - r for p, r in zip(policy_sums, reference_sums)) / 8
@@ -312,12 +411,29 @@ def test_online_dpo_snapshots_and_resumes(tiny_models, tmp_path, monkeypatch):
     from harness.algorithms import online_dpo
 
     config = online_dpo.Config(prompts_per_step=2)
-    _, logged, result = train("online_dpo", config, tiny_models, tmp_path, monkeypatch, prompts_budget=4,
-                              reward=FixedRewards([1.0, 0.0]), checkpoint_every=1, snapshots=1)
+    _, logged, result = train(
+        "online_dpo",
+        config,
+        tiny_models,
+        tmp_path,
+        monkeypatch,
+        prompts_budget=4,
+        reward=FixedRewards([1.0, 0.0]),
+        checkpoint_every=1,
+        snapshots=1,
+    )
     assert result.final_step == 2 and (tmp_path / "snapshots" / "step-1" / "model.safetensors").is_file()
     assert not list(tmp_path.rglob("training_args.bin"))
-    _, logged, result = train("online_dpo", config, tiny_models, tmp_path, monkeypatch, prompts_budget=6,
-                              reward=FixedRewards([1.0, 0.0]), checkpoint_every=1)
+    _, logged, result = train(
+        "online_dpo",
+        config,
+        tiny_models,
+        tmp_path,
+        monkeypatch,
+        prompts_budget=6,
+        reward=FixedRewards([1.0, 0.0]),
+        checkpoint_every=1,
+    )
     assert result.final_step == 3 and sorted(logged) == [3]  # steps 1-2 were not trained again
     # Tokens of all three steps: the lengths the judge logged survive in the resumed log history.
     assert len([entry for entry in _history(tmp_path) if "completions/mean_length" in entry]) == 3
@@ -330,14 +446,17 @@ def _history(output_dir: Path) -> list[dict]:
     return json.loads((checkpoint / "trainer_state.json").read_text())["log_history"]
 
 
-@pytest.mark.parametrize("algorithm, values, key", [
-    ("dapo", {"epsilon": 0.2, "epsilon_high": 0.1}, "epsilon_high"),
-    ("gspo", {"epsilon": 3e-4, "epsilon_high": 1e-4}, "epsilon_high"),
-    ("grpo", {"importance_sampling_level": "group"}, "importance_sampling_level"),
-    ("dr_grpo", {"scale_rewards": "sometimes"}, "scale_rewards"),
-    ("rloo", {"num_generations": 1}, "num_generations"),
-    ("online_dpo", {"beta": 0.0}, "beta"),
-])
+@pytest.mark.parametrize(
+    "algorithm, values, key",
+    [
+        ("dapo", {"epsilon": 0.2, "epsilon_high": 0.1}, "epsilon_high"),
+        ("gspo", {"epsilon": 3e-4, "epsilon_high": 1e-4}, "epsilon_high"),
+        ("grpo", {"importance_sampling_level": "group"}, "importance_sampling_level"),
+        ("dr_grpo", {"scale_rewards": "sometimes"}, "scale_rewards"),
+        ("rloo", {"num_generations": 1}, "num_generations"),
+        ("online_dpo", {"beta": 0.0}, "beta"),
+    ],
+)
 def test_a_bad_value_names_its_key(algorithm, values, key):
     from harness.algorithms.spec import algorithm as resolve
     from harness.config import build

@@ -31,9 +31,13 @@ def _declared_tags(name: str) -> dict:
     if name == record.BASELINE:
         return DECLARED[name]
     spec = spec_of(name)
-    return {record.TAG_FAMILY: spec.family, record.TAG_KL_KNOB: spec.kl_knob,
-            record.TAG_KL_KNOB_RAISES_KL: "true" if spec.kl_knob_raises_kl else "false",
-            record.TAG_CURVES: ",".join(spec.curves), record.TAG_DATA: ""}
+    return {
+        record.TAG_FAMILY: spec.family,
+        record.TAG_KL_KNOB: spec.kl_knob,
+        record.TAG_KL_KNOB_RAISES_KL: "true" if spec.kl_knob_raises_kl else "false",
+        record.TAG_CURVES: ",".join(spec.curves),
+        record.TAG_DATA: "",
+    }
 
 
 def _curves(algorithm: str, index: int, start_ms: int) -> list:
@@ -44,8 +48,10 @@ def _curves(algorithm: str, index: int, start_ms: int) -> list:
     for step in range(1, STEPS + 1):
         fraction = step / STEPS
         kl = SPIKE * fraction if algorithm == "reinforce_pp" else 0.1 * (index + 1) * fraction
-        metrics += [Metric(record.TRAIN_PREFIX + record.TRAIN_BUDGET_FRACTION, fraction, start_ms + step, step),
-                    Metric(record.TRAIN_PREFIX + record.TRAIN_KL_PER_SEQUENCE, kl, start_ms + step, step)]
+        metrics += [
+            Metric(record.TRAIN_PREFIX + record.TRAIN_BUDGET_FRACTION, fraction, start_ms + step, step),
+            Metric(record.TRAIN_PREFIX + record.TRAIN_KL_PER_SEQUENCE, kl, start_ms + step, step),
+        ]
         for name in spec_of(algorithm).curves:
             metrics.append(Metric(record.TRAIN_PREFIX + name, 0.05 * index + 0.1 * step, start_ms + step, step))
     return metrics
@@ -61,9 +67,18 @@ def figures(empty_database, tmp_path_factory):
     parent = _start_invocation(client, experiment_id, 0)
     for index, algorithm in enumerate(["sft", *ALGORITHMS]):
         values = {"gold_reward": 0.1 * index, "proxy_reward": 0.2 * index, "kl": 0.3 * index}
-        run_id = _log_cell(client, experiment_id, parent, root / "runs", algorithm=algorithm, seed=0,
-                           start_minute=index + 1, eval_values=values, history=False,
-                           declared=_declared_tags(algorithm))
+        run_id = _log_cell(
+            client,
+            experiment_id,
+            parent,
+            root / "runs",
+            algorithm=algorithm,
+            seed=0,
+            start_minute=index + 1,
+            eval_values=values,
+            history=False,
+            declared=_declared_tags(algorithm),
+        )
         if algorithm not in ("sft", "best_of_n"):  # best-of-n trains nothing and logs no curve
             client.log_batch(run_id, metrics=_curves(algorithm, index, 0))
     client.set_terminated(parent, status="FINISHED")
@@ -137,7 +152,9 @@ def test_the_diagnostics_figure_has_a_panel_per_family_and_curve(figures):
     assert len(titles) < 30  # the old figure had a panel per algorithm and curve: 47 for tiny
 
 
-@pytest.mark.parametrize("key", ["training_comparison", "training_curves", "reward_vs_kl", "reward_vs_cost", "frontier"])
+@pytest.mark.parametrize(
+    "key", ["training_comparison", "training_curves", "reward_vs_kl", "reward_vs_cost", "frontier"]
+)
 def test_each_algorithm_has_its_own_colour_and_its_familys_marker(figures, key):
     _, figure = figures[key]
     styles = _legend_styles(figure)

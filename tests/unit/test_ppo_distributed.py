@@ -135,7 +135,9 @@ def one_update(root: Path, output_dir: Path) -> dict:
     accelerator = onpolicy.make_accelerator(context.suite, "PPO")
     tokenizer = load_tokenizer(context.base_dir)
     learner = ppo.build_learner(context, tokenizer, accelerator)
-    rollouts, scores = fixed_rollouts(tokenizer, accelerator.process_index, accelerator.num_processes, accelerator.device)
+    rollouts, scores = fixed_rollouts(
+        tokenizer, accelerator.process_index, accelerator.num_processes, accelerator.device
+    )
     settings = onpolicy.LossSettings(1.0, config.clip_epsilon, config.value_clip, config.entropy_coef)
     metrics = ppo.learn_from_rollouts(
         learner,
@@ -209,9 +211,20 @@ def test_two_process_update_equals_one_process_update(tmp_path):
     # preset starts them with torchrun. Each rank then asks for the CPU itself (`onpolicy.make_accelerator`, from
     # suite.device), which makes Accelerate join a gloo process group.
     command = [
-        sys.executable, "-m", "accelerate.commands.launch", "--config_file", str(DDP_PRESET),
-        "--num_processes", str(WORLD_SIZE), "--main_process_port", str(_free_port()),
-        __file__, "--models", str(tmp_path), "--out", str(output),
+        sys.executable,
+        "-m",
+        "accelerate.commands.launch",
+        "--config_file",
+        str(DDP_PRESET),
+        "--num_processes",
+        str(WORLD_SIZE),
+        "--main_process_port",
+        str(_free_port()),
+        __file__,
+        "--models",
+        str(tmp_path),
+        "--out",
+        str(output),
     ]
     environment = {**os.environ, "OMP_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false"}
     started = time.perf_counter()
@@ -237,8 +250,10 @@ def test_two_process_update_equals_one_process_update(tmp_path):
         for part in ("policy", "critic", "policy_grad", "critic_grad")
     }
     control = {part: _max_difference(per_rank, expected_tensors, part) for part in differences}
-    print(f"launch {launch_seconds:.1f}s; max |difference| two-process vs one-process {differences}; "
-          f"control without cross-rank sums {control}")
+    print(
+        f"launch {launch_seconds:.1f}s; max |difference| two-process vs one-process {differences}; "
+        f"control without cross-rank sums {control}"
+    )
     # Weights after two AdamW steps of lr 1e-3 and the last step's gradients: float32 summation order only.
     # Measured: weights 1.4e-7 (policy) and 1.0e-7 (critic), gradients 7e-8 and 4e-8.
     for part, difference in differences.items():

@@ -209,7 +209,6 @@ def gae_closed_form(rewards, values, mask, gamma, lam):
     return torch.where(mask, advantages, torch.zeros_like(advantages))
 
 
-
 @pytest.mark.parametrize(
     ("gamma", "lam", "expected_advantages", "expected_returns"),
     [

@@ -39,8 +39,10 @@ def count_target_reward(prompts, completions, stopped):
 
 def first_word_reward(prompts, completions, stopped):
     """A return the critic can explain from the state: 1 when the prompt starts with a-d, plus the target count."""
-    return [float(prompt.split()[0] in PROMPT_WORDS[:4]) + completion.split().count(TARGET_WORD) / MAX_NEW_TOKENS
-            for prompt, completion in zip(prompts, completions)]
+    return [
+        float(prompt.split()[0] in PROMPT_WORDS[:4]) + completion.split().count(TARGET_WORD) / MAX_NEW_TOKENS
+        for prompt, completion in zip(prompts, completions)
+    ]
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -71,20 +73,30 @@ def tiny_models(tmp_path_factory):
     return types.SimpleNamespace(root=root, base=root / "base", reward_model=root / "reward_model", prompts=prompts)
 
 
-def run_ppo(models, output_dir: Path, updates: int, rollouts: int = 64, seed: int = 0,
-            reward=count_target_reward, lora: LoraConfig | None = None, **config_values):
+def run_ppo(
+    models,
+    output_dir: Path,
+    updates: int,
+    rollouts: int = 64,
+    seed: int = 0,
+    reward=count_target_reward,
+    lora: LoraConfig | None = None,
+    **config_values,
+):
     """Train PPO for `updates` updates; returns (logged metrics per update, TrainResult)."""
-    config = ppo.Config(**{
-        "rollouts_per_update": rollouts,
-        "minibatch_size": rollouts // 2,  # M = 2 (PPO.md §5.2 E1)
-        "micro_batch_size": rollouts // 2,
-        "ppo_epochs": 4,
-        "learning_rate": 1e-3,
-        "critic_learning_rate": 1e-3,
-        "lr_scheduler": "constant",
-        "kl_coef": 0.01,
-        **config_values,
-    })
+    config = ppo.Config(
+        **{
+            "rollouts_per_update": rollouts,
+            "minibatch_size": rollouts // 2,  # M = 2 (PPO.md §5.2 E1)
+            "micro_batch_size": rollouts // 2,
+            "ppo_epochs": 4,
+            "learning_rate": 1e-3,
+            "critic_learning_rate": 1e-3,
+            "lr_scheduler": "constant",
+            "kl_coef": 0.01,
+            **config_values,
+        }
+    )
     suite = SuiteConfig(
         name="ppo-test",
         device="cpu",
@@ -151,12 +163,28 @@ def test_logged_metric_names_follow_grpo_where_they_mean_the_same(small_kl_run):
     logged, _ = small_kl_run
     expected = {
         # TRL GRPO's names
-        "reward", "reward_std", "kl", "entropy", "loss", "learning_rate", "grad_norm",
-        "completions/mean_length", "completions/clipped_ratio", "clip_ratio/region_mean",
+        "reward",
+        "reward_std",
+        "kl",
+        "entropy",
+        "loss",
+        "learning_rate",
+        "grad_norm",
+        "completions/mean_length",
+        "completions/clipped_ratio",
+        "clip_ratio/region_mean",
         # PPO's own
-        "ppo/policy_loss", "ppo/value_loss", "ppo/approx_kl", "ppo/value_clip_fraction", "ppo/ratio_mean",
-        "ppo/non_score_reward", "ppo/rlhf_reward", "ppo/kl_coef", "ppo/stop_rate",
-        "completions_generated", "tokens_generated",
+        "ppo/policy_loss",
+        "ppo/value_loss",
+        "ppo/approx_kl",
+        "ppo/value_clip_fraction",
+        "ppo/ratio_mean",
+        "ppo/non_score_reward",
+        "ppo/rlhf_reward",
+        "ppo/kl_coef",
+        "ppo/stop_rate",
+        "completions_generated",
+        "tokens_generated",
     }
     assert expected <= set(logged[0])
     for metrics in logged:
@@ -343,8 +371,13 @@ def test_e5_critic_loss_falls_with_a_frozen_policy(tiny_models, tmp_path):
     # Policy lr 0, critic lr > 0, 20 rollouts. The return is mostly a function of the prompt (its first word),
     # so a critic that reads the state at the right index (PPO.md §1 alignment) can explain it.
     logged, _ = run_ppo(
-        tiny_models, tmp_path, updates=20, rollouts=32, reward=first_word_reward,
-        learning_rate=0.0, critic_learning_rate=3e-3,
+        tiny_models,
+        tmp_path,
+        updates=20,
+        rollouts=32,
+        reward=first_word_reward,
+        learning_rate=0.0,
+        critic_learning_rate=3e-3,
     )
     value_loss = series(logged, "ppo/value_loss")
     first, last = sum(value_loss[:5]) / 5, sum(value_loss[-5:]) / 5
@@ -568,7 +601,7 @@ def test_u20_recomputed_logprobs_match_generation_scores(tiny_models, temperatur
     torch.manual_seed(0)
     with torch.inference_mode():
         output = policy.generate(**encoded, generation_config=generation_config)
-    raw_responses = output.sequences[:, encoded.input_ids.shape[1]:]
+    raw_responses = output.sequences[:, encoded.input_ids.shape[1] :]
     truncated = ppo_math.truncate_after_stop(raw_responses, [1], 0)
     # With top_k=0, top_p=1 the processed scores are logits / T: their log-softmax is the sampling distribution.
     sampled_logprobs = torch.log_softmax(torch.stack(output.scores, dim=1).float(), dim=-1)
@@ -606,8 +639,18 @@ def test_critic_keeps_a_trained_score_bias_that_the_bias_free_head_would_drop(ti
 
 def test_optional_paths_adaptive_kl_warmup_entropy_whitening_and_early_stop(tiny_models, tmp_path):
     logged, result = run_ppo(
-        tiny_models, tmp_path, updates=2, kl_coef=0.01, kl_controller="adaptive", kl_target=6.0, kl_horizon=10000.0,
-        critic_warmup_updates=1, entropy_coef=0.01, whiten_rewards=True, score_clip=0.1, target_kl=1e-9,
+        tiny_models,
+        tmp_path,
+        updates=2,
+        kl_coef=0.01,
+        kl_controller="adaptive",
+        kl_target=6.0,
+        kl_horizon=10000.0,
+        critic_warmup_updates=1,
+        entropy_coef=0.01,
+        whiten_rewards=True,
+        score_clip=0.1,
+        target_kl=1e-9,
     )
     first, second = logged
     # PPO.md §2.10, U18: KL 0 in update 1 (policy = reference) -> e = -0.2, beta *= 1 - 0.2 * 64 / 10000.

@@ -16,14 +16,13 @@ from pathlib import Path
 
 import pytest
 import torch
+from shared_models import WORDS
 
 from harness import record
 from harness.algorithms import onpolicy, ppo_math, reinforce_pp
 from harness.algorithms.context import TrainContext
 from harness.config import BudgetConfig, LoraConfig, SamplingConfig, SuiteConfig, build
 from harness.errors import ConfigError
-
-from shared_models import WORDS
 
 TARGET_WORD = "good"
 MAX_NEW_TOKENS = 8
@@ -53,16 +52,19 @@ def models(tiny_models):
     return types.SimpleNamespace(base=root / "base", reward_model=root / "base", prompts=prompts)
 
 
-def run_reinforce_pp(models, output_dir: Path, updates: int, rollouts: int = 64, lora: LoraConfig | None = None,
-                     **config_values):
-    config = reinforce_pp.Config(**{
-        "rollouts_per_update": rollouts,
-        "minibatch_size": rollouts // 4,
-        "micro_batch_size": rollouts // 8,
-        "learning_rate": 1e-3,
-        "lr_scheduler": "constant",
-        **config_values,
-    })
+def run_reinforce_pp(
+    models, output_dir: Path, updates: int, rollouts: int = 64, lora: LoraConfig | None = None, **config_values
+):
+    config = reinforce_pp.Config(
+        **{
+            "rollouts_per_update": rollouts,
+            "minibatch_size": rollouts // 4,
+            "micro_batch_size": rollouts // 8,
+            "learning_rate": 1e-3,
+            "lr_scheduler": "constant",
+            **config_values,
+        }
+    )
     suite = SuiteConfig(
         name="reinforce-pp-test",
         device="cpu",
@@ -99,16 +101,19 @@ def hand_computed_advantages(scores, logp_old, logp_ref, lengths, kl_coef, gamma
     the unbiased variance over every valid token of the batch. Pads stay 0."""
     returns = []
     for score, old, ref, length in zip(scores, logp_old, logp_ref, lengths):
-        kl = [old[t] - ref[t] if estimator == "k1" else math.exp(ref[t] - old[t]) - 1 - (ref[t] - old[t])
-              for t in range(length)]
+        kl = [
+            old[t] - ref[t] if estimator == "k1" else math.exp(ref[t] - old[t]) - 1 - (ref[t] - old[t])
+            for t in range(length)
+        ]
         rewards = [-kl_coef * kl[t] + (score if t == length - 1 else 0.0) for t in range(length)]
         returns.append([sum(gamma ** (s - t) * rewards[s] for s in range(t, length)) for t in range(length)])
     tokens = [value for row in returns for value in row]
     mean = sum(tokens) / len(tokens)
     variance = sum((value - mean) ** 2 for value in tokens) / (len(tokens) - 1)
     width = len(logp_old[0])
-    return [[(row[t] - mean) / math.sqrt(variance + 1e-8) if t < len(row) else 0.0 for t in range(width)]
-            for row in returns]
+    return [
+        [(row[t] - mean) / math.sqrt(variance + 1e-8) if t < len(row) else 0.0 for t in range(width)] for row in returns
+    ]
 
 
 @pytest.mark.parametrize(("gamma", "estimator"), [(1.0, "k1"), (0.9, "k1"), (1.0, "k3")])
@@ -119,8 +124,9 @@ def test_advantages_are_the_batch_whitened_rewards_to_go_of_the_kl_shaped_reward
     logp_old = [[-1.0, -2.0, -0.5, -1.5], [-0.3, -2.2, 9.0, 9.0], [-1.1, 9.0, 9.0, 9.0], [-0.7, -0.2, -3.0, 9.0]]
     logp_ref = [[-1.5, -1.0, -0.7, -1.2], [-0.9, -1.8, 9.0, 9.0], [-0.4, 9.0, 9.0, 9.0], [-1.7, -0.1, -2.5, 9.0]]
     mask = torch.arange(4) < torch.tensor(lengths).unsqueeze(1)
-    config = reinforce_pp.Config(rollouts_per_update=4, minibatch_size=4, micro_batch_size=4, kl_coef=0.1,
-                                 gamma=gamma, kl_estimator=estimator)
+    config = reinforce_pp.Config(
+        rollouts_per_update=4, minibatch_size=4, micro_batch_size=4, kl_coef=0.1, gamma=gamma, kl_estimator=estimator
+    )
     advantages, per_token_kl = reinforce_pp.advantages(
         torch.tensor(scores), torch.tensor(logp_old), torch.tensor(logp_ref), mask, config, ONE_PROCESS
     )
@@ -138,8 +144,9 @@ def test_advantages_of_a_literal_batch():
     mask = torch.tensor([[True, True], [True, False]])
     zeros = torch.zeros(2, 2)
     advantages, _ = reinforce_pp.advantages(torch.tensor([1.0, 0.0]), zeros, zeros, mask, config, ONE_PROCESS)
-    torch.testing.assert_close(advantages, torch.tensor([[0.5773503, 0.5773503], [-1.1547005, 0.0]]), atol=1e-6,
-                               rtol=0.0)
+    torch.testing.assert_close(
+        advantages, torch.tensor([[0.5773503, 0.5773503], [-1.1547005, 0.0]]), atol=1e-6, rtol=0.0
+    )
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -164,12 +171,20 @@ def fixed_batch(policy, generator) -> onpolicy.TrainingBatch:
     logp_old = torch.where(mask, logp + 0.8 * (torch.rand(rows, response_length, generator=generator) - 0.5), 0.0)
     logp_ref = torch.where(mask, logp + 0.3 * torch.randn(rows, response_length, generator=generator), 0.0)
     config = reinforce_pp.Config(rollouts_per_update=8, minibatch_size=8, micro_batch_size=8)
-    advantages, _ = reinforce_pp.advantages(torch.randn(rows, generator=generator), logp_old, logp_ref, mask, config,
-                                            ONE_PROCESS)
+    advantages, _ = reinforce_pp.advantages(
+        torch.randn(rows, generator=generator), logp_old, logp_ref, mask, config, ONE_PROCESS
+    )
     return onpolicy.TrainingBatch(
-        prompt_ids=prompt_ids, prompt_mask=prompt_mask, response_ids=truncated.response_ids, mask=mask,
-        logp_old=logp_old, values_old=None, advantages=advantages, returns=None,
-        prompt_starts=prompt_length - prompt_lengths, response_lengths=truncated.lengths,
+        prompt_ids=prompt_ids,
+        prompt_mask=prompt_mask,
+        response_ids=truncated.response_ids,
+        mask=mask,
+        logp_old=logp_old,
+        values_old=None,
+        advantages=advantages,
+        returns=None,
+        prompt_starts=prompt_length - prompt_lengths,
+        response_lengths=truncated.lengths,
     )
 
 
@@ -261,8 +276,7 @@ def test_shared_curves_are_logged_every_update(short_run):
 
 def test_lora_dropout_is_off_so_every_update_starts_at_ratio_one(models, tmp_path):
     lora = LoraConfig(enabled=True, r=4, alpha=8.0, dropout=0.1, stages=["reinforce_pp"])
-    logged, _ = run_reinforce_pp(models, tmp_path, updates=2, rollouts=16, lora=lora, learning_rate=3e-3,
-                                 ppo_epochs=2)
+    logged, _ = run_reinforce_pp(models, tmp_path, updates=2, rollouts=16, lora=lora, learning_rate=3e-3, ppo_epochs=2)
     for metrics in logged:  # update 2 starts from a trained adapter, whose dropout would matter
         assert metrics["reinforce_pp/first_minibatch_ratio_deviation"] <= 1e-5
     assert logged[-1]["reinforce_pp/ratio_max"] > 1.0 + 1e-3

@@ -46,34 +46,70 @@ PER_SAMPLE_FIELDS = ("gold_reward", "proxy_reward", "kl", "kl_k1", "kl_k3", "rou
 # Per algorithm, one value per seed 0, 1, 2. Chosen so that gold_reward's best (grpo) overlaps the
 # runner-up (dpo) unpaired while their paired difference is constant, and proxy_reward's best (grpo) is clear of it.
 EVAL_VALUES = {
-    "sft": {"gold_reward": [0.1, 0.2, 0.3], "proxy_reward": [1.0, 1.0, 1.0], "kl": [0.0, 0.0, 0.0],
-            "length": [10.0, 11.0, 12.0]},
-    "dpo": {"gold_reward": [0.5, 0.6, 0.7], "proxy_reward": [2.0, 2.1, 1.9], "kl": [2.0, 3.0, 4.0],
-            "length": [14.0, 15.0, 16.0], "win_rate_vs_sft": [0.6, 0.7, 0.8]},
-    "grpo": {"gold_reward": [0.55, 0.65, 0.75], "proxy_reward": [3.0, 3.1, 2.9], "kl": [5.0, 6.0, 7.0],
-             "length": [20.0, 21.0, 22.0], "win_rate_vs_sft": [0.7, 0.8, 0.9]},
+    "sft": {
+        "gold_reward": [0.1, 0.2, 0.3],
+        "proxy_reward": [1.0, 1.0, 1.0],
+        "kl": [0.0, 0.0, 0.0],
+        "length": [10.0, 11.0, 12.0],
+    },
+    "dpo": {
+        "gold_reward": [0.5, 0.6, 0.7],
+        "proxy_reward": [2.0, 2.1, 1.9],
+        "kl": [2.0, 3.0, 4.0],
+        "length": [14.0, 15.0, 16.0],
+        "win_rate_vs_sft": [0.6, 0.7, 0.8],
+    },
+    "grpo": {
+        "gold_reward": [0.55, 0.65, 0.75],
+        "proxy_reward": [3.0, 3.1, 2.9],
+        "kl": [5.0, 6.0, 7.0],
+        "length": [20.0, 21.0, 22.0],
+        "win_rate_vs_sft": [0.7, 0.8, 0.9],
+    },
 }
 # 4.303 · s / √3 with s = 0.1 (gold_reward of every algorithm), computed by hand: 0.24843.
 GOLD_HALF_WIDTH = 4.303 * 0.1 / math.sqrt(3)
-COSTS = {"prompts_seen": 64, "completions_generated": 512, "tokens_generated": 1234, "optimizer_steps": 8,
-         "wall_time_s": 12.5, "peak_memory_mb": 900.0}
+COSTS = {
+    "prompts_seen": 64,
+    "completions_generated": 512,
+    "tokens_generated": 1234,
+    "optimizer_steps": 8,
+    "wall_time_s": 12.5,
+    "peak_memory_mb": 900.0,
+}
 # What each algorithm declares on its cells, as the cell writer tags them (written here by hand, from what
 # harness/algorithms/<name>.py declares today): the report reads these tags, never the modules.
 DPO_DATA = "the task's preference pairs (the reward model's training data)"
 DECLARED = {
-    "sft": {record.TAG_FAMILY: "", record.TAG_KL_KNOB: "", record.TAG_KL_KNOB_RAISES_KL: "false",
-            record.TAG_CURVES: "", record.TAG_DATA: ""},
-    "dpo": {record.TAG_FAMILY: record.FAMILY_OFFLINE_PREFERENCE, record.TAG_KL_KNOB: "beta",
-            record.TAG_KL_KNOB_RAISES_KL: "false", record.TAG_CURVES: "loss,rewards/margins,rewards/accuracies",
-            record.TAG_DATA: DPO_DATA},
-    "grpo": {record.TAG_FAMILY: record.FAMILY_ONLINE_POLICY_GRADIENT, record.TAG_KL_KNOB: "beta",
-             record.TAG_KL_KNOB_RAISES_KL: "false", record.TAG_CURVES: "reward,kl,completions/mean_length,entropy",
-             record.TAG_DATA: "completions it samples from its current policy, scored by the training reward"},
-    "ppo": {record.TAG_FAMILY: record.FAMILY_ACTOR_CRITIC, record.TAG_KL_KNOB: "kl_coef",
-            record.TAG_KL_KNOB_RAISES_KL: "false",
-            record.TAG_CURVES: "reward,completions/mean_length,entropy,ppo/value_loss",
-            record.TAG_DATA: "one completion per prompt sampled from its current policy each update, scored by the "
-                             "training reward"},
+    "sft": {
+        record.TAG_FAMILY: "",
+        record.TAG_KL_KNOB: "",
+        record.TAG_KL_KNOB_RAISES_KL: "false",
+        record.TAG_CURVES: "",
+        record.TAG_DATA: "",
+    },
+    "dpo": {
+        record.TAG_FAMILY: record.FAMILY_OFFLINE_PREFERENCE,
+        record.TAG_KL_KNOB: "beta",
+        record.TAG_KL_KNOB_RAISES_KL: "false",
+        record.TAG_CURVES: "loss,rewards/margins,rewards/accuracies",
+        record.TAG_DATA: DPO_DATA,
+    },
+    "grpo": {
+        record.TAG_FAMILY: record.FAMILY_ONLINE_POLICY_GRADIENT,
+        record.TAG_KL_KNOB: "beta",
+        record.TAG_KL_KNOB_RAISES_KL: "false",
+        record.TAG_CURVES: "reward,kl,completions/mean_length,entropy",
+        record.TAG_DATA: "completions it samples from its current policy, scored by the training reward",
+    },
+    "ppo": {
+        record.TAG_FAMILY: record.FAMILY_ACTOR_CRITIC,
+        record.TAG_KL_KNOB: "kl_coef",
+        record.TAG_KL_KNOB_RAISES_KL: "false",
+        record.TAG_CURVES: "reward,completions/mean_length,entropy,ppo/value_loss",
+        record.TAG_DATA: "one completion per prompt sampled from its current policy each update, scored by the "
+        "training reward",
+    },
 }
 MANIFEST = {
     "versions": {"torch": "2.13.0+cpu", "transformers": "5.17.0", "trl": "1.16.0", "mlflow": "3.17.2", "vllm": None},
@@ -91,15 +127,33 @@ def _params(algorithm: str, seeds: str, dpo_beta: str = "0.1") -> dict:
     params = {
         "seeds": seeds,  # differs between invocations, and must not split a configuration
         "output_dir": "runs",
-        "model.preset": "tiny-gpt2", "model.source": "build", "model.name_or_path": "",
-        "model.n_layer": "2", "model.n_head": "4", "model.n_embd": "64", "model.max_positions": "96",
-        "task.name": "synthetic_reviews", "task.num_eval_prompts": "8",
-        "sft.epochs": "1.0", "reward_model.epochs": "1.0", "precision": "fp32",
-        "evaluation.generator": "hf", "evaluation.batch_size": "64", "evaluation.num_prompts": "8",
-        "evaluation.samples_per_prompt": "2", "evaluation.temperature": "1.0", "evaluation.top_k": "0",
-        "evaluation.top_p": "1.0", "evaluation.max_new_tokens": "16",
-        "sampling.temperature": "1.0", "sampling.top_k": "0", "sampling.top_p": "1.0", "sampling.max_new_tokens": "16",
-        "budget.policy": "equal_prompts", "budget.prompts": "32", "budget.completions": "4096",
+        "model.preset": "tiny-gpt2",
+        "model.source": "build",
+        "model.name_or_path": "",
+        "model.n_layer": "2",
+        "model.n_head": "4",
+        "model.n_embd": "64",
+        "model.max_positions": "96",
+        "task.name": "synthetic_reviews",
+        "task.num_eval_prompts": "8",
+        "sft.epochs": "1.0",
+        "reward_model.epochs": "1.0",
+        "precision": "fp32",
+        "evaluation.generator": "hf",
+        "evaluation.batch_size": "64",
+        "evaluation.num_prompts": "8",
+        "evaluation.samples_per_prompt": "2",
+        "evaluation.temperature": "1.0",
+        "evaluation.top_k": "0",
+        "evaluation.top_p": "1.0",
+        "evaluation.max_new_tokens": "16",
+        "sampling.temperature": "1.0",
+        "sampling.top_k": "0",
+        "sampling.top_p": "1.0",
+        "sampling.max_new_tokens": "16",
+        "budget.policy": "equal_prompts",
+        "budget.prompts": "32",
+        "budget.completions": "4096",
         "reward.source": "proxy",
     }
     if algorithm == "dpo":
@@ -110,14 +164,36 @@ def _params(algorithm: str, seeds: str, dpo_beta: str = "0.1") -> dict:
 
 
 def _start_invocation(client, experiment_id, minute: int) -> str:
-    run = client.create_run(experiment_id, start_time=BASE_TIME_MS + minute * MINUTE_MS,
-                            tags={record.TAG_KIND: record.KIND_INVOCATION, record.TAG_SUITE: SUITE}, run_name=f"{SUITE}-invocation")
+    run = client.create_run(
+        experiment_id,
+        start_time=BASE_TIME_MS + minute * MINUTE_MS,
+        tags={record.TAG_KIND: record.KIND_INVOCATION, record.TAG_SUITE: SUITE},
+        run_name=f"{SUITE}-invocation",
+    )
     return run.info.run_id
 
 
-def _log_cell(client, experiment_id, parent_id, run_folder, *, algorithm, seed, start_minute, eval_values,
-              status="complete", failure=None, cell_hash=None, mlflow_status="FINISHED", samples=None,
-              costs=None, seeds_param="[0, 1, 2]", dpo_beta="0.1", history=True, declared=None):
+def _log_cell(
+    client,
+    experiment_id,
+    parent_id,
+    run_folder,
+    *,
+    algorithm,
+    seed,
+    start_minute,
+    eval_values,
+    status="complete",
+    failure=None,
+    cell_hash=None,
+    mlflow_status="FINISHED",
+    samples=None,
+    costs=None,
+    seeds_param="[0, 1, 2]",
+    dpo_beta="0.1",
+    history=True,
+    declared=None,
+):
     """One cell as the pipeline logs it: tags, params, metrics with steps, then the artifacts from its folder.
     `algorithm` is the arm (unswept here); `declared`: its algorithm's TAG_FAMILY ... TAG_DATA, else DECLARED's."""
     from mlflow.entities import Metric, Param
@@ -174,9 +250,23 @@ def _history(algorithm: str, seed: int, start_ms: int) -> list:
 def _fixed_samples(gold_rewards):
     """Two samples per prompt with the given gold rewards; other scores constant."""
     return [
-        {"prompt_index": index // 2, "sample_index": index % 2, "prompt": "p", "completion": "c",
-         "reference": "r", "gold_reward": reward, "proxy_reward": 0.0, "kl": 0.1, "kl_k1": 0.1,
-         "kl_k3": 0.1, "rouge1": 0.2, "rouge2": 0.1, "rougeL": 0.2, "length": 5, "stopped": True}
+        {
+            "prompt_index": index // 2,
+            "sample_index": index % 2,
+            "prompt": "p",
+            "completion": "c",
+            "reference": "r",
+            "gold_reward": reward,
+            "proxy_reward": 0.0,
+            "kl": 0.1,
+            "kl_k1": 0.1,
+            "kl_k3": 0.1,
+            "rouge1": 0.2,
+            "rouge2": 0.1,
+            "rougeL": 0.2,
+            "length": 5,
+            "stopped": True,
+        }
         for index, reward in enumerate(gold_rewards)
     ]
 
@@ -190,14 +280,25 @@ def _random_samples(rng, n_prompts: int, per_prompt: int, gold_shift: float, kl_
         for sample in range(per_prompt):
             gold = float(np.round(2 * (prompt_effect[prompt] + gold_shift + rng.normal(0, 0.5))) / 2)
             kl = float(kl_scale * rng.exponential(1.0))
-            rows.append({
-                "prompt_index": prompt, "sample_index": sample, "prompt": f"p{prompt}", "completion": "c",
-                "reference": "r", "gold_reward": gold, "proxy_reward": float(gold / 4 + rng.normal(0, 0.1)),
-                "kl": kl, "kl_k1": kl + float(rng.normal(0, 0.05 * kl_scale)), "kl_k3": kl,
-                "rouge1": float(rng.uniform()),
-                "rouge2": float(rng.uniform(0, 0.5)), "rougeL": float(rng.uniform()),
-                "length": int(rng.integers(4, 17)), "stopped": bool(rng.uniform() < 0.4),
-            })
+            rows.append(
+                {
+                    "prompt_index": prompt,
+                    "sample_index": sample,
+                    "prompt": f"p{prompt}",
+                    "completion": "c",
+                    "reference": "r",
+                    "gold_reward": gold,
+                    "proxy_reward": float(gold / 4 + rng.normal(0, 0.1)),
+                    "kl": kl,
+                    "kl_k1": kl + float(rng.normal(0, 0.05 * kl_scale)),
+                    "kl_k3": kl,
+                    "rouge1": float(rng.uniform()),
+                    "rouge2": float(rng.uniform(0, 0.5)),
+                    "rougeL": float(rng.uniform()),
+                    "length": int(rng.integers(4, 17)),
+                    "stopped": bool(rng.uniform() < 0.4),
+                }
+            )
     return rows
 
 
@@ -222,8 +323,9 @@ def _eval_summary(samples: list[dict], baseline: list[dict] | None) -> dict:
     summary["distinct_1"] = 0.5
     if baseline is not None:
         summary["win_rate_vs_sft"] = float(np.mean([row["win_vs_sft"] for row in samples]))
-    summary["win_rate_vs_reference"] = float(np.mean([row["win_vs_reference"] for row in samples
-                                                      if row["win_vs_reference"] is not None]))
+    summary["win_rate_vs_reference"] = float(
+        np.mean([row["win_vs_reference"] for row in samples if row["win_vs_reference"] is not None])
+    )
     return summary
 
 
@@ -244,7 +346,9 @@ def _new_store(empty_database, root):
     shutil.copyfile(empty_database, database)
     uri = f"sqlite:///{database}"
     client = mlflow.MlflowClient(tracking_uri=uri)
-    experiment_id = client.create_experiment(record.experiment_name(SUITE), artifact_location=(root / "artifacts").as_uri())
+    experiment_id = client.create_experiment(
+        record.experiment_name(SUITE), artifact_location=(root / "artifacts").as_uri()
+    )
     return uri, database, client, experiment_id
 
 
@@ -257,32 +361,85 @@ def store(empty_database, tmp_path_factory):
     parent_id = _start_invocation(client, experiment_id, 0)
 
     # Superseded: an older complete dpo-s1 of the same config (a rerun replaced it) ...
-    _log_cell(client, experiment_id, parent_id, run_folder, algorithm="dpo", seed=1, start_minute=1,
-              eval_values={"gold_reward": -5.0, "kl": 99.0})
+    _log_cell(
+        client,
+        experiment_id,
+        parent_id,
+        run_folder,
+        algorithm="dpo",
+        seed=1,
+        start_minute=1,
+        eval_values={"gold_reward": -5.0, "kl": 99.0},
+    )
     run_ids = {}
     minute = 2
     for algorithm, metrics in EVAL_VALUES.items():
         for seed in range(3):
             values = {name: per_seed[seed] for name, per_seed in metrics.items()}
             gold = [0.0, 1.0, 0.5, 0.5] if (algorithm, seed) == ("dpo", 0) else [0.1, 0.2, 0.3, 0.4]
-            run_ids[(algorithm, seed)] = _log_cell(client, experiment_id, parent_id, run_folder, algorithm=algorithm,
-                                                   seed=seed, start_minute=minute, eval_values=values,
-                                                   samples=_fixed_samples(gold))
+            run_ids[(algorithm, seed)] = _log_cell(
+                client,
+                experiment_id,
+                parent_id,
+                run_folder,
+                algorithm=algorithm,
+                seed=seed,
+                start_minute=minute,
+                eval_values=values,
+                samples=_fixed_samples(gold),
+            )
             minute += 1
     # ... and a newer failed dpo-s0 of the same config: the earlier complete run still stands.
-    _log_cell(client, experiment_id, parent_id, run_folder, algorithm="dpo", seed=0, start_minute=minute,
-              eval_values={}, status="failed", failure="evaluation crashed", mlflow_status="FAILED",
-              cell_hash="dpo-s0-0123456789")
-    run_ids[("ppo", 0)] = _log_cell(client, experiment_id, parent_id, run_folder, algorithm="ppo", seed=0,
-                                    start_minute=minute + 1, eval_values={}, status="failed",
-                                    failure="CUDA out of memory\nwhile allocating 2 GiB", mlflow_status="FAILED",
-                                    costs={"prompts_seen": 64, "wall_time_s": 3.0}, history=False)
+    _log_cell(
+        client,
+        experiment_id,
+        parent_id,
+        run_folder,
+        algorithm="dpo",
+        seed=0,
+        start_minute=minute,
+        eval_values={},
+        status="failed",
+        failure="evaluation crashed",
+        mlflow_status="FAILED",
+        cell_hash="dpo-s0-0123456789",
+    )
+    run_ids[("ppo", 0)] = _log_cell(
+        client,
+        experiment_id,
+        parent_id,
+        run_folder,
+        algorithm="ppo",
+        seed=0,
+        start_minute=minute + 1,
+        eval_values={},
+        status="failed",
+        failure="CUDA out of memory\nwhile allocating 2 GiB",
+        mlflow_status="FAILED",
+        costs={"prompts_seen": 64, "wall_time_s": 3.0},
+        history=False,
+    )
     # Still running: no final numbers, not reported.
-    _log_cell(client, experiment_id, parent_id, run_folder, algorithm="grpo", seed=3, start_minute=minute + 2,
-              eval_values={"gold_reward": 9.0}, mlflow_status="RUNNING")
+    _log_cell(
+        client,
+        experiment_id,
+        parent_id,
+        run_folder,
+        algorithm="grpo",
+        seed=3,
+        start_minute=minute + 2,
+        eval_values={"gold_reward": 9.0},
+        mlflow_status="RUNNING",
+    )
     client.set_terminated(parent_id, status="FINISHED", end_time=BASE_TIME_MS + 60 * MINUTE_MS)
-    return {"uri": uri, "database": database, "run_ids": run_ids, "root": root, "parent": parent_id,
-            "run_folder": run_folder}
+    return {
+        "uri": uri,
+        "database": database,
+        "run_ids": run_ids,
+        "root": root,
+        "parent": parent_id,
+        "run_folder": run_folder,
+    }
 
 
 @pytest.fixture(scope="module")
@@ -317,8 +474,15 @@ def growing(empty_database, tmp_path_factory):
             baseline = samples.get(("sft", seed))
             samples[(algorithm, seed)] = rows
             run_ids[(algorithm, seed)] = _log_cell(
-                client, experiment_id, parents[-1], run_folder, algorithm=algorithm, seed=seed,
-                start_minute=first_minute + 1 + offset, eval_values=_eval_summary(rows, baseline), samples=rows,
+                client,
+                experiment_id,
+                parents[-1],
+                run_folder,
+                algorithm=algorithm,
+                seed=seed,
+                start_minute=first_minute + 1 + offset,
+                eval_values=_eval_summary(rows, baseline),
+                samples=rows,
                 seeds_param=f"[{seed}]",
             )
         client.set_terminated(parents[-1], status="FINISHED", end_time=BASE_TIME_MS + (first_minute + 9) * MINUTE_MS)
@@ -335,14 +499,30 @@ def growing(empty_database, tmp_path_factory):
     parents.append(_start_invocation(client, experiment_id, 200))
     rows = _random_samples(np.random.default_rng(7), GROWING_PROMPTS, GROWING_PER_PROMPT, 0.8, 3.0)
     run_ids[("dpo-beta-0.3", 0)] = _log_cell(
-        client, experiment_id, parents[-1], run_folder, algorithm="dpo", seed=0, start_minute=201,
-        eval_values=_eval_summary(rows, samples[("sft", 0)]), samples=rows, seeds_param="[0]", dpo_beta="0.3",
+        client,
+        experiment_id,
+        parents[-1],
+        run_folder,
+        algorithm="dpo",
+        seed=0,
+        start_minute=201,
+        eval_values=_eval_summary(rows, samples[("sft", 0)]),
+        samples=rows,
+        seeds_param="[0]",
+        dpo_beta="0.3",
         cell_hash="dpo-s0-beta-0.3",
     )
     client.set_terminated(parents[-1], status="FINISHED", end_time=BASE_TIME_MS + 209 * MINUTE_MS)
     changed = snapshot("changed")
-    return {"one_seed": one_seed, "two_seeds": two_seeds, "changed": changed, "samples": samples,
-            "run_ids": run_ids, "parents": parents, "root": root}
+    return {
+        "one_seed": one_seed,
+        "two_seeds": two_seeds,
+        "changed": changed,
+        "samples": samples,
+        "run_ids": run_ids,
+        "parents": parents,
+        "root": root,
+    }
 
 
 @pytest.fixture(scope="module")
@@ -360,8 +540,16 @@ def two_seeds(growing):
 
 def test_load_cell_runs_one_row_per_cell_with_duplicates_resolved(cells, store):
     assert list(zip(cells["arm"], cells["seed"])) == [
-        ("sft", 0), ("sft", 1), ("sft", 2), ("dpo", 0), ("dpo", 1), ("dpo", 2),
-        ("grpo", 0), ("grpo", 1), ("grpo", 2), ("ppo", 0),
+        ("sft", 0),
+        ("sft", 1),
+        ("sft", 2),
+        ("dpo", 0),
+        ("dpo", 1),
+        ("dpo", 2),
+        ("grpo", 0),
+        ("grpo", 1),
+        ("grpo", 2),
+        ("ppo", 0),
     ]
     by_cell = cells.set_index("cell")
     # The newer complete dpo-s1 replaced the older one; the failed rerun of dpo-s0 did not replace it.
@@ -374,14 +562,30 @@ def test_load_cell_runs_one_row_per_cell_with_duplicates_resolved(cells, store):
 
 
 def test_load_cell_runs_columns(cells):
-    for column in ("run_id", "suite", "arm", "algorithm", "seed", "cell", "cell_hash", "status", "failure",
-                   "start_time", "generator", "config", "evaluation.temperature", "evaluation.samples_per_prompt",
-                   "model.preset", "task.name", "budget.policy", "sampling.temperature"):
+    for column in (
+        "run_id",
+        "suite",
+        "arm",
+        "algorithm",
+        "seed",
+        "cell",
+        "cell_hash",
+        "status",
+        "failure",
+        "start_time",
+        "generator",
+        "config",
+        "evaluation.temperature",
+        "evaluation.samples_per_prompt",
+        "model.preset",
+        "task.name",
+        "budget.policy",
+        "sampling.temperature",
+    ):
         assert column in cells.columns
     # eval metrics in catalog order, costs after them; step history is not a column.
     eval_columns = [column for column in cells.columns if column.startswith("eval/")]
-    assert eval_columns == ["eval/gold_reward", "eval/proxy_reward", "eval/kl", "eval/length",
-                            "eval/win_rate_vs_sft"]
+    assert eval_columns == ["eval/gold_reward", "eval/proxy_reward", "eval/kl", "eval/length", "eval/win_rate_vs_sft"]
     assert {"cost/prompts_seen", "cost/tokens_generated", "cost/wall_time_s"} <= set(cells.columns)
     assert not any(column.startswith("train/") for column in cells.columns)
     assert "seeds" not in cells.columns and "output_dir" not in cells.columns
@@ -391,7 +595,12 @@ def test_load_cell_runs_columns(cells):
 def test_cells_carry_what_their_algorithm_declared_on_them(cells):
     dpo = cells[cells["arm"] == "dpo"].iloc[0]
     assert (dpo["algorithm"], dpo["sweep_point"], dpo["family"], dpo["kl_knob"], bool(dpo["kl_knob_raises_kl"])) == (
-        "dpo", "", record.FAMILY_OFFLINE_PREFERENCE, "beta", False)
+        "dpo",
+        "",
+        record.FAMILY_OFFLINE_PREFERENCE,
+        "beta",
+        False,
+    )
     assert dpo["curves"] == ("loss", "rewards/margins", "rewards/accuracies") and dpo["data"] == DPO_DATA
     # The baseline declares nothing: its empty tags read as missing, not as a family called "".
     sft = cells[cells["arm"] == "sft"].iloc[0]
@@ -404,8 +613,10 @@ def _mlflow_run(tags: dict):
     """What `_run_row` reads of an MLflow run, written by hand."""
     from types import SimpleNamespace
 
-    return SimpleNamespace(info=SimpleNamespace(run_id="r1", status="FINISHED", start_time=BASE_TIME_MS),
-                           data=SimpleNamespace(tags=tags, metrics={"eval/kl": 0.5}, params={}))
+    return SimpleNamespace(
+        info=SimpleNamespace(run_id="r1", status="FINISHED", start_time=BASE_TIME_MS),
+        data=SimpleNamespace(tags=tags, metrics={"eval/kl": 0.5}, params={}),
+    )
 
 
 def test_a_run_written_before_the_arm_tag_reads_its_arm_from_the_algorithm_tag():
@@ -413,18 +624,43 @@ def test_a_run_written_before_the_arm_tag_reads_its_arm_from_the_algorithm_tag()
 
     # Before record.TAG_ARM, TAG_ALGORITHM held the arm, and nothing of what the algorithm declares was tagged.
     row = _run_row(_mlflow_run({record.TAG_ALGORITHM: "dpo@beta=0.3", record.TAG_SEED: "1"}), SUITE)
-    assert (row["arm"], row["algorithm"], row["sweep_point"], row["cell"]) == ("dpo@beta=0.3", "dpo", "beta=0.3",
-                                                                              "dpo@beta=0.3-s1")
+    assert (row["arm"], row["algorithm"], row["sweep_point"], row["cell"]) == (
+        "dpo@beta=0.3",
+        "dpo",
+        "beta=0.3",
+        "dpo@beta=0.3-s1",
+    )
     assert (row["family"], row["kl_knob"], row["kl_knob_raises_kl"], row["curves"], row["data"]) == (
-        None, None, False, (), None)
+        None,
+        None,
+        False,
+        (),
+        None,
+    )
     # A run with the arm tag: TAG_ALGORITHM is its registry algorithm, and the declared tags are read as written.
-    row = _run_row(_mlflow_run({record.TAG_ARM: "best_of_n@n=4", record.TAG_ALGORITHM: "best_of_n",
-                                record.TAG_SWEEP_POINT: "n=4", record.TAG_SEED: "0",
-                                record.TAG_FAMILY: record.FAMILY_INFERENCE_TIME, record.TAG_KL_KNOB: "n",
-                                record.TAG_KL_KNOB_RAISES_KL: "true", record.TAG_CURVES: "",
-                                record.TAG_DATA: "4 samples per answer"}), SUITE)
+    row = _run_row(
+        _mlflow_run(
+            {
+                record.TAG_ARM: "best_of_n@n=4",
+                record.TAG_ALGORITHM: "best_of_n",
+                record.TAG_SWEEP_POINT: "n=4",
+                record.TAG_SEED: "0",
+                record.TAG_FAMILY: record.FAMILY_INFERENCE_TIME,
+                record.TAG_KL_KNOB: "n",
+                record.TAG_KL_KNOB_RAISES_KL: "true",
+                record.TAG_CURVES: "",
+                record.TAG_DATA: "4 samples per answer",
+            }
+        ),
+        SUITE,
+    )
     assert (row["arm"], row["algorithm"], row["sweep_point"], row["family"], row["kl_knob"]) == (
-        "best_of_n@n=4", "best_of_n", "n=4", record.FAMILY_INFERENCE_TIME, "n")
+        "best_of_n@n=4",
+        "best_of_n",
+        "n=4",
+        record.FAMILY_INFERENCE_TIME,
+        "n",
+    )
     assert (row["kl_knob_raises_kl"], row["curves"], row["data"]) == (True, (), "4 samples per answer")
 
 
@@ -457,9 +693,17 @@ def test_lora_stages_come_from_the_cells_tags_in_the_registrys_order():
     def cells(stages: list[str], arms: tuple[str, ...]) -> pd.DataFrame:
         # record.TAG_LORA_STAGES as the cell run writes it (stages/cell_run.py) from these settings
         settings = LoraConfig(enabled=bool(stages), stages=stages or ["algorithms"])
-        return pd.DataFrame([{**lora, "arm": arm, "algorithm": record.algorithm_of(arm),
-                              "lora_stages": ",".join(step for step in record.lora_stages(arm) if settings.for_stage(step))}
-                             for arm in arms])
+        return pd.DataFrame(
+            [
+                {
+                    **lora,
+                    "arm": arm,
+                    "algorithm": record.algorithm_of(arm),
+                    "lora_stages": ",".join(step for step in record.lora_stages(arm) if settings.for_stage(step)),
+                }
+                for arm in arms
+            ]
+        )
 
     # SFT first, then the registry's order (kto is registered before rloo); dpo ran without adapters.
     named = cells(["sft", "rloo", "kto"], ("sft", "rloo@beta=0.1", "kto", "dpo"))
@@ -490,13 +734,36 @@ def test_config_params_are_the_sections_the_cell_hash_covers():
     from harness.report.frame import config_params
 
     params = {
-        "task.name": "t", "model.preset": "m", "sft.epochs": "1", "precision": "fp32", "reward_model.epochs": "1",
-        "evaluation.temperature": "1.0", "sampling.top_k": "0", "reward.source": "proxy", "budget.prompts": "32",
-        "algorithms.dpo.beta": "0.1", "algorithms.grpo.beta": "0.2", "seeds": "[0]", "output_dir": "runs",
-        "device": "cpu", "lora.enabled": "True", "lora.stages": "['dpo']", "lora.r": "8",
+        "task.name": "t",
+        "model.preset": "m",
+        "sft.epochs": "1",
+        "precision": "fp32",
+        "reward_model.epochs": "1",
+        "evaluation.temperature": "1.0",
+        "sampling.top_k": "0",
+        "reward.source": "proxy",
+        "budget.prompts": "32",
+        "algorithms.dpo.beta": "0.1",
+        "algorithms.grpo.beta": "0.2",
+        "seeds": "[0]",
+        "output_dir": "runs",
+        "device": "cpu",
+        "lora.enabled": "True",
+        "lora.stages": "['dpo']",
+        "lora.r": "8",
     }
-    trained = {"task.name", "model.preset", "sft.epochs", "precision", "reward_model.epochs", "evaluation.temperature",
-               "sampling.top_k", "reward.source", "budget.prompts", "algorithms.dpo.beta"}
+    trained = {
+        "task.name",
+        "model.preset",
+        "sft.epochs",
+        "precision",
+        "reward_model.epochs",
+        "evaluation.temperature",
+        "sampling.top_k",
+        "reward.source",
+        "budget.prompts",
+        "algorithms.dpo.beta",
+    }
     # The cells' record.TAG_LORA_STAGES: dpo trained adapters, grpo and the baseline every weight.
     assert set(config_params("dpo", params, "dpo")) == trained | {"lora.enabled", "lora.stages", "lora.r"}
     assert set(config_params("grpo", params, "")) == (trained - {"algorithms.dpo.beta"}) | {"algorithms.grpo.beta"}
@@ -696,8 +963,18 @@ def test_leaderboard_frame_numbers_and_sorting(cells):
 
 def test_cost_table_has_every_spend_column_and_failed_cells(cells):
     costs = cost_table(cells)
-    assert list(costs.columns) == ["cell", "arm", "seed", "status", "prompts_seen", "completions_generated",
-                                   "tokens_generated", "optimizer_steps", "wall_time_s", "peak_memory_mb"]
+    assert list(costs.columns) == [
+        "cell",
+        "arm",
+        "seed",
+        "status",
+        "prompts_seen",
+        "completions_generated",
+        "tokens_generated",
+        "optimizer_steps",
+        "wall_time_s",
+        "peak_memory_mb",
+    ]
     assert len(costs) == 10
     by_cell = costs.set_index("cell")
     assert by_cell.loc["ppo-s0", "status"] == "failed" and by_cell.loc["ppo-s0", "prompts_seen"] == 64
@@ -809,8 +1086,14 @@ def test_per_sample_values_read_the_registered_field_and_old_files_fall_back_to_
     keys = {"prompt_index": [0, 0, 1, 1], "sample_index": [0, 1, 0, 1]}
     baseline = pd.DataFrame({**keys, "gold_reward": [1.0, 1.0, 1.0, 1.0]})
     # The field is what the report resamples, even where the gold rewards would say otherwise.
-    new = pd.DataFrame({**keys, "gold_reward": [2.0, 0.0, 1.0, 1.0], "win_vs_sft": [0.0, 1.0, None, 0.5],
-                        "judge_vs_sft_unparseable": [0, 1, 2, 0]})
+    new = pd.DataFrame(
+        {
+            **keys,
+            "gold_reward": [2.0, 0.0, 1.0, 1.0],
+            "win_vs_sft": [0.0, 1.0, None, 0.5],
+            "judge_vs_sft_unparseable": [0, 1, 2, 0],
+        }
+    )
     values = per_sample_values(new, "win_rate_vs_sft", baseline)
     assert list(values["value"]) == [0.0, 1.0, 0.5] and list(values["prompt_index"]) == [0, 0, 1]  # null skipped
     # Scaled as the registry says: unparseable orders out of two.
@@ -873,8 +1156,13 @@ def growing_report(growing, tmp_path_factory):
 
 
 def test_plots_are_pngs(growing_report, two_seeds, tmp_path):
-    for name in ("tiny_frontier.png", "tiny_training_comparison.png", "tiny_reward_vs_kl.png", "tiny_training_curves.png",
-                 "tiny_reward_vs_cost.png"):
+    for name in (
+        "tiny_frontier.png",
+        "tiny_training_comparison.png",
+        "tiny_reward_vs_kl.png",
+        "tiny_training_curves.png",
+        "tiny_reward_vs_cost.png",
+    ):
         _assert_png(growing_report.with_name(name))
     # Nothing logged at all still gives a figure that says so, not an exception.
     empty = two_seeds.histories.iloc[0:0]
@@ -892,8 +1180,13 @@ def report(store, tmp_path_factory):
 def test_write_report_files_and_header(report):
     assert report.name == "tiny.md"
     text = report.read_text(encoding="utf-8")
-    for name in ("tiny_frontier.png", "tiny_training_comparison.png", "tiny_reward_vs_kl.png", "tiny_training_curves.png",
-                 "tiny_reward_vs_cost.png"):
+    for name in (
+        "tiny_frontier.png",
+        "tiny_training_comparison.png",
+        "tiny_reward_vs_kl.png",
+        "tiny_training_curves.png",
+        "tiny_reward_vs_cost.png",
+    ):
         assert report.with_name(name).read_bytes().startswith(PNG_SIGNATURE)
         assert f"]({name})" in text
 
@@ -901,11 +1194,15 @@ def test_write_report_files_and_header(report):
     assert "1 `harness run` invocation; the newest cell run started 2026-11-02 10:12 UTC" in text
     assert "- **Cells:** 10 (9 complete, 1 failed)" in text
     assert "- **Seeds:** 0, 1, 2\n" in text
-    assert ("- **Base model:** preset `tiny-gpt2`, built by the harness (2 layers, 4 heads, hidden size 64, "
-            "context 96 tokens)") in text
+    assert (
+        "- **Base model:** preset `tiny-gpt2`, built by the harness (2 layers, 4 heads, hidden size 64, "
+        "context 96 tokens)"
+    ) in text
     assert "- **Task:** `synthetic_reviews`; data fingerprint `data-s0` (seed 0), `data-s1` (seed 1)" in text
-    assert ("- **Evaluation:** 2 held-out prompts × 2 samples = 4 completions per cell; generator hf; sampling "
-            "temperature=1.0, top_k=0, top_p=1.0, max_new_tokens=16\n") in text
+    assert (
+        "- **Evaluation:** 2 held-out prompts × 2 samples = 4 completions per cell; generator hf; sampling "
+        "temperature=1.0, top_k=0, top_p=1.0, max_new_tokens=16\n"
+    ) in text
     assert "- **Training sampling (online methods):** temperature=1.0, top_k=0, top_p=1.0, max_new_tokens=16" in text
     assert "- **Budget:** `equal_prompts`: every algorithm trains on 32 prompts (`budget.prompts`)" in text
     assert "- **Training reward:** proxy." in text
@@ -956,8 +1253,13 @@ def test_regenerating_from_a_copy_of_the_database_alone_is_byte_identical(store,
     shutil.copyfile(store["database"], copy)
     again = write_report(f"sqlite:///{copy}", SUITE, tmp_path / "out")
     assert again.read_bytes() == report.read_bytes()
-    for name in ("tiny_frontier.png", "tiny_training_comparison.png", "tiny_reward_vs_kl.png", "tiny_training_curves.png",
-                 "tiny_reward_vs_cost.png"):
+    for name in (
+        "tiny_frontier.png",
+        "tiny_training_comparison.png",
+        "tiny_reward_vs_kl.png",
+        "tiny_training_curves.png",
+        "tiny_reward_vs_cost.png",
+    ):
         assert (tmp_path / "out" / name).read_bytes() == report.with_name(name).read_bytes()
 
 
@@ -967,8 +1269,14 @@ def test_report_and_plots_are_logged_on_the_newest_invocation(growing, growing_r
     client = mlflow.MlflowClient(tracking_uri=growing["two_seeds"])
     newest, older = growing["parents"][1], growing["parents"][0]
     logged = {artifact.path for artifact in client.list_artifacts(newest, "report")}
-    assert logged == {"report/tiny.md", "report/tiny_frontier.png", "report/tiny_training_comparison.png",
-                      "report/tiny_reward_vs_kl.png", "report/tiny_training_curves.png", "report/tiny_reward_vs_cost.png"}
+    assert logged == {
+        "report/tiny.md",
+        "report/tiny_frontier.png",
+        "report/tiny_training_comparison.png",
+        "report/tiny_reward_vs_kl.png",
+        "report/tiny_training_curves.png",
+        "report/tiny_reward_vs_cost.png",
+    }
     downloaded = client.download_artifacts(newest, "report/tiny_reward_vs_kl.png", str(tmp_path / "dl"))
     assert open(downloaded, "rb").read() == growing_report.with_name("tiny_reward_vs_kl.png").read_bytes()
     assert not client.list_artifacts(older, "report")
@@ -996,8 +1304,14 @@ def test_kl_notes_say_when_kl_is_not_of_the_sampled_distribution_or_not_at_the_t
 
     from harness.report.markdown import _kl_validity_notes
 
-    plain = pd.DataFrame({"evaluation.temperature": ["1.0"], "evaluation.top_k": ["0"], "evaluation.top_p": ["1.0"],
-                          "sampling.temperature": ["1.0"]})
+    plain = pd.DataFrame(
+        {
+            "evaluation.temperature": ["1.0"],
+            "evaluation.top_k": ["0"],
+            "evaluation.top_p": ["1.0"],
+            "sampling.temperature": ["1.0"],
+        }
+    )
     assert _kl_validity_notes(plain) == []
     tldr_like = plain.assign(**{"sampling.temperature": ["0.7"]})
     (note,) = _kl_validity_notes(tldr_like)

@@ -21,10 +21,15 @@ def reward_model_dir(tmp_path_factory):
 
     root = tmp_path_factory.mktemp("reward")
     tokenizer = build_word_tokenizer(WORDS, max_length=32)
-    save_checkpoint(build_tiny_causal_lm(ModelConfig(n_embd=16, n_layer=1, n_head=2, max_positions=32), tokenizer, seed=0),
-                    tokenizer, root / "base")
+    save_checkpoint(
+        build_tiny_causal_lm(ModelConfig(n_embd=16, n_layer=1, n_head=2, max_positions=32), tokenizer, seed=0),
+        tokenizer,
+        root / "base",
+    )
     torch.manual_seed(0)
-    save_checkpoint(AutoModelForSequenceClassification.from_pretrained(root / "base", num_labels=1), tokenizer, root / "rm")
+    save_checkpoint(
+        AutoModelForSequenceClassification.from_pretrained(root / "base", num_labels=1), tokenizer, root / "rm"
+    )
     return root / "rm"
 
 

@@ -73,11 +73,21 @@ def test_params_and_tags_reach_mlflow_without_secrets(tmp_path):
 
     tracker = Tracker(f"sqlite:///{tmp_path / 'mlflow.db'}", "tiny")
     run_id = tracker.start_invocation("tiny", {})
-    tracker.log_params(run_id, {"judge.api_key_env": "sk-live-0123456789abcdef", "tracking.uri": "http://a:pw9@h:1",
-                                "algorithms.dpo.beta": 0.1})
+    tracker.log_params(
+        run_id,
+        {
+            "judge.api_key_env": "sk-live-0123456789abcdef",
+            "tracking.uri": "http://a:pw9@h:1",
+            "algorithms.dpo.beta": 0.1,
+        },
+    )
     tracker.set_tags(run_id, {"harness.failure": "endpoint https://x/v1?token=abc refused"})
     run = tracker.client.get_run(run_id)
-    assert run.data.params == {"judge.api_key_env": "***", "tracking.uri": "http://a:***@h:1", "algorithms.dpo.beta": "0.1"}
+    assert run.data.params == {
+        "judge.api_key_env": "***",
+        "tracking.uri": "http://a:***@h:1",
+        "algorithms.dpo.beta": "0.1",
+    }
     assert run.data.tags["harness.failure"] == "endpoint https://x/v1?token=*** refused"
 
 

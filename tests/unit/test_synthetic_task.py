@@ -87,9 +87,7 @@ def test_gold_reward_matches_hand_computed_values(completion, stopped, expected)
 
 def test_too_long_penalty_has_a_floor():
     # ten sentences, each with a distinct positive adjective: sentiment 1.0, too long floored at -1.5
-    adjectives = [
-        "clean", "comfortable", "lovely", "quiet", "bright", "charming", "cozy", "fresh", "superb", "great"
-    ]
+    adjectives = ["clean", "comfortable", "lovely", "quiet", "bright", "charming", "cozy", "fresh", "superb", "great"]
     completion = " was clean ." + "".join(f" it was {adjective} ." for adjective in adjectives[1:])
     breakdown = gold_reward_breakdown(PROMPT, completion, stopped=True)
     assert breakdown["too_long"] == -1.5
@@ -237,8 +235,7 @@ def test_sft_corpus_has_flaws_at_moderate_rates(default_data):
 
 def _chosen_better_fraction(data: TaskData) -> float:
     return statistics.mean(
-        _gold(row["prompt"], row["chosen"]) > _gold(row["prompt"], row["rejected"])
-        for row in data.preferences
+        _gold(row["prompt"], row["chosen"]) > _gold(row["prompt"], row["rejected"]) for row in data.preferences
     )
 
 

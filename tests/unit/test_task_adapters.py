@@ -257,7 +257,9 @@ def test_row_errors_for_bad_json_and_wrong_types(tmp_path):
 def test_missing_local_sources_fail_before_any_hub_lookup(tmp_path):
     with pytest.raises(TaskDataError, match="no such file or folder"):
         load_rows(str(tmp_path / "absent.jsonl"), "train")
-    with pytest.raises(TaskDataError, match="no file for split 'validation'.*the folder has: malformed.jsonl, test.jsonl, train.jsonl"):
+    with pytest.raises(
+        TaskDataError, match="no file for split 'validation'.*the folder has: malformed.jsonl, test.jsonl, train.jsonl"
+    ):
         load_rows(str(FIXTURES / "gsm8k"), "validation")
     (tmp_path / "notes.txt").write_text("x")
     with pytest.raises(TaskDataError, match="unsupported file type '.txt'"):
@@ -286,7 +288,9 @@ def _copy_as_formats(folder: Path, tmp_path: Path, splits: tuple[str, ...]) -> d
     for split, rows in by_split.items():
         _write_parquet(rows, parquet_folder / "data" / f"{split}-00000-of-00001.parquet")
     saved_folder = tmp_path / "saved"
-    datasets.DatasetDict({split: datasets.Dataset.from_list(rows) for split, rows in by_split.items()}).save_to_disk(str(saved_folder))
+    datasets.DatasetDict({split: datasets.Dataset.from_list(rows) for split, rows in by_split.items()}).save_to_disk(
+        str(saved_folder)
+    )
     json_file = tmp_path / "splits.json"
     json_file.write_text(json.dumps(by_split))
     return {"parquet": parquet_folder, "save_to_disk": saved_folder, "json": json_file}
@@ -314,10 +318,17 @@ def test_jsonl_parquet_json_and_save_to_disk_give_the_same_rows(tmp_path):
 
 
 def test_split_files_find_hub_shards_in_order(tmp_path):
-    for name in ("data/train-00001-of-00002.parquet", "data/train-00000-of-00002.parquet", "data/test-00000-of-00001.parquet"):
+    for name in (
+        "data/train-00001-of-00002.parquet",
+        "data/train-00000-of-00002.parquet",
+        "data/test-00000-of-00001.parquet",
+    ):
         (tmp_path / name).parent.mkdir(parents=True, exist_ok=True)
         (tmp_path / name).write_text("")
-    assert [p.name for p in split_files(tmp_path, "train")] == ["train-00000-of-00002.parquet", "train-00001-of-00002.parquet"]
+    assert [p.name for p in split_files(tmp_path, "train")] == [
+        "train-00000-of-00002.parquet",
+        "train-00001-of-00002.parquet",
+    ]
 
 
 def test_a_folder_with_several_configs_is_refused(tmp_path):
@@ -329,7 +340,9 @@ def test_a_folder_with_several_configs_is_refused(tmp_path):
     assert load_rows(str(tmp_path / "main"), "train") == [{"question": "q", "answer": "#### 1"}]
 
 
-@pytest.mark.parametrize("case, folder, splits", [("imdb", "imdb", ("train", "test")), ("gsm8k", "gsm8k", ("train", "test"))])
+@pytest.mark.parametrize(
+    "case, folder, splits", [("imdb", "imdb", ("train", "test")), ("gsm8k", "gsm8k", ("train", "test"))]
+)
 def test_adapter_gives_the_same_task_data_from_parquet_and_save_to_disk(case, folder, splits, tmp_path):
     expected = dataclasses.asdict(_build(case))
     for location in _copy_as_formats(FIXTURES / folder, tmp_path, splits).values():
@@ -372,7 +385,10 @@ def test_tldr_rows_and_preference_filters():
     everything = _build("tldr", reddit_only_preferences=False, num_heldout_pairs=10)
     assert len(everything.heldout_preferences) == 5
     assert sum(pair["prompt"].startswith("TITLE:") for pair in everything.heldout_preferences) == 1
-    assert data.eval[0]["reference"] == " Girlfriend of five years got her dream job across the country; I do not know if I should go."
+    assert (
+        data.eval[0]["reference"]
+        == " Girlfriend of five years got her dream job across the country; I do not know if I should go."
+    )
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -401,7 +417,10 @@ def test_split_transcript_cuts_at_the_last_assistant_turn():
 
 @pytest.mark.parametrize(
     "transcript, problem",
-    [("\n\nHuman: Hello there.", "no '\\\\n\\\\nAssistant:' turn"), ("\n\nHuman: Hi.\n\nAssistant:   ", "final Assistant turn is empty")],
+    [
+        ("\n\nHuman: Hello there.", "no '\\\\n\\\\nAssistant:' turn"),
+        ("\n\nHuman: Hi.\n\nAssistant:   ", "final Assistant turn is empty"),
+    ],
 )
 def test_split_transcript_refuses_a_transcript_without_a_reply(transcript, problem):
     with pytest.raises(ValueError, match=problem):
@@ -435,7 +454,9 @@ def test_hh_rows_that_are_errors(tmp_path):
 
     with pytest.raises(TaskDataError, match=r"train.jsonl row 0: column 'rejected': no '\\n\\nAssistant:' turn"):
         build({"chosen": "\n\nHuman: Hi.\n\nAssistant: Hello.", "rejected": "\n\nHuman: Hi."})
-    with pytest.raises(TaskDataError, match="train.jsonl row 0: column 'chosen' must hold exactly one assistant message, got 2"):
+    with pytest.raises(
+        TaskDataError, match="train.jsonl row 0: column 'chosen' must hold exactly one assistant message, got 2"
+    ):
         build(
             {
                 "prompt": [{"role": "user", "content": "Hi."}],
@@ -444,7 +465,13 @@ def test_hh_rows_that_are_errors(tmp_path):
             }
         )
     with pytest.raises(TaskDataError, match="train.jsonl row 0: column 'prompt' message 0: unknown role 'human'"):
-        build({"prompt": [{"role": "human", "content": "Hi."}], "chosen": [{"role": "assistant", "content": "a"}], "rejected": [{"role": "assistant", "content": "b"}]})
+        build(
+            {
+                "prompt": [{"role": "human", "content": "Hi."}],
+                "chosen": [{"role": "assistant", "content": "a"}],
+                "rejected": [{"role": "assistant", "content": "b"}],
+            }
+        )
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -461,7 +488,9 @@ def test_ultrafeedback_keeps_messages_and_scores():
     assert all(row["prompt_messages"] for row in data.sft + data.eval)
     assert "messages" not in first  # TRL reads a "messages" column as a whole conversation
     # The bakery pair (chosen == rejected) is dropped from the preferences but kept as an SFT row.
-    assert not any("bakery" in pair["prompt"] for pair in _build("ultrafeedback-trl", num_preference_pairs=10).preferences)
+    assert not any(
+        "bakery" in pair["prompt"] for pair in _build("ultrafeedback-trl", num_preference_pairs=10).preferences
+    )
 
 
 def test_ultrafeedback_h4_and_trl_forms_agree_and_plain_prompts():
@@ -511,7 +540,10 @@ def gold_table(monkeypatch) -> dict:
 def test_gsm8k_gold_reward_on_hand_written_completions(gold_table):
     data = _build("gsm8k", num_sft_examples=10, num_train_prompts=10)
     prompts = {row["prompt"].split("Question: ")[1][:20]: row["prompt"] for row in data.sft}
-    desks, change, cold, apples = (prompts[key] for key in ("A school has 48 clas", "Lena buys 3 notebook", "The temperature was ", "Mia has 12 apples. S"))
+    desks, change, cold, apples = (
+        prompts[key]
+        for key in ("A school has 48 clas", "Lena buys 3 notebook", "The temperature was ", "Mia has 12 apples. S")
+    )
     cases = [
         (desks, " 48 * 26 = 1248\n#### 1,248", 1.0),
         (desks, " 48 * 26 = 1248\n#### 1248.", 1.0),
@@ -544,7 +576,10 @@ def test_gsm8k_reference_answers_score_one_and_synthetic_negatives_zero(gold_tab
 
 
 def test_gsm8k_negatives_depend_on_the_seed():
-    rejected = {seed: [pair["rejected"] for pair in _build("gsm8k", seed=seed, num_preference_pairs=10).preferences] for seed in range(4)}
+    rejected = {
+        seed: [pair["rejected"] for pair in _build("gsm8k", seed=seed, num_preference_pairs=10).preferences]
+        for seed in range(4)
+    }
     assert len({tuple(values) for values in rejected.values()}) > 1
     assert _build("gsm8k", seed=1).sft == _build("gsm8k", seed=2).sft  # the data rows themselves do not
 

@@ -44,8 +44,10 @@ def _report_texts(uri: str) -> dict[str, dict[str, str]]:
     """algorithm -> column -> the text the report prints: its results table and its win-rate column."""
     records = load_suite_records(uri, SUITE)
     table = main_table(records.cells, records.samples)
-    texts = {algorithm: {column: str(value).strip("*") for column, value in row.items()}
-             for algorithm, row in table.iterrows()}
+    texts = {
+        algorithm: {column: str(value).strip("*") for column, value in row.items()}
+        for algorithm, row in table.iterrows()
+    }
     wins = win_rate_table(records.cells, records.samples)
     for row in wins.itertuples():
         texts[row.arm]["win_rate_vs_sft"] = f"{row.win_rate:.3f} [{max(row.low, 0):.3f}, {min(row.high, 1):.3f}]"
@@ -56,7 +58,9 @@ def _rows(lines: list[str], algorithms) -> dict[str, str]:
     return {line.split()[0]: line for line in lines if line.split() and line.split()[0] in set(algorithms)}
 
 
-def test_at_80_columns_it_fits_leaves_out_the_lowest_ranked_and_prints_the_reports_numbers(growing, monkeypatch, capsys):
+def test_at_80_columns_it_fits_leaves_out_the_lowest_ranked_and_prints_the_reports_numbers(
+    growing, monkeypatch, capsys
+):
     uri = growing["one_seed"]
     out = _leaderboard(uri, monkeypatch=monkeypatch, capsys=capsys, terminal_width=80)
     lines = ANSI.sub("", out).splitlines()
@@ -69,7 +73,7 @@ def test_at_80_columns_it_fits_leaves_out_the_lowest_ranked_and_prints_the_repor
     # default columns need 94 > 80, so the lowest-ranked, the proxy reward, goes (78 left) and one line says so.
     header = next(line for line in lines if line.startswith("algorithm"))
     assert header.split() == ["algorithm", "seeds", "gold_reward", "↑", "kl", "↓", "win_rate_vs_sft", "↑", "verdict"]
-    note = " ".join(lines[lines.index(next(line for line in lines if line.startswith("left out"))):])
+    note = " ".join(lines[lines.index(next(line for line in lines if line.startswith("left out"))) :])
     assert note == "left out to fit 80 columns: proxy_reward (--format markdown, csv or json shows every column)"
     rows = _rows(lines, report)
     assert list(rows) == list(leaderboard_frame(load_suite_records(uri, SUITE).cells, sort_by="gold_reward").index)
@@ -84,13 +88,15 @@ def _report_pair_verdict(uri: str, first: str, second: str, folder) -> str:
     from harness.report.markdown import write_report
 
     text = write_report(uri, SUITE, folder / "report").read_text(encoding="utf-8")
-    row = next(line for line in text.splitlines()
-               if line.startswith((f"| {first} − {second} ", f"| {second} − {first} ")))
+    row = next(
+        line for line in text.splitlines() if line.startswith((f"| {first} − {second} ", f"| {second} − {first} "))
+    )
     return [cell.strip() for cell in row.strip("|").split("|")][4]
 
 
-def test_piped_it_is_plain_text_with_every_default_column_and_the_reports_numbers(growing, monkeypatch, capsys,
-                                                                                    tmp_path):
+def test_piped_it_is_plain_text_with_every_default_column_and_the_reports_numbers(
+    growing, monkeypatch, capsys, tmp_path
+):
     uri = growing["two_seeds"]
     out = _leaderboard(uri, monkeypatch=monkeypatch, capsys=capsys)
     assert "\x1b[" not in out and "…" not in out and "left out" not in out
@@ -110,8 +116,11 @@ def test_piped_it_is_plain_text_with_every_default_column_and_the_reports_number
             assert report[algorithm]["win_rate_vs_sft"] in line
             # The verdict is the report's: its paired row "algorithm − sft" (or "sft − algorithm") on gold.
             verdict = _report_pair_verdict(uri, algorithm, "sft", tmp_path)
-            expected = {"not real": "not real", f"real: {algorithm} better": "beats sft",
-                        "real: sft better": "below sft"}[verdict]
+            expected = {
+                "not real": "not real",
+                f"real: {algorithm} better": "beats sft",
+                "real: sft better": "below sft",
+            }[verdict]
             assert expected in line.split("  ")[-1], (line, verdict)
 
 
@@ -120,7 +129,9 @@ def test_csv_and_json_hold_the_report_means_and_bounds(growing, monkeypatch, cap
     records = load_suite_records(uri, SUITE)
     frame = leaderboard_frame(records.cells, sort_by="gold_reward")
     wins = win_rate_table(records.cells, records.samples).set_index("arm")
-    rows = list(csv.DictReader(io.StringIO(_leaderboard(uri, "--format", "csv", monkeypatch=monkeypatch, capsys=capsys))))
+    rows = list(
+        csv.DictReader(io.StringIO(_leaderboard(uri, "--format", "csv", monkeypatch=monkeypatch, capsys=capsys)))
+    )
     document = json.loads(_leaderboard(uri, "--format", "json", monkeypatch=monkeypatch, capsys=capsys))
     assert [row["algorithm"] for row in rows] == [row["algorithm"] for row in document["rows"]] == list(frame.index)
     for row, record in zip(rows, document["rows"]):
@@ -140,8 +151,18 @@ def test_markdown_all_and_chosen_metrics(growing, monkeypatch, capsys):
     uri = growing["two_seeds"]
     every = _leaderboard(uri, "--all", "--format", "markdown", monkeypatch=monkeypatch, capsys=capsys)
     header = next(line for line in every.splitlines() if line.startswith("| algorithm"))
-    for metric in ("gold_reward", "proxy_reward", "kl", "kl_k1", "rouge1", "length", "stop_rate", "bleu",
-                   "win_rate_vs_sft", "win_rate_vs_reference"):
+    for metric in (
+        "gold_reward",
+        "proxy_reward",
+        "kl",
+        "kl_k1",
+        "rouge1",
+        "length",
+        "stop_rate",
+        "bleu",
+        "win_rate_vs_sft",
+        "win_rate_vs_reference",
+    ):
         assert f" {metric} " in header, metric
     chosen = _leaderboard(uri, "--metrics", "length,kl", "--sort", "kl", monkeypatch=monkeypatch, capsys=capsys)
     lines = chosen.splitlines()
@@ -183,8 +204,14 @@ def test_a_verdict_column_of_the_leaderboard_frame_is_shown_and_kept_before_kl(g
     # Widths by hand: algorithm 9, seeds 5, gold "0.625 ± 2.912" 13, proxy header 14, kl "(nats)" 6, win rate
     # "0.792 [0.262, 1.000]" 20, verdict "grpo beats sft" 14: 81 + 6 gutters of 2 = 93. Leaving out the proxy
     # reward gives 77, then seeds 70, then kl 62, then the verdict 46.
-    expected = {93: [], 80: ["proxy_reward"], 77: ["proxy_reward"], 70: ["proxy_reward", "seeds"],
-                62: ["proxy_reward", "seeds", "kl"], 61: ["proxy_reward", "seeds", "kl", "verdict"]}
+    expected = {
+        93: [],
+        80: ["proxy_reward"],
+        77: ["proxy_reward"],
+        70: ["proxy_reward", "seeds"],
+        62: ["proxy_reward", "seeds", "kl"],
+        61: ["proxy_reward", "seeds", "kl", "verdict"],
+    }
     for width, left_out in expected.items():
         kept, dropped = fit_to_width(board.columns, width)
         assert [column.key for column in dropped] == left_out, width

@@ -14,22 +14,23 @@ import types
 from pathlib import Path
 
 import pytest
-
 from shared_models import WORDS
-
 
 
 def train(algorithm: str, config, models: Path, output_dir: Path, prompts_budget: int):
     """One algorithm's train() on the tiny models; returns (logged steps, TrainResult)."""
+    from harness.algorithms import spec
     from harness.algorithms.context import TrainContext
     from harness.config import BudgetConfig, SamplingConfig, SuiteConfig
-    from harness.algorithms import spec
 
     rng = random.Random(0)
     prompts = [" ".join(rng.choice(WORDS[:8]) for _ in range(rng.randint(2, 4))) for _ in range(64)]
     pairs = [
-        {"prompt": prompt, "chosen": " ".join(rng.choice(WORDS) for _ in range(3)) + " good",
-         "rejected": " ".join(rng.choice(WORDS) for _ in range(3))}
+        {
+            "prompt": prompt,
+            "chosen": " ".join(rng.choice(WORDS) for _ in range(3)) + " good",
+            "rejected": " ".join(rng.choice(WORDS) for _ in range(3)),
+        }
         for prompt in prompts
     ]
     suite = SuiteConfig(

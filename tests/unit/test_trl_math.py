@@ -16,7 +16,6 @@ import types
 import pytest
 import torch
 import torch.nn.functional as F
-
 from shared_models import WORDS
 
 
@@ -182,11 +181,18 @@ def test_grpo_advantages_and_loss_are_the_papers(base_model, tmp_path, monkeypat
     scored = capture(monkeypatch, GRPOTrainer, "_generate_and_score_completions")
     losses = capture(monkeypatch, GRPOTrainer, "compute_loss")
     max_new_tokens = 24  # long enough that some completions stop early, so lengths differ and aggregations too
-    config = grpo.Config(num_generations=4, prompts_per_step=2, beta=0.0, scale_rewards=scale_rewards,
-                         loss_type=loss_type)
-    train(grpo, config, base_model, tmp_path, ["a b", "c d e"],
-          reward_function=lambda ps, completions, stopped: GROUP_REWARDS[: len(completions)],
-          max_new_tokens=max_new_tokens)
+    config = grpo.Config(
+        num_generations=4, prompts_per_step=2, beta=0.0, scale_rewards=scale_rewards, loss_type=loss_type
+    )
+    train(
+        grpo,
+        config,
+        base_model,
+        tmp_path,
+        ["a b", "c d e"],
+        reward_function=lambda ps, completions, stopped: GROUP_REWARDS[: len(completions)],
+        max_new_tokens=max_new_tokens,
+    )
 
     assert len(scored) == 1 and len(losses) == 1  # one step: one generation batch, one loss
     batch = scored[0].result
@@ -233,10 +239,17 @@ def test_dpo_loss_and_rewards_are_the_papers(base_model, tmp_path, monkeypatch):
     calls = capture(monkeypatch, DPOTrainer, "compute_loss", before=oracle)
     rng = random.Random(0)
     prompts = [" ".join(rng.choice(WORDS[:8]) for _ in range(rng.randint(2, 4))) for _ in range(12)]
-    pairs = [{"prompt": prompt, "chosen": " ".join(rng.choice(WORDS) for _ in range(rng.randint(1, 4))) + " good",
-              "rejected": " ".join(rng.choice(WORDS) for _ in range(rng.randint(1, 4)))} for prompt in prompts]
-    logged = train(dpo, dpo.Config(beta=beta, batch_size=4, learning_rate=1e-2), base_model, tmp_path, prompts,
-                   pairs=pairs)
+    pairs = [
+        {
+            "prompt": prompt,
+            "chosen": " ".join(rng.choice(WORDS) for _ in range(rng.randint(1, 4))) + " good",
+            "rejected": " ".join(rng.choice(WORDS) for _ in range(rng.randint(1, 4))),
+        }
+        for prompt in prompts
+    ]
+    logged = train(
+        dpo, dpo.Config(beta=beta, batch_size=4, learning_rate=1e-2), base_model, tmp_path, prompts, pairs=pairs
+    )
 
     assert len(calls) == 3
     logged_by_step = {step: metrics for step, metrics in logged if "rewards/chosen" in metrics}
