@@ -17,7 +17,7 @@ logger = logging.getLogger(__name__)
 class GoldJudge:
     # It is shown the prompt the policy answered (in its chat template, where the suite has one), the key the
     # gold scorer knows (gsm8k's verifier looks its answer up by it), not the task's own words that a model
-    # judge reads: the evaluator asks (harness.metrics.evaluator._judge_prompts).
+    # judge reads: the evaluator asks (harness.metrics.comparisons._judge_prompts).
     reads_task_prompt = False
 
     def __init__(self, gold_scorer):
