@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import logging
+import os
 import sys
 
 from harness.report.terminal import add_leaderboard_options  # stdlib imports only: the CLI still answers at once
@@ -96,12 +97,9 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         _err("interrupted: completed stages are kept; rerun the same command to resume")
         return EXIT_INTERRUPTED
-    except Exception as error:  # a report that cannot be built is one line too
-        from harness.report.frame import ReportError
-
-        if isinstance(error, ReportError):
-            return _fail(str(error))
-        raise
+    except BrokenPipeError:  # `harness list algorithms | head`: the reader has gone, the rest is not wanted
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # and no second error at exit's flush
+        return EXIT_OK
 
 
 # ---------------------------------------------------------------------------------------------------------

@@ -263,7 +263,7 @@ def _registry(*metrics: Metric) -> dict[str, Metric]:
 
 
 _KL_SUM = "summed over the response at the evaluation temperature (nats per sequence)"
-# The samples field (and metric) of best-of-n's estimated KL (harness.metrics.evaluator.best_of_n_kl_estimate).
+# The samples field (and metric) of best-of-n's estimated KL (harness.generation.strategies.best_of_n_kl_estimate).
 BEST_OF_N_KL_ESTIMATE = "best_of_n_kl_estimate"
 
 METRICS: dict[str, Metric] = _registry(

@@ -29,6 +29,7 @@ if TYPE_CHECKING:
     import pandas as pd
 
 from harness import record
+from harness.errors import UserError
 from harness.metrics.catalog import METRICS
 from harness.record import (
     COST_PREFIX,
@@ -99,7 +100,7 @@ _REPORTED_RUN_STATUSES = ("FINISHED", "FAILED")
 _PAGE_SIZE = 1000
 
 
-class ReportError(Exception):
+class ReportError(UserError):
     """A report cannot be built from what MLflow holds; the message is one line for the user."""
 
 

@@ -15,6 +15,7 @@ import types
 from pathlib import Path
 
 import pytest
+from contexts import config_of, unit_context
 from shared_models import WORDS
 
 
@@ -36,27 +37,18 @@ def preference_pairs(count: int = 8) -> list[dict]:
 
 
 def context_for(algorithm: str, config, models: Path, output_dir: Path, prompts_budget: int, pairs=None):
-    from harness.algorithms.context import TrainContext
-    from harness.config import BudgetConfig, SamplingConfig, SuiteConfig
 
     pairs = preference_pairs() if pairs is None else pairs
-    suite = SuiteConfig(
-        name="offline-algorithms-test",
-        device="cpu",
-        sampling=SamplingConfig(temperature=1.0, top_k=0, top_p=1.0, max_new_tokens=6),
-        budget=BudgetConfig(policy="equal_prompts", prompts=prompts_budget),
-    )
-    return TrainContext(
-        algorithm=algorithm,
-        config=config,
-        suite=suite,
-        seed=0,
+    return unit_context(
+        algorithm,
+        config,
         base_dir=models / "base",
         reward_model_dir=models / "reward_model",
-        task_data=types.SimpleNamespace(train_prompts=[pair["prompt"] for pair in pairs], preferences=pairs),
-        reward_function=lambda prompts, completions, stopped: [0.0] * len(completions),
         output_dir=output_dir,
-        log_metrics=lambda step, metrics: None,
+        prompts_budget=prompts_budget,
+        max_new_tokens=6,
+        prompts=[pair["prompt"] for pair in pairs],
+        pairs=pairs,
     )
 
 
@@ -127,10 +119,10 @@ def assert_batch_is_pairs(step, pairs, tokenizer_dir: Path):
 
 
 def test_ipo_trains_on_trl_ipo_loss_with_per_token_normalised_margins(tiny_models, tmp_path, steps_taken):
-    from harness.algorithms import ipo
+    from harness.algorithms.spec import algorithm
 
-    config = ipo.Config(beta=0.5, batch_size=4)
-    result = ipo.train(context_for("ipo", config, tiny_models, tmp_path, prompts_budget=8))
+    config = config_of("ipo", beta=0.5, batch_size=4)
+    result = algorithm("ipo").train(context_for("ipo", config, tiny_models, tmp_path, prompts_budget=8))
     assert result.final_step == 2 and len(steps_taken) == 2
     assert (tmp_path / "model" / "model.safetensors").is_file()
     step = steps_taken[1]

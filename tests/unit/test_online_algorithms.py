@@ -9,10 +9,10 @@ from __future__ import annotations
 import dataclasses
 import math
 import random
-import types
 from pathlib import Path
 
 import pytest
+from contexts import config_of, unit_context
 from shared_models import WORDS
 
 
@@ -47,8 +47,6 @@ def train(
     """algorithm's train() on the tiny models; returns (the trainer it trained, the logged metrics by step,
     the TrainResult). The trainer is observed through trl_support.train_resuming, which every one calls."""
     from harness.algorithms import spec, trl_support
-    from harness.algorithms.context import TrainContext
-    from harness.config import BudgetConfig, SamplingConfig, SuiteConfig
 
     trainers = []
     original = trl_support.train_resuming
@@ -60,26 +58,19 @@ def train(
     monkeypatch.setattr(trl_support, "train_resuming", observed)
     rng = random.Random(0)
     prompts = [" ".join(rng.choice(WORDS[:8]) for _ in range(rng.randint(2, 4))) for _ in range(32)]
-    suite = SuiteConfig(
-        name="online-algorithms-test",
-        device="cpu",
-        sampling=SamplingConfig(temperature=1.0, top_k=0, top_p=1.0, max_new_tokens=5),
-        budget=BudgetConfig(policy="equal_prompts", prompts=prompts_budget),
-        checkpoint_every=checkpoint_every,
-    )
     logged: dict[int, dict] = {}
-    context = TrainContext(
-        algorithm=algorithm,
-        config=config,
-        suite=suite,
-        seed=0,
+    context = unit_context(
+        algorithm,
+        config,
         base_dir=models / "base",
-        reward_model_dir=models / "base",
-        task_data=types.SimpleNamespace(train_prompts=prompts, preferences=[]),
-        reward_function=reward,
         output_dir=output_dir,
-        log_metrics=lambda step, metrics: logged.setdefault(step, {}).update(metrics),
+        prompts_budget=prompts_budget,
+        max_new_tokens=5,
+        prompts=prompts,
+        reward=reward,
+        log=lambda step, metrics: logged.setdefault(step, {}).update(metrics),
         snapshots=snapshots,
+        checkpoint_every=checkpoint_every,
     )
     result = spec.algorithm(algorithm).train(context)
     assert len(trainers) == 1
@@ -180,10 +171,8 @@ def test_rloo_logs_sequence_kl_in_nats(tiny_models, tmp_path, monkeypatch):
 def test_dr_grpo_advantages_are_not_scaled_by_the_group_std(tiny_models, tmp_path, monkeypatch):
     from trl import GRPOTrainer
 
-    from harness.algorithms import dr_grpo
-
     scored = observe(monkeypatch, GRPOTrainer, "_generate_and_score_completions")
-    config = dr_grpo.Config(num_generations=4, prompts_per_step=2)
+    config = config_of("dr_grpo", num_generations=4, prompts_per_step=2)
     trainer, _, _ = train(
         "dr_grpo", config, tiny_models, tmp_path, monkeypatch, prompts_budget=2, reward=FixedRewards(REWARDS)
     )
@@ -215,11 +204,9 @@ def test_dr_grpo_advantages_are_not_scaled_by_the_group_std(tiny_models, tmp_pat
 def test_dapo_clips_higher_masks_truncation_and_scales_by_the_group_std(tiny_models, tmp_path, monkeypatch):
     from trl import GRPOTrainer
 
-    from harness.algorithms import dapo
-
     scored = observe(monkeypatch, GRPOTrainer, "_generate_and_score_completions")
     reward = FixedRewards(REWARDS)
-    config = dapo.Config(num_generations=4, prompts_per_step=2)
+    config = config_of("dapo", num_generations=4, prompts_per_step=2)
     trainer, _, _ = train("dapo", config, tiny_models, tmp_path, monkeypatch, prompts_budget=2, reward=reward)
     assert_arguments(
         trainer,
@@ -253,8 +240,6 @@ def test_gspo_clips_one_sequence_level_ratio_per_completion(tiny_models, tmp_pat
     import torch
     from trl import GRPOTrainer
 
-    from harness.algorithms import gspo
-
     losses = []
     original = GRPOTrainer._compute_loss
 
@@ -278,7 +263,9 @@ def test_gspo_clips_one_sequence_level_ratio_per_completion(tiny_models, tmp_pat
         return loss
 
     monkeypatch.setattr(GRPOTrainer, "_compute_loss", observed)
-    config = gspo.Config(beta=0.0, num_generations=2, prompts_per_step=2, steps_per_generation=2, learning_rate=1e-2)
+    config = config_of(
+        "gspo", beta=0.0, num_generations=2, prompts_per_step=2, steps_per_generation=2, learning_rate=1e-2
+    )
     trainer, _, _ = train(
         "gspo",
         config,

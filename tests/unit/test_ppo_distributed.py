@@ -25,10 +25,10 @@ import socket
 import subprocess
 import sys
 import time
-import types
 from pathlib import Path
 
 import pytest
+from contexts import unit_context
 
 WORDS = ["a", "b", "c", "d", "e", "f", "g", "h", "good", "x", "y", "z", "q"]
 ROLLOUTS = 8  # B, global
@@ -72,26 +72,15 @@ def build_models(root: Path) -> None:
 
 
 def make_context(root: Path, output_dir: Path):
-    from harness.algorithms.context import TrainContext
-    from harness.config import BudgetConfig, SamplingConfig, SuiteConfig
 
-    suite = SuiteConfig(
-        name="ppo-distributed-test",
-        device="cpu",
-        sampling=SamplingConfig(temperature=1.0, top_k=0, top_p=1.0, max_new_tokens=MAX_NEW_TOKENS),
-        budget=BudgetConfig(policy="equal_prompts", prompts=ROLLOUTS),
-    )
-    return TrainContext(
-        algorithm="ppo",
-        config=ppo_config(),
-        suite=suite,
-        seed=0,
+    return unit_context(
+        "ppo",
+        ppo_config(),
         base_dir=root / "base",
         reward_model_dir=root / "reward_model",
-        task_data=types.SimpleNamespace(train_prompts=[]),
-        reward_function=lambda prompts, completions, stopped: [0.0] * len(prompts),
         output_dir=output_dir,
-        log_metrics=lambda step, metrics: None,
+        prompts_budget=ROLLOUTS,
+        max_new_tokens=MAX_NEW_TOKENS,
     )
 
 

@@ -17,11 +17,11 @@ from pathlib import Path
 
 import pytest
 import torch
+from contexts import unit_context
 
 from harness import logprobs
 from harness.algorithms import onpolicy, ppo, ppo_math
-from harness.algorithms.context import TrainContext
-from harness.config import BudgetConfig, LoraConfig, ModelConfig, SamplingConfig, SuiteConfig, build
+from harness.config import LoraConfig, ModelConfig, SamplingConfig, build
 from harness.errors import ConfigError
 from harness.modeling import EOS_TOKEN, build_tiny_causal_lm, build_word_tokenizer, save_checkpoint
 
@@ -97,25 +97,20 @@ def run_ppo(
             **config_values,
         }
     )
-    suite = SuiteConfig(
-        name="ppo-test",
-        device="cpu",
-        sampling=SamplingConfig(temperature=1.0, top_k=0, top_p=1.0, max_new_tokens=MAX_NEW_TOKENS),
-        budget=BudgetConfig(policy="equal_prompts", prompts=updates * rollouts),
-        lora=lora or LoraConfig(),
-    )
     logged: list[tuple[int, dict[str, float]]] = []
-    context = TrainContext(
-        algorithm="ppo",
-        config=config,
-        suite=suite,
-        seed=seed,
+    context = unit_context(
+        "ppo",
+        config,
         base_dir=models.base,
         reward_model_dir=models.reward_model,
-        task_data=types.SimpleNamespace(train_prompts=models.prompts),
-        reward_function=reward,
         output_dir=output_dir,
-        log_metrics=lambda step, metrics: logged.append((step, dict(metrics))),
+        prompts_budget=updates * rollouts,
+        max_new_tokens=MAX_NEW_TOKENS,
+        prompts=models.prompts,
+        reward=reward,
+        log=lambda step, metrics: logged.append((step, dict(metrics))),
+        seed=seed,
+        lora=lora,
     )
     result = ppo.train(context)
     assert [step for step, _ in logged] == list(range(1, updates + 1))
@@ -202,7 +197,7 @@ def test_shared_curves_and_the_declared_curves_are_logged(small_kl_run):
         assert metrics[record.TRAIN_BUDGET_FRACTION] == pytest.approx(update / len(logged))
         # The per-sequence k1 sum of the rollouts, mean over rollouts: PPO's `kl` under the shared name.
         assert metrics[record.TRAIN_KL_PER_SEQUENCE] == metrics["kl"]
-    assert set(ppo.CURVES) | set(ppo.WATCHED) <= set(logged[0])
+    assert set(ppo.SPEC.curves) | set(ppo.SPEC.watched) <= set(logged[0])
 
 
 def test_checkpoint_is_a_standard_hugging_face_folder(small_kl_run, tiny_models):

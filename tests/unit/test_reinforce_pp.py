@@ -16,12 +16,12 @@ from pathlib import Path
 
 import pytest
 import torch
+from contexts import unit_context
 from shared_models import WORDS
 
 from harness import record
 from harness.algorithms import onpolicy, ppo_math, reinforce_pp
-from harness.algorithms.context import TrainContext
-from harness.config import BudgetConfig, LoraConfig, SamplingConfig, SuiteConfig, build
+from harness.config import LoraConfig, build
 from harness.errors import ConfigError
 
 TARGET_WORD = "good"
@@ -65,25 +65,19 @@ def run_reinforce_pp(
             **config_values,
         }
     )
-    suite = SuiteConfig(
-        name="reinforce-pp-test",
-        device="cpu",
-        sampling=SamplingConfig(temperature=1.0, top_k=0, top_p=1.0, max_new_tokens=MAX_NEW_TOKENS),
-        budget=BudgetConfig(policy="equal_prompts", prompts=updates * rollouts),
-        lora=lora or LoraConfig(),
-    )
     logged: list[tuple[int, dict[str, float]]] = []
-    context = TrainContext(
-        algorithm="reinforce_pp",
-        config=config,
-        suite=suite,
-        seed=0,
+    context = unit_context(
+        "reinforce_pp",
+        config,
         base_dir=models.base,
         reward_model_dir=models.reward_model,
-        task_data=types.SimpleNamespace(train_prompts=models.prompts),
-        reward_function=count_target_reward,
         output_dir=output_dir,
-        log_metrics=lambda step, metrics: logged.append((step, dict(metrics))),
+        prompts_budget=updates * rollouts,
+        max_new_tokens=MAX_NEW_TOKENS,
+        prompts=models.prompts,
+        reward=count_target_reward,
+        log=lambda step, metrics: logged.append((step, dict(metrics))),
+        lora=lora,
     )
     result = reinforce_pp.train(context)
     assert [step for step, _ in logged] == list(range(1, updates + 1))
@@ -271,7 +265,7 @@ def test_shared_curves_are_logged_every_update(short_run):
         assert metrics["reinforce_pp/non_score_reward"] == pytest.approx(-0.01 * metrics["kl"], abs=1e-6)
     assert logged[0]["kl"] == pytest.approx(0.0, abs=1e-6)  # the policy starts as the reference
     assert logged[-1]["kl"] > 0.1
-    assert set(reinforce_pp.CURVES) | set(reinforce_pp.WATCHED) <= set(logged[0])
+    assert set(reinforce_pp.SPEC.curves) | set(reinforce_pp.SPEC.watched) <= set(logged[0])
 
 
 def test_lora_dropout_is_off_so_every_update_starts_at_ratio_one(models, tmp_path):

@@ -10,18 +10,16 @@ resumed from such a checkpoint continues where it stopped.
 from __future__ import annotations
 
 import random
-import types
 from pathlib import Path
 
 import pytest
+from contexts import unit_context
 from shared_models import WORDS
 
 
 def train(algorithm: str, config, models: Path, output_dir: Path, prompts_budget: int):
     """One algorithm's train() on the tiny models; returns (logged steps, TrainResult)."""
     from harness.algorithms import spec
-    from harness.algorithms.context import TrainContext
-    from harness.config import BudgetConfig, SamplingConfig, SuiteConfig
 
     rng = random.Random(0)
     prompts = [" ".join(rng.choice(WORDS[:8]) for _ in range(rng.randint(2, 4))) for _ in range(64)]
@@ -33,26 +31,21 @@ def train(algorithm: str, config, models: Path, output_dir: Path, prompts_budget
         }
         for prompt in prompts
     ]
-    suite = SuiteConfig(
-        name="trl-checkpoints-test",
-        device="cpu",
-        sampling=SamplingConfig(temperature=1.0, top_k=0, top_p=1.0, max_new_tokens=6),
-        budget=BudgetConfig(policy="equal_prompts", prompts=prompts_budget),
-        checkpoint_every=2,  # resume checkpoints under output_dir/trainer
-    )
     logged: list[int] = []
-    context = TrainContext(
-        algorithm=algorithm,
-        config=config,
-        suite=suite,
-        seed=0,
+    context = unit_context(
+        algorithm,
+        config,
         base_dir=models / "base",
         reward_model_dir=models / "reward_model",
-        task_data=types.SimpleNamespace(train_prompts=prompts, preferences=pairs),
-        reward_function=lambda ps, completions, stopped: [c.split().count("good") / 6 for c in completions],
         output_dir=output_dir,
-        log_metrics=lambda step, metrics: logged.append(step),
+        prompts_budget=prompts_budget,
+        max_new_tokens=6,
+        prompts=prompts,
+        pairs=pairs,
+        reward=lambda ps, completions, stopped: [c.split().count("good") / 6 for c in completions],
+        log=lambda step, metrics: logged.append(step),
         snapshots=1,
+        checkpoint_every=2,  # resume checkpoints under output_dir/trainer
     )
     return logged, spec.algorithm(algorithm).train(context)
 

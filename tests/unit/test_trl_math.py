@@ -16,6 +16,7 @@ import types
 import pytest
 import torch
 import torch.nn.functional as F
+from contexts import unit_context
 from shared_models import WORDS
 
 
@@ -126,27 +127,19 @@ def base_model(tiny_models):
 
 def train(module, config, base_dir, output_dir, prompts, *, pairs=(), reward_function=None, max_new_tokens=6):
     """`module.train` on the tiny model with a budget of `len(prompts)` prompts; returns the logged metrics."""
-    from harness.algorithms.context import TrainContext
-    from harness.config import BudgetConfig, SamplingConfig, SuiteConfig
 
-    suite = SuiteConfig(
-        name="trl-math-test",
-        device="cpu",
-        sampling=SamplingConfig(temperature=1.0, top_k=0, top_p=1.0, max_new_tokens=max_new_tokens),
-        budget=BudgetConfig(policy="equal_prompts", prompts=len(prompts)),
-    )
     logged = []
-    context = TrainContext(
-        algorithm=module.__name__.rsplit(".", 1)[-1],
-        config=config,
-        suite=suite,
-        seed=0,
-        base_dir=base_dir,
-        reward_model_dir=base_dir,  # unused: the reward function is given
-        task_data=types.SimpleNamespace(train_prompts=list(prompts), preferences=list(pairs)),
-        reward_function=reward_function or (lambda ps, completions, stopped: [0.0] * len(completions)),
+    context = unit_context(
+        module.__name__.rsplit(".", 1)[-1],
+        config,
+        base_dir=base_dir,  # also the reward model's folder, unused: the reward function is given
         output_dir=output_dir,
-        log_metrics=lambda step, metrics: logged.append((step, metrics)),
+        prompts_budget=len(prompts),
+        max_new_tokens=max_new_tokens,
+        prompts=prompts,
+        pairs=pairs,
+        reward=reward_function,
+        log=lambda step, metrics: logged.append((step, metrics)),
     )
     module.train(context)
     return logged
