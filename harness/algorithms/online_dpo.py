@@ -155,9 +155,11 @@ def train(context):
         context,
         tokenizer,
         lambda trained: {  # global: prompts and completions of all ranks
-            "prompts_seen": float(steps * config.prompts_per_step),
-            "completions_generated": float(steps * completions_per_step),
-            "tokens_generated": logged_completion_tokens(trained, completions_per_step),  # the judge logs it per step
+            record.COST_PROMPTS_SEEN: float(steps * config.prompts_per_step),
+            record.COST_COMPLETIONS_GENERATED: float(steps * completions_per_step),
+            record.COST_TOKENS_GENERATED: logged_completion_tokens(
+                trained, completions_per_step
+            ),  # the judge logs it per step
         },
     )
 

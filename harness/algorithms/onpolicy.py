@@ -704,7 +704,7 @@ def optimise(
     values = torch.stack([torch.as_tensor(value, dtype=torch.float32).to(device) for value in result.values()])
     metrics = dict(zip(result, values.cpu().tolist()))
     metrics[f"{prefix}optimizer_steps"] = float(steps)
-    metrics["optimizer_steps"] = steps
+    metrics[record.COST_OPTIMIZER_STEPS] = steps
     return metrics
 
 
@@ -982,15 +982,15 @@ def finish_update(
     config = context.config
     spend.completions_generated += config.rollouts_per_update  # global: every rank's slice of the batch
     spend.tokens_generated += int(statistics.pop("_tokens"))  # global: summed over the gathered response lengths
-    spend.optimizer_steps += statistics.pop("optimizer_steps")
+    spend.optimizer_steps += statistics.pop(record.COST_OPTIMIZER_STEPS)
     seconds_generate, seconds_reward = slowest_rank_seconds(
         [sampled.seconds_generate, sampled.seconds_reward], setup.accelerator
     )
     row = {
         **statistics,
         **metrics,
-        "completions_generated": float(spend.completions_generated),
-        "tokens_generated": float(spend.tokens_generated),
+        record.COST_COMPLETIONS_GENERATED: float(spend.completions_generated),
+        record.COST_TOKENS_GENERATED: float(spend.tokens_generated),
         f"{prefix}seconds_generate": seconds_generate,
         f"{prefix}seconds_score": seconds_reward + statistics[f"{prefix}seconds_score"],
         # The curves every algorithm logs under one name and unit (harness.record): the budget spent, and the
@@ -1030,10 +1030,10 @@ def finish(context, setup: Setup, policy, spend: Spend):
         # Global spend: B rollouts per update over all ranks; optimizer steps are synchronous across ranks, so
         # one step of the data-parallel model counts once (not once per rank).
         spend={
-            "prompts_seen": float(setup.num_updates * context.config.rollouts_per_update),
-            "completions_generated": float(spend.completions_generated),
-            "tokens_generated": float(spend.tokens_generated),
-            "optimizer_steps": float(spend.optimizer_steps),
+            record.COST_PROMPTS_SEEN: float(setup.num_updates * context.config.rollouts_per_update),
+            record.COST_COMPLETIONS_GENERATED: float(spend.completions_generated),
+            record.COST_TOKENS_GENERATED: float(spend.tokens_generated),
+            record.COST_OPTIMIZER_STEPS: float(spend.optimizer_steps),
         },
     )
 

@@ -15,6 +15,8 @@ from __future__ import annotations
 
 import logging
 
+from harness import record
+
 logger = logging.getLogger(__name__)
 
 PAIRS_SOURCES = ("dataset", "reward_model")
@@ -92,7 +94,7 @@ def train_on_pairs(
         context,
         tokenizer,
         lambda _: {  # global: the pairs of all ranks
-            "prompts_seen": float(count),  # steps x the global batch: a pair's two completions are one prompt
+            record.COST_PROMPTS_SEEN: float(count),  # steps x the global batch: a pair's two completions are one prompt
             **generated,  # completions and tokens sampled for the pairs: 0 with the dataset's pairs
         },
     )
@@ -116,7 +118,10 @@ def training_pairs(context, pairs_source: str, count: int, algorithm: str) -> tu
     if pairs_source == "reward_model":
         pairs, spend = reward_model_pairs(context, count, algorithm)
     else:
-        pairs, spend = context.task_data.preferences, {"completions_generated": 0.0, "tokens_generated": 0.0}
+        pairs, spend = (
+            context.task_data.preferences,
+            {record.COST_COMPLETIONS_GENERATED: 0.0, record.COST_TOKENS_GENERATED: 0.0},
+        )
     if not pairs:
         raise ValueError(f"no preference pairs for {algorithm} (pairs_source={pairs_source})")
     return pairs, spend
@@ -164,8 +169,8 @@ def reward_model_pairs(context, count: int, algorithm: str) -> tuple[list[dict],
     shards = _all_gather_objects(local, world_size)
     pairs = [pair for shard_pairs, _, _, _ in shards for pair in shard_pairs]
     spend = {
-        "completions_generated": float(sum(shard[1] for shard in shards)),
-        "tokens_generated": float(sum(shard[2] for shard in shards)),
+        record.COST_COMPLETIONS_GENERATED: float(sum(shard[1] for shard in shards)),
+        record.COST_TOKENS_GENERATED: float(sum(shard[2] for shard in shards)),
         "pairs_dropped_truncated": float(sum(shard[3] for shard in shards)),
     }
     logger.info(

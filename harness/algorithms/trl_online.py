@@ -126,10 +126,10 @@ def train_online(context, *, trainer_class, config_class, objective: dict, watch
         context,
         tokenizer,
         lambda trained: {  # global: prompts and completions of all ranks
-            "prompts_seen": float(batches * config.prompts_per_step),
-            "completions_generated": float(rollouts * arguments.steps_per_generation * completions_per_step),
+            record.COST_PROMPTS_SEEN: float(batches * config.prompts_per_step),
+            record.COST_COMPLETIONS_GENERATED: float(rollouts * arguments.steps_per_generation * completions_per_step),
             # TRL logs the mean completion length once per rollout, over its global generation batch.
-            "tokens_generated": logged_completion_tokens(trained, trained.args.generation_batch_size),
+            record.COST_TOKENS_GENERATED: logged_completion_tokens(trained, trained.args.generation_batch_size),
         },
     )
 

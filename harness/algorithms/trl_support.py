@@ -251,7 +251,7 @@ def train_and_save(trainer, context, tokenizer, spend):
     checkpoint = save_trained_policy(trainer, context.base_dir, tokenizer, context.output_dir)
     steps = trainer.state.global_step
     return TrainResult(
-        checkpoint_dir=checkpoint, final_step=steps, spend={**spend(trainer), "optimizer_steps": float(steps)}
+        checkpoint_dir=checkpoint, final_step=steps, spend={**spend(trainer), record.COST_OPTIMIZER_STEPS: float(steps)}
     )
 
 

@@ -81,6 +81,7 @@ IDENTITY_COLUMNS = [
     "curves",  # its own train/ curves, names without the prefix, as a tuple
     "data",  # one sentence: what it learned from
     "kl_is_bound",  # True where eval/kl is an analytic upper bound (best-of-n), not an estimate
+    "lora_stages",  # the cell's stages that trained LoRA adapters, comma-separated ("" for full fine-tuning)
     "seed",
     "cell",
     "cell_hash",

@@ -46,7 +46,7 @@ def run(context: StageContext) -> dict:
             **result["spend"],
             record.COST_TRAIN_STEPS: float(result["final_step"]),
             record.COST_WALL_TIME_S: seconds,
-            record.COST_PEAK_MEMORY_MB: result["peak_memory_mb"],
+            record.COST_PEAK_MEMORY_MB: result[record.COST_PEAK_MEMORY_MB],
             record.COST_PROCESSES: float(context.stage.processes),
         }
         discard_resume_checkpoints(stage.folder)  # the final model is saved: no pickle outlives the stage
@@ -106,7 +106,7 @@ def train_in_rank(context: StageContext, prepared: Prepared, run_id: str) -> Non
                 "checkpoint": str(result.checkpoint_dir),
                 "spend": result.spend,
                 "final_step": result.final_step,
-                "peak_memory_mb": _peak_memory_mb(peak_before),
+                record.COST_PEAK_MEMORY_MB: _peak_memory_mb(peak_before),
             },
         )
 
