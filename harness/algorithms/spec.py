@@ -92,7 +92,3 @@ def algorithm(name: str) -> Algorithm:
             )
     spec = module.SPEC if preset.curves is None else dataclasses.replace(module.SPEC, curves=preset.curves)
     return Algorithm(name, module, spec, dict(preset.values), preset.about.strip())
-
-
-def spec_of(name: str) -> AlgorithmSpec:
-    return algorithm(name).spec

@@ -180,10 +180,10 @@ def test_mlflow_structure(default_run):
     assert len(history) > 10
     # The shared curves: every training algorithm's budget fraction ends at 1; the online ones log KL per
     # sequence in nats; the algorithm's registry name, family and sweep point are tags.
-    from harness.algorithms.spec import spec_of
+    from harness.algorithms.spec import algorithm as resolve
 
     for _, run in runs[runs["tags.harness.algorithm"] != "sft"].iterrows():
-        spec = spec_of(run["tags.harness.algorithm"])
+        spec = resolve(run["tags.harness.algorithm"]).spec
         assert run["tags.harness.family"] == spec.family and run["tags.harness.sweep_point"] == ""
         if not spec.trains_policy:
             continue

@@ -445,10 +445,7 @@ def _history(output_dir: Path) -> list[dict]:
     ],
 )
 def test_a_bad_value_names_its_key(algorithm, values, key):
-    from harness.algorithms.spec import algorithm as resolve
-    from harness.config import build
     from harness.errors import ConfigError
 
-    resolved = resolve(algorithm)
     with pytest.raises(ConfigError, match=f"'algorithms.{algorithm}.{key}'"):
-        build(resolved.config_class, {**resolved.defaults, **values}, f"algorithms.{algorithm}.")
+        config_of(algorithm, **values)

@@ -12,7 +12,7 @@ import pytest
 from test_report import DECLARED, SUITE, _log_cell, _new_store, _start_invocation, empty_database  # noqa: F401
 
 from harness import record
-from harness.algorithms.spec import spec_of
+from harness.algorithms.spec import algorithm as resolve
 from harness.config import load_config
 from harness.report import plots
 from harness.report.markdown import PLOTS, draw_plots, plot_file_names
@@ -30,7 +30,7 @@ def _declared_tags(name: str) -> dict:
     the report draws from these tags, never from the module."""
     if name == record.BASELINE:
         return DECLARED[name]
-    spec = spec_of(name)
+    spec = resolve(name).spec
     return {
         record.TAG_FAMILY: spec.family,
         record.TAG_KL_KNOB: spec.kl_knob,
@@ -52,7 +52,7 @@ def _curves(algorithm: str, index: int, start_ms: int) -> list:
             Metric(record.TRAIN_PREFIX + record.TRAIN_BUDGET_FRACTION, fraction, start_ms + step, step),
             Metric(record.TRAIN_PREFIX + record.TRAIN_KL_PER_SEQUENCE, kl, start_ms + step, step),
         ]
-        for name in spec_of(algorithm).curves:
+        for name in resolve(algorithm).spec.curves:
             metrics.append(Metric(record.TRAIN_PREFIX + name, 0.05 * index + 0.1 * step, start_ms + step, step))
     return metrics
 
@@ -137,7 +137,7 @@ def test_the_comparison_figure_has_two_shared_panels_and_clips_the_outlier(figur
     assert kl.get_ylim()[1] == pytest.approx(1.3 * 0.1 * (ALGORITHMS.index("ppo") + 2))
     assert "y clipped at 1.69: reinforce_pp reaches 8" in kl.get_title()
     # The reward panel: only the online algorithms log a train/reward; nothing there is an outlier.
-    online = [name for name in ALGORITHMS if "reward" in spec_of(name).curves]
+    online = [name for name in ALGORITHMS if "reward" in resolve(name).spec.curves]
     assert len(reward.get_lines()) == len(online) and "clipped" not in reward.get_title()
 
 
@@ -145,8 +145,8 @@ def test_the_diagnostics_figure_has_a_panel_per_family_and_curve(figures):
     _, figure = figures["training_curves"]
     expected = set()
     for name in ALGORITHMS:
-        family = spec_of(name).family
-        expected |= {f"{family}: {curve}" for curve in spec_of(name).curves}
+        family = resolve(name).spec.family
+        expected |= {f"{family}: {curve}" for curve in resolve(name).spec.curves}
     titles = [ax.get_title() for ax in _panels(figure)]
     assert sorted(titles) == sorted(expected)
     assert len(titles) < 30  # the old figure had a panel per algorithm and curve: 47 for tiny
@@ -166,4 +166,4 @@ def test_each_algorithm_has_its_own_colour_and_its_familys_marker(figures, key):
     for name in drawn:
         marker = entries[name][1]
         if marker is not None:  # a line's marker is its family's
-            assert marker == plots._FAMILY_MARKERS[spec_of(name).family], (key, name, marker)
+            assert marker == plots._FAMILY_MARKERS[resolve(name).spec.family], (key, name, marker)
