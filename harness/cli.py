@@ -25,6 +25,7 @@ USAGE_EXAMPLES = """examples:
   harness run suite=tiny executor.max_parallel=2          # two stages at once (one per GPU on a GPU node)
   harness run suite=tiny executor=ray ray.address=auto    # every stage a Ray task on a cluster
   harness plan suite=tiny                                 # the stages, what a rerun skips, what each asks for
+  harness calibrate suite=tiny                            # measure throughput here: plan then estimates time
   harness report suite=tiny
   harness leaderboard suite=tiny --sort gold_reward
   harness list algorithms
@@ -47,8 +48,22 @@ def build_parser() -> argparse.ArgumentParser:
     run = commands.add_parser("run", help="prepare, train, evaluate and report a suite (resumes if rerun)")
     run.add_argument("items", nargs="*", metavar="suite=NAME|key=value", help=overrides_help)
 
-    plan = commands.add_parser("plan", help="print a suite's stages: complete or to run, resources, what each waits on")
+    plan = commands.add_parser(
+        "plan",
+        help="print a suite's stages (complete or to run, resources, what each waits on), the tokens each "
+        "trains on and generates, and its estimated wall time and device-hours (see `harness calibrate`)",
+    )
     plan.add_argument("items", nargs="*", metavar="suite=NAME|key=value", help=overrides_help)
+    plan.add_argument(
+        "--format", choices=["table", "json"], default="table", help="table (fitted to the terminal) or json"
+    )
+
+    calibrate = commands.add_parser(
+        "calibrate",
+        help="time a few training steps and generate calls on the suite's model here (seconds), fit start costs "
+        "to its last run, and keep them in <output_dir>/throughput.json for `harness plan`'s estimate",
+    )
+    calibrate.add_argument("items", nargs="*", metavar="suite=NAME|key=value", help=overrides_help)
 
     report = commands.add_parser("report", help="write reports/<suite>.md from the MLflow store")
     report.add_argument("items", nargs="*", metavar="suite=NAME|key=value", help=overrides_help)
@@ -83,6 +98,7 @@ def main(argv: list[str] | None = None) -> int:
     handlers = {
         "run": command_run,
         "plan": command_plan,
+        "calibrate": command_calibrate,
         "report": command_report,
         "leaderboard": command_leaderboard,
         "list": command_list,
@@ -200,32 +216,123 @@ def _tracking_uri(config) -> str:
 
 
 def command_plan(args) -> int:
-    """The plan as a table, from the config and the run folders alone: nothing heavy is imported."""
+    """The plan as a table, from the config and the run folders alone (nothing heavy is imported), with each
+    stage's tokens and, where this machine is calibrated for the suite's model, its seconds and the totals."""
+    import json
+    import shutil
+
+    from harness.estimate.plan_cost import estimate_plan
     from harness.plan import REPORT, build_plan
 
     config = _load(args.items)
     plan = build_plan(config)
+    estimate = estimate_plan(config, plan)
+    if args.format == "json":
+        stages = [stage.to_dict() for stage in plan.stages]
+        for stage, cost in zip(stages, estimate.to_dict()["stages"]):
+            stage["estimate"] = cost
+        print(
+            json.dumps({"suite": plan.suite, "root": str(plan.root), "stages": stages, "estimate": estimate.to_dict()})
+        )
+        return EXIT_OK
     rows = []
-    for stage in plan.stages:
+    for stage, cost in zip(plan.stages, estimate.stages):
         state = "runs last" if stage.kind == REPORT else ("complete: skipped" if stage.done else "to run")
         resources = f"{stage.gpus} GPU, {stage.cpus or 'auto'} CPU" + (
             f", {stage.memory_gb:g} GiB" if stage.memory_gb else ""
         )
         if stage.processes > 1:
             resources += f", {stage.processes} processes"
+        work = cost.work
+        tokens = (
+            "/".join(_count(n) for n in (work.trained, work.scored, work.generated))
+            if any((work.trained, work.scored, work.generated))
+            else "-"
+        )
+        seconds = "?" if cost.seconds is None else _duration(cost.seconds)
         waits = ", ".join(stage.waits_on) if stage.kind != REPORT else "every cell"
         if stage.soft_waits and stage.kind != REPORT:
             waits += f" (and {', '.join(stage.soft_waits)} if it completes)"
-        rows.append((stage.id, stage.hash or "-", state, resources, waits or "-"))
-    header = ("stage", "hash", "state", "asks for", "waits on")
+        rows.append((stage.id, stage.hash or "-", state, resources, tokens, seconds, waits or "-"))
+    header = ("stage", "hash", "state", "asks for", "tokens train/score/gen", "time", "waits on")
     widths = [max(len(str(row[i])) for row in [header, *rows]) for i in range(len(header))]
+    columns = shutil.get_terminal_size().columns if sys.stdout.isatty() else 10**6  # a pipe gets whole lines
     for row in [header, *rows]:
-        print("  ".join(str(value).ljust(width) for value, width in zip(row, widths)).rstrip())
+        line = "  ".join(str(value).ljust(width) for value, width in zip(row, widths)).rstrip()
+        print(line if len(line) <= columns else line[: max(columns - 1, 0)] + "…")
     to_run = sum(1 for stage in plan.stages if stage.kind != REPORT and not stage.done)
     print(
         f"# {len(plan.stages) - 1} stages, {to_run} to run, {len(plan.stages) - 1 - to_run} complete; "
         f"run folders in {plan.root}"
     )
+    for line in _estimate_lines(estimate, config.suite.name):
+        print(line)
+    return EXIT_OK
+
+
+def _estimate_lines(estimate, suite: str) -> list[str]:
+    """The estimate's summary: where its numbers come from, the serial and parallel wall time, device-hours."""
+    lengths = estimate.lengths
+    source = f"tokens counted at prompt {lengths.prompt:.0f} + completion {lengths.completion:.0f} ({lengths.source})"
+    if not estimate.calibrated:
+        return [
+            f"# {source}; time uncalibrated: no entry for {estimate.device}, {estimate.model}, {estimate.precision} "
+            f"in {estimate.table}; measure it with `harness calibrate suite={suite}` (seconds)"
+        ]
+    hours = estimate.device_hours
+    named = sorted((name for name in hours if name != "shared"), key=lambda name: -hours[name])
+    per_algorithm = ", ".join(f"{name} {hours[name]:.3g}" for name in [*named, "shared"] if name in hours)
+    workers = f"{estimate.workers} workers" if estimate.workers > 1 else "1 worker"
+    return [
+        f"# {source}; rates for {estimate.device}, {estimate.model}, {estimate.precision} ({estimate.rates.source})",
+        f"# estimate: {_duration(estimate.serial_seconds)} one stage at a time, "
+        f"{_duration(estimate.parallel_seconds)} with {workers} ({estimate.threads} cores each)",
+        f"# {estimate.hours_unit}: {sum(hours.values()):.3g} in all; by algorithm: {per_algorithm}",
+    ]
+
+
+def _count(tokens: float) -> str:
+    for unit, size in (("G", 1e9), ("M", 1e6), ("k", 1e3)):
+        if tokens >= size:
+            return f"{tokens / size:.3g}{unit}"
+    return f"{tokens:.0f}"
+
+
+def _duration(seconds: float) -> str:
+    if seconds < 60:
+        return f"{seconds:.1f}s"
+    minutes, rest = divmod(round(seconds), 60)
+    if minutes < 60:
+        return f"{minutes}m{rest:02d}s"
+    return f"{minutes // 60}h{minutes % 60:02d}m"
+
+
+def command_calibrate(args) -> int:
+    """Measure this machine's throughput on the suite's model (harness.estimate.calibrate), then say what the
+    plan now estimates."""
+    from harness.estimate.calibrate import calibrate
+    from harness.estimate.plan_cost import estimate_plan
+    from harness.plan import build_plan
+
+    config = _load(args.items)
+    _quiet_library_progress_bars()
+    path, keys, fit, note = calibrate(config)
+    from harness.estimate.throughput import read_table
+
+    table = read_table(path)
+    for key in keys:
+        rates = table.entries[key]
+        print(
+            f"{key}: {rates.seconds_per_trained_token:.3g} s per trained token, "
+            f"{rates.seconds_per_generated_token:.3g} s per generated token"
+        )
+    if fit:
+        print(f"start costs and scales fitted to {fit.stages} timed stages of {fit.source}")
+    else:
+        print(note or "start costs as measured here (run the suite once, then calibrate again, to fit them to a run)")
+    print(f"written to {path}")
+    for line in _estimate_lines(estimate_plan(config, build_plan(config)), config.suite.name):
+        print(line)
     return EXIT_OK
 
 

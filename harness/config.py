@@ -318,6 +318,27 @@ class EvaluationConfig:
         require(self.checkpoints >= 0, "evaluation.checkpoints", "must be >= 0")
 
 
+ROLLOUT_GENERATORS = ("hf", "vllm", "auto")
+
+
+@dataclass
+class RolloutsConfig:
+    generator: str = "auto"
+    # who samples the online algorithms' training rollouts: "hf" (transformers generate()), "vllm" (a vLLM engine
+    # colocated with training: TRL's for grpo and its variants, rloo and online_dpo, which needs CUDA; the
+    # harness's own for ppo and reinforce_pp), or "auto" (vllm when the suite runs on CUDA and vllm is installed,
+    # else hf); the resolved value is tagged on each cell (harness.generation.rollouts)
+
+    def __post_init__(self):
+        require(
+            self.generator in ROLLOUT_GENERATORS,
+            "rollouts.generator",
+            f"must be one of {', '.join(ROLLOUT_GENERATORS)};{did_you_mean(self.generator, ROLLOUT_GENERATORS)}".rstrip(
+                ";"
+            ),
+        )
+
+
 GOLD_SOURCES = ("task", "reward_model")
 
 
@@ -576,6 +597,9 @@ def _tracking_store_plugins() -> tuple[str, ...]:
 
 
 EXECUTORS = ("local", "ray")
+# Each worker holds torch, transformers and TRL (about 1 GiB) and a stage's models: past eight the memory grows
+# faster than what runs at once, since a plan is rarely wider than its cells of one seed.
+MAX_AUTO_WORKERS = 8
 
 
 @dataclass
@@ -583,9 +607,10 @@ class ExecutorConfig:
     name: str = "local"
     # who runs the plan's stages: "local" (this machine) or "ray" (the tasks of a Ray cluster, see `ray:`);
     # on the command line `executor=ray` is short for executor.name=ray
-    max_parallel: int = 1
-    # local: stages run at once; 1 runs them one after another in this process, N > 1 runs up to N ready
-    # stages as subprocesses, each given the GPUs it asks for through CUDA_VISIBLE_DEVICES
+    max_parallel: str = "auto"
+    # stages run at once: 1 runs them one after another in this process; N > 1 keeps N worker processes (Ray
+    # actors under executor=ray) that hold the heavy imports and take one ready stage after another; "auto"
+    # is one per GPU on a CUDA suite, else one per core up to MAX_AUTO_WORKERS (see `workers()`)
     retries: int = 0
     # ray: times a stage whose worker died (killed, out of memory, node lost) is started again; it resumes
     # from its last checkpoint in the same MLflow run. A stage that fails by itself is never retried.
@@ -605,11 +630,24 @@ class ExecutorConfig:
             "executor.name",
             f"must be one of {', '.join(EXECUTORS)};{did_you_mean(self.name, EXECUTORS)}".rstrip(";"),
         )
-        require(self.max_parallel >= 1, "executor.max_parallel", "must be >= 1")
+        if self.max_parallel != "auto" and not self.max_parallel.lstrip("-").isdigit():
+            raise ConfigError(
+                f"bad value for 'executor.max_parallel': {shown(repr(self.max_parallel))} is not a whole number or auto"
+            )
+        require(self.max_parallel == "auto" or int(self.max_parallel) >= 1, "executor.max_parallel", "must be >= 1")
         require(self.retries >= 0, "executor.retries", "must be >= 0")
         require(self.gpus_per_stage >= -1, "executor.gpus_per_stage", "must be >= 0 (or -1 for auto)")
         require(self.cpus_per_stage >= 0, "executor.cpus_per_stage", "must be >= 0 (0 = auto)")
         require(self.memory_gb >= 0, "executor.memory_gb", "must be >= 0")
+
+    def workers(self, gpus: int, cores: int) -> int:
+        """How many stages run at once on a machine with `gpus` GPUs the suite trains on and `cores` cores.
+        auto: one per GPU (a stage takes a whole GPU), else one per core, at most MAX_AUTO_WORKERS."""
+        if self.max_parallel != "auto":
+            return int(self.max_parallel)
+        if gpus:
+            return gpus
+        return max(1, min(cores // max(1, self.cpus_per_stage), MAX_AUTO_WORKERS))
 
 
 @dataclass
@@ -678,6 +716,7 @@ class SuiteConfig:
     reward_model: RewardModelConfig = field(default_factory=RewardModelConfig)
     sampling: SamplingConfig = field(default_factory=SamplingConfig)
     reward: RewardConfig = field(default_factory=RewardConfig)
+    rollouts: RolloutsConfig = field(default_factory=RolloutsConfig)
     evaluation: EvaluationConfig = field(default_factory=EvaluationConfig)
     gold: GoldConfig = field(default_factory=GoldConfig)
     judge: JudgeConfig = field(default_factory=JudgeConfig)

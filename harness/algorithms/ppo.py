@@ -64,6 +64,7 @@ GAE, the KL controller and critic warm-up.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
 import time
@@ -210,58 +211,60 @@ def train(context):
 
     config: Config = context.config
     setup = onpolicy.prepare(context, NAME, "PPO")  # refuses bad settings, seeds (PPO.md §6.3, §5.2 E4)
-    learner = build_learner(context, setup.tokenizer, setup.accelerator)  # PPO.md §2.1
-    policy_scheduler = onpolicy.make_scheduler(config.lr_scheduler, learner.policy_optimizer, setup.num_updates)
-    critic_scheduler = onpolicy.make_scheduler(config.lr_scheduler, learner.critic_optimizer, setup.num_updates)
-    kl_controller = (
-        ppo_math.AdaptiveKLController(config.kl_coef, config.kl_target, config.kl_horizon)
-        if config.kl_controller == "adaptive"
-        else ppo_math.FixedKLController(config.kl_coef)
-    )
-    settings = onpolicy.LossSettings(setup.temperature, config.clip_epsilon, config.value_clip, config.entropy_coef)
-    spend = onpolicy.Spend()
-    onpolicy.start_progress(context, setup)
-    for update in range(1, setup.num_updates + 1):
-        # ---- 1.-2. Rollout and sequence scores (PPO.md §2.2 steps 1-5, §2.3) ----------------------------
-        sampled = onpolicy.sample_rollouts(context, setup, learner.policy)
-
-        # ---- 3.-4. Log-probs, values, advantages, K epochs of minibatch updates (PPO.md §2.2 step 6-§2.9) -----
-        train_policy = update > config.critic_warmup_updates
-        learning_rate = policy_scheduler.get_last_lr()[0]
-        critic_learning_rate = critic_scheduler.get_last_lr()[0]
-        statistics = learn_from_rollouts(
-            learner,
-            sampled.rollouts,
-            sampled.scores,
-            kl_controller.value,
-            settings,
-            config,
-            setup.local_minibatch,
-            setup.minibatch_generator,
-            train_policy,
+    # The rollout engine (rollouts.generator=vllm) holds memory outside the models: released however training ends.
+    with contextlib.closing(setup):
+        learner = build_learner(context, setup.tokenizer, setup.accelerator)  # PPO.md §2.1
+        policy_scheduler = onpolicy.make_scheduler(config.lr_scheduler, learner.policy_optimizer, setup.num_updates)
+        critic_scheduler = onpolicy.make_scheduler(config.lr_scheduler, learner.critic_optimizer, setup.num_updates)
+        kl_controller = (
+            ppo_math.AdaptiveKLController(config.kl_coef, config.kl_target, config.kl_horizon)
+            if config.kl_controller == "adaptive"
+            else ppo_math.FixedKLController(config.kl_coef)
         )
-        policy_scheduler.step()  # once per rollout (TRL; PPO.md §2.8)
-        critic_scheduler.step()
+        settings = onpolicy.LossSettings(setup.temperature, config.clip_epsilon, config.value_clip, config.entropy_coef)
+        spend = onpolicy.Spend()
+        onpolicy.start_progress(context, setup)
+        for update in range(1, setup.num_updates + 1):
+            # ---- 1.-2. Rollout and sequence scores (PPO.md §2.2 steps 1-5, §2.3) ----------------------------
+            sampled = onpolicy.sample_rollouts(context, setup, learner.policy)
 
-        # ---- 5. KL controller, spend, one row of statistics (PPO.md §2.10, §2.13) ---------------------------
-        kl_controller.update(statistics["kl"], n_steps=config.rollouts_per_update)  # global KL, same on all ranks
-        learning_rates = {
-            "learning_rate": learning_rate if train_policy else 0.0,
-            f"{PREFIX}critic_learning_rate": critic_learning_rate,
-        }
-        onpolicy.finish_update(
-            context,
-            setup,
-            learner.policy,
-            update,
-            statistics,
-            sampled,
-            spend,
-            learning_rates,
-            "PPO",
-            config.entropy_coef,
-        )
-    return onpolicy.finish(context, setup, learner.policy, spend)
+            # ---- 3.-4. Log-probs, values, advantages, K epochs of minibatch updates (PPO.md §2.2 step 6-§2.9) -----
+            train_policy = update > config.critic_warmup_updates
+            learning_rate = policy_scheduler.get_last_lr()[0]
+            critic_learning_rate = critic_scheduler.get_last_lr()[0]
+            statistics = learn_from_rollouts(
+                learner,
+                sampled.rollouts,
+                sampled.scores,
+                kl_controller.value,
+                settings,
+                config,
+                setup.local_minibatch,
+                setup.minibatch_generator,
+                train_policy,
+            )
+            policy_scheduler.step()  # once per rollout (TRL; PPO.md §2.8)
+            critic_scheduler.step()
+
+            # ---- 5. KL controller, spend, one row of statistics (PPO.md §2.10, §2.13) ---------------------------
+            kl_controller.update(statistics["kl"], n_steps=config.rollouts_per_update)  # global KL, same on all ranks
+            learning_rates = {
+                "learning_rate": learning_rate if train_policy else 0.0,
+                f"{PREFIX}critic_learning_rate": critic_learning_rate,
+            }
+            onpolicy.finish_update(
+                context,
+                setup,
+                learner.policy,
+                update,
+                statistics,
+                sampled,
+                spend,
+                learning_rates,
+                "PPO",
+                config.entropy_coef,
+            )
+        return onpolicy.finish(context, setup, learner.policy, spend)
 
 
 # ---------------------------------------------------------------------------------------------------------

@@ -48,6 +48,7 @@ Departures and choices (from the paper and from OpenRLHF's defaults):
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import time
 from dataclasses import dataclass
@@ -145,37 +146,39 @@ def train(context):
 
     config: Config = context.config
     setup = onpolicy.prepare(context, NAME, "REINFORCE++")  # the checks and seeds PPO has
-    learner = build_learner(context, setup.accelerator)
-    scheduler = onpolicy.make_scheduler(config.lr_scheduler, learner.policy_optimizer, setup.num_updates)
-    # value_clip is read only with a critic, entropy_coef 0: the loss is the clipped surrogate alone.
-    settings = onpolicy.LossSettings(setup.temperature, config.clip_epsilon, value_clip=0.0, entropy_coef=0.0)
-    spend = onpolicy.Spend()
-    onpolicy.start_progress(context, setup)
-    for update in range(1, setup.num_updates + 1):
-        sampled = onpolicy.sample_rollouts(context, setup, learner.policy)
-        learning_rate = scheduler.get_last_lr()[0]
-        statistics = learn_from_rollouts(
-            learner,
-            sampled.rollouts,
-            sampled.scores,
-            settings,
-            config,
-            setup.local_minibatch,
-            setup.minibatch_generator,
-        )
-        scheduler.step()  # once per update
-        onpolicy.finish_update(
-            context,
-            setup,
-            learner.policy,
-            update,
-            statistics,
-            sampled,
-            spend,
-            {"learning_rate": learning_rate},
-            "REINFORCE++",
-        )
-    return onpolicy.finish(context, setup, learner.policy, spend)
+    # The rollout engine (rollouts.generator=vllm) holds memory outside the models: released however training ends.
+    with contextlib.closing(setup):
+        learner = build_learner(context, setup.accelerator)
+        scheduler = onpolicy.make_scheduler(config.lr_scheduler, learner.policy_optimizer, setup.num_updates)
+        # value_clip is read only with a critic, entropy_coef 0: the loss is the clipped surrogate alone.
+        settings = onpolicy.LossSettings(setup.temperature, config.clip_epsilon, value_clip=0.0, entropy_coef=0.0)
+        spend = onpolicy.Spend()
+        onpolicy.start_progress(context, setup)
+        for update in range(1, setup.num_updates + 1):
+            sampled = onpolicy.sample_rollouts(context, setup, learner.policy)
+            learning_rate = scheduler.get_last_lr()[0]
+            statistics = learn_from_rollouts(
+                learner,
+                sampled.rollouts,
+                sampled.scores,
+                settings,
+                config,
+                setup.local_minibatch,
+                setup.minibatch_generator,
+            )
+            scheduler.step()  # once per update
+            onpolicy.finish_update(
+                context,
+                setup,
+                learner.policy,
+                update,
+                statistics,
+                sampled,
+                spend,
+                {"learning_rate": learning_rate},
+                "REINFORCE++",
+            )
+        return onpolicy.finish(context, setup, learner.policy, spend)
 
 
 @dataclass

@@ -19,7 +19,7 @@ logger = logging.getLogger(__name__)
 
 
 def train_reward_model(
-    sft_dir: Path, task_data, suite, seed: int, output_dir: Path, log_metrics, progress=no_progress
+    sft_dir: Path, task_data, suite, seed: int, output_dir: Path, log_metrics, progress=no_progress, flush_metrics=None
 ) -> tuple[Path, dict]:
     import torch
     from datasets import Dataset
@@ -55,7 +55,7 @@ def train_reward_model(
         args=arguments,
         train_dataset=Dataset.from_list(task_data.preferences),
         processing_class=tokenizer,
-        callbacks=harness_callbacks(log_metrics, progress),
+        callbacks=harness_callbacks(log_metrics, progress, flush_metrics=flush_metrics),
     )
     silence_console_logging(trainer)
     train_resuming(trainer, output_dir)

@@ -26,6 +26,10 @@ KL curve: RLOOTrainer logs `kl` as the token mean of the k1 log-ratio over the s
 per completion averaged over completions, the nats per sequence of record.TRAIN_KL_PER_SEQUENCE: the same
 conversion as GRPOTrainer's (trl_support.grpo_sequence_kl), with k1 in place of k3.
 
+Rollouts: transformers generate(), or TRL's colocated vLLM engine when the suite's `rollouts.generator`
+resolves to vllm (CUDA only; harness.generation.rollouts). RLOOTrainer has no importance-sampling correction of
+vLLM's sampler mismatch (GRPOTrainer's `vllm_importance_sampling_correction`).
+
 Training, sampling, budget, snapshots, resume and several processes: harness/algorithms/trl_online.py.
 """
 
@@ -75,6 +79,7 @@ def train(context):
 
     from harness.algorithms.trl_online import RLOO_FEATURES_OFF, train_online
     from harness.algorithms.trl_support import grpo_sequence_kl
+    from harness.generation.rollouts import trl_vllm_arguments
 
     config: Config = context.config
     objective = dict(
@@ -88,6 +93,8 @@ def train(context):
         epsilon_high=0.2,
         mask_truncated_completions=False,
         **RLOO_FEATURES_OFF,
+        # rollouts.generator=vllm: TRL's colocated vLLM samples them (CUDA only, refused here otherwise)
+        **trl_vllm_arguments(context.suite, context.algorithm),
     )
     # RLOOTrainer's `kl` is a token mean like GRPOTrainer's (of k1 instead of k3), so the same conversion gives
     # nats per sequence (module docstring).

@@ -17,7 +17,9 @@ from harness.modeling import load_tokenizer
 logger = logging.getLogger(__name__)
 
 
-def run_sft(base_dir: Path, task_data, suite, seed: int, output_dir: Path, log_metrics, progress=no_progress) -> Path:
+def run_sft(
+    base_dir: Path, task_data, suite, seed: int, output_dir: Path, log_metrics, progress=no_progress, flush_metrics=None
+) -> Path:
     from datasets import Dataset
     from trl import SFTConfig, SFTTrainer
 
@@ -48,7 +50,7 @@ def run_sft(base_dir: Path, task_data, suite, seed: int, output_dir: Path, log_m
         train_dataset=Dataset.from_list(task_data.sft),
         processing_class=tokenizer,
         peft_config=peft_config(suite, "sft"),
-        callbacks=harness_callbacks(log_metrics, progress),
+        callbacks=harness_callbacks(log_metrics, progress, flush_metrics=flush_metrics),
     )
     silence_console_logging(trainer)
     train_resuming(trainer, output_dir)

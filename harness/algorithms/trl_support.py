@@ -96,10 +96,17 @@ class StepMetricsCallback(TrainerCallback):
     record.TRAIN_KL_PER_SEQUENCE where the algorithm's `sequence_kl(logs)` derives it from its trainer's own
     statistics)."""
 
-    def __init__(self, log_metrics, sequence_kl=None):
+    def __init__(self, log_metrics, sequence_kl=None, flush=None):
         self.log_metrics = log_metrics
         self.sequence_kl = sequence_kl
+        self.flush = flush
         self.logged: set[tuple[str, int]] = set()
+
+    def on_save(self, args, state, control, **kwargs):
+        # A resume checkpoint must never be ahead of the curve: what is logged up to it is written before a kill
+        # could lose it (the tracker writes its queue every few seconds otherwise; the resumed run logs the rest).
+        if self.flush is not None and state.is_world_process_zero:
+            self.flush()
 
     def on_log(self, args, state, control, logs=None, **kwargs):
         if not state.is_world_process_zero:  # every rank logs the same gathered values: record them once
@@ -221,13 +228,23 @@ class NoPickleInCheckpointsCallback(TrainerCallback):
 
 
 def harness_callbacks(
-    log_metrics, progress, context=None, total_steps: int = 0, *, watched=("loss", "grad_norm"), sequence_kl=None
+    log_metrics,
+    progress,
+    context=None,
+    total_steps: int = 0,
+    *,
+    watched=("loss", "grad_norm"),
+    sequence_kl=None,
+    flush_metrics=None,
 ) -> list[TrainerCallback]:
-    """Divergence guard over `watched` (the algorithm's WATCHED), MLflow step metrics with the shared curves,
-    the progress bar, no pickles in checkpoints, and (for an algorithm's context) snapshots."""
+    """Divergence guard over `watched` (the algorithm's WATCHED), MLflow step metrics with the shared curves
+    (written out at every resume checkpoint by `flush_metrics`, an algorithm's context's own by default), the
+    progress bar, no pickles in checkpoints, and (for an algorithm's context) snapshots."""
+    if flush_metrics is None and context is not None:
+        flush_metrics = context.flush_metrics
     callbacks = [
         DivergenceGuard(watched),
-        StepMetricsCallback(log_metrics, sequence_kl),
+        StepMetricsCallback(log_metrics, sequence_kl, flush_metrics),
         TrainingProgressCallback(progress),
         NoPickleInCheckpointsCallback(),
     ]

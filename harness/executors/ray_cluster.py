@@ -1,15 +1,17 @@
-"""The Ray executor: every stage a Ray task asking for its CPUs, GPUs and memory; Ray starts a task when the
-tasks it waits on have returned (their outcomes are its arguments), on whichever node has room.
+"""The Ray executor: the plan's stages on long-lived Ray actors (StageWorker), each a worker process that keeps
+torch, transformers and TRL imported from one stage to the next, on whichever node has room.
 
 - `ray.address=local` starts a Ray instance on this machine for the run; `auto` joins the cluster `ray start`
   made this machine part of; `<host>:<port>` joins that cluster's head.
-- Each task runs `harness.stages.runner.execute` on the stage file in a fresh worker process (`max_calls=1`: the
-  worker exits afterwards, so a stage's GPU memory is gone before the next stage on that GPU starts).
-- A stage that fails by itself returns a failed outcome and is never retried; a worker that dies (killed, out
-  of memory, node lost) is retried `executor.retries` times by Ray, and the new attempt resumes the stage in
-  the same MLflow run. When none is left, that stage fails alone: its cell's run is marked FAILED, the other
-  cells go on.
-- Ctrl-C (or SIGTERM) cancels every unfinished task; the rerun resumes.
+- The driver hands a stage to an actor once what it waits on has settled (harness.executors.scheduler): up to
+  executor.max_parallel actors ("auto": one per GPU of the cluster on a CUDA suite, else one per CPU), each
+  asking for one stage's CPUs, GPUs and memory. An actor runs `harness.stages.runner.execute`, which frees what
+  the stage cached on its GPU before the next one.
+- A stage that fails by itself returns a failed outcome, is never retried, and its actor is replaced; an actor
+  that dies (killed, out of memory, node lost) is replaced and its stage started again `executor.retries`
+  times, resuming in the same MLflow run. When none is left, that stage fails alone: its cell's run is marked
+  FAILED, the other cells go on.
+- Ctrl-C (or SIGTERM) kills every actor; the cells they ran are marked KILLED and the rerun resumes.
 - The cluster is joined before anything of the run is made (`joined_cluster`, from the pipeline's checks before
   the banner): a malformed `ray.address` is refused without connecting, a head that does not answer after a
   bounded TCP connect, a cluster that refuses this driver (a token it lacks) when `ray.init` gives up (~20 s);
@@ -26,13 +28,15 @@ import contextlib
 import logging
 import os
 import socket
+import time
 from pathlib import Path
 
-from harness import record
-from harness.executors import report_finished, settled_without_running, waits
-from harness.plan import EVALUATE, TRAIN, Stage
-from harness.runs import RunRefused, read_json
-from harness.stages.outcomes import BLOCKED, FAILED, one_line, outcome
+from harness.executors import close_cell_run
+from harness.executors.scheduler import run_stages
+from harness.plan import Stage
+from harness.runs import RunRefused
+from harness.stages.files import log_path
+from harness.stages.outcomes import FAILED, one_line, outcome
 from harness.stages.runner import execute
 from harness.tracking_retry import ANSWERED_ENV
 
@@ -201,87 +205,108 @@ def run_on_ray(stages: list[Stage], files: dict[str, Path], reporter, suite, tra
 
     if not ray.is_initialized():  # the pipeline joins before it creates anything; a caller that did not is a bug
         raise RuntimeError("run_on_ray needs the cluster joined first (harness.executors.ray_cluster.joined_cluster)")
-    return _run(ray, stages, files, reporter, suite, tracker)
+    return run_stages(stages, StageActors(ray, stages, files, reporter, suite, tracker), reporter)
 
 
-def _run(ray, stages, files, reporter, suite, tracker) -> dict[str, dict]:
-    executor = suite.executor
-    task = ray.remote(max_calls=1)(_stage_task)
-    references: dict[str, object] = {}
-    outcomes: dict[str, dict] = {}
-    for stage in stages:
-        known = {dependency: outcomes[dependency] for dependency in waits(stage) if dependency in outcomes}
-        if len(known) == len(waits(stage)):  # everything it waits on was settled without Ray: settle it too
-            settled = settled_without_running(stage, outcomes, reporter)
-            if settled:
-                outcomes[stage.id] = settled
-                continue
-        pending = [dependency for dependency in waits(stage) if dependency in references]
-        references[stage.id] = task.options(
-            name=stage.id,
-            num_cpus=executor.cpus_per_stage or 1,
-            num_gpus=stage.gpus,
-            memory=int(executor.memory_gb * 2**30) or None,
-            max_retries=executor.retries,
+class StageWorker:
+    """A Ray actor: one long-lived worker process that runs stage after stage, its imports kept between them."""
+
+    def execute(self, path: str) -> dict:
+        return execute(Path(path))
+
+
+class StageActors:
+    """The Ray pool (scheduler.Pool): up to executor.max_parallel StageWorker actors, each asking for the CPUs,
+    GPUs and memory of one stage. A stage goes to an idle actor with as many GPUs as it asks for; else a new
+    actor is made (an idle one of another shape retired to make room). An actor whose stage failed is retired;
+    one that died (killed, out of memory, node lost) takes its stage with it, which starts again on a new actor
+    `executor.retries` times and resumes in the same MLflow run, then fails alone."""
+
+    def __init__(self, ray, stages: list[Stage], files: dict[str, Path], reporter, suite, tracker):
+        executor = suite.executor
+        self.ray, self.files, self.reporter, self.tracker = ray, files, reporter, tracker
+        self.retries = executor.retries
+        resources = ray.cluster_resources()
+        self.cluster_gpus = int(resources.get("GPU", 0))
+        per_stage = max(stage.gpus for stage in stages)  # as the plan asked: one GPU a stage on a CUDA suite
+        self.size = executor.workers(self.cluster_gpus // per_stage if per_stage else 0, int(resources.get("CPU", 1)))
+        self.actor_class = ray.remote(StageWorker)
+        self.options = {
+            "num_cpus": executor.cpus_per_stage or 1,
+            "memory": int(executor.memory_gb * 2**30) or None,
             # The store answered this command: a stage that starts during an outage waits for it like the rest.
-            runtime_env={"env_vars": {ANSWERED_ENV: os.environ[ANSWERED_ENV]}} if ANSWERED_ENV in os.environ else None,
-            retry_exceptions=False,  # a stage's own failure is an outcome, never an exception: only deaths retry
-        ).remote(str(files[stage.id]), stage.waits_on, known, pending, *(references[d] for d in pending))
-        reporter.stage(stage.label, "start", "(queued on Ray)")
+            "runtime_env": {"env_vars": {ANSWERED_ENV: os.environ[ANSWERED_ENV]}}
+            if ANSWERED_ENV in os.environ
+            else None,
+        }
+        self.idle: list[tuple[object, int]] = []  # (actor, its GPUs)
+        self.busy: dict[object, tuple[object, int, Stage, int]] = {}  # reference -> (actor, GPUs, stage, attempt)
 
-    by_id = {stage.id: stage for stage in stages}
-    unfinished = {reference: stage_id for stage_id, reference in references.items()}
-    try:
-        while unfinished:
-            ready, _ = ray.wait(list(unfinished), num_returns=1)
-            for reference in ready:
-                stage = by_id[unfinished.pop(reference)]
-                try:
-                    result = ray.get(reference)
-                except Exception as error:  # the worker died and no retry was left, or a dependency's did
-                    result = outcome(stage, FAILED, failure=f"its Ray task ended: {one_line(error)}")
-                    _close_cell_run(stage, tracker, result["failure"])
-                outcomes[stage.id] = result
-                report_finished(reporter, stage, result)
-    except KeyboardInterrupt:
-        for reference in unfinished:
-            ray.cancel(reference, force=True)
-        for stage_id in unfinished.values():
-            _close_cell_run(by_id[stage_id], tracker, "interrupted", status="KILLED")
-        raise
-    return outcomes
+    def refusal(self, stage: Stage) -> str | None:
+        if stage.gpus > self.cluster_gpus:
+            return f"{stage.id} asks for {stage.gpus} GPU(s) and the Ray cluster has {self.cluster_gpus}"
+        return None
 
+    def start(self, stage: Stage) -> bool:
+        actor = self._actor_for(stage.gpus)
+        if actor is None:
+            return False
+        self._submit(actor, stage, 0)
+        self.reporter.stage(stage.label, "start", f"(on Ray; log: {log_path(self.files[stage.id])})")
+        return True
 
-def _stage_task(path: str, hard: list[str], known: dict[str, dict], pending: list[str], *results: dict) -> dict:
-    """Runs on a Ray worker: the stage, unless something it needs did not complete."""
+    def running(self) -> int:
+        return len(self.busy)
 
-    outcomes = {**known, **dict(zip(pending, results))}
-    failed = [dependency for dependency in hard if outcomes[dependency]["status"] in (FAILED, BLOCKED)]
-    if failed:
-        stage = Stage(**read_json(Path(path))["stage"])
-        return outcome(stage, BLOCKED, failure=f"not started: {failed[0]} did not complete")
-    return execute(Path(path))
+    def finished(self, timeout: float) -> list[tuple[Stage, dict]]:
+        if not self.busy:
+            time.sleep(timeout)
+            return []
+        ready, _ = self.ray.wait(list(self.busy), num_returns=len(self.busy), timeout=timeout)
+        done = []
+        for reference in ready:
+            actor, gpus, stage, attempt = self.busy.pop(reference)
+            try:
+                result = self.ray.get(reference)
+            except Exception as error:  # the actor died: its process, its node, or out of memory
+                self.ray.kill(actor)
+                if attempt < self.retries:
+                    self.reporter.stage(
+                        stage.label, "info", f"its Ray worker died ({one_line(error)}); starting it again"
+                    )
+                    self._submit(self._actor_for(gpus), stage, attempt + 1)
+                    continue
+                result = outcome(stage, FAILED, failure=f"its Ray worker ended: {one_line(error)}")
+                close_cell_run(stage, self.tracker, result["failure"])
+            else:
+                if result["status"] == FAILED:  # never reuse a process a failure may have left in a bad state
+                    self.ray.kill(actor)
+                else:
+                    self.idle.append((actor, gpus))
+            done.append((stage, result))
+        return done
 
+    def stop(self, interrupted: bool) -> None:
+        for actor, _, stage, _ in self.busy.values():  # only when interrupted: else nothing is busy
+            self.ray.kill(actor)
+            close_cell_run(stage, self.tracker, "interrupted", status="KILLED")
+        for actor, _ in self.idle:
+            self.ray.kill(actor)
+        self.busy, self.idle = {}, []
 
-def _close_cell_run(stage: Stage, tracker, reason: str, status: str = "FAILED") -> None:
-    """A cell whose worker died left its MLflow run RUNNING: end it, so nothing stays RUNNING; the rerun
-    reopens the same run (its id is in the cell folder) instead of creating a second one."""
+    def _actor_for(self, gpus: int):
+        for index, (_, its_gpus) in enumerate(self.idle):
+            if its_gpus == gpus:
+                return self.idle.pop(index)[0]
+        if len(self.idle) + len(self.busy) >= self.size:
+            if not self.idle:
+                return None
+            self.ray.kill(self.idle.pop(0)[0])
+        return self.actor_class.options(num_gpus=gpus, **self.options).remote()
 
-    if stage.kind not in (TRAIN, EVALUATE):
-        return
-    cell_folder = Path(stage.folder).parent if stage.kind == TRAIN else Path(stage.folder)
-    id_file = cell_folder / "mlflow_run_id"
-    if not id_file.is_file():
-        return
-    run_id = id_file.read_text().strip()
-    try:
-        if tracker.client.get_run(run_id).info.status != "RUNNING":
-            return
-        state = record.STATUS_KILLED if status == "KILLED" else record.STATUS_FAILED
-        tracker.set_tags(run_id, {record.TAG_STATUS: state, record.TAG_FAILURE: reason[:4000]})
-        tracker.finish(run_id, status)
-    except Exception:  # the tracking store is the stage's problem to report, not this bookkeeping's
-        logger.warning("could not close the MLflow run of %s", stage.id, exc_info=True)
+    def _submit(self, actor, stage: Stage, attempt: int) -> None:
+        reference = actor.execute.remote(str(self.files[stage.id]))
+        self.busy[reference] = (actor, stage.gpus, stage, attempt)
 
 
 def _every_node_is_this_machine(ray) -> bool:

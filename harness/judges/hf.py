@@ -73,11 +73,11 @@ class HFJudge(PairwiseJudge):
         return [(float(first), float(second)) for first, second in logprobs.tolist()]
 
     def close(self) -> None:
-        import gc
-
         import torch
 
         del self.model
-        gc.collect()
-        if torch.cuda.is_available():
+        if torch.cuda.is_initialized():  # the model's memory back to the GPU for the next stage's models
+            import gc
+
+            gc.collect()
             torch.cuda.empty_cache()

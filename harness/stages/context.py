@@ -67,6 +67,11 @@ class StageContext:
             self._tracker = Tracker(self.invocation.tracking_uri, self.suite.name, self.suite.tracking.retry_seconds)
         return self._tracker
 
+    def flush_metrics(self) -> None:
+        """Write the metrics the stage logged that are still queued (Tracker.log_metrics)."""
+        if self._tracker is not None:
+            self._tracker.flush()
+
     @property
     def folder(self) -> Path:
         return Path(self.stage.folder)

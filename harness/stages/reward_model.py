@@ -25,6 +25,7 @@ def run(context: StageContext) -> dict:
                     folder,
                     context.parent_logger("prepare/reward_model"),
                     advance,
+                    context.flush_metrics,
                 )
         else:
             _, metrics = load_reward_model(inputs.task_data, suite, folder)

@@ -21,5 +21,6 @@ def run(context: StageContext) -> dict:
                 folder,
                 context.parent_logger("prepare/sft"),
                 advance,
+                context.flush_metrics,
             )
     return outcome(context.stage, COMPLETE)

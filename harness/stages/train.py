@@ -11,6 +11,7 @@ import time
 from harness import record
 from harness.algorithms.context import TrainContext, no_progress
 from harness.algorithms.spec import algorithm
+from harness.generation.rollouts import rollout_generator
 from harness.rewards import training_reward_function
 from harness.runs import OutputFolder, discard_resume_checkpoints, read_json, write_json
 from harness.stages.cell_run import cell_attempt, open_cell_run
@@ -26,6 +27,10 @@ def run(context: StageContext) -> dict:
     """Train one cell's algorithm: in this process, or under `accelerate launch` when it asks for several."""
     prepared = context.prepared(context.stage.seed)  # before the folder is begun
     run_id = open_cell_run(context, prepared)
+    # Who samples this cell's rollouts, "auto" decided here: the same function the algorithm asks.
+    context.tracker.set_tags(
+        run_id, {record.TAG_ROLLOUT_GENERATOR: rollout_generator(context.suite, record.algorithm_of(context.stage.arm))}
+    )
     stage = OutputFolder(context.folder)
     label = context.stage.label
     with cell_attempt(context, run_id):
@@ -81,6 +86,7 @@ def train_in_rank(context: StageContext, prepared: Prepared, run_id: str) -> Non
         ),
         output_dir=context.folder,
         snapshots=suite.evaluation.checkpoints,
+        flush_metrics=context.tracker.flush if main_process else (lambda: None),
         log_metrics=(
             (
                 lambda step, metrics: context.tracker.log_metrics(

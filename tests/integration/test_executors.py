@@ -1,6 +1,7 @@
 """Executors end to end, as a user runs them (the CLI in a subprocess), on a scaled-down tiny suite:
 
-- `executor.max_parallel=2` (stages as subprocesses, two at once) gives exactly the serial run's numbers;
+- `executor.max_parallel=2` (two long-lived worker processes, each taking one ready stage after another) gives
+  exactly the serial run's numbers;
 - `executor=ray` on a real local Ray cluster (`ray start --head` on loopback, 2 CPUs) logging to a real
   `mlflow server` on loopback gives the serial run's numbers and MLflow structure; a Ray worker killed with
   SIGKILL during one cell's training fails that cell alone, and the rerun completes it in the same MLflow run.
@@ -11,6 +12,7 @@ count, so bit-equal numbers across executors are only promised at an equal count
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import socket
@@ -84,7 +86,7 @@ def sqlite_uri(cwd: Path) -> str:
 @pytest.fixture(scope="module")
 def serial(tmp_path_factory) -> Path:
     cwd = tmp_path_factory.mktemp("serial")
-    result = run(cwd)
+    result = run(cwd, "executor.max_parallel=1")
     assert result.returncode == 0, result.stderr[-3000:]
     return cwd
 
@@ -154,9 +156,53 @@ def test_two_stages_at_once_give_the_serial_numbers(serial, tmp_path):
     assert result.returncode == 0, result.stderr[-3000:]
     assert eval_metrics(sqlite_uri(tmp_path)) == eval_metrics(sqlite_uri(serial))
     assert structure(sqlite_uri(tmp_path)) == structure(sqlite_uri(serial))
-    # Each stage ran as its own command, with its own log beside its stage file.
-    logs = {path.name for path in (tmp_path / "runs" / "tiny" / "invocations").glob("*/*.log")}
+    # Each stage has its own log beside its stage file, and the eleven stages ran in two processes, not nine.
+    invocation = next((tmp_path / "runs" / "tiny" / "invocations").iterdir())
+    logs = {path.name for path in invocation.glob("*.log")}
     assert {"sft-s0.log", "train-dpo-s0.log", "evaluate-ppo-s0.log"} <= logs
+    outcomes = [json.loads(path.read_text()) for path in invocation.glob("*.outcome.json")]
+    assert len(outcomes) == 9 and len({outcome["pid"] for outcome in outcomes}) == 2
+
+
+def test_a_killed_worker_fails_its_stage_alone_and_a_fresh_worker_takes_the_rest(serial, tmp_path):
+    """SIGKILL the worker process that trains DPO once it has saved a checkpoint: that cell fails with the
+    worker's exit status, the other stages go on in a fresh worker, and the rerun resumes DPO in its MLflow run."""
+    process = subprocess.Popen(
+        harness_run_command(*OVERRIDES, "executor.max_parallel=2"),
+        cwd=tmp_path,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    train = tmp_path / "runs" / "tiny" / "cells"
+    pid_files = lambda: list(train.glob("dpo-s0-*/train/worker.pid"))  # noqa: E731
+    _wait_for(
+        lambda: pid_files() and list(train.glob("dpo-s0-*/train/trainer/checkpoint-*/trainer_state.json")),
+        600,
+        "a DPO checkpoint",
+        process,
+    )
+    os.kill(int(pid_files()[0].read_text()), signal.SIGKILL)
+    _, stderr = process.communicate(timeout=600)
+    assert process.returncode == 2, stderr[-3000:]
+    assert "1 cell(s) failed: dpo-s0" in stderr
+    cells = {
+        run.data.tags["harness.cell"]: run
+        for run in runs_of(sqlite_uri(tmp_path))
+        if run.data.tags.get("harness.kind") == "cell"
+    }
+    assert cells["dpo-s0"].info.status == "FAILED" and cells["ppo-s0"].info.status == "FINISHED"
+    assert "worker process was killed by signal 9" in cells["dpo-s0"].data.tags["harness.failure"]
+
+    result = run(tmp_path, "executor.max_parallel=2")
+    assert result.returncode == 0, result.stderr[-3000:]
+    rerun = {
+        run.data.tags["harness.cell"]: run
+        for run in runs_of(sqlite_uri(tmp_path))
+        if run.data.tags.get("harness.kind") == "cell"
+    }
+    assert rerun["dpo-s0"].info.run_id == cells["dpo-s0"].info.run_id and len(rerun) == 3
+    assert eval_metrics(sqlite_uri(tmp_path)) == eval_metrics(sqlite_uri(serial))
 
 
 def test_ray_gives_the_serial_numbers_and_a_killed_worker_fails_its_cell_alone(
@@ -190,7 +236,7 @@ def test_ray_gives_the_serial_numbers_and_a_killed_worker_fails_its_cell_alone(
         if run.data.tags.get("harness.kind") == "cell"
     }
     assert first["dpo-s0"].info.status == "FAILED" and first["ppo-s0"].info.status == "FINISHED"
-    assert "Ray task ended" in first["dpo-s0"].data.tags["harness.failure"]
+    assert "Ray worker ended" in first["dpo-s0"].data.tags["harness.failure"]
 
     # The rerun resumes DPO from its checkpoint, in the same MLflow run, and keeps the rest.
     result = run(tmp_path, *ray_args)

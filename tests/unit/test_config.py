@@ -57,9 +57,31 @@ def test_variants_are_presets_of_their_base_and_inherit_its_options():
         assert variant.spec.family == grpo.spec.family and variant.spec.kl_knob == grpo.spec.kl_knob
     assert algorithm("gspo").spec.curves[-1] == "clip_ratio/region_mean"  # a preset may draw more curves
     assert algorithm("ipo").module is algorithm("dpo").module and algorithm("ipo").defaults["loss_type"] == "ipo"
-    # every option of the base, vLLM rollouts included, is the variant's too
-    config = load_config("tiny", ["algorithms.dapo.use_vllm=true", "only=[dapo]"])
-    assert config.algorithms["dapo"].use_vllm is True and config.algorithms["dapo"].epsilon_high == 0.28
+    # every option of the base, how TRL runs vLLM included, is the variant's too
+    config = load_config("tiny", ["algorithms.dapo.vllm_mode=server", "only=[dapo]"])
+    assert config.algorithms["dapo"].vllm_mode == "server" and config.algorithms["dapo"].epsilon_high == 0.28
+
+
+def test_rollouts_generator_is_one_suite_switch_and_a_bad_value_is_refused_in_one_line():
+    from harness.generation.rollouts import rollout_generator
+
+    config = load_config("tiny", ["rollouts.generator=vllm"])
+    assert config.suite.rollouts.generator == "vllm"
+    assert [rollout_generator(config.suite, name) for name in ("ppo", "grpo", "online_dpo", "dpo", "best_of_n")] == [
+        "vllm",
+        "vllm",
+        "vllm",
+        "none",  # offline and inference-time algorithms sample no rollouts while they train
+        "none",
+    ]
+    # auto on a CPU suite: transformers, whether vllm is installed or not
+    assert rollout_generator(load_config("tiny").suite, "ppo") == "hf"
+    with pytest.raises(ConfigError) as error:
+        load_config("tiny", ["rollouts.generator=vlm"])
+    message = str(error.value)
+    assert "'rollouts.generator'" in message and "did you mean 'vllm'" in message and "\n" not in message, message
+    with pytest.raises(ConfigError, match="unknown key 'algorithms.grpo.use_vllm'"):  # the switch is the suite's now
+        load_config("tiny", ["algorithms.grpo.use_vllm=true"])
 
 
 def test_an_unknown_option_of_a_variant_names_the_variant_and_the_nearest_option():

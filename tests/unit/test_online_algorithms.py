@@ -449,3 +449,31 @@ def test_a_bad_value_names_its_key(algorithm, values, key):
 
     with pytest.raises(ConfigError, match=f"'algorithms.{algorithm}.{key}'"):
         config_of(algorithm, **values)
+
+
+@pytest.mark.parametrize("algorithm", ["grpo", "dapo", "rloo", "online_dpo"])
+def test_trl_vllm_rollouts_are_refused_on_cpu_in_one_line_before_any_model(algorithm, tmp_path):
+    """TRL's colocated vLLM fails on CPU at its first weight sync: rollouts.generator=vllm is refused there, naming
+    the switch, before anything is loaded (the base folder does not even exist)."""
+    import torch
+
+    from harness.algorithms import spec
+    from harness.config import RolloutsConfig
+    from harness.errors import ConfigError
+
+    if torch.cuda.is_available():
+        pytest.skip("a CUDA machine runs TRL's vLLM rollouts")
+    context = unit_context(
+        algorithm,
+        config_of(algorithm),
+        base_dir=tmp_path / "no-model",
+        output_dir=tmp_path / "out",
+        prompts_budget=8,
+        max_new_tokens=4,
+        prompts=["the cat"],
+    )
+    context.suite.rollouts = RolloutsConfig(generator="vllm")
+    with pytest.raises(ConfigError) as error:
+        spec.algorithm(algorithm).train(context)
+    message = str(error.value)
+    assert "'rollouts.generator'" in message and "CUDA" in message and "\n" not in message, message
