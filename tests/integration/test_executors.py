@@ -151,6 +151,33 @@ def ray_cluster(tmp_path_factory):
     subprocess.run([str(BIN / "ray"), "stop", "--force"], capture_output=True, timeout=120, env=environment)
 
 
+def run_killing_the_dpo_worker(cwd: Path, uri: str, *extra: str) -> dict:
+    """Run with `extra`, SIGKILL the worker process that trains DPO once it has saved a checkpoint; the run must
+    end with exit code 2 naming that cell alone. Returns the cell runs by cell."""
+    process = subprocess.Popen(
+        harness_run_command(*OVERRIDES, *extra), cwd=cwd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+    )
+    train = cwd / "runs" / "tiny" / "cells"
+    pid_files = lambda: list(train.glob("dpo-s0-*/train/worker.pid"))  # noqa: E731
+    _wait_for(
+        lambda: pid_files() and list(train.glob("dpo-s0-*/train/trainer/checkpoint-*/trainer_state.json")),
+        600,
+        "a DPO checkpoint",
+        process,
+    )
+    os.kill(int(pid_files()[0].read_text()), signal.SIGKILL)
+    _, stderr = process.communicate(timeout=600)
+    assert process.returncode == 2, stderr[-3000:]
+    assert "1 cell(s) failed: dpo-s0" in stderr
+    cells = cell_runs(uri)
+    assert cells["dpo-s0"].info.status == "FAILED" and cells["ppo-s0"].info.status == "FINISHED"
+    return cells
+
+
+def cell_runs(uri: str) -> dict:
+    return {run.data.tags["harness.cell"]: run for run in runs_of(uri) if run.data.tags.get("harness.kind") == "cell"}
+
+
 def test_two_stages_at_once_give_the_serial_numbers(serial, tmp_path):
     result = run(tmp_path, "executor.max_parallel=2")
     assert result.returncode == 0, result.stderr[-3000:]
@@ -167,40 +194,12 @@ def test_two_stages_at_once_give_the_serial_numbers(serial, tmp_path):
 def test_a_killed_worker_fails_its_stage_alone_and_a_fresh_worker_takes_the_rest(serial, tmp_path):
     """SIGKILL the worker process that trains DPO once it has saved a checkpoint: that cell fails with the
     worker's exit status, the other stages go on in a fresh worker, and the rerun resumes DPO in its MLflow run."""
-    process = subprocess.Popen(
-        harness_run_command(*OVERRIDES, "executor.max_parallel=2"),
-        cwd=tmp_path,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
-    train = tmp_path / "runs" / "tiny" / "cells"
-    pid_files = lambda: list(train.glob("dpo-s0-*/train/worker.pid"))  # noqa: E731
-    _wait_for(
-        lambda: pid_files() and list(train.glob("dpo-s0-*/train/trainer/checkpoint-*/trainer_state.json")),
-        600,
-        "a DPO checkpoint",
-        process,
-    )
-    os.kill(int(pid_files()[0].read_text()), signal.SIGKILL)
-    _, stderr = process.communicate(timeout=600)
-    assert process.returncode == 2, stderr[-3000:]
-    assert "1 cell(s) failed: dpo-s0" in stderr
-    cells = {
-        run.data.tags["harness.cell"]: run
-        for run in runs_of(sqlite_uri(tmp_path))
-        if run.data.tags.get("harness.kind") == "cell"
-    }
-    assert cells["dpo-s0"].info.status == "FAILED" and cells["ppo-s0"].info.status == "FINISHED"
+    cells = run_killing_the_dpo_worker(tmp_path, sqlite_uri(tmp_path), "executor.max_parallel=2")
     assert "worker process was killed by signal 9" in cells["dpo-s0"].data.tags["harness.failure"]
 
     result = run(tmp_path, "executor.max_parallel=2")
     assert result.returncode == 0, result.stderr[-3000:]
-    rerun = {
-        run.data.tags["harness.cell"]: run
-        for run in runs_of(sqlite_uri(tmp_path))
-        if run.data.tags.get("harness.kind") == "cell"
-    }
+    rerun = cell_runs(sqlite_uri(tmp_path))
     assert rerun["dpo-s0"].info.run_id == cells["dpo-s0"].info.run_id and len(rerun) == 3
     assert eval_metrics(sqlite_uri(tmp_path)) == eval_metrics(sqlite_uri(serial))
 
@@ -209,33 +208,8 @@ def test_ray_gives_the_serial_numbers_and_a_killed_worker_fails_its_cell_alone(
     serial, mlflow_server, ray_cluster, tmp_path
 ):
     ray_args = ["executor=ray", f"ray.address={ray_cluster}", f"tracking.uri={mlflow_server}"]
-    # The first attempt: SIGKILL the Ray worker that trains DPO once it has saved a checkpoint.
-    process = subprocess.Popen(
-        harness_run_command(*OVERRIDES, *ray_args),
-        cwd=tmp_path,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
-    train = tmp_path / "runs" / "tiny" / "cells"
-    pid_files = lambda: list(train.glob("dpo-s0-*/train/worker.pid"))  # noqa: E731
-    _wait_for(
-        lambda: pid_files() and list(train.glob("dpo-s0-*/train/trainer/checkpoint-*/trainer_state.json")),
-        600,
-        "a DPO checkpoint",
-        process,
-    )
-    worker = int(pid_files()[0].read_text())
-    os.kill(worker, signal.SIGKILL)
-    stdout, stderr = process.communicate(timeout=600)
-    assert process.returncode == 2, stderr[-3000:]
-    assert "1 cell(s) failed: dpo-s0" in stderr
-    first = {
-        run.data.tags["harness.cell"]: run
-        for run in runs_of(mlflow_server)
-        if run.data.tags.get("harness.kind") == "cell"
-    }
-    assert first["dpo-s0"].info.status == "FAILED" and first["ppo-s0"].info.status == "FINISHED"
+    # The first attempt: SIGKILL the Ray actor that trains DPO once it has saved a checkpoint.
+    first = run_killing_the_dpo_worker(tmp_path, mlflow_server, *ray_args)
     assert "Ray worker ended" in first["dpo-s0"].data.tags["harness.failure"]
 
     # The rerun resumes DPO from its checkpoint, in the same MLflow run, and keeps the rest.
