@@ -74,7 +74,7 @@ def executor_label(config: ResolvedConfig) -> str:
     if executor.name == "ray":
         return f"ray ({config.suite.ray.address})"
     workers = parallel_workers(config.suite)
-    return "local" if workers == 1 else f"local, {workers} workers"
+    return "local" if workers == 1 else f"local ({workers} workers)"
 
 
 @contextlib.contextmanager

@@ -102,12 +102,6 @@ class StepMetricsCallback(TrainerCallback):
         self.flush = flush
         self.logged: set[tuple[str, int]] = set()
 
-    def on_save(self, args, state, control, **kwargs):
-        # A resume checkpoint must never be ahead of the curve: what is logged up to it is written before a kill
-        # could lose it (the tracker writes its queue every few seconds otherwise; the resumed run logs the rest).
-        if self.flush is not None and state.is_world_process_zero:
-            self.flush()
-
     def on_log(self, args, state, control, logs=None, **kwargs):
         if not state.is_world_process_zero:  # every rank logs the same gathered values: record them once
             return
@@ -128,6 +122,11 @@ class StepMetricsCallback(TrainerCallback):
         self.logged |= {(name, state.global_step) for name in numeric}
         if numeric:
             self.log_metrics(state.global_step, numeric)
+        # The Trainer saves a resume checkpoint right after this log (logging_steps is 1): the curve up to it is
+        # written first, so a checkpoint is never ahead of what MLflow holds. A store that fails here fails the
+        # stage before the checkpoint exists, and the rerun logs those steps again from the one before.
+        if control.should_save and self.flush is not None:
+            self.flush()
 
 
 class TrainingProgressCallback(TrainerCallback):

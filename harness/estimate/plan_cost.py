@@ -34,6 +34,7 @@ from harness.estimate.workload import (
     tokens_per_word,
 )
 from harness.executors import waits
+from harness.executors.scheduler import start_order
 from harness.plan import REPORT, Plan, parallel_workers
 from harness.record import BASELINE, algorithm_of
 
@@ -176,7 +177,7 @@ def fill_totals(estimate: Estimate, plan: Plan) -> None:
     stages = [stage for stage in plan.stages if stage.kind != REPORT]
     estimate.serial_seconds = run_start + sum(seconds[stage.id] for stage in stages) + report
     slots = list_schedule(
-        [stage.id for stage in stages],
+        [stage.id for stage in start_order(stages)],
         {stage.id: waits(stage) for stage in stages},
         seconds,
         estimate.workers,

@@ -1,6 +1,6 @@
 """List scheduling of a plan's stages over `workers` identical workers, as harness/executors/scheduler.py runs
-them: whenever a worker is free, the first stage in plan order whose waits (hard and soft) have all ended starts
-on it. (Graham's list scheduling: within 2 - 1/workers of the best schedule; here it is the executor's own
+them: whenever a worker is free, the first stage in `order` (the executor's start_order) whose waits (hard and
+soft) have all ended starts on it. (Graham's list scheduling: within 2 - 1/workers of the best schedule; here it is the executor's own
 rule, so it predicts the executor, not the optimum.)"""
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ class Slot:
 
 
 def list_schedule(order: list[str], waits: dict[str, list[str]], seconds: dict[str, float], workers: int) -> list[Slot]:
-    """Start and end of every stage in `order` (a plan's order: each after what it waits on). Waits on stages
+    """Start and end of every stage in `order` (scheduler.start_order of a plan's stages). Waits on stages
     outside `order` count as ended at 0."""
     known = set(order)
     pending = list(order)

@@ -1,4 +1,4 @@
-"""The loop every parallel executor shares: the plan's stages, in plan order, handed to a pool of long-lived
+"""The loop every parallel executor shares: the plan's stages, in `start_order`, handed to a pool of long-lived
 workers as soon as what they wait on has settled and a worker can take them.
 
 A pool (local.WorkerProcesses, ray_cluster.StageActors) says whether it can start a stage now (`start`), which
@@ -11,7 +11,7 @@ from __future__ import annotations
 from typing import Protocol
 
 from harness.executors import report_finished, settled_without_running, waits
-from harness.plan import Stage
+from harness.plan import PREPARE_KINDS, Stage
 
 POLL_SECONDS = 0.2
 
@@ -37,7 +37,7 @@ def run_stages(stages: list[Stage], pool: Pool, reporter) -> dict[str, dict]:
     one is skipped without a worker. Ctrl-C stops every worker (what they ran resumes on the rerun)."""
     from harness.stages.outcomes import FAILED, outcome
 
-    pending = list(stages)
+    pending = start_order(stages)
     outcomes: dict[str, dict] = {}
     try:
         while pending or pool.running():
@@ -64,3 +64,11 @@ def run_stages(stages: list[Stage], pool: Pool, reporter) -> dict[str, dict]:
         raise
     pool.stop(interrupted=False)
     return outcomes
+
+
+def start_order(stages: list[Stage]) -> list[Stage]:
+    """The order in which ready stages take free workers: every seed's prepare chain (task, base model, SFT,
+    reward model, judge) before any cell, else plan order. The chains are the run's critical path: started
+    first, they run side by side, and every seed's cells are ready while there are cells left to run, instead of
+    the last seed's chain running alone at the end."""
+    return sorted(stages, key=lambda stage: stage.kind not in PREPARE_KINDS)  # stable: plan order within each

@@ -62,10 +62,16 @@ def open_cell_run(context, prepared: Prepared) -> str:
     write_json(folder / "resolved_config.json", config_dict)
     write_json(folder / "manifest.json", manifest(stage.hash, prepared.inputs.data_fingerprint))
     prepare_metrics = {"reward_model_accuracy": prepared.reward_model_metrics["heldout_accuracy"]}
-    if prepared.judge_metrics.get(record.PREPARE_JUDGE_AGREEMENT) is not None:
-        prepare_metrics[record.PREPARE_JUDGE_AGREEMENT] = prepared.judge_metrics[record.PREPARE_JUDGE_AGREEMENT]
     tracker.log_metrics(run_id, {f"{record.PREPARE_PREFIX}{name}": value for name, value in prepare_metrics.items()})
     return run_id
+
+
+def log_judge_agreement(tracker, run_id: str, prepared: Prepared) -> None:
+    """The trained judge's agreement with gold, on the cell's run by its evaluation (the stage that waits for
+    the judge; the cell's training may have opened the run before the judge was trained)."""
+    agreement = prepared.judge_metrics.get(record.PREPARE_JUDGE_AGREEMENT)
+    if agreement is not None:
+        tracker.log_metrics(run_id, {f"{record.PREPARE_PREFIX}{record.PREPARE_JUDGE_AGREEMENT}": agreement})
 
 
 def _algorithm_tags(context, arm: str) -> dict[str, str]:

@@ -130,11 +130,13 @@ class StageContext:
         check_prompt_lengths(task_data, base_model, self.suite)
         return TaskInputs(module, task_data, file_fingerprint(task_file), base_model, prompt_format)
 
-    def prepared(self, seed: int) -> Prepared:
+    def prepared(self, seed: int, with_judge: bool = True) -> Prepared:
+        """The seed's prepared inputs; the trained judge only `with_judge` (the evaluation's: a training stage
+        does not wait for it, and on parallel workers it may still be training)."""
         inputs = self.task_inputs(seed)
         sft_dir = self.prepared_folder(SFT, seed) / "model" if self.suite.sft.enabled else inputs.base_model
         reward_folder = self.prepared_folder(REWARD_MODEL, seed)
-        judge_stage = self.plan.prepare_stage(JUDGE, seed)
+        judge_stage = self.plan.prepare_stage(JUDGE, seed) if with_judge else None
         judge_folder = Path(judge_stage.folder) if judge_stage else None
         return Prepared(
             inputs,

@@ -13,7 +13,7 @@ from harness.metrics.evaluator import EvaluationSettings, evaluate_checkpoint
 from harness.registry import GENERATORS
 from harness.rewards import gold_reward_function
 from harness.runs import OutputFolder, read_json, write_json
-from harness.stages.cell_run import cell_attempt, finish_cell_run, open_cell_run
+from harness.stages.cell_run import cell_attempt, finish_cell_run, log_judge_agreement, open_cell_run
 from harness.stages.context import StageContext
 from harness.stages.inputs import Prepared
 from harness.stages.outcomes import COMPLETE, headline, outcome
@@ -27,6 +27,7 @@ def run(context: StageContext) -> dict:
     prepared = context.prepared(seed)
     run_id = open_cell_run(context, prepared)
     tracker, folder = context.tracker, context.cell_folder()
+    log_judge_agreement(tracker, run_id, prepared)
     with cell_attempt(context, run_id):
         cost: dict[str, float] = {}
         checkpoint = prepared.sft_dir

@@ -142,7 +142,7 @@ def main(argv: list[str] | None = None) -> int:
             # killed) would leave the ranks training; the kernel ends them with it instead.
             die_with_parent(expected_parent="accelerate")
             context = StageContext(read_json(path), SilentReporter(), path)
-            prepared = context.prepared(context.stage.seed)
+            prepared = context.prepared(context.stage.seed, with_judge=False)
             run_id = (context.cell_folder() / RUN_ID_FILE).read_text().strip()
             with _log_to(log_path(path).with_suffix(f".rank{os.environ.get('RANK', '0')}.log")):
                 train.train_in_rank(context, prepared, run_id)

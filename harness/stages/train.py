@@ -25,7 +25,7 @@ WORKER_PID = "worker.pid"  # the process training a cell, for whoever needs to f
 
 def run(context: StageContext) -> dict:
     """Train one cell's algorithm: in this process, or under `accelerate launch` when it asks for several."""
-    prepared = context.prepared(context.stage.seed)  # before the folder is begun
+    prepared = context.prepared(context.stage.seed, with_judge=False)  # before the folder is begun
     run_id = open_cell_run(context, prepared)
     # Who samples this cell's rollouts, "auto" decided here: the same function the algorithm asks.
     context.tracker.set_tags(

@@ -6,6 +6,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 SCALED_DOWN_TINY = [
     # The three algorithms every end-to-end test was written for (a later only= in a test's overrides wins);
     # test_tiny_suite.py runs all of them.
@@ -36,3 +38,12 @@ def run_harness(cwd: Path, *overrides: str, suite: str = "tiny", timeout: float 
     return subprocess.run(
         harness_run_command(*overrides, suite=suite), cwd=cwd, capture_output=True, text=True, timeout=timeout
     )
+
+
+@pytest.fixture(scope="session")
+def scaled_down_run(tmp_path_factory) -> Path:
+    """The session's one from-scratch run of SCALED_DOWN_TINY (prepared.py): its prepared stages to copy and its
+    cells' numbers to compare with. Read only: copy out of it, never run the harness in it."""
+    from prepared import make_scaled_down_run
+
+    return make_scaled_down_run(tmp_path_factory.mktemp("scaled-down-run"))

@@ -26,6 +26,7 @@ from pathlib import Path
 
 import pytest
 from conftest import SCALED_DOWN_TINY, harness_run_command
+from prepared import with_prepared_stages
 
 pytestmark = pytest.mark.slow
 
@@ -169,7 +170,8 @@ def test_the_validate_command_refuses_a_malformed_address(tmp_path, home):
     assert result.returncode == 2 and "ray.address=256.1.1.1:6379 is not an address" in result.stderr, result.stderr
 
 
-def test_ranks_die_with_their_sigkilled_ray_worker(tmp_path, home, open_cluster):
+def test_ranks_die_with_their_sigkilled_ray_worker(scaled_down_run, tmp_path, home, open_cluster):
+    with_prepared_stages(scaled_down_run, tmp_path)  # the shared prepared stages: the first Ray task trains DPO
     process = subprocess.Popen(
         harness_run_command(
             *RUN, f"ray.address={open_cluster.address}", "launcher.num_processes=2", "executor.retries=0"

@@ -8,7 +8,8 @@
   folder, and the same command completes once space is freed.
 
 The end-to-end tests run `harness run` as a user does (a subprocess) on a scaled-down tiny suite restricted to
-DPO, starting from copies of one uninterrupted run made once for the module.
+DPO, starting from copies of one uninterrupted run made once for the module, which itself starts from the
+session's shared prepared stages (prepared.py) and runs its cells only.
 """
 
 from __future__ import annotations
@@ -23,12 +24,13 @@ from pathlib import Path
 
 import pytest
 from conftest import SCALED_DOWN_TINY, run_harness
+from prepared import with_prepared_stages
 
 from harness.runs import COMPLETE_MARKER, INVALID_MARKER, OutOfSpace, OutputFolder, out_of_space
 
-# DPO only, no intermediate evaluations, a lighter SFT: the smallest run that has every kind of stage
-# (task data, base model, SFT, reward model, a training cell, evaluations).
-OVERRIDES = [*SCALED_DOWN_TINY, "only=[dpo]", "evaluation.checkpoints=0", "task.num_sft_examples=200"]
+# DPO only, no intermediate evaluations: the smallest run that has every kind of stage (task data, base model,
+# SFT, reward model, a training cell, evaluations), with the shared run's prepared stages.
+OVERRIDES = [*SCALED_DOWN_TINY, "only=[dpo]", "evaluation.checkpoints=0"]
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -187,9 +189,9 @@ def _assert_every_complete_stage_is_intact(root: Path) -> None:
 
 
 @pytest.fixture(scope="module")
-def uninterrupted(tmp_path_factory) -> Path:
+def uninterrupted(scaled_down_run, tmp_path_factory) -> Path:
     """One uninterrupted run, made once; each test works on a copy."""
-    cwd = tmp_path_factory.mktemp("uninterrupted")
+    cwd = with_prepared_stages(scaled_down_run, tmp_path_factory.mktemp("uninterrupted"))
     result = run_harness(cwd, *OVERRIDES, timeout=600)
     assert result.returncode == 0, result.stderr[-3000:]
     return cwd

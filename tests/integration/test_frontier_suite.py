@@ -14,6 +14,7 @@ from pathlib import Path
 
 import pytest
 from conftest import SCALED_DOWN_TINY, run_harness
+from prepared import with_prepared_stages
 
 from harness.report.frontier import BEST_OF_N_KL_ESTIMATE
 
@@ -45,8 +46,10 @@ def cell_runs(cwd: Path):
 
 
 @pytest.fixture(scope="module")
-def frontier_run(tmp_path_factory):
-    cwd = tmp_path_factory.mktemp("frontier")
+def frontier_run(scaled_down_run, tmp_path_factory):
+    # Seed 0's prepared stages are the shared run's (the same task, model, SFT and reward model settings); seed 1
+    # is prepared here.
+    cwd = with_prepared_stages(scaled_down_run, tmp_path_factory.mktemp("frontier"), suite=SUITE)
     result = run_harness(cwd, *SCALED_DOWN_FRONTIER, suite=SUITE)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     return cwd

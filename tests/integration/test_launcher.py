@@ -3,6 +3,7 @@
 
 DPO and GRPO cells complete with two ranks, every training curve is logged once per step (by the main process
 only), and the cell's cost says it ran on two processes. (test_no_orphans.py sends SIGTERM while ranks train.)
+The run starts from the session's shared prepared stages (prepared.py): it pays for the two cells only.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ from pathlib import Path
 
 import pytest
 from conftest import SCALED_DOWN_TINY, harness_run_command
+from prepared import with_prepared_stages
 
 pytestmark = pytest.mark.slow
 
@@ -28,7 +30,8 @@ def cell_runs(cwd: Path):
     return {run.data.tags["harness.cell"]: run for run in runs if run.data.tags.get("harness.kind") == "cell"}, client
 
 
-def test_dpo_and_grpo_train_on_two_ranks_and_log_once(tmp_path):
+def test_dpo_and_grpo_train_on_two_ranks_and_log_once(scaled_down_run, tmp_path):
+    with_prepared_stages(scaled_down_run, tmp_path)
     result = subprocess.run(
         harness_run_command(*OVERRIDES, "only=[dpo,grpo]"), cwd=tmp_path, capture_output=True, text=True, timeout=1500
     )

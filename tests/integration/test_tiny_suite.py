@@ -2,8 +2,9 @@
 
 One run of the default suite on one of its seeds, every algorithm, is shared by the tests of this module: the learning outcome
 of every algorithm with margins, the MLflow structure read back with `mlflow.search_runs`, the report, and a
-rerun that resumes instead of starting over. A smaller run twice shows that the same seed gives identical
-`eval/*` metrics on CPU.
+rerun that resumes instead of starting over. A smaller run from scratch gives the very `eval/*` metrics of the
+session's shared scaled-down run (prepared.py) on the same seed: CPU runs are deterministic. The run of two options
+starts from the shared run's prepared stages and pays for its cells only.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ from pathlib import Path
 
 import pytest
 from conftest import SCALED_DOWN_TINY, run_harness
+from prepared import reference_eval_metrics, with_prepared_stages
 
 from harness.config import load_config
 
@@ -223,14 +225,15 @@ def test_rerun_skips_complete_work_and_duplicates_no_runs(default_run):
     assert sorted(after["run_id"]) == sorted(before["run_id"])
 
 
-def test_intermediate_checkpoints_and_reward_model_labelled_dpo_pairs(tmp_path):
-    """One scaled-down run for two options (CI time):
+def test_intermediate_checkpoints_and_reward_model_labelled_dpo_pairs(scaled_down_run, tmp_path):
+    """One scaled-down run for two options (CI time), from the shared run's prepared stages:
     - evaluation.checkpoints=2: each trained algorithm is evaluated at two snapshots before its final model,
       logged as eval/* history at its training steps; the final value is the latest (the one tables use);
     - algorithms.dpo.pairs_source=reward_model: DPO trains on pairs sampled from the SFT policy and labelled
       by the reward model, and its spend says so."""
     import mlflow
 
+    with_prepared_stages(scaled_down_run, tmp_path)
     result = run_harness(
         tmp_path,
         *SCALED_DOWN_TINY,
@@ -257,19 +260,23 @@ def test_intermediate_checkpoints_and_reward_model_labelled_dpo_pairs(tmp_path):
     assert "reward model" in (tmp_path / "reports" / "tiny.md").read_text()
 
 
-def test_same_seed_gives_identical_eval_metrics(tmp_path):
-    metrics = []
-    for name in ("first", "second"):
-        cwd = tmp_path / name
-        cwd.mkdir()
-        # DPO reads a fixed dataset, GRPO samples its own: both sources of nondeterminism (CI time: not PPO too).
-        result = run_harness(cwd, *SCALED_DOWN_TINY, "only=[dpo,grpo]")
-        assert result.returncode == 0, result.stderr[-3000:]
-        runs = cell_runs(cwd).sort_values("tags.harness.cell")
-        eval_columns = sorted(c for c in runs.columns if c.startswith("metrics.eval/"))
-        # A metric a cell does not have (the baseline's win rate against itself) is NaN, and NaN != NaN.
-        rows = runs[["tags.harness.cell", *eval_columns]].to_dict("records")
-        metrics.append([{key: value for key, value in row.items() if value == value} for row in rows])
-    assert metrics[0] == metrics[1]
-    assert len(metrics[0]) == 3
-    assert any(value != 0 for row in metrics[0] for key, value in row.items() if key == "metrics.eval/kl")
+def test_same_seed_gives_identical_eval_metrics(scaled_down_run, tmp_path):
+    """Two runs from scratch on the same seed, each in its own folder and process: this one and the session's shared
+    run (which also ran PPO: its cells of the same configuration have the same folder hash and must have the same
+    numbers). DPO reads a fixed dataset, GRPO samples its own: both sources of nondeterminism."""
+    result = run_harness(tmp_path, *SCALED_DOWN_TINY, "only=[dpo,grpo]")
+    assert result.returncode == 0, result.stderr[-3000:]
+    runs = cell_runs(tmp_path)
+    # A metric a cell does not have (the baseline's win rate against itself) is NaN, and NaN != NaN.
+    mine = {
+        run["tags.harness.cell"]: {
+            key: value for key, value in run.items() if key.startswith("metrics.eval/") and value == value
+        }
+        for _, run in runs.iterrows()
+    }
+    assert sorted(mine) == ["dpo-s0", "grpo-s0", "sft-s0"]
+    shared = reference_eval_metrics(scaled_down_run, tuple(mine))
+    assert mine == {
+        cell: {f"metrics.{key}": value for key, value in metrics.items()} for cell, metrics in shared.items()
+    }
+    assert any(metrics.get("metrics.eval/kl", 0) != 0 for metrics in mine.values())  # trained: not the SFT copy

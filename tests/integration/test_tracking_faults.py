@@ -10,8 +10,10 @@
 - two suites started at once on one fresh SQLite file: both complete with the uninterrupted run's numbers and
   every metric, no "database is locked", both reports written.
 
-One uninterrupted run is the reference (CPU runs are deterministic); every other run starts from a copy of its
-prepared stages (task data, base model, SFT, reward model), so each runs the SFT baseline and the DPO cell only.
+The session's shared scaled-down run (prepared.py) is the uninterrupted reference (CPU runs are deterministic:
+its DPO and SFT-baseline cells are these runs' cells, without the resume checkpoints); every run here starts from
+a copy of its prepared stages (task data, base model, SFT, reward model), so each runs the SFT baseline and the
+DPO cell only.
 """
 
 from __future__ import annotations
@@ -28,11 +30,21 @@ from pathlib import Path
 
 import pytest
 from conftest import SCALED_DOWN_TINY, harness_run_command
+from prepared import with_prepared_stages
 
 pytestmark = pytest.mark.slow
 
 # Checkpoints every 2 optimizer steps: DPO's 4 steps leave a checkpoint to stop the server at and resume from.
-OVERRIDES = [*SCALED_DOWN_TINY, "only=[dpo]", "checkpoint_every=2"]
+# One stage after another in the command's own process, as the tests below expect of the stage that meets an
+# outage (DPO, after the SFT baseline's cell) and of what the terminal says about it; one torch thread, so the
+# numbers equal those of the shared run (two workers of one thread each on these 2-core machines).
+OVERRIDES = [
+    *SCALED_DOWN_TINY,
+    "only=[dpo]",
+    "checkpoint_every=2",
+    "executor.max_parallel=1",
+    "executor.cpus_per_stage=1",
+]
 CHECKPOINT = "cells/dpo-s0-*/train/trainer/checkpoint-*"
 SUITE_FILE = Path(__file__).resolve().parents[2] / "suites" / "tiny.yaml"
 
@@ -130,12 +142,6 @@ def wait_for(cwd: Path, pattern: str, process: subprocess.Popen, timeout: float 
         time.sleep(0.05)
 
 
-def with_prepared_stages(reference: Path, cwd: Path, suite: str = "tiny") -> Path:
-    """A fresh working folder holding the reference run's prepared stages, as a rerun would find them."""
-    shutil.copytree(reference / "runs" / "tiny" / "prepare", cwd / "runs" / suite / "prepare", symlinks=True)
-    return cwd
-
-
 def suite_copy(folder: Path, name: str) -> Path:
     """A second suite: the tiny suite under another name (another experiment, another run folder)."""
     folder.mkdir(parents=True, exist_ok=True)
@@ -191,13 +197,16 @@ def error_lines(stderr: str) -> list[str]:
     return [line for line in stderr.splitlines() if line.startswith("harness: error:")]
 
 
+# The cells of OVERRIDES, which the shared run holds beside others.
+CELLS = ("dpo-s0", "sft-s0")
+
+
 @pytest.fixture(scope="module")
-def reference(tmp_path_factory) -> tuple[Path, dict]:
-    """One uninterrupted run on its own SQLite store: its folder (prepared stages to copy) and its record."""
-    cwd = tmp_path_factory.mktemp("uninterrupted")
-    code, stdout, stderr = finish(start_harness(cwd))
-    assert code == 0, (stdout + stderr)[-3000:]
-    return cwd, record(f"sqlite:///{cwd / 'runs' / 'mlflow.db'}", "tiny")
+def reference(scaled_down_run) -> tuple[Path, dict]:
+    """The uninterrupted run: the shared run's folder (prepared stages to copy) and its record of OVERRIDES' cells."""
+    shared = record(f"sqlite:///{scaled_down_run / 'runs' / 'mlflow.db'}", "tiny")
+    expected = {part: {cell: shared[part][cell] for cell in CELLS} for part in ("eval", "train")}
+    return scaled_down_run, expected
 
 
 # ---------------------------------------------------------------------------------------------------------
