@@ -12,6 +12,7 @@ from typing import Protocol
 
 from harness.executors import report_finished, settled_without_running, waits
 from harness.plan import PREPARE_KINDS, Stage
+from harness.stages.outcomes import FAILED, outcome
 
 POLL_SECONDS = 0.2
 
@@ -35,8 +36,6 @@ class Pool(Protocol):
 def run_stages(stages: list[Stage], pool: Pool, reporter) -> dict[str, dict]:
     """Every stage's outcome by id. A stage whose hard dependency failed is blocked and never started; a complete
     one is skipped without a worker. Ctrl-C stops every worker (what they ran resumes on the rerun)."""
-    from harness.stages.outcomes import FAILED, outcome
-
     pending = start_order(stages)
     outcomes: dict[str, dict] = {}
     try:
