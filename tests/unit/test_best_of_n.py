@@ -461,7 +461,7 @@ def stage_context(models: Path, root: Path, kind: str, arm: str, arms: dict, tra
         reporter=SilentReporter(),
         tracker=tracker,
         timings=[],
-        prepared=lambda seed: prepared,
+        prepared=lambda seed, with_judge=True: prepared,
         cell_folder=cell_folder,
     )
 
